@@ -1,0 +1,138 @@
+"""The BraTS 2018 training-release layout and the checks every case passes before it is used.
+
+Layout (as released)::
+
+    ROOT/HGG/<case>/<case>_t1.nii.gz, _t1ce.nii.gz, _t2.nii.gz, _flair.nii.gz, _seg.nii.gz
+    ROOT/LGG/<case>/...
+
+with ``<case>`` like ``Brats18_CBICA_AAB_1``. Labels in ``seg``: 0 background, 1 necrotic / non-enhancing tumour
+core, 2 peritumoral edema, 4 GD-enhancing tumour (there is no label 3 in BraTS 2018).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+__all__ = [
+    "MODALITIES",
+    "LABEL_VALUES",
+    "GRADES",
+    "CaseError",
+    "CaseInfo",
+    "case_files",
+    "find_cases",
+    "check_case",
+]
+
+#: Input channel order of the seed model: T1c, T1, T2, FLAIR (file suffixes of the release).
+MODALITIES: tuple[str, ...] = ("t1ce", "t1", "t2", "flair")
+#: Label values allowed in a BraTS 2018 segmentation.
+LABEL_VALUES: tuple[int, ...] = (0, 1, 2, 4)
+#: Tumour grades, i.e. the release's top-level folders.
+GRADES: tuple[str, ...] = ("HGG", "LGG")
+
+
+class CaseError(ValueError):
+    """A BraTS case that cannot be used; the message names the file and the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseInfo:
+    """What :func:`check_case` found: the geometry shared by all five files and the labels present."""
+
+    name: str
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    labels: tuple[int, ...]
+
+
+def case_files(case_dir: str | Path) -> dict[str, Path]:
+    """Paths of a case's four contrasts and its label, keyed ``t1ce, t1, t2, flair, seg`` (not checked)."""
+    case_dir = Path(case_dir)
+    return {key: case_dir / f"{case_dir.name}_{key}.nii.gz" for key in (*MODALITIES, "seg")}
+
+
+def find_cases(root: str | Path) -> dict[str, list[Path]]:
+    """Case folders per grade under a BraTS root, sorted by name: ``{"HGG": [...], "LGG": [...]}``.
+
+    Raises:
+        CaseError: ``root`` is missing or holds neither ``HGG/`` nor ``LGG/``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CaseError(f"{root}: BraTS root folder does not exist")
+    found = {grade: sorted(p for p in (root / grade).iterdir() if p.is_dir()) if (root / grade).is_dir() else []
+             for grade in GRADES}
+    if not any(found.values()):
+        raise CaseError(f"{root}: no case folders under {root / 'HGG'} or {root / 'LGG'} (expected the BraTS layout)")
+    return found
+
+
+def _load(path: Path) -> nib.Nifti1Image:
+    if not path.is_file():
+        raise CaseError(f"{path}: file missing")
+    try:
+        image = nib.load(str(path))
+    except Exception as err:  # nibabel raises several types for corrupt headers
+        raise CaseError(f"{path}: not a readable NIfTI file ({err})") from err
+    if len(image.shape) != 3:
+        raise CaseError(f"{path}: expected a 3-D volume, found shape {image.shape}")
+    return image
+
+
+def _data(path: Path, image: nib.Nifti1Image) -> np.ndarray:
+    try:
+        return np.asanyarray(image.dataobj)
+    except Exception as err:  # truncated gzip streams fail only when the data is read
+        raise CaseError(f"{path}: image data cannot be read ({err})") from err
+
+
+def check_case(case_dir: str | Path, read_data: bool = True) -> CaseInfo:
+    """Check one case folder the way training needs it, and describe it.
+
+    Checks: the four contrasts and the label exist and are readable NIfTI volumes; all five share one shape and
+    affine (so they overlay voxel by voxel); with ``read_data``, no contrast holds NaN or infinity and the label
+    holds only values in :data:`LABEL_VALUES` (with integral values).
+
+    Raises:
+        CaseError: naming the offending file and what is wrong with it.
+    """
+    files = case_files(case_dir)
+    images = {key: _load(path) for key, path in files.items()}
+    ref_key = MODALITIES[0]
+    ref = images[ref_key]
+    for key, image in images.items():
+        if image.shape != ref.shape:
+            raise CaseError(f"{files[key]}: shape {image.shape} differs from {files[ref_key].name} {ref.shape}")
+        if not np.allclose(image.affine, ref.affine, atol=1e-3):
+            raise CaseError(
+                f"{files[key]}: affine differs from {files[ref_key].name} (orientation or spacing mismatch):\n"
+                f"{np.round(image.affine, 3)}\nvs\n{np.round(ref.affine, 3)}"
+            )
+    labels: tuple[int, ...] = ()
+    if read_data:
+        for key in MODALITIES:
+            data = _data(files[key], images[key])
+            if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+                raise CaseError(f"{files[key]}: contains NaN or infinite values")
+        seg = _data(files["seg"], images["seg"])
+        values = np.unique(seg)
+        if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values) & (values == np.round(values))):
+            raise CaseError(f"{files['seg']}: label values must be integers, found {values[:10].tolist()}")
+        bad = sorted(set(values.astype(np.int64).tolist()) - set(LABEL_VALUES))
+        if bad:
+            raise CaseError(f"{files['seg']}: label values {bad} are not BraTS labels {list(LABEL_VALUES)}")
+        labels = tuple(int(v) for v in values)
+    zooms = ref.header.get_zooms()[:3]
+    return CaseInfo(
+        name=Path(case_dir).name,
+        shape=tuple(int(s) for s in ref.shape),
+        spacing=tuple(float(z) for z in zooms),
+        affine=np.asarray(ref.affine),
+        labels=labels,
+    )

@@ -1,0 +1,441 @@
+"""Synthetic H&E lymph-node whole-slide images in the Camelyon16 formats.
+
+Real Camelyon16 slides cannot be downloaded here, so the demo and the tests run on slides made by this module:
+
+* a pyramidal, tiled, JPEG-compressed RGB TIFF (every level its own IFD, downsample 2 per level, resolution tags
+  giving 0.243 um/px at level 0) that OpenSlide opens as ``generic-tiff``, like the Radboud/Utrecht scans;
+* for tumour slides, an ASAP XML file with the lesion outlines as level-0 polygons in the Camelyon16 schema
+  (group ``Tumor``, and ``_2`` exclusions of normal tissue inside a lesion);
+* the release's folder layout (``training/tumor``, ``training/normal``, ``training/lesion_annotations``, or
+  ``testing/images``, ``testing/lesion_annotations`` and ``testing/reference.csv``).
+
+The scene is procedural in level-0 coordinates: tissue sections are smooth random blobs on white glass; normal
+lymph-node tissue is dense small dark lymphocyte nuclei in pink cytoplasm; metastases are sheets of large, pale,
+pleomorphic nuclei with nucleoli. Lesions come in several sizes: isolated tumour cells (< 200 um), micro- and (on
+large slides) macro-metastases. Every tile is rendered from the scene on its own (nuclei come from a hash of their
+cell, not from a stored image), so slides of 100k x 200k pixels are written tile by tile in bounded memory, and
+any region can be re-rendered for checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import multiprocessing
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import tifffile
+from scipy import ndimage
+
+from medcore.files import atomic_path, write_text
+from medcore.progress import Progress
+from medcore.random_fields import item_rng, smooth_field
+
+from .annotations import Annotation, rasterize, read_asap_xml, write_asap_xml
+from .slide import SlideError, open_slide, read_rgb, slide_mpp
+
+__all__ = ["CAMELYON_MPP", "SlideScene", "make_scene", "write_slide", "generate_dataset", "pyramid_shapes"]
+
+logger = logging.getLogger(__name__)
+
+CAMELYON_MPP = 0.243  # um per level-0 pixel of the Radboud / Utrecht scanners
+_DESIGN_STEP = 64  # level-0 pixels per cell of the tissue design grid
+
+# Colours (RGB) of the stains; per-slide factors vary them like stain batches do.
+_GLASS = np.array([242.0, 241.0, 244.0])
+_CYTOPLASM_NORMAL = np.array([222.0, 162.0, 206.0])
+_CYTOPLASM_TUMOUR = np.array([230.0, 168.0, 198.0])
+_NUCLEUS_NORMAL = np.array([72.0, 42.0, 132.0])
+_NUCLEUS_TUMOUR = np.array([146.0, 104.0, 182.0])
+_NUCLEOLUS = np.array([84.0, 40.0, 118.0])
+
+
+@dataclasses.dataclass(frozen=True)
+class _CellGrid:
+    """Nuclei on a jittered grid: one candidate nucleus per ``cell`` x ``cell`` level-0 pixels."""
+
+    cell: float  # grid step (level-0 px)
+    radius: tuple[float, float]  # nucleus radius range (level-0 px)
+    density: float  # probability that a cell holds a nucleus
+    elongation: float  # max axis ratio - 1
+    salt: int
+
+    def mean_coverage(self) -> float:
+        """Expected share of area covered by nuclei (for rendering at low resolution)."""
+        r_mean_sq = (self.radius[0] ** 2 + self.radius[0] * self.radius[1] + self.radius[1] ** 2) / 3
+        return min(1.0, self.density * math.pi * r_mean_sq / self.cell ** 2)
+
+
+# Lymphocytes: nuclei ~6-7 um across, ~8 um apart. Tumour cells: nuclei 10-16 um, ~20 um apart.
+_LYMPHOCYTES = _CellGrid(cell=34.0, radius=(11.0, 15.0), density=0.85, elongation=0.15, salt=11)
+_TUMOUR_CELLS = _CellGrid(cell=80.0, radius=(20.0, 33.0), density=0.95, elongation=0.5, salt=23)
+
+
+@dataclasses.dataclass
+class SlideScene:
+    """Everything that defines one synthetic slide; :meth:`render` draws any region of it at any downsample."""
+
+    name: str
+    width: int
+    height: int
+    seed: int
+    tissue_field: np.ndarray  # design grid (rows, cols), tissue where > 0; cell (i, j) at level-0 (j, i) * step
+    annotations: list[Annotation]
+    stain: np.ndarray  # (2,) multiplicative factors: hematoxylin, eosin
+    mpp: float = CAMELYON_MPP
+
+    def render(self, origin: tuple[int, int], size: tuple[int, int], downsample: float) -> np.ndarray:
+        """RGB uint8 (height, width, 3) of the region whose top-left level-0 pixel is ``origin``.
+
+        Output pixel (i, j) shows level-0 area ``[x0 + j * d, x0 + (j + 1) * d)`` (rows alike). Downsamples of 2
+        and 4 are rendered from 2x2 sub-samples per pixel; from 8 on, nuclei are blended in at their mean
+        coverage (they are smaller than a pixel there), which avoids aliasing and keeps the mean colour.
+        """
+        width, height = int(size[0]), int(size[1])
+        x0, y0 = origin
+        sub = 2 if 2 <= downsample < 8 else 1
+        step = downsample / sub
+        xs = x0 + (np.arange(width * sub, dtype=np.float64) + 0.5) * step
+        ys = y0 + (np.arange(height * sub, dtype=np.float64) + 0.5) * step
+        tissue = ndimage.map_coordinates(
+            self.tissue_field, np.meshgrid(ys / _DESIGN_STEP, xs / _DESIGN_STEP, indexing="ij"), order=1,
+            mode="nearest",
+        ) > 0
+        tumour = rasterize(self.annotations, (x0, y0), (width * sub, height * sub), step).astype(bool) & tissue
+        rgb = np.broadcast_to(_GLASS, (*tissue.shape, 3)).copy()
+        hema, eosin = self.stain
+        for grid, in_grid, cyto, nucleus in (
+            (_LYMPHOCYTES, tissue & ~tumour, _CYTOPLASM_NORMAL, _NUCLEUS_NORMAL),
+            (_TUMOUR_CELLS, tumour, _CYTOPLASM_TUMOUR, _NUCLEUS_TUMOUR),
+        ):
+            if not in_grid.any():
+                continue
+            cyto_c = 255 - (255 - cyto) * eosin
+            nuc_c = 255 - (255 - nucleus) * hema
+            if downsample >= 8:
+                cover = grid.mean_coverage()
+                rgb[in_grid] = cover * nuc_c + (1 - cover) * cyto_c
+                continue
+            rows, cols = np.nonzero(in_grid)
+            cover, shade, nucleolus = self._nuclei(grid, xs[cols], ys[rows])
+            colour = nuc_c * shade[:, None]
+            if grid is _TUMOUR_CELLS:
+                colour = np.where(nucleolus[:, None] > 0.5, 255 - (255 - _NUCLEOLUS) * hema, colour)
+            rgb[rows, cols] = cover[:, None] * colour + (1 - cover[:, None]) * cyto_c
+        if sub > 1:
+            rgb = rgb.reshape(height, sub, width, sub, 3).mean(axis=(1, 3))
+        return rgb
+
+    def _nuclei(self, grid: _CellGrid, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Coverage (0..1, anti-aliased edge), shade and nucleolus flag of the nucleus over each point."""
+        cx0 = np.floor(x / grid.cell).astype(np.int64)
+        cy0 = np.floor(y / grid.cell).astype(np.int64)
+        cover = np.zeros(x.shape, np.float64)
+        shade = np.ones(x.shape, np.float64)
+        nucleolus = np.zeros(x.shape, np.float64)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                cx, cy = cx0 + dx, cy0 + dy
+                u = _hash_uniform(cx, cy, self.seed, grid.salt, 6)
+                centre_x = (cx + 0.15 + 0.7 * u[0]) * grid.cell
+                centre_y = (cy + 0.15 + 0.7 * u[1]) * grid.cell
+                radius = grid.radius[0] + u[2] * (grid.radius[1] - grid.radius[0])
+                aspect = 1.0 + grid.elongation * u[3]
+                angle = u[4] * math.pi
+                ddx, ddy = x - centre_x, y - centre_y
+                cos, sin = np.cos(angle), np.sin(angle)
+                along = (ddx * cos + ddy * sin) / aspect
+                across = (-ddx * sin + ddy * cos) * aspect
+                dist = np.sqrt(along ** 2 + across ** 2)
+                c = np.clip(radius - dist + 0.5, 0.0, 1.0) * (u[5] < grid.density)
+                better = c > cover
+                cover = np.where(better, c, cover)
+                shade = np.where(better, 0.85 + 0.3 * u[0], shade)
+                nucleolus = np.where(better, dist < 0.22 * radius, nucleolus)
+        return cover, shade, nucleolus
+
+
+def _hash_uniform(cx: np.ndarray, cy: np.ndarray, seed: int, salt: int, count: int) -> list[np.ndarray]:
+    """``count`` uniform [0, 1) values per integer cell (cx, cy), a pure function of the cell, seed and salt."""
+    with np.errstate(over="ignore"):
+        h = (cx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ (cy.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F))
+        h ^= np.uint64((seed * 0x165667B1 + salt * 0x27D4EB2F) & 0xFFFFFFFFFFFFFFFF)
+        out = []
+        for k in range(count):
+            z = h + np.uint64(k + 1) * np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z ^= z >> np.uint64(31)
+            out.append((z >> np.uint64(11)).astype(np.float64) / float(1 << 53))
+    return out
+
+
+def make_scene(name: str, width: int, height: int, tumour: bool, seed: int, index: int) -> SlideScene:
+    """Design one slide: tissue sections and, for tumour slides, lesions of several sizes.
+
+    The scene depends only on (width, height, tumour, seed, index). Tumour slides get one or two isolated-tumour-
+    cell clusters (< 200 um), one or two micro-metastases (0.25-2 mm) and, when the tissue is large enough,
+    a macro-metastasis (> 2 mm); some lesions carry a ``_2`` exclusion of normal tissue.
+    """
+    if width < 512 or height < 512:
+        raise ValueError(f"slides must be at least 512 x 512 pixels, got {width} x {height}")
+    rng = item_rng(seed, 1 if tumour else 0, index)
+    rows, cols = math.ceil(height / _DESIGN_STEP) + 1, math.ceil(width / _DESIGN_STEP) + 1
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64) * _DESIGN_STEP
+    field = np.full((rows, cols), -1.0)
+    n_sections = int(rng.integers(1, 4))
+    for k in range(n_sections):
+        # Sections side by side along the long axis, each an irregular ellipse.
+        t = (k + 0.5) / n_sections
+        cx = width * (t if width >= height else rng.uniform(0.4, 0.6))
+        cy = height * (t if height > width else rng.uniform(0.4, 0.6))
+        rx = (width / (n_sections if width >= height else 1)) * rng.uniform(0.28, 0.4)
+        ry = (height / (n_sections if height > width else 1)) * rng.uniform(0.28, 0.4)
+        angle = rng.uniform(0, math.pi)
+        dx, dy = xx - cx, yy - cy
+        u = (dx * math.cos(angle) + dy * math.sin(angle)) / rx
+        v = (-dx * math.sin(angle) + dy * math.cos(angle)) / ry
+        field = np.maximum(field, 1.0 - np.sqrt(u ** 2 + v ** 2))
+    field += 0.12 * smooth_field(field.shape, rng, (max(2, rows // 12), max(2, cols // 12)))
+    field = field.astype(np.float32)
+
+    annotations: list[Annotation] = []
+    if tumour:
+        annotations = _lesions(field, width, height, rng)
+    stain = rng.uniform(0.92, 1.08, 2)
+    return SlideScene(name=name, width=width, height=height, seed=int(seed) * 100003 + index,
+                      tissue_field=field, annotations=annotations, stain=stain)
+
+
+def _lesions(field: np.ndarray, width: int, height: int, rng: np.random.Generator) -> list[Annotation]:
+    """Lesion polygons of several sizes, placed well inside tissue and apart from each other."""
+    um = 1.0 / CAMELYON_MPP  # level-0 pixels per micron
+    inner = np.argwhere(field > 0.12)  # design cells deep inside tissue
+    if len(inner) == 0:
+        raise ValueError("the slide has no tissue deep enough to place lesions; make it larger")
+    depth_um = float(field.max()) * min(width, height) * 0.3 / um  # rough size of the tissue, in microns
+    sizes = [("itc", rng.uniform(40, 150)) for _ in range(int(rng.integers(1, 3)))]
+    sizes += [("micro", rng.uniform(250, max(260.0, min(2000.0, depth_um)))) for _ in range(int(rng.integers(1, 3)))]
+    if depth_um > 2500:
+        sizes.append(("macro", rng.uniform(2100, min(6000.0, depth_um))))
+    placed: list[tuple[float, float, float]] = []
+    annotations = []
+    smallest_um = {"itc": 20.0, "micro": 210.0, "macro": 2010.0}  # keep each lesion in its class when shrinking
+    for kind, diameter_um in sorted(sizes, key=lambda s: -s[1]):
+        radius = diameter_um * um / 2
+        for attempt in range(300):
+            if attempt and attempt % 50 == 0:  # no room: try a smaller lesion of the same class
+                radius = max(radius * 0.85, smallest_um[kind] * um / 2)
+            i, j = inner[rng.integers(len(inner))]
+            cx, cy = (j + rng.uniform(-0.5, 0.5)) * _DESIGN_STEP, (i + rng.uniform(-0.5, 0.5)) * _DESIGN_STEP
+            outline = _blob(cx, cy, radius, rng)
+            apart = all(math.hypot(cx - px, cy - py) > 1.5 * (radius + pr) + 120 * um for px, py, pr in placed)
+            if apart and _inside_tissue(outline, field, width, height):
+                break
+        else:
+            continue  # no room for this lesion on a small slide
+        placed.append((cx, cy, radius))
+        annotations.append(Annotation(f"Annotation {len(annotations)}", "Tumor", outline))
+        if kind != "itc" and rng.random() < 0.5:
+            annotations.append(Annotation(f"Annotation {len(annotations)}", "_2",
+                                          _blob(cx + radius * 0.15, cy - radius * 0.1, radius * 0.2, rng)))
+    return annotations
+
+
+def _inside_tissue(outline: np.ndarray, field: np.ndarray, width: int, height: int) -> bool:
+    """Whether a polygon lies on the slide and its whole outline on tissue."""
+    if outline[:, 0].min() < 0 or outline[:, 1].min() < 0 or outline[:, 0].max() >= width or \
+            outline[:, 1].max() >= height:
+        return False
+    values = ndimage.map_coordinates(field, [outline[:, 1] / _DESIGN_STEP, outline[:, 0] / _DESIGN_STEP], order=1)
+    return bool((values > 0.02).all())
+
+
+def _blob(cx: float, cy: float, radius: float, rng: np.random.Generator) -> np.ndarray:
+    """An irregular closed outline (N, 2) around (cx, cy) with mean radius ``radius``."""
+    n = int(np.clip(radius / 8, 16, 96))
+    theta = np.linspace(0, 2 * math.pi, n, endpoint=False)
+    r = np.ones(n)
+    for k in range(2, 6):
+        r += rng.uniform(0, 0.16 / k) * np.cos(k * theta + rng.uniform(0, 2 * math.pi))
+    stretch = rng.uniform(0.75, 1.25)
+    return np.stack([cx + radius * r * np.cos(theta) * stretch, cy + radius * r * np.sin(theta) / stretch], axis=1)
+
+
+def pyramid_shapes(width: int, height: int) -> list[tuple[int, int]]:
+    """(width, height) of each pyramid level: halved (rounded up) until the larger side is at most 256."""
+    shapes = [(width, height)]
+    while max(shapes[-1]) > 256:
+        w, h = shapes[-1]
+        shapes.append(((w + 1) // 2, (h + 1) // 2))
+    return shapes
+
+
+_WORKER_SCENE: SlideScene | None = None
+
+
+def _init_worker(scene: SlideScene) -> None:
+    global _WORKER_SCENE
+    _WORKER_SCENE = scene
+
+
+def _render_tile(args: tuple[int, int, int, int]) -> np.ndarray:
+    """One tile of the pyramid; (x, y) is its top-left pixel in the level's own pixels."""
+    level, x, y, tile = args
+    scene = _WORKER_SCENE
+    assert scene is not None
+    d = 2 ** level
+    rgb = scene.render((x * d, y * d), (tile, tile), d)
+    noise = item_rng(scene.seed, level, x, y).normal(0.0, 3.0, rgb.shape)
+    return np.clip(np.rint(rgb + noise), 0, 255).astype(np.uint8)
+
+
+def write_slide(scene: SlideScene, path: str | Path, tile: int = 512, quality: int = 90, workers: int = 1) -> Path:
+    """Write ``scene`` as a pyramidal tiled JPEG TIFF at ``path`` (atomically), tile by tile.
+
+    Each level is its own IFD (level 0 first, then reduced-resolution subfiles), so OpenSlide reads it as a
+    ``generic-tiff`` pyramid. Memory stays bounded by a few tiles per worker whatever the slide size.
+    """
+    if tile <= 0 or tile % 16:
+        raise ValueError(f"TIFF tile size must be a positive multiple of 16, got {tile}")
+    shapes = pyramid_shapes(scene.width, scene.height)
+    n_tiles = sum(math.ceil(w / tile) * math.ceil(h / tile) for w, h in shapes)
+    progress_every = max(1, n_tiles // 10)
+    res = 1e4 / scene.mpp  # pixels per centimetre
+    done = 0
+
+    def tiles(level: int, pool) -> Iterator[np.ndarray]:
+        nonlocal done
+        w, h = shapes[level]
+        # Tile coordinates here are in this level's pixels; the renderer wants level-0 origins.
+        specs = [(level, tx * tile, ty * tile, tile) for ty in range(math.ceil(h / tile))
+                 for tx in range(math.ceil(w / tile))]
+        results = pool.imap(_render_tile, specs, chunksize=4) if pool else map(_render_tile, specs)
+        for rgb in results:
+            done += 1
+            if done % progress_every == 0 or done == n_tiles:
+                logger.info("%s: %d/%d tiles (%.0f%%)", scene.name, done, n_tiles, 100.0 * done / n_tiles)
+            yield rgb
+
+    _init_worker(scene)
+    pool = multiprocessing.get_context("fork").Pool(workers, _init_worker, (scene,)) if workers > 1 else None
+    try:
+        with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+            for level, (w, h) in enumerate(shapes):
+                tif.write(
+                    tiles(level, pool), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
+                    compression="jpeg", compressionargs={"level": quality}, resolution=(res, res),
+                    resolutionunit="CENTIMETER", subfiletype=1 if level else 0, metadata=None,
+                    description=f"synthetic Camelyon16-format slide {scene.name}" if level == 0 else None,
+                )
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    return Path(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Where the Camelyon16 release keeps slides and annotations, per split."""
+
+    split: str
+
+    def slide(self, name: str, tumour: bool) -> Path:
+        if self.split == "testing":
+            return Path("testing/images") / f"{name}.tif"
+        return Path("training") / ("tumor" if tumour else "normal") / f"{name}.tif"
+
+    def annotation(self, name: str) -> Path:
+        return Path(self.split) / "lesion_annotations" / f"{name}.xml"
+
+
+def _names(split: str, n_tumour: int, n_normal: int, seed: int) -> list[tuple[str, bool]]:
+    if split == "training":
+        return [(f"tumor_{i + 1:03d}", True) for i in range(n_tumour)] + \
+               [(f"normal_{i + 1:03d}", False) for i in range(n_normal)]
+    # The test set mixes tumour and normal slides under neutral names.
+    kinds = [True] * n_tumour + [False] * n_normal
+    item_rng(seed, 4242).shuffle(kinds)
+    return [(f"test_{i + 1:03d}", t) for i, t in enumerate(kinds)]
+
+
+def generate_dataset(root: str | Path, n_tumour: int, n_normal: int, width: int, height: int, seed: int = 0,
+                     split: str = "training", tile: int = 512, workers: int = 1,
+                     overwrite: bool = False) -> list[Path]:
+    """Write Camelyon16-format slides (and annotations) under ``root`` in the release layout; return slide paths.
+
+    ``split="training"`` writes ``training/tumor/tumor_NNN.tif``, ``training/normal/normal_NNN.tif`` and
+    ``training/lesion_annotations/tumor_NNN.xml``; ``split="testing"`` writes ``testing/images/test_NNN.tif``,
+    ``testing/lesion_annotations/test_NNN.xml`` for the tumour slides and ``testing/reference.csv``
+    (``name,class``). Each slide is verified by reading it back with OpenSlide (levels, size, resolution and
+    pixels against the scene) before the next one starts. Existing slides are kept unless ``overwrite``.
+    """
+    if split not in ("training", "testing"):
+        raise ValueError(f"split must be 'training' or 'testing', got {split!r}")
+    names = _names(split, n_tumour, n_normal, seed)
+    if not names:
+        raise ValueError("nothing to generate: no tumour and no normal slides requested")
+    root = Path(root)
+    layout = _Layout(split)
+    progress = Progress(len(names), "slides", logger)
+    paths = []
+    for index, (name, tumour) in enumerate(names):
+        path = root / layout.slide(name, tumour)
+        xml = root / layout.annotation(name)
+        paths.append(path)
+        if path.is_file() and not overwrite and (xml.is_file() or not tumour):
+            progress.step(f"kept existing {path.name}")
+            continue
+        scene = make_scene(name, width, height, tumour, seed, index)
+        if scene.annotations:
+            write_asap_xml(xml, scene.annotations)
+        write_slide(scene, path, tile=tile, workers=workers)
+        verify_slide(scene, path, xml if scene.annotations else None)
+        lesions = sum(not a.is_exclusion for a in scene.annotations)
+        progress.step(f"wrote {path.name} {width}x{height}, {lesions} lesion(s)")
+    if split == "testing":
+        rows = "".join(f"{name},{'Tumor' if t else 'Normal'}\n" for name, t in names)
+        write_text(root / "testing" / "reference.csv", "name,class\n" + rows)
+    return paths
+
+
+def verify_slide(scene: SlideScene, path: str | Path, xml: str | Path | None, samples: int = 3) -> None:
+    """Read a written slide back with OpenSlide (and its XML) and check it against its scene.
+
+    Checks the pyramid (level count, sizes, downsample 2 per level), the resolution, a few level-0 regions and one
+    reduced level against the scene rendering (JPEG differs by a few grey levels), and that the XML gives back the
+    polygons. Raises :class:`SlideError` on any mismatch.
+    """
+    slide = open_slide(path)
+    try:
+        shapes = pyramid_shapes(scene.width, scene.height)
+        if tuple(slide.level_dimensions) != tuple(shapes):
+            raise SlideError(f"{path}: levels {slide.level_dimensions} read back, {shapes} written")
+        if abs(slide_mpp(slide, path) - scene.mpp) > 1e-3:
+            raise SlideError(f"{path}: {slide_mpp(slide, path)} um/px read back, {scene.mpp} written")
+        rng = item_rng(scene.seed, 99)
+        size = 128
+        checks = [(0, int(rng.integers(0, scene.width - size)), int(rng.integers(0, scene.height - size)))
+                  for _ in range(samples)]
+        low = min(2, len(shapes) - 1)
+        checks.append((low, 0, 0))
+        for level, x, y in checks:
+            d = 2 ** level
+            w, h = min(size, shapes[level][0]), min(size, shapes[level][1])
+            read = read_rgb(slide, (x, y), level, (w, h), path).astype(np.float64)
+            expected = scene.render((x, y), (w, h), d)
+            error = np.abs(read - expected).mean()
+            if error > 10:
+                raise SlideError(f"{path}: level {level} region at ({x}, {y}) differs from the scene by {error:.1f}")
+    finally:
+        slide.close()
+    if xml is not None:
+        back = read_asap_xml(xml)
+        if len(back) != len(scene.annotations) or any(
+                a.group != b.group or not np.allclose(a.points, b.points, atol=1e-3)
+                for a, b in zip(back, scene.annotations)):
+            raise SlideError(f"{xml}: annotations read back differ from the ones written")

@@ -1,0 +1,27 @@
+"""Shared fixtures: small generated data sets, built once per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+from brats_fl.synthetic import generate_dataset as generate_brats
+from metastasis.synthetic import generate_dataset as generate_slides
+
+TINY_BRATS_SHAPE = (48, 48, 32)
+SMALL_SLIDE = (3072, 2048)
+
+
+@pytest.fixture(scope="session")
+def brats_root(tmp_path_factory):
+    """A BraTS root with 3 HGG and 3 LGG cases at a tiny shape."""
+    root = tmp_path_factory.mktemp("brats")
+    generate_brats(root, 3, 3, shape=TINY_BRATS_SHAPE, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def camelyon_root(tmp_path_factory):
+    """A Camelyon16-format training set with one tumour and one normal slide of 3072 x 2048 pixels."""
+    root = tmp_path_factory.mktemp("camelyon")
+    generate_slides(root, 1, 1, *SMALL_SLIDE, seed=0)
+    return root

@@ -1,0 +1,71 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from brats_fl import cli as brats_cli
+from metastasis import cli as metastasis_cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("module, commands", [(brats_cli, ["make-data", "check-data"]),
+                                              (metastasis_cli, ["make-data"])])
+def test_help_explains_every_option(module, commands, capsys):
+    parser = module.build_parser()
+    for command in commands:
+        with pytest.raises(SystemExit) as done:
+            parser.parse_args([command, "--help"])
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+        sub = parser._subparsers._group_actions[0].choices[command]
+        for action in sub._actions:
+            if action.help is not None and action.dest != "help":
+                assert action.help and action.help in " ".join(text.split()) or action.help[:20] in text
+
+
+def test_console_scripts_installed():
+    bindir = Path(sys.executable).parent
+    for name in ("brats-fl", "metastasis"):
+        out = subprocess.run([str(bindir / name), "--help"], capture_output=True, text=True, check=True).stdout
+        assert "COMMAND" in out
+
+
+def test_brats_make_and_check(tmp_path, capsys):
+    assert brats_cli.main(["make-data", "--out", str(tmp_path), "--hgg", "1", "--lgg", "1",
+                           "--shape", "32", "32", "24"]) == 0
+    assert brats_cli.main(["check-data", str(tmp_path)]) == 0
+    seg = next(tmp_path.rglob("*_seg.nii.gz"))
+    seg.write_bytes(b"broken")
+    assert brats_cli.main(["check-data", str(tmp_path)]) == 1
+    assert f"{seg}: not a readable NIfTI" in capsys.readouterr().err
+    assert brats_cli.main(["check-data", str(tmp_path / "missing")]) == 2
+
+
+def test_metastasis_make_data(tmp_path):
+    assert metastasis_cli.main(["make-data", "--out", str(tmp_path), "--tumor", "0", "--normal", "1",
+                                "--width", "1024", "--height", "768"]) == 0
+    assert (tmp_path / "training/normal/normal_001.tif").is_file()
+    assert metastasis_cli.main(["make-data", "--out", str(tmp_path), "--tile", "100"]) == 2
+
+
+def test_make_demo_data_building_block(tmp_path):
+    """`make demo`'s data step, as the Makefile runs it (tiny shape), against the installed environment."""
+    demo = tmp_path / "demo"
+    result = subprocess.run(
+        ["make", "-C", str(REPO), "demo-data", f"DEMO_DIR={demo}", "DEMO_HGG=1", "DEMO_LGG=1",
+         "DEMO_SHAPE=32 32 24"], capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(list((demo / "brats").glob("*/*/*_seg.nii.gz"))) == 2
+    assert "2 cases (HGG 1, LGG 1), 0 with problems" in result.stdout
+
+
+def test_readme_quick_start_has_the_two_commands():
+    readme = (REPO / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = [line.strip() for block in quick.split("```")[1::2] for line in block.splitlines() if line.strip()]
+    assert blocks == ["make demo", "make test"]
+    ci = (REPO / ".ci/run").read_text()
+    assert "make test" in ci

@@ -3,15 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SHIPPED := $(VENV)/.shipped-brats_fl
 DEMO_DIR ?= demo_workspace
-# CPU-sized demo data: BraTS geometry at 1/3.75 resolution.
-DEMO_HGG ?= 6
-DEMO_LGG ?= 6
+# CPU-sized demo: BraTS geometry at 3.75 mm voxels, the committed job with fewer rounds and a smaller crop.
+DEMO_HGG ?= 10
+DEMO_LGG ?= 10
 DEMO_SHAPE ?= 64 64 48
+DEMO_ROUNDS ?= 20
+# Two clients share this machine's cores in the simulator: one PyTorch thread each.
+DEMO_SETTINGS ?= --set num_workers=0 --set num_threads=1
 
-.PHONY: setup demo demo-data test benchmark clean
+.PHONY: setup demo demo-data test clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(SHIPPED)
 
 # The pinned CPU torch wheel goes in first, so nothing can pull a CUDA build; constraints.txt pins the rest.
 $(STAMP): setup.cfg pyproject.toml constraints.txt
@@ -20,13 +24,21 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(BIN)/pip install -c constraints.txt -e '.[test]'
 	touch $@
 
+# FLARE ships a job's app/custom to the sites: copy the project's code into the committed job.
+$(SHIPPED): $(STAMP) $(shell find custom -name '*.py')
+	$(BIN)/brats-fl ship-code jobs/brats_fl
+	touch $@
+
 demo-data: setup
 	$(BIN)/brats-fl make-data --out $(DEMO_DIR)/brats --hgg $(DEMO_HGG) --lgg $(DEMO_LGG) --shape $(DEMO_SHAPE)
-	$(BIN)/brats-fl check-data $(DEMO_DIR)/brats
+	$(BIN)/brats-fl datalist $(DEMO_DIR)/brats
 
 demo: demo-data
-	@echo "Demo data is ready and checked under $(DEMO_DIR)/brats."
-	@echo "The federated BraTS job (jobs/brats_fl) is not built yet, so the demo stops here."
+	$(BIN)/brats-fl make-job --out $(DEMO_DIR)/job --rounds $(DEMO_ROUNDS) --crop $(DEMO_SHAPE) \
+		--data-root $(abspath $(DEMO_DIR)/brats) --datalist-dir $(abspath $(DEMO_DIR)/brats/datalists) $(DEMO_SETTINGS)
+	rm -rf $(DEMO_DIR)/simulation
+	$(BIN)/nvflare simulator $(DEMO_DIR)/job -w $(abspath $(DEMO_DIR)/simulation) -n 2 -t 2
+	$(BIN)/brats-fl report $(DEMO_DIR)/simulation --out $(DEMO_DIR)/report
 
 test: setup
 	$(BIN)/python -m pytest

@@ -10,7 +10,8 @@ from metastasis import cli as metastasis_cli
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("module, commands", [(brats_cli, ["make-data", "check-data"]),
+@pytest.mark.parametrize("module, commands", [(brats_cli, ["make-data", "check-data", "datalist", "make-job",
+                                                          "ship-code", "report", "validate", "infer"]),
                                               (metastasis_cli, ["make-data"])])
 def test_help_explains_every_option(module, commands, capsys):
     parser = module.build_parser()
@@ -50,16 +51,20 @@ def test_metastasis_make_data(tmp_path):
     assert metastasis_cli.main(["make-data", "--out", str(tmp_path), "--tile", "100"]) == 2
 
 
-def test_make_demo_data_building_block(tmp_path):
-    """`make demo`'s data step, as the Makefile runs it (tiny shape), against the installed environment."""
+@pytest.mark.slow
+def test_make_demo_recipe(tmp_path):
+    """`make demo` as the Makefile runs it (data, datalists, derived job, FLARE simulator, report), at a tiny size."""
     demo = tmp_path / "demo"
     result = subprocess.run(
-        ["make", "-C", str(REPO), "demo-data", f"DEMO_DIR={demo}", "DEMO_HGG=1", "DEMO_LGG=1",
-         "DEMO_SHAPE=32 32 24"], capture_output=True, text=True,
+        ["make", "-C", str(REPO), "demo", f"DEMO_DIR={demo}", "DEMO_HGG=3", "DEMO_LGG=3", "DEMO_SHAPE=32 32 24",
+         "DEMO_ROUNDS=2"], capture_output=True, text=True, timeout=900,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert len(list((demo / "brats").glob("*/*/*_seg.nii.gz"))) == 2
-    assert "2 cases (HGG 1, LGG 1), 0 with problems" in result.stdout
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert len(list((demo / "brats").glob("*/*/*_seg.nii.gz"))) == 6
+    assert (demo / "brats/datalists/seg_brats18_datalist_client_a.json").is_file()
+    assert "Global best model selected via IntimeModelSelector" in result.stdout
+    assert "  AVE:    TC:" in result.stdout
+    assert (demo / "report/report.csv").is_file() and (demo / "report/training_curves.png").is_file()
 
 
 def test_readme_quick_start_has_the_two_commands():

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from medcore.progress import configure_logging
 
-from .data import CaseError, check_case, find_cases
+from .config import TrainConfig
+from .data import MODALITIES, CaseError, case_files, check_case, find_cases
+from .datalist import SPLITS, write_datalists
 from .synthetic import RELEASE_SHAPE, generate_dataset
 
 logger = logging.getLogger("brats_fl")
@@ -37,6 +40,113 @@ def _check_data(args: argparse.Namespace) -> int:
     total = sum(len(v) for v in cases.values())
     print(f"{args.root}: {total} cases (HGG {len(cases['HGG'])}, LGG {len(cases['LGG'])}), {problems} with problems")
     return 1 if problems else 0
+
+
+def _datalist(args: argparse.Namespace) -> int:
+    paths = write_datalists(args.root, args.out, seed=args.seed, check=not args.no_check)
+    for site, path in paths.items():
+        print(f"{site}: {path}")
+    return 0
+
+
+def _parse_setting(text: str) -> tuple[str, object]:
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _make_job(args: argparse.Namespace) -> int:
+    from .job import DEFAULT_JOB, make_job
+
+    train = dict(args.set or [])
+    if args.crop:
+        train["crop"] = args.crop
+    out = make_job(args.out, template=args.template or DEFAULT_JOB, rounds=args.rounds, train=train,
+                   data_root=args.data_root, datalist_dir=args.datalist_dir)
+    print(f"job written to {out}; run it with: nvflare simulator {out} -n 2 -t 2")
+    return 0
+
+
+def _ship_code(args: argparse.Namespace) -> int:
+    from .job import ship_code
+
+    out = ship_code(Path(args.job) / "app" / "custom")
+    print(f"project code copied into {out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import build_report, find_results, format_markdown, format_text, load_results, plot_curves, \
+        write_report
+
+    results_path = find_results(args.path)
+    weights = dict(args.weights) if args.weights else None
+    report = build_report(load_results(results_path), weights=weights)
+    print(format_markdown(report) if args.markdown else format_text(report))
+    if args.out:
+        written = write_report(report, args.out)
+        plot = None if args.no_plot else plot_curves(args.path if Path(args.path).is_dir() else results_path.parent
+                                                     .parent, Path(args.out) / "training_curves.png")
+        print(f"wrote {', '.join(str(p) for p in written.values())}" + (f", {plot}" if plot else ""))
+    return 0
+
+
+def _weight(text: str) -> tuple[str, float]:
+    site, sep, value = text.partition("=")
+    try:
+        return site, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SITE=NUMBER, got {text!r}") from None
+
+
+def _inference_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(crop=tuple(args.roi), val_overlap=args.overlap, amp=not args.no_amp, device=args.device,
+                       sw_batch_size=args.sw_batch_size)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .inference import validate_checkpoint
+
+    summary = validate_checkpoint(args.checkpoint, args.datalist, args.data_root, args.split, args.out,
+                                  _inference_config(args))
+    print(f"{args.checkpoint} on {args.split} ({summary['n_cases']} cases): "
+          + " ".join(f"{k} {summary[k]:.4f}" for k in ("TC", "WT", "ET", "mean"))
+          + " | HD95 mm " + " ".join(f"{k[5:]} {summary[k]:.2f}" for k in ("HD95_TC", "HD95_WT", "HD95_ET"))
+          + f"\nper-case scores: {args.out}")
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from .inference import segment_case
+
+    if args.case_dir:
+        files = {m: p for m, p in case_files(args.case_dir).items() if m != "seg"}
+    else:
+        files = {m: getattr(args, m) for m in MODALITIES if getattr(args, m)}
+    out = segment_case(args.checkpoint, files, args.out, _inference_config(args))
+    print(f"label map written to {out}")
+    return 0
+
+
+def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    parser.add_argument("--checkpoint", required=True,
+                        help="model file: FL_global_model.pt, best_FL_global_model.pt or a site's local_best_model.pt")
+    parser.add_argument("--roi", type=int, nargs=3, default=list(defaults.crop), metavar=("X", "Y", "Z"),
+                        help="sliding-window size in voxels, each divisible by 8 (default: the training crop "
+                             f"{' '.join(map(str, defaults.crop))})")
+    parser.add_argument("--overlap", type=float, default=defaults.val_overlap,
+                        help=f"sliding-window overlap in [0, 1) (default: {defaults.val_overlap})")
+    parser.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward pass (default: 1)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu or cuda[:n]")
+    parser.add_argument("--no-amp", action="store_true",
+                        help="run in float32 instead of mixed precision (fp16 on CUDA, bf16 on CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +181,86 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("root", help="BraTS root folder (holding HGG/ and LGG/)")
     check.set_defaults(func=_check_data)
+
+    dl = sub.add_parser(
+        "datalist", help="split a BraTS root into the two sites' datalists (site-1 HGG, site-2 LGG)",
+        description="Check every case, then split HGG cases to site-1 and LGG cases to site-2, each into "
+                    "training/validation/testing in the seed's proportions (210 HGG -> 144/30/36, 75 LGG -> "
+                    "56/12/7), and write seg_brats18_datalist_client_a.json (site-1) and ..._client_b.json "
+                    "(site-2) in MONAI's datalist format with paths relative to ROOT.",
+    )
+    dl.add_argument("root", help="BraTS root folder (holding HGG/ and LGG/)")
+    dl.add_argument("--out", help="folder for the datalist files (default: ROOT/datalists)")
+    dl.add_argument("--seed", type=int, default=0, help="seed of the case shuffle before splitting (default: 0)")
+    dl.add_argument("--no-check", action="store_true", help="skip reading every case first (not recommended)")
+    dl.set_defaults(func=_datalist)
+
+    job = sub.add_parser(
+        "make-job", help="write a copy of jobs/brats_fl with other rounds, crop, data location or settings",
+        description="Copy the committed job (the seed's recipe) to OUT with overrides, and put the project's code "
+                    "into OUT/app/custom so FLARE can ship it to the sites. Run the result with "
+                    "`nvflare simulator OUT -n 2 -t 2`, or submit it to a POC or provisioned deployment.",
+    )
+    job.add_argument("--out", required=True, help="job folder to write (replaced if it exists)")
+    job.add_argument("--template", help="job folder to start from (default: the repository's jobs/brats_fl)")
+    job.add_argument("--rounds", type=int, help="federated rounds (default: the template's, 600)")
+    job.add_argument("--crop", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                     help="training crop and validation window in voxels, divisible by 8 (default: 224 224 144)")
+    job.add_argument("--data-root", help="data root the sites read, e.g. an absolute path (default: "
+                                         "$BRATS_DATA_ROOT, expanded on each site)")
+    job.add_argument("--datalist-dir", help="folder of the site datalists (default: $BRATS_DATA_ROOT/datalists)")
+    job.add_argument("--set", type=_parse_setting, action="append", metavar="KEY=VALUE",
+                     help="any training setting (lr, weight_decay, local_epochs, batch_size, vae, vae_weight, amp, "
+                          "val_overlap, sw_batch_size, cache_rate, num_workers, seed, device); values are JSON, "
+                          "e.g. --set lr=2e-4 --set vae=true; repeatable")
+    job.set_defaults(func=_make_job)
+
+    ship = sub.add_parser(
+        "ship-code", help="copy the project's code into a job's app/custom (make does this for jobs/brats_fl)",
+        description="Copy the brats_fl and medcore packages into JOB/app/custom, replacing older copies, so FLARE "
+                    "ships them to the sites with the job. Run it after changing the code.",
+    )
+    ship.add_argument("job", help="job folder (holding app/config and app/custom)")
+    ship.set_defaults(func=_ship_code)
+
+    rep = sub.add_parser(
+        "report", help="print the seed's cross-site table from cross_val_results.json and plot training curves",
+        description="Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a simulator workspace "
+                    "or a downloaded job folder) and print, per model, each site's TC/WT/ET Dice and their "
+                    "average across sites weighted by the number of test cases.",
+    )
+    rep.add_argument("path", help="cross_val_results.json, or a folder that contains exactly one")
+    rep.add_argument("--weights", type=_weight, nargs="+", metavar="SITE=W",
+                     help="site weights for AVE instead of the test-case counts, e.g. the seed's site-1=30 site-2=12")
+    rep.add_argument("--markdown", action="store_true", help="print a Markdown table instead of the seed's text layout")
+    rep.add_argument("--out", help="folder for report.txt/.md/.csv/.json and training_curves.png (from the "
+                                   "TensorBoard events found under PATH)")
+    rep.add_argument("--no-plot", action="store_true", help="do not plot the training curves")
+    rep.set_defaults(func=_report)
+
+    val = sub.add_parser(
+        "validate", help="score a checkpoint on a datalist split: per-case Dice and HD95 to CSV",
+        description="Run sliding-window inference of a checkpoint on one split of a site datalist and write "
+                    "per-case Dice (TC, WT, ET, mean) and Hausdorff 95 distances in mm to a CSV, with the means.",
+    )
+    _add_inference_options(val)
+    val.add_argument("--datalist", required=True, help="site datalist JSON")
+    val.add_argument("--data-root", required=True, help="folder the datalist paths are relative to")
+    val.add_argument("--split", choices=SPLITS, default="testing", help="which list to score (default: testing)")
+    val.add_argument("--out", required=True, help="CSV file to write")
+    val.set_defaults(func=_validate)
+
+    inf = sub.add_parser(
+        "infer", help="segment one case: four NIfTI contrasts in, a BraTS label map out",
+        description="Segment one case into a NIfTI label map with BraTS labels (1 necrotic/non-enhancing core, "
+                    "2 edema, 4 enhancing tumour) in the input's exact shape, affine and orientation.",
+    )
+    _add_inference_options(inf)
+    inf.add_argument("--case-dir", help="a case folder of the release layout (instead of the four files)")
+    for m in MODALITIES:
+        inf.add_argument(f"--{m}", help=f"{m.upper()} NIfTI file (when --case-dir is not given)")
+    inf.add_argument("--out", required=True, help="label map to write (.nii.gz)")
+    inf.set_defaults(func=_infer)
     return parser
 
 
@@ -79,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         return args.func(args)
-    except (CaseError, ValueError) as err:
+    except (CaseError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -26,6 +26,7 @@ __all__ = [
     "case_files",
     "find_cases",
     "check_case",
+    "check_files",
 ]
 
 #: Input channel order of the seed model: T1c, T1, T2, FLAIR (file suffixes of the release).
@@ -93,16 +94,22 @@ def _data(path: Path, image: nib.Nifti1Image) -> np.ndarray:
 
 
 def check_case(case_dir: str | Path, read_data: bool = True) -> CaseInfo:
-    """Check one case folder the way training needs it, and describe it.
+    """Check one case folder of the release layout; see :func:`check_files`."""
+    return check_files(case_files(case_dir), Path(case_dir).name, read_data=read_data)
 
-    Checks: the four contrasts and the label exist and are readable NIfTI volumes; all five share one shape and
-    affine (so they overlay voxel by voxel); with ``read_data``, no contrast holds NaN or infinity and the label
-    holds only values in :data:`LABEL_VALUES` (with integral values).
+
+def check_files(files: dict[str, Path], name: str, read_data: bool = True) -> CaseInfo:
+    """Check one case the way training needs it, and describe it.
+
+    ``files`` maps ``t1ce, t1, t2, flair`` (and ``seg`` when the case is labelled) to NIfTI paths. Checks: every
+    file exists and is a readable 3-D NIfTI volume; all share one shape and affine (so they overlay voxel by
+    voxel); with ``read_data``, no contrast holds NaN or infinity and the label holds only integral values in
+    :data:`LABEL_VALUES`.
 
     Raises:
         CaseError: naming the offending file and what is wrong with it.
     """
-    files = case_files(case_dir)
+    files = {key: Path(path) for key, path in files.items()}
     images = {key: _load(path) for key, path in files.items()}
     ref_key = MODALITIES[0]
     ref = images[ref_key]
@@ -120,17 +127,19 @@ def check_case(case_dir: str | Path, read_data: bool = True) -> CaseInfo:
             data = _data(files[key], images[key])
             if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
                 raise CaseError(f"{files[key]}: contains NaN or infinite values")
-        seg = _data(files["seg"], images["seg"])
-        values = np.unique(seg)
-        if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values) & (values == np.round(values))):
-            raise CaseError(f"{files['seg']}: label values must be integers, found {values[:10].tolist()}")
-        bad = sorted(set(values.astype(np.int64).tolist()) - set(LABEL_VALUES))
-        if bad:
-            raise CaseError(f"{files['seg']}: label values {bad} are not BraTS labels {list(LABEL_VALUES)}")
-        labels = tuple(int(v) for v in values)
+        if "seg" in files:
+            seg = _data(files["seg"], images["seg"])
+            values = np.unique(seg)
+            if np.issubdtype(values.dtype, np.floating) and not np.all(
+                    np.isfinite(values) & (values == np.round(values))):
+                raise CaseError(f"{files['seg']}: label values must be integers, found {values[:10].tolist()}")
+            bad = sorted(set(values.astype(np.int64).tolist()) - set(LABEL_VALUES))
+            if bad:
+                raise CaseError(f"{files['seg']}: label values {bad} are not BraTS labels {list(LABEL_VALUES)}")
+            labels = tuple(int(v) for v in values)
     zooms = ref.header.get_zooms()[:3]
     return CaseInfo(
-        name=Path(case_dir).name,
+        name=name,
         shape=tuple(int(s) for s in ref.shape),
         spacing=tuple(float(z) for z in zooms),
         affine=np.asarray(ref.affine),

@@ -1,0 +1,165 @@
+"""Training and evaluation as plain Python (no FLARE): the learner, the ``validate`` and ``infer`` commands and the
+benchmarks all call these."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, DataLoader, Dataset
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceLoss
+
+from medcore.device import autocast, grad_scaler, select_device
+from medcore.progress import Progress
+
+from .config import TrainConfig
+from .metrics import REGIONS, region_scores
+from .transforms import eval_transforms, train_transforms
+
+__all__ = ["EpochStats", "Trainer", "train_dataset", "eval_dataset", "predict_regions", "evaluate", "summarize"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochStats:
+    """One pass over the training data: mean loss, optimiser steps, wall time and the part spent waiting for data."""
+
+    loss: float
+    steps: int
+    seconds: float
+    data_seconds: float
+
+
+def train_dataset(entries: Sequence[dict], config: TrainConfig) -> CacheDataset:
+    """Training cases with the deterministic prefix cached in memory (decoded once), random crops per epoch."""
+    transform = train_transforms(config.crop)
+    transform.set_random_state(seed=config.seed)
+    return _cached(entries, transform, config.cache_rate)
+
+
+def eval_dataset(entries: Sequence[dict], cache_rate: float = 1.0) -> Dataset:
+    """Whole labelled volumes for validation (cached like training data)."""
+    return _cached(entries, eval_transforms(), cache_rate)
+
+
+def _cached(entries: Sequence[dict], transform, cache_rate: float) -> CacheDataset:
+    # One caching thread: MONAI's NibabelReader keeps the file names of its last read on the instance, so
+    # threads sharing one LoadImaged mix cases up (seen as a 1-channel image when a label read interleaves).
+    return CacheDataset(list(entries), transform=transform, cache_rate=cache_rate, num_workers=1, progress=False)
+
+
+class Trainer:
+    """Adam + Dice loss (on sigmoid outputs) with automatic mixed precision, one epoch at a time.
+
+    The loss is MONAI's ``DiceLoss(sigmoid=True, squared_pred=True, smooth_nr=0, smooth_dr=1e-5)`` over the TC, WT
+    and ET channels (the seed's loss), plus ``vae_weight`` times the VAE loss when the model has that branch.
+    """
+
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, device: torch.device | None = None) -> None:
+        self.config = config
+        self.device = device or select_device(config.device)
+        self.model = model.to(self.device)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.loss_fn = DiceLoss(smooth_nr=0, smooth_dr=1e-5, squared_pred=True, to_onehot_y=False, sigmoid=True)
+        self.scaler = grad_scaler(self.device, config.amp)
+        self.epochs = 0  # epochs trained so far; seeds each epoch's shuffling
+
+    def train_epoch(self, dataset: Dataset, abort: Callable[[], bool] = lambda: False,
+                    step_logger: logging.Logger | None = None) -> EpochStats:
+        """One pass over ``dataset`` in random order; stops early (returning what was done) when ``abort()``."""
+        loader = DataLoader(dataset, batch_size=self.config.batch_size, shuffle=True,
+                            num_workers=self.config.num_workers,
+                            generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.epochs))
+        self.model.train()
+        start = time.perf_counter()
+        data_seconds, losses = 0.0, []
+        fetch_start = time.perf_counter()
+        for batch in loader:
+            data_seconds += time.perf_counter() - fetch_start
+            if abort():
+                break
+            image = batch["image"].to(self.device)
+            label = batch["label"].to(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast(self.device, self.config.amp):
+                logits = self.model(image)
+                loss = self.loss_fn(logits.float(), label)
+                vae_loss = getattr(self.model, "vae_loss", None)
+                if vae_loss is not None:
+                    loss = loss + self.config.vae_weight * vae_loss.float()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            losses.append(float(loss.detach()))
+            if step_logger is not None:
+                step_logger.debug("step %d loss %.4f", len(losses), losses[-1])
+            fetch_start = time.perf_counter()
+        self.epochs += 1
+        return EpochStats(loss=float(np.mean(losses)) if losses else float("nan"), steps=len(losses),
+                          seconds=time.perf_counter() - start, data_seconds=data_seconds)
+
+    def state_dict(self) -> dict:
+        """Optimiser and scaler state (the model's weights travel separately)."""
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "epochs": self.epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epochs = int(state.get("epochs", 0))
+
+
+@torch.no_grad()
+def predict_regions(model: torch.nn.Module, image: torch.Tensor, config: TrainConfig,
+                    device: torch.device) -> np.ndarray:
+    """Sliding-window prediction of one volume: image (4, X, Y, Z) -> boolean (3, X, Y, Z) TC, WT, ET masks.
+
+    Windows of ``config.crop`` voxels overlapping by ``config.val_overlap`` (Gaussian-free constant blending, as
+    in the seed), sigmoid, threshold 0.5.
+    """
+    model.eval()
+    batch = torch.as_tensor(image)[None].to(device)
+    with autocast(device, config.amp):
+        logits = sliding_window_inference(batch, roi_size=config.crop, sw_batch_size=config.sw_batch_size,
+                                          predictor=model, overlap=config.val_overlap)
+    return (torch.sigmoid(logits.float())[0] > 0.5).cpu().numpy()
+
+
+def evaluate(model: torch.nn.Module, dataset: Iterable[dict], config: TrainConfig, device: torch.device,
+             spacing: bool = False, abort: Callable[[], bool] = lambda: False,
+             progress_logger: logging.Logger | None = None) -> list[dict]:
+    """Per-case scores on labelled volumes: ``{"name", "TC", "WT", "ET", "mean"}`` (+ ``HD95_*`` in mm with
+    ``spacing``, using each case's voxel size)."""
+    cases = list(range(len(dataset))) if hasattr(dataset, "__len__") else None
+    progress = Progress(len(cases), "cases", progress_logger) if progress_logger and cases else None
+    results = []
+    for item in dataset:
+        if abort():
+            break
+        pred = predict_regions(model, item["image"], config, device)
+        truth = item["label"].numpy().astype(bool) if torch.is_tensor(item["label"]) else item["label"] > 0
+        voxel = None
+        if spacing:
+            affine = np.asarray(item["image"].affine) if hasattr(item["image"], "affine") else np.eye(4)
+            voxel = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+        scores = region_scores(pred, truth, voxel)
+        name = item.get("name", f"case {len(results)}")
+        results.append({"name": name, **scores})
+        if progress:
+            progress.step(f"{name}: " + " ".join(f"{r} {scores[r]:.3f}" for r in REGIONS))
+    return results
+
+
+def summarize(per_case: Sequence[dict]) -> dict[str, float]:
+    """Mean of every numeric score over cases, plus ``n_cases``."""
+    if not per_case:
+        return {"n_cases": 0}
+    keys = [k for k, v in per_case[0].items() if isinstance(v, (int, float))]
+    summary = {k: float(np.mean([case[k] for case in per_case])) for k in keys}
+    summary["n_cases"] = len(per_case)
+    return summary

@@ -1,0 +1,86 @@
+"""Checkpoints applied to data, outside FLARE: per-case validation of any model on any datalist split, and
+segmentation of a single case into a BraTS label map in the input's exact geometry."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import nibabel as nib
+import numpy as np
+
+from medcore.device import select_device
+from medcore.files import atomic_path, write_text
+
+from .config import TrainConfig
+from .data import MODALITIES, check_files
+from .datalist import read_datalist
+from .engine import eval_dataset, evaluate, predict_regions, summarize
+from .metrics import REGIONS, regions_to_labels
+from .model import load_checkpoint
+from .transforms import infer_transforms
+
+__all__ = ["validate_checkpoint", "segment_case"]
+
+logger = logging.getLogger(__name__)
+
+
+def validate_checkpoint(checkpoint: str | Path, datalist: str | Path, data_root: str | Path, split: str,
+                        out_csv: str | Path, config: TrainConfig) -> dict[str, float]:
+    """Score ``checkpoint`` on one split of a datalist, writing per-case Dice and HD95 (mm) to ``out_csv``.
+
+    The CSV has a row per case (``name, TC, WT, ET, mean, HD95_TC, HD95_WT, HD95_ET``) and a last ``MEAN`` row;
+    the means are returned.
+    """
+    model, _ = load_checkpoint(checkpoint)
+    cases = read_datalist(datalist, data_root, splits=[split])[split]
+    device = select_device(config.device)
+    model.to(device)
+    per_case = evaluate(model, eval_dataset(cases, config.cache_rate), config, device, spacing=True,
+                        progress_logger=logger)
+    summary = summarize(per_case)
+    columns = ["name", *REGIONS, "mean", *(f"HD95_{r}" for r in REGIONS)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for case in per_case:
+        writer.writerow([case["name"], *(f"{case[c]:.6f}" for c in columns[1:])])
+    writer.writerow(["MEAN", *(f"{summary[c]:.6f}" for c in columns[1:])])
+    write_text(out_csv, buffer.getvalue())
+    return summary
+
+
+def segment_case(checkpoint: str | Path, files: Mapping[str, str | Path], out_path: str | Path,
+                 config: TrainConfig) -> Path:
+    """Segment one case: four contrasts in, a BraTS label NIfTI (uint8, labels 0/1/2/4) out.
+
+    ``files`` maps ``t1ce, t1, t2, flair`` to NIfTI paths (checked first: readable, same shape and affine). The
+    output takes the T1c's shape, affine and header (voxel order untouched by the pipeline), so it overlays the
+    input in any viewer.
+    """
+    missing = [m for m in MODALITIES if m not in files]
+    if missing:
+        raise ValueError(f"missing input contrast(s) {missing}; need {', '.join(MODALITIES)}")
+    paths = {m: Path(files[m]) for m in MODALITIES}
+    check_files(paths, name=paths["t1ce"].name)
+    model, _ = load_checkpoint(checkpoint)
+    device = select_device(config.device)
+    model.to(device)
+    item = infer_transforms()({"image": [str(paths[m]) for m in MODALITIES]})
+    regions = predict_regions(model, item["image"], config, device)
+    labels = regions_to_labels(regions)
+    reference = nib.load(str(paths["t1ce"]))
+    if labels.shape != reference.shape:
+        raise RuntimeError(f"prediction shape {labels.shape} differs from the input {reference.shape}")
+    header = reference.header.copy()
+    header.set_data_dtype(np.uint8)
+    header["scl_slope"], header["scl_inter"] = 1, 0
+    image = nib.Nifti1Image(labels, reference.affine, header)
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        nib.save(image, str(tmp))
+    logger.info("%s: %s", out_path, ", ".join(f"label {v}: {int((labels == v).sum())} voxels" for v in (1, 2, 4)))
+    return out_path

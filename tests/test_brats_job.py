@@ -1,0 +1,105 @@
+"""The FLARE job: derived job folders, and end-to-end simulator runs on tiny data."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from brats_fl import cli
+from brats_fl.datalist import write_datalists
+from brats_fl.job import DEFAULT_JOB, load_job_configs, make_job
+
+from conftest import TINY_BRATS_SHAPE
+
+NVFLARE = str(Path(sys.executable).parent / "nvflare")
+
+
+def test_committed_job_is_the_seed_recipe():
+    server, client = load_job_configs(DEFAULT_JOB)
+    assert server["num_rounds"] == 600
+    assert json.loads((DEFAULT_JOB / "meta.json").read_text())["min_clients"] == 2
+    learner = next(c for c in client["components"] if c["id"] == "learner")["args"]
+    assert learner["train"]["crop"] == [224, 224, 144] and learner["train"]["lr"] == 1e-4
+    assert learner["datalists"] == {"site-1": "seg_brats18_datalist_client_a.json",
+                                    "site-2": "seg_brats18_datalist_client_b.json"}
+    persistor = next(c for c in server["components"] if c["id"] == "persistor")["args"]["model"]
+    assert persistor == {"path": "brats_fl.model.BratsSegResNet", "args": {"vae": False, "crop": [224, 224, 144]}}
+    # The job ships the project's code (bring-your-own-code) so sites need only nvflare and the dependencies.
+    for package in ("brats_fl", "medcore"):
+        assert (DEFAULT_JOB / "app/custom" / package / "__init__.py").is_file()
+
+
+def test_make_job_applies_overrides(tmp_path):
+    out = make_job(tmp_path / "job", rounds=3, train={"crop": [64, 64, 48], "vae": True, "lr": 3e-4},
+                   data_root="/data/brats")
+    server, client = load_job_configs(out)
+    assert server["num_rounds"] == 3
+    learner = next(c for c in client["components"] if c["id"] == "learner")["args"]
+    assert learner["train"]["crop"] == [64, 64, 48] and learner["train"]["lr"] == 3e-4
+    assert learner["data_root"] == "/data/brats" and learner["datalist_dir"] == "$BRATS_DATA_ROOT/datalists"
+    model_args = next(c for c in server["components"] if c["id"] == "persistor")["args"]["model"]["args"]
+    assert model_args == {"vae": True, "crop": [64, 64, 48]}  # server builds what clients train
+    custom = out / "app/custom/brats_fl"
+    assert custom.is_dir() and not custom.is_symlink() and (custom / "learner.py").is_file()
+    assert not list(out.rglob("__pycache__"))
+    with pytest.raises(ValueError, match="unknown training setting"):
+        make_job(tmp_path / "bad", train={"epochs": 2})
+    assert not (tmp_path / "bad").exists()
+    broken = tmp_path / "broken"
+    (broken / "app/config").mkdir(parents=True)
+    (broken / "app/config/config_fed_server.json").write_text("{")
+    with pytest.raises(ValueError, match="config_fed_server.json: not valid JSON"):
+        make_job(tmp_path / "x", template=broken)
+
+
+def _simulate(job, workspace, threads, env=None):
+    cmd = [NVFLARE, "simulator", str(job), "-w", str(workspace), "-n", "2"] + (["-t", str(threads)] if threads else [])
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threads", [2, None])
+def test_simulator_end_to_end(brats_root, tmp_path, threads):
+    """2 clients, 2 rounds, tiny volumes: global, best and local models exist and every model x site pair
+    has finite Dice in cross_val_results.json. Without -t the simulator rebuilds clients for every task."""
+    lists = write_datalists(brats_root, tmp_path / "lists")
+    job = make_job(tmp_path / "job", rounds=2, data_root=str(brats_root), datalist_dir=str(lists["site-1"].parent),
+                   train={"crop": list(TINY_BRATS_SHAPE), "num_workers": 0, "num_threads": 1})
+    ws = tmp_path / "ws"
+    result = _simulate(job, ws, threads)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = ws / "server/simulate_job"
+    for name in ("FL_global_model.pt", "best_FL_global_model.pt"):
+        state = torch.load(run / "app_server" / name, weights_only=True)["model"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    for site in ("site-1", "site-2"):
+        assert (ws / site / "simulate_job/models/local_best_model.pt").is_file()
+    results = json.loads((run / "cross_site_val/cross_val_results.json").read_text())
+    assert set(results) == {"site-1", "site-2"}
+    for site, per_model in results.items():
+        assert set(per_model) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", "site-1", "site-2"}
+        for metrics in per_model.values():
+            assert all(0 <= metrics[k] <= 1 for k in ("TC", "WT", "ET", "mean")) and metrics["n_cases"] == 1
+    # TensorBoard events streamed to the server; the report command reads all of it.
+    assert {p.name for p in (run / "tb_events").iterdir()} == {"site-1", "site-2"}
+    assert cli.main(["report", str(ws), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report/training_curves.png").stat().st_size > 10_000
+    assert "AVE" in (tmp_path / "report/report.txt").read_text()
+
+
+@pytest.mark.slow
+def test_committed_job_without_data_fails_clearly(tmp_path):
+    """`nvflare simulator jobs/brats_fl -n 2` as users type it: custom code deploys from the job, and a missing
+    data location stops the run with a message that says what to set."""
+    env = {k: v for k, v in os.environ.items() if k != "BRATS_DATA_ROOT"}
+    ws = tmp_path / "ws"
+    result = subprocess.run([NVFLARE, "simulator", str(DEFAULT_JOB), "-w", str(ws), "-n", "2", "-t", "2"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode != 0
+    assert "BRATS_DATA_ROOT" in result.stdout + result.stderr
+    shipped = ws / "site-1/simulate_job/app_site-1/custom/brats_fl/learner.py"
+    assert shipped.is_file() and not shipped.is_symlink()

@@ -5,11 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SHIPPED := $(VENV)/.shipped-brats_fl
 DEMO_DIR ?= demo_workspace
-# CPU-sized demo: BraTS geometry at 3.75 mm voxels, the committed job with fewer rounds and a smaller crop.
-DEMO_HGG ?= 10
-DEMO_LGG ?= 10
-DEMO_SHAPE ?= 64 64 48
-DEMO_ROUNDS ?= 20
+# CPU-sized demo: BraTS geometry at 2.5 mm voxels, the committed job with fewer rounds and a smaller crop.
+# Rounds of ~30 s keep FLARE's per-round overhead (~1 s, benchmarks/results/flare_overhead.md) near 3%.
+DEMO_HGG ?= 28
+DEMO_LGG ?= 28
+DEMO_SHAPE ?= 96 96 64
+DEMO_ROUNDS ?= 12
 # Two clients share this machine's cores in the simulator: one PyTorch thread each.
 DEMO_SETTINGS ?= --set num_workers=0 --set num_threads=1
 

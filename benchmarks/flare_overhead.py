@@ -1,12 +1,12 @@
 """Benchmark: FLARE's overhead per round in the simulator (round time minus the clients' local work), with
 nvflare's default timing settings and with the job's.
 
-The demo configuration (2 sites, 64x64x48 volumes, 7 training cases per site, -t 2, one thread per client) runs
-for a few rounds per setting; the learner logs how long each task's local work took, the server logs when each
+The demo configuration of the Makefile (2 sites, 28 HGG + 28 LGG cases of 96x96x64 voxels, about 20 training
+cases per site, -t 2, one PyTorch thread per client) runs for a few rounds per setting; the learner logs how long each task's local work took, the server logs when each
 round starts. Overhead share = 1 - sum over rounds of the slowest site's local work / sum of round times
 (round 0 and the last round left out: start-up and cross-site validation).
 
-Run: .venv/bin/python benchmarks/flare_overhead.py   (about 4 minutes on 2 cores)
+Run: .venv/bin/python benchmarks/flare_overhead.py   (about 10 minutes on 2 cores)
 Writes benchmarks/results/flare_overhead.json and .md.
 """
 
@@ -78,7 +78,10 @@ def measure(log: str, sites: int = 2) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=6, help="rounds per setting (default: 6)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per setting (default: 5)")
+    parser.add_argument("--cases", type=int, default=28, help="HGG and LGG cases each (default: 28, as make demo)")
+    parser.add_argument("--shape", type=int, nargs=3, default=[96, 96, 64], help="volume and crop size "
+                        "(default: 96 96 64, as make demo)")
     args = parser.parse_args()
     from brats_fl.datalist import write_datalists
     from brats_fl.job import make_job
@@ -87,12 +90,12 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        generate_dataset(tmp / "brats", 10, 10, shape=(64, 64, 48), seed=0)
+        generate_dataset(tmp / "brats", args.cases, args.cases, shape=tuple(args.shape), seed=0)
         lists = write_datalists(tmp / "brats")
         for name, setting in SETTINGS.items():
             job = make_job(tmp / "job", rounds=args.rounds, data_root=str(tmp / "brats"),
                            datalist_dir=str(lists["site-1"].parent),
-                           train={"crop": [64, 64, 48], "num_workers": 0, "num_threads": 1})
+                           train={"crop": list(args.shape), "num_workers": 0, "num_threads": 1})
             interval, period = _configure(job, setting)
             run = subprocess.run([NVFLARE, "simulator", str(job), "-w", str(tmp / f"ws-{len(results)}"), "-n", "2",
                                   "-t", "2"], capture_output=True, text=True, timeout=1200)
@@ -103,7 +106,8 @@ def main() -> None:
             print(name, results[name], flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "flare_overhead.json").write_text(json.dumps(results, indent=2) + "\n")
-    md = ["# FLARE overhead per round (simulator, demo configuration, -n 2 -t 2)", "",
+    md = [f"# FLARE overhead per round (simulator, -n 2 -t 2, {args.cases}+{args.cases} cases of "
+          f"{'x'.join(map(str, args.shape))}, {args.rounds} rounds per setting)", "",
           "| setting | task_request_interval s | task_check_period s | round s | local work s | overhead s | share |",
           "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from medcore.progress import configure_logging
+from medcore.command import command_parser, run_command
 
 from .config import TrainConfig
 from .data import MODALITIES, CaseError, case_files, check_case, find_cases
@@ -150,12 +150,9 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="brats-fl",
-        description="Federated brain-tumour segmentation (BraTS 2018) on NVIDIA FLARE and MONAI.",
+    parser, sub = command_parser(
+        "brats-fl", "Federated brain-tumour segmentation (BraTS 2018) on NVIDIA FLARE and MONAI."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     make = sub.add_parser(
         "make-data", help="generate synthetic BraTS-format cases (HGG/ and LGG/ NIfTI folders)",
@@ -265,13 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
-    try:
-        return args.func(args)
-    except (CaseError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv, (CaseError, ValueError, OSError))
 
 
 if __name__ == "__main__":

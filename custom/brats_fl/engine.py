@@ -135,8 +135,8 @@ def evaluate(model: torch.nn.Module, dataset: Iterable[dict], config: TrainConfi
              progress_logger: logging.Logger | None = None) -> list[dict]:
     """Per-case scores on labelled volumes: ``{"name", "TC", "WT", "ET", "mean"}`` (+ ``HD95_*`` in mm with
     ``spacing``, using each case's voxel size)."""
-    cases = list(range(len(dataset))) if hasattr(dataset, "__len__") else None
-    progress = Progress(len(cases), "cases", progress_logger) if progress_logger and cases else None
+    progress = Progress(len(dataset), "cases", progress_logger) if progress_logger and hasattr(dataset, "__len__") \
+        else None
     results = []
     for item in dataset:
         if abort():

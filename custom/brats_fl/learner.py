@@ -18,6 +18,7 @@ on disk in the site's run folder, under ``models/``:
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateType
 
 from medcore.device import select_device
-from medcore.files import atomic_path
+from medcore.files import atomic_path, write_json
 
 from .config import TrainConfig
 from .datalist import SEED_SITES, read_datalist
@@ -86,13 +87,12 @@ class BratsLearner(Learner):
             raise ValueError(f"no datalist configured for site {self.site!r}; configured: {sorted(self.datalists)}")
         root = _resolve(self.data_root, "data_root")
         datalist = _resolve(self.datalist_dir, "datalist_dir") / self.datalists[self.site]
-        # Every case is checked here, before any training: a broken datalist never starts a run.
-        self.splits = read_datalist(datalist, root)
-        self.log_info(fl_ctx, f"{self.site}: {datalist} with "
-                              + ", ".join(f"{len(v)} {k}" for k, v in self.splits.items()) + f" cases under {root}")
         job_id = fl_ctx.get_job_id()
         self.state_dir = Path(fl_ctx.get_engine().get_workspace().get_run_dir(job_id)) / "models"
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.splits = self._checked_splits(datalist, root)
+        self.log_info(fl_ctx, f"{self.site}: {datalist} with "
+                              + ", ".join(f"{len(v)} {k}" for k, v in self.splits.items()) + f" cases under {root}")
         self.device = select_device(self.config.device)
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
@@ -109,6 +109,24 @@ class BratsLearner(Learner):
                                   f"{self.best_metric:.4f}")
         self.writer = parts.get(self.analytic_sender_id) if self.analytic_sender_id else None
         self._datasets: dict[str, Any] = {}
+
+    def _checked_splits(self, datalist: Path, root: Path) -> dict:
+        """The site's splits, every case checked before any training (a broken datalist never starts a run).
+
+        The full check reads every file; its result is remembered in the run folder with the files' sizes and
+        modification times, so a client rebuilt for the next task (simulator without ``-t``) skips it unless a
+        file changed.
+        """
+        record = self.state_dir / "checked_cases.json"
+        splits = read_datalist(datalist, root, check=False)
+        files = [datalist] + [Path(p) for cases in splits.values() for case in cases
+                              for p in (*case["image"], *([case["label"]] if "label" in case else []))]
+        signature = {str(p): [p.stat().st_size, p.stat().st_mtime_ns] if p.exists() else None for p in files}
+        if record.is_file() and json.loads(record.read_text()) == signature:
+            return splits
+        splits = read_datalist(datalist, root, check=True)
+        write_json(record, signature)
+        return splits
 
     def _dataset(self, split: str):
         if split not in self._datasets:

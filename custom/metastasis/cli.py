@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from medcore.progress import configure_logging
+from medcore.command import command_parser, run_command
 
 from .annotations import AnnotationError
 from .slide import SlideError
@@ -21,12 +21,9 @@ def _make_data(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="metastasis",
-        description="Metastasis detection in whole-slide images (Camelyon16) on NVIDIA FLARE and MONAI.",
+    parser, sub = command_parser(
+        "metastasis", "Metastasis detection in whole-slide images (Camelyon16) on NVIDIA FLARE and MONAI."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     make = sub.add_parser(
         "make-data", help="generate synthetic Camelyon16-format slides and ASAP XML annotations",
@@ -51,13 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
-    try:
-        return args.func(args)
-    except (SlideError, AnnotationError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv, (SlideError, AnnotationError, ValueError))
 
 
 if __name__ == "__main__":

@@ -79,10 +79,18 @@ def measure(log: str, sites: int = 2) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="rounds per setting (default: 5)")
+    parser.add_argument("--from-log", metavar="LOG", help="measure an existing simulator log (e.g. the output of "
+                        "`make demo`) instead of running the settings; writes results/flare_overhead_from_log.json")
     parser.add_argument("--cases", type=int, default=28, help="HGG and LGG cases each (default: 28, as make demo)")
     parser.add_argument("--shape", type=int, nargs=3, default=[96, 96, 64], help="volume and crop size "
                         "(default: 96 96 64, as make demo)")
     args = parser.parse_args()
+    if args.from_log:
+        result = measure(Path(args.from_log).read_text())
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "flare_overhead_from_log.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return
     from brats_fl.datalist import write_datalists
     from brats_fl.job import make_job
     from brats_fl.synthetic import generate_dataset

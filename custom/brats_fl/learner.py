@@ -102,7 +102,7 @@ class BratsLearner(Learner):
         self.best_metric = -np.inf
         state_file = self.state_dir / "local_state.pt"
         if state_file.is_file():
-            state = torch.load(state_file, map_location=self.device, weights_only=False)
+            state = torch.load(state_file, map_location=self.device, weights_only=True)
             self.trainer.load_state_dict(state["trainer"])
             self.best_metric = float(state["best_metric"])
             self.log_info(fl_ctx, f"resumed local state: {self.trainer.epochs} epochs, best {KEY_METRIC} "

@@ -74,3 +74,13 @@ def test_readme_quick_start_has_the_two_commands():
     assert blocks == ["make demo", "make test"]
     ci = (REPO / ".ci/run").read_text()
     assert "make test" in ci
+
+
+def test_ship_code_needs_a_job_folder(tmp_path, capsys):
+    assert brats_cli.main(["ship-code", str(tmp_path / "nojob")]) == 2
+    assert "not a job folder" in capsys.readouterr().err
+    assert not (tmp_path / "nojob").exists()
+    (tmp_path / "job/app/config").mkdir(parents=True)
+    assert brats_cli.main(["ship-code", str(tmp_path / "job")]) == 0
+    assert (tmp_path / "job/app/custom/brats_fl/learner.py").is_file()
+    assert (tmp_path / "job/app/custom/medcore/files.py").is_file()

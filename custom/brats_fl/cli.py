@@ -76,6 +76,8 @@ def _make_job(args: argparse.Namespace) -> int:
 def _ship_code(args: argparse.Namespace) -> int:
     from .job import ship_code
 
+    if not (Path(args.job) / "app" / "config").is_dir():
+        raise ValueError(f"{args.job}: not a job folder (no app/config inside)")
     out = ship_code(Path(args.job) / "app" / "custom")
     print(f"project code copied into {out}")
     return 0

@@ -60,7 +60,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "slide_generation.json").write_text(json.dumps(rows, indent=2) + "\n")
     md = [f"# Synthetic slide generation ({args.workers} workers, JPEG q90, 512 px tiles, tumour slide)", "",
-          "| level-0 size | tiles (all levels) | s | tiles/s | Mpx/s | file MB | peak RSS MB |",
+          "| level-0 size | tiles (all levels) | s | tiles/s | Mpx/s | file MB | peak RSS MB (largest process) |",
           "| --- | --- | --- | --- | --- | --- | --- |"]
     md += [f"| {r['width']}x{r['height']} | {r['tiles']} | {r['seconds']} | {r['tiles_per_s']} | "
            f"{r['megapixels_per_s']} | {r['file_mb']} | {r['peak_rss_mb']} |" for r in rows]

@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
 
-from brats_fl.metrics import HD95_EMPTY, dice, hd95, labels_to_regions, region_scores, regions_to_labels
+from brats_fl.metrics import HD95_EMPTY, dice, hd95, region_scores, regions_to_labels
+
+
+def labels_to_regions(seg):
+    """What the training pipeline does to labels (brats_fl.transforms)."""
+    return np.asarray(ConvertToMultiChannelBasedOnBratsClasses()(np.asarray(seg)))
 
 
 def test_regions_follow_the_brats_definition():
@@ -11,10 +16,8 @@ def test_regions_follow_the_brats_definition():
     assert tc.ravel().tolist() == [False, True, False, True]  # TC = 1, 4
     assert wt.ravel().tolist() == [False, True, True, True]  # WT = 1, 2, 4
     assert et.ravel().tolist() == [False, False, False, True]  # ET = 4
-    # The training pipeline's MONAI transform gives the same channels.
-    rng = np.random.default_rng(0)
-    seg = rng.choice([0, 1, 2, 4], size=(6, 5, 4))
-    assert np.array_equal(np.asarray(ConvertToMultiChannelBasedOnBratsClasses()(seg)), labels_to_regions(seg))
+    # Labels -> regions -> labels is the identity.
+    seg = np.random.default_rng(0).choice([0, 1, 2, 4], size=(6, 5, 4))
     assert np.array_equal(regions_to_labels(labels_to_regions(seg)), seg)
 
 

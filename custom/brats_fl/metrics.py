@@ -1,6 +1,7 @@
 """BraTS evaluation regions and metrics, with the challenge's conventions.
 
-Regions (channels in this order everywhere in the package):
+Regions (channels in this order everywhere in the package; the pipeline makes them from labels with MONAI's
+``ConvertToMultiChannelBasedOnBratsClasses``):
 
 * TC, tumour core = labels 1 and 4;
 * WT, whole tumour = labels 1, 2 and 4;
@@ -20,16 +21,10 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["REGIONS", "HD95_EMPTY", "labels_to_regions", "regions_to_labels", "dice", "hd95", "region_scores"]
+__all__ = ["REGIONS", "HD95_EMPTY", "regions_to_labels", "dice", "hd95", "region_scores"]
 
 REGIONS: tuple[str, ...] = ("TC", "WT", "ET")
 HD95_EMPTY = float(np.sqrt(240.0 ** 2 + 240.0 ** 2 + 155.0 ** 2))
-
-
-def labels_to_regions(seg: np.ndarray) -> np.ndarray:
-    """BraTS labels (X, Y, Z) -> boolean (3, X, Y, Z) TC, WT, ET masks."""
-    seg = np.asarray(seg)
-    return np.stack([(seg == 1) | (seg == 4), seg > 0, seg == 4])
 
 
 def regions_to_labels(regions: np.ndarray) -> np.ndarray:

@@ -1,7 +1,6 @@
 """Config, model, engine and the checkpoint commands, on tiny generated volumes."""
 
 import csv
-import json
 
 import nibabel as nib
 import numpy as np

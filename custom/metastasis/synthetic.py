@@ -24,7 +24,7 @@ import logging
 import math
 import multiprocessing
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import tifffile

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import Sequence
 
-from medcore.command import command_parser, run_command
+from medcore.command import command_parser, parse_setting, run_command, ship_code_command
 
 from .config import TrainConfig
 from .data import MODALITIES, CaseError, case_files, check_case, find_cases
@@ -49,18 +48,6 @@ def _datalist(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_setting(text: str) -> tuple[str, object]:
-    import json
-
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def _make_job(args: argparse.Namespace) -> int:
     from .job import DEFAULT_JOB, make_job
 
@@ -74,29 +61,18 @@ def _make_job(args: argparse.Namespace) -> int:
 
 
 def _ship_code(args: argparse.Namespace) -> int:
-    from .job import ship_code
+    from .job import JOB_PACKAGES
 
-    if not (Path(args.job) / "app" / "config").is_dir():
-        raise ValueError(f"{args.job}: not a job folder (no app/config inside)")
-    out = ship_code(Path(args.job) / "app" / "custom")
-    print(f"project code copied into {out}")
-    return 0
+    return ship_code_command(args.job, JOB_PACKAGES)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import build_report, find_results, format_markdown, format_text, load_results, plot_curves, \
-        write_report
+    from medcore.crosssite import report_command
 
-    results_path = find_results(args.path)
-    weights = dict(args.weights) if args.weights else None
-    report = build_report(load_results(results_path), weights=weights)
-    print(format_markdown(report) if args.markdown else format_text(report))
-    if args.out:
-        written = write_report(report, args.out)
-        plot = None if args.no_plot else plot_curves(args.path if Path(args.path).is_dir() else results_path.parent
-                                                     .parent, Path(args.out) / "training_curves.png")
-        print(f"wrote {', '.join(str(p) for p in written.values())}" + (f", {plot}" if plot else ""))
-    return 0
+    from .report import BRATS_REPORT
+
+    return report_command(args.path, BRATS_REPORT, weights=dict(args.weights) if args.weights else None,
+                          markdown=args.markdown, out=args.out, plot=not args.no_plot)
 
 
 def _weight(text: str) -> tuple[str, float]:
@@ -208,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--data-root", help="data root the sites read, e.g. an absolute path (default: "
                                          "$BRATS_DATA_ROOT, expanded on each site)")
     job.add_argument("--datalist-dir", help="folder of the site datalists (default: $BRATS_DATA_ROOT/datalists)")
-    job.add_argument("--set", type=_parse_setting, action="append", metavar="KEY=VALUE",
+    job.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE",
                      help="any training setting (lr, weight_decay, local_epochs, batch_size, vae, vae_weight, amp, "
                           "val_overlap, sw_batch_size, cache_rate, num_workers, seed, device); values are JSON, "
                           "e.g. --set lr=2e-4 --set vae=true; repeatable")

@@ -4,13 +4,14 @@ command line) with a clear error for unknown or malformed keys."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+
+from medcore.settings import Settings
 
 __all__ = ["TrainConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Settings):
     """Client-side recipe. Defaults reproduce the Clara seed (Myronenko 2018 SegResNet on BraTS 2018).
 
     Attributes:
@@ -55,16 +56,3 @@ class TrainConfig:
         if self.lr <= 0 or self.local_epochs < 1 or self.batch_size < 1 or not 0 <= self.cache_rate <= 1 \
                 or not 0 <= self.val_overlap < 1 or self.num_workers < 0 or self.num_threads < 0:
             raise ValueError(f"invalid training settings: {self}")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> "TrainConfig":
-        """Build from a mapping, rejecting unknown keys by name (a typo must not silently fall back)."""
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training setting(s) {unknown}; known settings: {sorted(known)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)

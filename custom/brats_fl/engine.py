@@ -3,19 +3,18 @@ benchmarks all call these."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import time
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, DataLoader, Dataset
+from monai.data import CacheDataset, Dataset
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceLoss
 
-from medcore.device import autocast, grad_scaler, select_device
+from medcore.device import autocast, select_device
 from medcore.progress import Progress
+from medcore.training import EpochStats, EpochTrainer
 
 from .config import TrainConfig
 from .metrics import REGIONS, region_scores
@@ -24,16 +23,6 @@ from .transforms import eval_transforms, train_transforms
 __all__ = ["EpochStats", "Trainer", "train_dataset", "eval_dataset", "predict_regions", "evaluate", "summarize"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class EpochStats:
-    """One pass over the training data: mean loss, optimiser steps, wall time and the part spent waiting for data."""
-
-    loss: float
-    steps: int
-    seconds: float
-    data_seconds: float
 
 
 def train_dataset(entries: Sequence[dict], config: TrainConfig) -> CacheDataset:
@@ -54,7 +43,7 @@ def _cached(entries: Sequence[dict], transform, cache_rate: float) -> CacheDatas
     return CacheDataset(list(entries), transform=transform, cache_rate=cache_rate, num_workers=1, progress=False)
 
 
-class Trainer:
+class Trainer(EpochTrainer):
     """Adam + Dice loss (on sigmoid outputs) with automatic mixed precision, one epoch at a time.
 
     The loss is MONAI's ``DiceLoss(sigmoid=True, squared_pred=True, smooth_nr=0, smooth_dr=1e-5)`` over the TC, WT
@@ -62,56 +51,21 @@ class Trainer:
     """
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, device: torch.device | None = None) -> None:
+        device = device or select_device(config.device)
+        super().__init__(model, torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay),
+                         device, amp=config.amp, batch_size=config.batch_size, num_workers=config.num_workers,
+                         seed=config.seed)
         self.config = config
-        self.device = device or select_device(config.device)
-        self.model = model.to(self.device)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.loss_fn = DiceLoss(smooth_nr=0, smooth_dr=1e-5, squared_pred=True, to_onehot_y=False, sigmoid=True)
-        self.scaler = grad_scaler(self.device, config.amp)
-        self.epochs = 0  # epochs trained so far; seeds each epoch's shuffling
 
-    def train_epoch(self, dataset: Dataset, abort: Callable[[], bool] = lambda: False,
-                    step_logger: logging.Logger | None = None) -> EpochStats:
-        """One pass over ``dataset`` in random order; stops early (returning what was done) when ``abort()``."""
-        loader = DataLoader(dataset, batch_size=self.config.batch_size, shuffle=True,
-                            num_workers=self.config.num_workers,
-                            generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.epochs))
-        self.model.train()
-        start = time.perf_counter()
-        data_seconds, losses = 0.0, []
-        fetch_start = time.perf_counter()
-        for batch in loader:
-            data_seconds += time.perf_counter() - fetch_start
-            if abort():
-                break
-            image = batch["image"].to(self.device)
-            label = batch["label"].to(self.device)
-            self.optimizer.zero_grad(set_to_none=True)
-            with autocast(self.device, self.config.amp):
-                logits = self.model(image)
-                loss = self.loss_fn(logits.float(), label)
-                vae_loss = getattr(self.model, "vae_loss", None)
-                if vae_loss is not None:
-                    loss = loss + self.config.vae_weight * vae_loss.float()
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            losses.append(float(loss.detach()))
-            if step_logger is not None:
-                step_logger.debug("step %d loss %.4f", len(losses), losses[-1])
-            fetch_start = time.perf_counter()
-        self.epochs += 1
-        return EpochStats(loss=float(np.mean(losses)) if losses else float("nan"), steps=len(losses),
-                          seconds=time.perf_counter() - start, data_seconds=data_seconds)
-
-    def state_dict(self) -> dict:
-        """Optimiser and scaler state (the model's weights travel separately)."""
-        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "epochs": self.epochs}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.epochs = int(state.get("epochs", 0))
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        image = batch["image"].to(self.device)
+        label = batch["label"].to(self.device)
+        loss = self.loss_fn(self.model(image).float(), label)
+        vae_loss = getattr(self.model, "vae_loss", None)
+        if vae_loss is not None:
+            loss = loss + self.config.vae_weight * vae_loss.float()
+        return loss, image.shape[0]
 
 
 @torch.no_grad()

@@ -1,234 +1,47 @@
-"""The cross-site validation report users read, as the seed prints it, and the training curves.
+"""The BraTS cross-site validation report users read, as the seed prints it, and the training curves.
 
-Input: FLARE's ``cross_site_val/cross_val_results.json``, shaped ``{data_site: {model_owner: {metric: value}}}``,
-where the server's models are ``SRV_FL_global_model.pt`` (the final global model) and
-``SRV_best_FL_global_model.pt`` (the best global model by in-time selection), and each site's local best model is
-listed under the site's name.
-
-For every model the report lists each site's TC / WT / ET Dice on its testing split and their average across
-sites weighted by the number of test cases: with the seed's split, AVE = (site-1 x 30 + site-2 x 12) / 42.
-(The seed's card names 30 and 12 "testing" cases while its datalists hold 36 and 7 testing cases and 30 / 12
-validation cases; our learner reports the number of cases it evaluated, ``n_cases``, and the report weights by it.
-``weights`` reproduces any other weighting, e.g. the seed's ``{"site-1": 30, "site-2": 12}``.)
+For every model (final global, best global, each site's local best) the report lists each site's TC / WT / ET
+Dice on its testing split and their average across sites weighted by the number of test cases: with the seed's
+split, AVE = (site-1 x 30 + site-2 x 12) / 42. (The seed's card names 30 and 12 "testing" cases while its
+datalists hold 36 and 7 testing cases and 30 / 12 validation cases; our learner reports the number of cases it
+evaluated, ``n_cases``, and the report weights by it. ``weights`` reproduces any other weighting, e.g. the seed's
+``{"site-1": 30, "site-2": 12}``.) The machinery is :mod:`medcore.crosssite`; this module says what BraTS results
+hold.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import io
-import json
-import logging
-import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
-from medcore.files import atomic_path, write_json, write_text
+from medcore import crosssite
+from medcore.crosssite import (SERVER_BEST, SERVER_FINAL, CrossSiteReport, ReportError, ReportSpec, find_results,
+                               format_markdown, format_text, write_report)
 
 from .metrics import REGIONS
 
-__all__ = ["ReportError", "CrossSiteReport", "find_results", "load_results", "build_report", "format_text",
-           "format_markdown", "write_report", "plot_curves"]
+__all__ = ["SERVER_FINAL", "SERVER_BEST", "BRATS_REPORT", "ReportError", "CrossSiteReport", "find_results",
+           "load_results", "build_report", "format_text", "format_markdown", "write_report", "plot_curves"]
 
-SERVER_FINAL = "SRV_FL_global_model.pt"
-SERVER_BEST = "SRV_best_FL_global_model.pt"
-COLUMNS: tuple[str, ...] = (*REGIONS, "mean")
-
-
-class ReportError(ValueError):
-    """Results that cannot be reported; the message names the file and the problem."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CrossSiteReport:
-    """Scores per model and site, the site weights and the weighted average per model."""
-
-    models: list[str]
-    sites: list[str]
-    scores: dict[str, dict[str, dict[str, float]]]  # model -> site -> TC/WT/ET/mean
-    weights: dict[str, float]
-    weights_source: str
-    average: dict[str, dict[str, float]]  # model -> TC/WT/ET/mean
-
-    def title(self, model: str) -> str:
-        if model == SERVER_FINAL:
-            return "Global model at the end of federated training"
-        if model == SERVER_BEST:
-            return "Global best model selected via IntimeModelSelector"
-        return f"{model.capitalize()} best model selected via {model} local validation"
-
-
-def find_results(path: str | Path) -> Path:
-    """``path`` itself if it is a file, else the single ``cross_site_val/cross_val_results.json`` below it."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise ReportError(f"{path}: no such file or folder")
-    found = sorted(path.rglob("cross_site_val/cross_val_results.json"))
-    if not found:
-        raise ReportError(f"{path}: no cross_site_val/cross_val_results.json below this folder")
-    if len(found) > 1:
-        raise ReportError(f"{path}: several results below this folder, pass one: " + ", ".join(map(str, found)))
-    return found[0]
+BRATS_REPORT = ReportSpec(
+    required=REGIONS, columns=(*REGIONS, "mean"), count_key="n_cases", count_name="test cases",
+    split_name="testing splits",
+    curves=(("train_loss", "training loss (Dice loss)", "local epoch"),
+            ("val_dice", "validation mean Dice of the global model", "round"),
+            ("local_val_dice", "validation mean Dice of the local model", "local epoch")),
+)
 
 
 def load_results(path: str | Path) -> dict:
-    """Read and check a ``cross_val_results.json``."""
-    path = Path(path)
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ReportError(f"{path}: cannot read JSON ({err})") from err
-    if not isinstance(results, dict) or not results or not all(isinstance(v, dict) for v in results.values()):
-        raise ReportError(f"{path}: expected {{data_site: {{model_owner: {{metric: value}}}}}}")
-    for site, per_model in results.items():
-        for model, metrics in per_model.items():
-            if not isinstance(metrics, dict) or any(not isinstance(metrics.get(c), (int, float)) for c in REGIONS):
-                raise ReportError(f"{path}: model {model!r} on site {site!r} lacks numeric {', '.join(REGIONS)} "
-                                  f"(got {metrics!r}); did validation fail on that site?")
-    return results
+    """Read and check a BraTS ``cross_val_results.json`` (every result needs numeric TC, WT and ET)."""
+    return crosssite.load_results(path, BRATS_REPORT)
 
 
-def _model_order(models: set[str]) -> list[str]:
-    server = [m for m in (SERVER_FINAL, SERVER_BEST) if m in models]
-    return server + sorted(models - set(server))
-
-
-def build_report(results: Mapping[str, Mapping[str, Mapping[str, float]]],
-                 weights: Mapping[str, float] | None = None) -> CrossSiteReport:
-    """Arrange results per model and compute the weighted cross-site average.
-
-    Weights: ``weights`` if given (every site needs one), else each site's ``n_cases`` (must agree across the
-    models evaluated there), else equal weights.
-    """
-    sites = sorted(results)
-    models = _model_order({m for per_model in results.values() for m in per_model})
-    scores: dict[str, dict[str, dict[str, float]]] = {m: {} for m in models}
-    for site in sites:
-        for model, metrics in results[site].items():
-            values = {r: float(metrics[r]) for r in REGIONS}
-            values["mean"] = float(metrics.get("mean", sum(values.values()) / len(REGIONS)))
-            scores[model][site] = values
-    if weights is not None:
-        missing = [s for s in sites if s not in weights]
-        if missing:
-            raise ReportError(f"no weight given for site(s) {missing}")
-        used = {s: float(weights[s]) for s in sites}
-        source = "given weights"
-    else:
-        counts = {s: {m.get("n_cases") for m in results[s].values()} for s in sites}
-        if all(len(c) == 1 and isinstance(next(iter(c)), (int, float)) for c in counts.values()):
-            used = {s: float(next(iter(counts[s]))) for s in sites}
-            source = "number of test cases"
-        else:
-            used = {s: 1.0 for s in sites}
-            source = "equal (results carry no consistent n_cases)"
-    if any(w < 0 for w in used.values()) or sum(used.values()) <= 0:
-        raise ReportError(f"site weights must be non-negative with a positive sum, got {used}")
-    average = {}
-    for model in models:
-        present = [s for s in sites if s in scores[model]]
-        total = sum(used[s] for s in present)
-        average[model] = {c: (sum(scores[model][s][c] * used[s] for s in present) / total if total else math.nan)
-                          for c in COLUMNS}
-    return CrossSiteReport(models, sites, scores, used, source, average)
-
-
-def _rows(report: CrossSiteReport, model: str) -> list[tuple[str, dict[str, float]]]:
-    rows = [(site.capitalize(), report.scores[model][site]) for site in report.sites if site in report.scores[model]]
-    return rows + [("AVE", report.average[model])]
-
-
-def format_text(report: CrossSiteReport) -> str:
-    """The seed's plain-text layout (``Site-1: TC: 0.8790 WT: 0.9180 ET: 0.8064`` ... ``AVE: ...``)."""
-    weights = " + ".join(f"{s} x {report.weights[s]:g}" for s in report.sites)
-    lines = [f"Cross-site validation (testing splits). AVE = ({weights}) / {sum(report.weights.values()):g}, "
-             f"weights: {report.weights_source}.", ""]
-    for model in report.models:
-        lines.append(f"{report.title(model)} [{model}]:")
-        for name, values in _rows(report, model):
-            lines.append(f"  {name + ':':8s}" + " ".join(f"{c}: {values[c]:.4f}" for c in REGIONS)
-                         + f"   mean: {values['mean']:.4f}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def format_markdown(report: CrossSiteReport) -> str:
-    """One Markdown table: a row per model and site (and AVE), columns TC, WT, ET, mean."""
-    out = ["| model | site | TC | WT | ET | mean |", "| --- | --- | --- | --- | --- | --- |"]
-    for model in report.models:
-        for name, values in _rows(report, model):
-            out.append(f"| {report.title(model)} | {name} | " + " | ".join(f"{values[c]:.4f}" for c in COLUMNS)
-                       + " |")
-    return "\n".join(out) + "\n"
-
-
-def write_report(report: CrossSiteReport, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``report.txt``, ``report.md``, ``report.csv`` and ``report.json`` (atomically) to ``out_dir``."""
-    out = Path(out_dir)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["model", "site", *COLUMNS, "weight"])
-    for model in report.models:
-        for site in report.sites:
-            if site in report.scores[model]:
-                writer.writerow([model, site, *(f"{report.scores[model][site][c]:.6f}" for c in COLUMNS),
-                                 report.weights[site]])
-        writer.writerow([model, "AVE", *(f"{report.average[model][c]:.6f}" for c in COLUMNS), ""])
-    paths = {
-        "txt": write_text(out / "report.txt", format_text(report)),
-        "md": write_text(out / "report.md", format_markdown(report)),
-        "csv": write_text(out / "report.csv", buffer.getvalue()),
-        "json": write_json(out / "report.json", {
-            "weights": report.weights, "weights_source": report.weights_source,
-            "models": {m: {"title": report.title(m), "sites": report.scores[m], "AVE": report.average[m]}
-                       for m in report.models}}),
-    }
-    return paths
+def build_report(results: Mapping, weights: Mapping[str, float] | None = None) -> CrossSiteReport:
+    """Per model and site TC / WT / ET / mean Dice and their weighted AVE (see the module docstring)."""
+    return crosssite.build_report(results, BRATS_REPORT, weights)
 
 
 def plot_curves(path: str | Path, out_png: str | Path) -> Path | None:
-    """Plot per-site training loss and validation Dice from the TensorBoard events FLARE streamed to the server.
-
-    ``path``: a simulator workspace, a downloaded job or a ``tb_events`` folder. Returns the PNG path, or ``None``
-    when there are no events below ``path``.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # it logs every event file it scans
-    path = Path(path)
-    roots = [path] if path.name == "tb_events" else sorted(path.rglob("tb_events"))
-    site_dirs = sorted({d for root in roots for d in root.iterdir() if d.is_dir()})
-    if not site_dirs:
-        return None
-    panels: Sequence[tuple[str, str, str]] = (
-        ("train_loss", "training loss (Dice loss)", "local epoch"),
-        ("val_dice", "validation mean Dice of the global model", "round"),
-        ("local_val_dice", "validation mean Dice of the local model", "local epoch"),
-    )
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
-    for site_dir in site_dirs:
-        events = EventAccumulator(str(site_dir))
-        events.Reload()
-        tags = events.Tags().get("scalars", [])
-        for ax, (tag, title, xlabel) in zip(axes, panels):
-            if tag in tags:
-                points = events.Scalars(tag)
-                ax.plot([p.step for p in points], [p.value for p in points], marker=".", label=site_dir.name)
-            ax.set_title(title)
-            ax.set_xlabel(xlabel)
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return out_png
+    """Per-site training loss and validation Dice curves (global and local model) as one PNG."""
+    return crosssite.plot_curves(path, out_png, BRATS_REPORT.curves)

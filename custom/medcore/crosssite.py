@@ -1,0 +1,264 @@
+"""Cross-site validation reports: FLARE's ``cross_val_results.json`` arranged per model and site, the weighted
+average across sites, text / Markdown / CSV / JSON output, and the training curves from the TensorBoard events
+FLARE streams to the server.
+
+Input: ``cross_site_val/cross_val_results.json``, shaped ``{data_site: {model_owner: {metric: value}}}``, where
+the server's models are ``SRV_FL_global_model.pt`` (the final global model) and ``SRV_best_FL_global_model.pt``
+(the best global model by in-time selection), and each site's local best model is listed under the site's name.
+What a job's results hold (metric names, the count to weigh sites by) is a :class:`ReportSpec`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .files import atomic_path, write_json, write_text
+
+__all__ = ["SERVER_FINAL", "SERVER_BEST", "ReportError", "ReportSpec", "CrossSiteReport", "find_results",
+           "load_results", "build_report", "format_text", "format_markdown", "write_report", "plot_curves",
+           "report_command"]
+
+SERVER_FINAL = "SRV_FL_global_model.pt"
+SERVER_BEST = "SRV_best_FL_global_model.pt"
+
+
+class ReportError(ValueError):
+    """Results that cannot be reported; the message names the file and the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportSpec:
+    """What a job's cross-site results hold.
+
+    Attributes:
+        required: metrics every (site, model) result must have.
+        columns: metrics shown, in order (``mean`` may be derived: the mean of ``required`` when absent).
+        count_key: metric holding how many items a result was computed on (sites are weighted by it).
+        count_name: what those items are, for the report's heading ("test cases", "validation patches").
+        split_name: the data the models were scored on ("testing splits").
+        curves: TensorBoard scalars to plot: (tag, title, x-axis label).
+    """
+
+    required: tuple[str, ...]
+    columns: tuple[str, ...]
+    count_key: str
+    count_name: str
+    split_name: str
+    curves: tuple[tuple[str, str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossSiteReport:
+    """Scores per model and site, the site weights and the weighted average per model."""
+
+    spec: ReportSpec
+    models: list[str]
+    sites: list[str]
+    scores: dict[str, dict[str, dict[str, float]]]  # model -> site -> column -> value
+    weights: dict[str, float]
+    weights_source: str
+    average: dict[str, dict[str, float]]  # model -> column -> value
+
+    def title(self, model: str) -> str:
+        if model == SERVER_FINAL:
+            return "Global model at the end of federated training"
+        if model == SERVER_BEST:
+            return "Global best model selected via IntimeModelSelector"
+        return f"{model.capitalize()} best model selected via {model} local validation"
+
+
+def find_results(path: str | Path) -> Path:
+    """``path`` itself if it is a file, else the single ``cross_site_val/cross_val_results.json`` below it."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ReportError(f"{path}: no such file or folder")
+    found = sorted(path.rglob("cross_site_val/cross_val_results.json"))
+    if not found:
+        raise ReportError(f"{path}: no cross_site_val/cross_val_results.json below this folder")
+    if len(found) > 1:
+        raise ReportError(f"{path}: several results below this folder, pass one: " + ", ".join(map(str, found)))
+    return found[0]
+
+
+def load_results(path: str | Path, spec: ReportSpec) -> dict:
+    """Read and check a ``cross_val_results.json``."""
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ReportError(f"{path}: cannot read JSON ({err})") from err
+    if not isinstance(results, dict) or not results or not all(isinstance(v, dict) for v in results.values()):
+        raise ReportError(f"{path}: expected {{data_site: {{model_owner: {{metric: value}}}}}}")
+    for site, per_model in results.items():
+        for model, metrics in per_model.items():
+            if not isinstance(metrics, dict) or any(not isinstance(metrics.get(c), (int, float))
+                                                    for c in spec.required):
+                raise ReportError(f"{path}: model {model!r} on site {site!r} lacks numeric "
+                                  f"{', '.join(spec.required)} (got {metrics!r}); did validation fail on that site?")
+    return results
+
+
+def _model_order(models: set[str]) -> list[str]:
+    server = [m for m in (SERVER_FINAL, SERVER_BEST) if m in models]
+    return server + sorted(models - set(server))
+
+
+def build_report(results: Mapping[str, Mapping[str, Mapping[str, float]]], spec: ReportSpec,
+                 weights: Mapping[str, float] | None = None) -> CrossSiteReport:
+    """Arrange results per model and compute the weighted cross-site average.
+
+    Weights: ``weights`` if given (every site needs one), else each site's ``spec.count_key`` (must agree across
+    the models evaluated there), else equal weights.
+    """
+    sites = sorted(results)
+    models = _model_order({m for per_model in results.values() for m in per_model})
+    scores: dict[str, dict[str, dict[str, float]]] = {m: {} for m in models}
+    for site in sites:
+        for model, metrics in results[site].items():
+            values = {c: float(metrics[c]) for c in spec.required}
+            for column in spec.columns:
+                if column not in values:
+                    values[column] = float(metrics[column]) if column in metrics else \
+                        sum(values[c] for c in spec.required) / len(spec.required)
+            scores[model][site] = {c: values[c] for c in spec.columns}
+    if weights is not None:
+        missing = [s for s in sites if s not in weights]
+        if missing:
+            raise ReportError(f"no weight given for site(s) {missing}")
+        used = {s: float(weights[s]) for s in sites}
+        source = "given weights"
+    else:
+        counts = {s: {m.get(spec.count_key) for m in results[s].values()} for s in sites}
+        if all(len(c) == 1 and isinstance(next(iter(c)), (int, float)) for c in counts.values()):
+            used = {s: float(next(iter(counts[s]))) for s in sites}
+            source = f"number of {spec.count_name}"
+        else:
+            used = {s: 1.0 for s in sites}
+            source = f"equal (results carry no consistent {spec.count_key})"
+    if any(w < 0 for w in used.values()) or sum(used.values()) <= 0:
+        raise ReportError(f"site weights must be non-negative with a positive sum, got {used}")
+    average = {}
+    for model in models:
+        present = [s for s in sites if s in scores[model]]
+        total = sum(used[s] for s in present)
+        average[model] = {c: (sum(scores[model][s][c] * used[s] for s in present) / total if total else math.nan)
+                          for c in spec.columns}
+    return CrossSiteReport(spec, models, sites, scores, used, source, average)
+
+
+def _rows(report: CrossSiteReport, model: str) -> list[tuple[str, dict[str, float]]]:
+    rows = [(site.capitalize(), report.scores[model][site]) for site in report.sites if site in report.scores[model]]
+    return rows + [("AVE", report.average[model])]
+
+
+def format_text(report: CrossSiteReport) -> str:
+    """The seed's plain-text layout (``Site-1: TC: 0.8790 WT: 0.9180 ET: 0.8064`` ... ``AVE: ...``)."""
+    weights = " + ".join(f"{s} x {report.weights[s]:g}" for s in report.sites)
+    lines = [f"Cross-site validation ({report.spec.split_name}). AVE = ({weights}) / "
+             f"{sum(report.weights.values()):g}, weights: {report.weights_source}.", ""]
+    for model in report.models:
+        lines.append(f"{report.title(model)} [{model}]:")
+        for name, values in _rows(report, model):
+            lines.append(f"  {name + ':':8s}" + " ".join(f"{c}: {values[c]:.4f}" for c in report.spec.columns))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def format_markdown(report: CrossSiteReport) -> str:
+    """One Markdown table: a row per model and site (and AVE), a column per metric."""
+    columns = report.spec.columns
+    out = ["| model | site | " + " | ".join(columns) + " |", "| --- | --- | " + " | ".join("---" for _ in columns) + " |"]
+    for model in report.models:
+        for name, values in _rows(report, model):
+            out.append(f"| {report.title(model)} | {name} | " + " | ".join(f"{values[c]:.4f}" for c in columns)
+                       + " |")
+    return "\n".join(out) + "\n"
+
+
+def write_report(report: CrossSiteReport, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``report.txt``, ``report.md``, ``report.csv`` and ``report.json`` (atomically) to ``out_dir``."""
+    out = Path(out_dir)
+    columns = report.spec.columns
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["model", "site", *columns, "weight"])
+    for model in report.models:
+        for site in report.sites:
+            if site in report.scores[model]:
+                writer.writerow([model, site, *(f"{report.scores[model][site][c]:.6f}" for c in columns),
+                                 report.weights[site]])
+        writer.writerow([model, "AVE", *(f"{report.average[model][c]:.6f}" for c in columns), ""])
+    return {
+        "txt": write_text(out / "report.txt", format_text(report)),
+        "md": write_text(out / "report.md", format_markdown(report)),
+        "csv": write_text(out / "report.csv", buffer.getvalue()),
+        "json": write_json(out / "report.json", {
+            "weights": report.weights, "weights_source": report.weights_source,
+            "models": {m: {"title": report.title(m), "sites": report.scores[m], "AVE": report.average[m]}
+                       for m in report.models}}),
+    }
+
+
+def plot_curves(path: str | Path, out_png: str | Path, curves: Sequence[tuple[str, str, str]]) -> Path | None:
+    """Plot per-site TensorBoard scalars (``curves``: tag, title, x label) that FLARE streamed to the server.
+
+    ``path``: a simulator workspace, a downloaded job or a ``tb_events`` folder. Returns the PNG path, or ``None``
+    when there are no events below ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # it logs every event file it scans
+    path = Path(path)
+    roots = [path] if path.name == "tb_events" else sorted(path.rglob("tb_events"))
+    site_dirs = sorted({d for root in roots for d in root.iterdir() if d.is_dir()})
+    if not site_dirs or not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
+    axes = axes[0]
+    for site_dir in site_dirs:
+        events = EventAccumulator(str(site_dir))
+        events.Reload()
+        tags = events.Tags().get("scalars", [])
+        for ax, (tag, title, xlabel) in zip(axes, curves):
+            if tag in tags:
+                points = events.Scalars(tag)
+                ax.plot([p.step for p in points], [p.value for p in points], marker=".", label=site_dir.name)
+            ax.set_title(title)
+            ax.set_xlabel(xlabel)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    out_png = Path(out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def report_command(path: str | Path, spec: ReportSpec, weights: Mapping[str, float] | None = None,
+                   markdown: bool = False, out: str | Path | None = None, plot: bool = True) -> int:
+    """The ``report`` sub-command of both tools: print the report; with ``out`` write its files and the curves."""
+    results_path = find_results(path)
+    report = build_report(load_results(results_path, spec), spec, weights=weights)
+    print(format_markdown(report) if markdown else format_text(report))
+    if out:
+        written = write_report(report, out)
+        events_root = Path(path) if Path(path).is_dir() else results_path.parent.parent
+        png = plot_curves(events_root, Path(out) / "training_curves.png", spec.curves) if plot else None
+        print(f"wrote {', '.join(str(p) for p in written.values())}" + (f", {png}" if png else ""))
+    return 0

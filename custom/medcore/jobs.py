@@ -1,0 +1,73 @@
+"""FLARE job folders: ship the project's code into a job, read and rewrite a job's two configuration files.
+
+FLARE ships a job's ``app/custom`` folder to every site (bring-your-own-code), so the sites need only nvflare and
+the dependencies. The code itself lives once, in ``custom/``; :func:`ship_code` copies the packages a job needs
+into its ``app/custom`` (``make`` does this for the committed jobs; the copies are build output, not in git).
+FLARE does not follow symbolic links when it packs a job, so real copies it must be.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+from .files import atomic_directory, write_json
+
+__all__ = ["SERVER_CONFIG", "CLIENT_CONFIG", "ship_code", "load_job_configs", "find_component", "write_job"]
+
+SERVER_CONFIG = Path("app/config/config_fed_server.json")
+CLIENT_CONFIG = Path("app/config/config_fed_client.json")
+
+
+def ship_code(custom_dir: str | Path, packages: Sequence[str]) -> Path:
+    """Copy ``packages`` (from where Python imports them) into ``custom_dir``, replacing older copies."""
+    custom_dir = Path(custom_dir)
+    for name in packages:
+        source = Path(importlib.import_module(name).__file__).parent
+        with atomic_directory(custom_dir / name) as staged:
+            shutil.copytree(source, staged, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return custom_dir
+
+
+def load_job_configs(job_dir: str | Path) -> tuple[dict, dict]:
+    """The server and client configuration of a job folder, with a clear error for a missing or broken file."""
+    job_dir = Path(job_dir)
+    configs = []
+    for rel in (SERVER_CONFIG, CLIENT_CONFIG):
+        path = job_dir / rel
+        if not path.is_file():
+            raise ValueError(f"{path}: missing (is {job_dir} a job folder?)")
+        try:
+            configs.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+    return configs[0], configs[1]
+
+
+def find_component(config: dict, component_id: str, path: Path | str) -> dict:
+    """The component, workflow or executor with ``component_id`` in a FLARE configuration."""
+    for section in ("components", "workflows"):
+        for comp in config.get(section, []):
+            if comp.get("id") == component_id:
+                return comp
+    for executor in config.get("executors", []):
+        if executor.get("executor", {}).get("id") == component_id:
+            return executor["executor"]
+    raise ValueError(f"{path}: no component with id {component_id!r}")
+
+
+def write_job(out_dir: str | Path, template: str | Path, server: dict, client: dict,
+              packages: Sequence[str]) -> Path:
+    """Write ``template`` with the given configurations and a fresh copy of ``packages`` to ``out_dir``
+    (atomically: a failed write leaves no half job)."""
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir) as staged:
+        shutil.copytree(template, staged, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *packages))
+        write_json(staged / SERVER_CONFIG, server)
+        write_json(staged / CLIENT_CONFIG, client)
+        ship_code(staged / "app" / "custom", packages)
+    return out_dir

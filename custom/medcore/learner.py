@@ -1,0 +1,222 @@
+"""The FLARE client side both jobs share: a thin :class:`~nvflare.app_common.abstract.learner_spec.Learner` that
+turns FLARE tasks into calls of a plain-Python engine.
+
+Why the Learner API (with FLARE's ``LearnerExecutor``) rather than the Client API: these jobs need exactly the four
+hooks the Learner API defines and wires into the stock workflows: validation of the received global model before
+each round's training (its metric goes into the train result as ``initial_metrics`` for the server's
+``IntimeModelSelector``), training, validation of any model for ``CrossSiteModelEval`` (with the model owner in
+the header), and ``submit_model`` returning the site's local best model. The Client API would need all of that
+re-implemented in a script.
+
+State that must outlive a client process (the simulator without ``-t`` rebuilds the client for every task) lives
+on disk in the site's run folder, under ``models/``:
+
+* ``local_best_model.pt``: the site's model after local training that scored best on the site's validation
+  split, what the site submits for cross-site validation;
+* ``local_state.pt``: optimiser and grad-scaler state, epochs trained, and the best validation score so far.
+
+A subclass builds its model and trainer in :meth:`setup` and says how to train a round and score a split.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.signal import Signal
+from nvflare.app_common.abstract.learner_spec import Learner
+from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateType
+
+from .files import atomic_path
+from .training import EpochStats, EpochTrainer
+
+__all__ = ["resolve_path", "ModelLearner"]
+
+
+def resolve_path(path: str, what: str) -> Path:
+    """Expand ``$VARS`` and ``~``; an unset variable is an error that says which one to set."""
+    expanded = os.path.expanduser(os.path.expandvars(path))
+    if "$" in expanded:
+        raise ValueError(f"{what} {path!r}: environment variable not set (export it before starting the site)")
+    return Path(expanded)
+
+
+class ModelLearner(Learner):
+    """FLARE task handling around an :class:`~medcore.training.EpochTrainer` (set by :meth:`setup`).
+
+    Subclasses define:
+
+    * :attr:`key_metric`: name of the score the server selects the global best model on (in ``initial_metrics``);
+    * :attr:`cross_site_split`: the split other sites' models are scored on in cross-site validation;
+    * :meth:`setup`: read the site's data, build ``self.model`` and ``self.trainer`` and ``self.local_epochs``;
+    * :meth:`score_split`: a summary dict of the current model on a split (:meth:`key_score` picks the
+      :attr:`key_metric` out of it);
+    * :meth:`format_scores`: one log line for such a summary;
+    * :meth:`train_config`: the recipe stored with the local best model.
+
+    Args:
+        analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
+    """
+
+    key_metric = "val_metric"
+    cross_site_split = "validation"
+
+    def __init__(self, analytic_sender_id: str = "analytic_sender") -> None:
+        super().__init__()
+        self.analytic_sender_id = analytic_sender_id
+        self.model: torch.nn.Module | None = None
+        self.trainer: EpochTrainer | None = None
+        self.local_epochs = 1
+
+    # -- to implement --------------------------------------------------------------------------------------------
+    def setup(self, fl_ctx: FLContext) -> None:
+        raise NotImplementedError
+
+    def score_split(self, split: str, abort_signal: Signal) -> dict:
+        raise NotImplementedError
+
+    def key_score(self, summary: dict) -> float:
+        """The :attr:`key_metric` value of a :meth:`score_split` summary."""
+        return float(summary[self.key_metric])
+
+    def format_scores(self, summary: dict) -> str:
+        return f"{self.key_metric} {self.key_score(summary):.4f}"
+
+    def train_config(self) -> dict:
+        return {}
+
+    def train_epoch(self, abort_signal: Signal) -> EpochStats:
+        """One local epoch; the default trains on :meth:`dataset` ``("training")``."""
+        return self.trainer.train_epoch(self.dataset("training"), abort=lambda: abort_signal.triggered)
+
+    def dataset(self, split: str) -> Any:
+        raise NotImplementedError
+
+    # -- set-up ------------------------------------------------------------------------------------------------
+    def initialize(self, parts: dict, fl_ctx: FLContext) -> None:
+        self.site = fl_ctx.get_identity_name()
+        job_id = fl_ctx.get_job_id()
+        self.state_dir = Path(fl_ctx.get_engine().get_workspace().get_run_dir(job_id)) / "models"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.setup(fl_ctx)
+        self.best_metric = -np.inf
+        state_file = self.state_dir / "local_state.pt"
+        if state_file.is_file():
+            state = torch.load(state_file, map_location=self.trainer.device, weights_only=True)
+            self.trainer.load_state_dict(state["trainer"])
+            self.best_metric = float(state["best_metric"])
+            self.log_info(fl_ctx, f"resumed local state: {self.trainer.epochs} epochs, best {self.key_metric} "
+                                  f"{self.best_metric:.4f}")
+        self.writer = parts.get(self.analytic_sender_id) if self.analytic_sender_id else None
+
+    # -- weights in and out ------------------------------------------------------------------------------------
+    def _load_weights(self, data: Shareable) -> None:
+        dxo = from_shareable(data)
+        if dxo.data_kind != DataKind.WEIGHTS:
+            raise ValueError(f"expected model weights, got {dxo.data_kind}")
+        state = {k: torch.as_tensor(np.asarray(v)) for k, v in dxo.data.items()}
+        self.model.load_state_dict(state, strict=True)
+
+    def _weights(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+
+    def _save_state(self) -> None:
+        with atomic_path(self.state_dir / "local_state.pt") as tmp:
+            torch.save({"trainer": self.trainer.state_dict(), "best_metric": self.best_metric}, tmp)
+
+    def log_scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, float(value), step)
+
+    # -- tasks -------------------------------------------------------------------------------------------------
+    def train(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        start = time.perf_counter()
+        result = self._train(data, fl_ctx, abort_signal)
+        self._log_timing(fl_ctx, "train", start)
+        return result
+
+    def validate(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        start = time.perf_counter()
+        result = self._validate(data, fl_ctx, abort_signal)
+        self._log_timing(fl_ctx, data.get_header(AppConstants.VALIDATE_TYPE, "validate"), start)
+        return result
+
+    def _log_timing(self, fl_ctx: FLContext, task: str, start: float) -> None:
+        # Machine-readable: benchmarks/flare_overhead.py subtracts this local work from the round time.
+        self.log_info(fl_ctx, f"{self.site} timing: {task} {time.perf_counter() - start:.3f} s")
+
+    def _train(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        self._load_weights(data)
+        current_round = data.get_header(AppConstants.CURRENT_ROUND, 0)
+        total_rounds = data.get_header(AppConstants.NUM_ROUNDS, 0)
+        steps = 0
+        for _ in range(self.local_epochs):
+            stats = self.train_epoch(abort_signal)
+            if abort_signal.triggered:
+                return make_reply(ReturnCode.TASK_ABORTED)
+            steps += stats.steps
+            self.log_scalar("train_loss", stats.loss, self.trainer.epochs)
+            self.log_info(fl_ctx, f"round {current_round + 1}/{total_rounds} epoch {self.trainer.epochs}: "
+                                  f"loss {stats.loss:.4f}, {stats.steps} steps in {stats.seconds:.1f} s "
+                                  f"({100 * stats.data_seconds / max(stats.seconds, 1e-9):.1f}% waiting for data)")
+        # Local validation of the locally trained model: it decides the site's local best model.
+        summary = self.score_split("validation", abort_signal)
+        if abort_signal.triggered:
+            return make_reply(ReturnCode.TASK_ABORTED)
+        score = self.key_score(summary)
+        self.log_scalar(f"local_{self.key_metric}", score, self.trainer.epochs)
+        self.log_info(fl_ctx, f"round {current_round + 1}: local model on {self.site} validation: "
+                              + self.format_scores(summary))
+        if score > self.best_metric:
+            self.best_metric = score
+            with atomic_path(self.state_dir / "local_best_model.pt") as tmp:
+                torch.save({"model": self.model.state_dict(), "round": current_round,
+                            self.key_metric: score, "train_conf": self.train_config()}, tmp)
+            self.log_info(fl_ctx, f"new local best model ({self.key_metric} {self.best_metric:.4f})")
+        self._save_state()
+        dxo = DXO(data_kind=DataKind.WEIGHTS, data=self._weights(), meta={MetaKey.NUM_STEPS_CURRENT_ROUND: steps})
+        return dxo.to_shareable()
+
+    def initial_metrics(self, summary: dict) -> dict[str, float]:
+        """What goes to the server with a round's result (``initial_metrics``) and to TensorBoard."""
+        return {self.key_metric: self.key_score(summary)}
+
+    def _validate(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        validate_type = data.get_header(AppConstants.VALIDATE_TYPE)
+        owner = data.get_header(AppConstants.MODEL_OWNER, "global model")
+        self._load_weights(data)
+        if validate_type == ValidateType.BEFORE_TRAIN_VALIDATE:
+            summary = self.score_split("validation", abort_signal)
+            if abort_signal.triggered:
+                return make_reply(ReturnCode.TASK_ABORTED)
+            current_round = data.get_header(AppConstants.CURRENT_ROUND, 0)
+            metrics = self.initial_metrics(summary)
+            for name, value in metrics.items():
+                self.log_scalar(name, value, current_round)
+            self.log_info(fl_ctx, f"round {current_round + 1}: global model on {self.site} validation: "
+                                  + self.format_scores(summary))
+            return DXO(data_kind=DataKind.METRICS, data={MetaKey.INITIAL_METRICS: metrics}).to_shareable()
+        if validate_type == ValidateType.MODEL_VALIDATE:
+            summary = self.score_split(self.cross_site_split, abort_signal)
+            if abort_signal.triggered:
+                return make_reply(ReturnCode.TASK_ABORTED)
+            self.log_info(fl_ctx, f"model of {owner} on {self.site} {self.cross_site_split}: "
+                                  + self.format_scores(summary))
+            return DXO(data_kind=DataKind.METRICS, data=summary).to_shareable()
+        return make_reply(ReturnCode.VALIDATE_TYPE_UNKNOWN)
+
+    def get_model_for_validation(self, model_name: str, fl_ctx: FLContext) -> Shareable:
+        path = self.state_dir / "local_best_model.pt"
+        if model_name != ModelName.BEST_MODEL or not path.is_file():
+            self.log_error(fl_ctx, f"no local best model to submit ({path} missing or model {model_name!r} unknown)")
+            return make_reply(ReturnCode.EMPTY_RESULT)
+        state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+        return DXO(data_kind=DataKind.WEIGHTS, data={k: v.numpy() for k, v in state.items()}).to_shareable()

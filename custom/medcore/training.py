@@ -1,0 +1,94 @@
+"""The optimisation loop both models share: one epoch of optimiser steps over a dataset, with automatic mixed
+precision (:mod:`medcore.device`), seeded shuffling and a record of how long the loop waited for data."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from monai.data import DataLoader
+from torch.utils.data import Dataset
+
+from .device import autocast, grad_scaler
+
+__all__ = ["EpochStats", "EpochTrainer"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochStats:
+    """One pass over the training data: mean loss, optimiser steps, samples, wall time and the part of it spent
+    waiting for the input pipeline."""
+
+    loss: float
+    steps: int
+    seconds: float
+    data_seconds: float
+    samples: int = 0
+
+
+class EpochTrainer:
+    """Trains ``model`` with ``optimizer`` one epoch at a time; subclasses define :meth:`compute_loss`.
+
+    Args:
+        batch_size, num_workers: DataLoader settings (``num_workers`` processes prepare batches in parallel).
+        seed: shuffling seed; epoch ``k`` shuffles with ``seed * 1_000_003 + k``, so a resumed run continues the
+            same sequence.
+        amp: mixed precision as :func:`medcore.device.autocast` chooses it (fp16 + scaler on CUDA, bf16 on CPU).
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+                 amp: bool = True, batch_size: int = 1, num_workers: int = 0, seed: int = 0) -> None:
+        self.device = device
+        self.model = model.to(device)
+        self.optimizer = optimizer
+        self.amp = amp
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.scaler = grad_scaler(device, amp)
+        self.epochs = 0  # epochs trained so far
+
+    def compute_loss(self, batch: Any) -> tuple[torch.Tensor, int]:
+        """Forward pass and loss of one batch (called under autocast); returns (loss, samples in the batch)."""
+        raise NotImplementedError
+
+    def train_epoch(self, dataset: Dataset, abort: Callable[[], bool] = lambda: False,
+                    step_logger: logging.Logger | None = None) -> EpochStats:
+        """One pass over ``dataset`` in random order; stops early (returning what was done) when ``abort()``."""
+        # MONAI's DataLoader seeds every worker's random transforms differently (a plain one would fork
+        # identical augmentation streams into all workers).
+        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+                            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epochs))
+        self.model.train()
+        start = time.perf_counter()
+        data_seconds, losses, samples = 0.0, [], 0
+        fetch_start = time.perf_counter()
+        for batch in loader:
+            data_seconds += time.perf_counter() - fetch_start
+            if abort():
+                break
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast(self.device, self.amp):
+                loss, n = self.compute_loss(batch)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            losses.append(float(loss.detach()))
+            samples += n
+            if step_logger is not None:
+                step_logger.debug("step %d loss %.4f", len(losses), losses[-1])
+            fetch_start = time.perf_counter()
+        self.epochs += 1
+        return EpochStats(loss=float(np.mean(losses)) if losses else float("nan"), steps=len(losses),
+                          seconds=time.perf_counter() - start, data_seconds=data_seconds, samples=samples)
+
+    def state_dict(self) -> dict:
+        """Optimiser and scaler state and the epoch count (the model's weights travel separately)."""
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "epochs": self.epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epochs = int(state.get("epochs", 0))

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SHIPPED := $(VENV)/.shipped-brats_fl
+SHIPPED := $(VENV)/.shipped
 DEMO_DIR ?= demo_workspace
 # CPU-sized demo: BraTS geometry at 2.5 mm voxels, the committed job with fewer rounds and a smaller crop.
 # Rounds of ~30 s keep FLARE's per-round overhead (~1 s, benchmarks/results/flare_overhead.md) near 3%.
@@ -14,8 +14,17 @@ DEMO_ROUNDS ?= 12
 # Two clients share this machine's cores in the simulator: one PyTorch thread each. A 12-round run needs a larger
 # step than the seed's 600 rounds: lr 5e-4 (README, "A longer CPU run", compares it with the seed's 1e-4).
 DEMO_SETTINGS ?= --set num_workers=0 --set num_threads=1 --set lr=5e-4
+# Metastasis demo (single-site job): 6 small generated training slides, 100 tumour patches per tumour slide,
+# 224-pixel patches as the seed; rounds of one epoch (~30 s here), DataLoader work in one process.
+PATHO_DIR ?= $(DEMO_DIR)/pathology
+PATHO_TUMOR ?= 4
+PATHO_NORMAL ?= 2
+PATHO_SIZE ?= 8192 6144
+PATHO_PATCHES ?= 100
+PATHO_ROUNDS ?= 5
+PATHO_SETTINGS ?= --set num_workers=1 --set num_threads=2
 
-.PHONY: setup demo demo-data test clean
+.PHONY: setup demo demo-data pathology-demo test clean
 
 setup: $(STAMP) $(SHIPPED)
 
@@ -26,9 +35,10 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(BIN)/pip install -c constraints.txt -e '.[test]'
 	touch $@
 
-# FLARE ships a job's app/custom to the sites: copy the project's code into the committed job.
+# FLARE ships a job's app/custom to the sites: copy the project's code into the committed jobs.
 $(SHIPPED): $(STAMP) $(shell find custom -name '*.py')
 	$(BIN)/brats-fl ship-code jobs/brats_fl
+	$(BIN)/metastasis ship-code jobs/pathology_metastasis
 	touch $@
 
 demo-data: setup
@@ -41,6 +51,20 @@ demo: demo-data
 	rm -rf $(DEMO_DIR)/simulation
 	$(BIN)/nvflare simulator $(DEMO_DIR)/job -w $(abspath $(DEMO_DIR)/simulation) -n 2 -t 2
 	$(BIN)/brats-fl report $(DEMO_DIR)/simulation --out $(DEMO_DIR)/report
+
+# Slides -> tissue masks -> patch list -> single-site FLARE job (train, best model, cross-site validation).
+pathology-demo: setup
+	$(BIN)/metastasis make-data --out $(PATHO_DIR)/camelyon16 --tumor $(PATHO_TUMOR) --normal $(PATHO_NORMAL) \
+		--width $(word 1,$(PATHO_SIZE)) --height $(word 2,$(PATHO_SIZE)) --workers 2
+	$(BIN)/metastasis tissue $(PATHO_DIR)/camelyon16/training --out $(PATHO_DIR)/camelyon16/tissue_masks
+	$(BIN)/metastasis patches --data-root $(PATHO_DIR)/camelyon16 --masks $(PATHO_DIR)/camelyon16/tissue_masks \
+		--tumor-per-slide $(PATHO_PATCHES) --validation-fraction 0.25 --out $(PATHO_DIR)/camelyon16/patches.json
+	$(BIN)/metastasis make-job --out $(PATHO_DIR)/job --rounds $(PATHO_ROUNDS) \
+		--data-root $(abspath $(PATHO_DIR)/camelyon16) --patch-list $(abspath $(PATHO_DIR)/camelyon16/patches.json) \
+		$(PATHO_SETTINGS)
+	rm -rf $(PATHO_DIR)/simulation
+	$(BIN)/nvflare simulator $(PATHO_DIR)/job -w $(abspath $(PATHO_DIR)/simulation) -n 1 -t 1
+	$(BIN)/metastasis report $(PATHO_DIR)/simulation --out $(PATHO_DIR)/report
 
 test: setup
 	$(BIN)/python -m pytest

@@ -1,23 +1,181 @@
-"""``metastasis``: command-line tools of the whole-slide metastasis detection package."""
+"""``metastasis``: command-line tools of the whole-slide metastasis detection package.
+
+The data preparation and training path, each step a file a user can open::
+
+    metastasis make-data   # (demo) synthetic Camelyon16-format slides + ASAP XML
+    metastasis tissue      # slides -> tissue masks (PNG + JSON geometry + overlay PNG)
+    metastasis patches     # slides + XML + tissue masks (or NCRF coordinate files) -> patch list JSON
+    metastasis train       # patch list -> best_model.pt, metrics.csv, TensorBoard (standalone, no FLARE)
+    metastasis make-job    # the FLARE job with other settings (nvflare simulator JOB -n 1)
+    metastasis report      # the job's cross-site validation table (final / best global, local best)
+    metastasis validate    # a checkpoint's patch accuracy / AUC on a patch list split
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from medcore.command import command_parser, run_command
+from medcore.command import command_parser, parse_setting, run_command, ship_code_command
 
 from .annotations import AnnotationError
+from .patches import PatchListError
 from .slide import SlideError
-from .synthetic import generate_dataset
+
+_SETTINGS_HELP = ("training setting (patch_size, batch_size, lr, weight_decay, epochs, local_epochs, amp, augment, "
+                  "threshold, num_workers, num_threads, pretrained, seed, device; see metastasis.config.TrainConfig); "
+                  "values are JSON, e.g. --set lr=5e-4 --set augment=false; repeatable")
+
+
+def _slides(paths: Sequence[str]) -> list[Path]:
+    """Slide files from files and folders (folders: every .tif below them)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(p.rglob("*.tif"))
+        elif p.exists():
+            found.append(p)
+        else:
+            raise ValueError(f"{p}: no such slide file or folder")
+    if not found:
+        raise ValueError(f"no .tif slides found in {', '.join(paths)}")
+    return found
 
 
 def _make_data(args: argparse.Namespace) -> int:
+    from .synthetic import generate_dataset
+
     paths = generate_dataset(args.out, args.tumor, args.normal, args.width, args.height, seed=args.seed,
                              split=args.split, tile=args.tile, workers=args.workers, overwrite=args.overwrite)
     print(f"{len(paths)} slides under {args.out}/{args.split}")
     return 0
+
+
+def _tissue(args: argparse.Namespace) -> int:
+    from .tissue import TissueMask, prepare_tissue_masks
+
+    masks = prepare_tissue_masks(_slides(args.slides), args.out, downsample=args.downsample,
+                                 overwrite=args.overwrite, min_saturation=args.min_saturation,
+                                 min_tissue_um2=args.min_tissue_um2, max_hole_um2=args.max_hole_um2)
+    for png in masks:
+        mask = TissueMask.load(png)
+        print(f"{png}: {100 * mask.tissue_fraction:.1f}% tissue, {mask.mask.shape[1]}x{mask.mask.shape[0]} "
+              f"at 1/{mask.downsample:g}")
+    return 0
+
+
+def _label_file(text: str) -> tuple[str, int]:
+    path, sep, label = text.rpartition("=")
+    if not sep or label not in ("0", "1"):
+        raise argparse.ArgumentTypeError(f"expected FILE=0 or FILE=1, got {text!r}")
+    return path, int(label)
+
+
+def _patches(args: argparse.Namespace) -> int:
+    from .patches import check_patch_list, find_training_slides, generate_patch_list, read_ncrf_coords, \
+        write_patch_list
+
+    if args.ncrf_train or args.ncrf_valid:
+        if not args.ncrf_train or not args.ncrf_valid:
+            raise ValueError("NCRF conversion needs both --ncrf-train and --ncrf-valid coordinate files")
+        slide_dir = Path(args.slide_dir or args.data_root)
+        patches = {"patch_size": args.patch_size,
+                   "training": [e for f, label in args.ncrf_train for e in read_ncrf_coords(f, slide_dir, label)],
+                   "validation": [e for f, label in args.ncrf_valid for e in read_ncrf_coords(f, slide_dir, label)]}
+        check_patch_list(patches, "NCRF coordinates")
+    else:
+        sources = find_training_slides(args.data_root, args.masks or Path(args.data_root) / "tissue_masks",
+                                       args.annotations, downsample=args.downsample)
+        patches = generate_patch_list(sources, tumor_per_slide=args.tumor_per_slide, patch_size=args.patch_size,
+                                      validation_fraction=args.validation_fraction, margin_um=args.margin_um,
+                                      seed=args.seed)
+    out = write_patch_list(args.out, patches, args.data_root)
+    counts = {s: len(patches[s]) for s in ("training", "validation")}
+    print(f"{out}: {counts['training']} training and {counts['validation']} validation patches")
+    return 0
+
+
+def _config(args: argparse.Namespace, base: dict | None = None):
+    from .config import TrainConfig
+
+    values = dict(base or {})
+    values.update(dict(args.set or []))
+    return TrainConfig.from_dict(values)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .engine import train
+    from .patches import read_patch_list
+
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    config = _config(args, overrides)
+    patches = read_patch_list(args.patches, args.data_root, check=True)
+    best = train(patches, config, args.out, resume=not args.restart)
+    print(f"best model: epoch {best.get('epoch')} with validation accuracy {best.get('val_accuracy', float('nan')):.4f}"
+          f" (AUC {best.get('val_auc', float('nan')):.4f}) -> {Path(args.out) / 'best_model.pt'}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    import csv
+    import io
+
+    import torch
+
+    from medcore.device import select_device
+    from medcore.files import write_text
+
+    from .config import TrainConfig
+    from .engine import evaluate, patch_datasets, predict
+    from .model import load_checkpoint
+    from .patches import read_patch_list
+
+    device = select_device(args.device)
+    model, meta = load_checkpoint(args.checkpoint, device)
+    config = TrainConfig.from_dict({**meta.get("train_conf", {}), "num_workers": args.num_workers,
+                                    "augment": False})
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    patches = read_patch_list(args.patches, args.data_root, check=True)
+    dataset = patch_datasets(patches, config)[args.split]
+    scores = evaluate(model, dataset, config, device)
+    print(f"{args.checkpoint} on {args.split} ({scores['n']} patches): accuracy {scores['accuracy']:.4f}, "
+          f"AUC {scores['auc']:.4f}, sensitivity {scores['sensitivity']:.4f}, specificity {scores['specificity']:.4f}")
+    if args.csv:
+        probabilities, labels = predict(model, dataset, config, device)
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["image", "y", "x", "label", "probability"])
+        for entry, p in zip(dataset.entries, probabilities):
+            writer.writerow([entry["image"], *entry["location"], entry["label"], f"{p:.6f}"])
+        write_text(args.csv, text.getvalue())
+    return 0
+
+
+def _make_job(args: argparse.Namespace) -> int:
+    from .job import DEFAULT_JOB, make_job
+
+    out = make_job(args.out, template=args.template or DEFAULT_JOB, rounds=args.rounds, train=dict(args.set or []),
+                   data_root=args.data_root, patch_list=args.patch_list)
+    print(f"job written to {out}; run it with: nvflare simulator {out} -n 1")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from medcore.crosssite import report_command
+
+    from .report import METASTASIS_REPORT
+
+    return report_command(args.path, METASTASIS_REPORT, markdown=args.markdown, out=args.out,
+                          plot=not args.no_plot)
+
+
+def _ship_code(args: argparse.Namespace) -> int:
+    from .job import JOB_PACKAGES
+
+    return ship_code_command(args.job, JOB_PACKAGES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,11 +202,128 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same slides (default: 0)")
     make.add_argument("--overwrite", action="store_true", help="regenerate slides that already exist")
     make.set_defaults(func=_make_data)
+
+    tissue = sub.add_parser(
+        "tissue", help="compute tissue masks of slides (the seed's prepare_inference_data)",
+        description="For each slide: Otsu threshold on HSV saturation of a low-resolution view, specks removed and "
+                    "holes filled; writes NAME_tissue.png (0/255), NAME_tissue.json (downsample, level, level-0 "
+                    "size, threshold) and NAME_tissue_overlay.png (mask over the thumbnail). Finished slides are "
+                    "skipped, so an interrupted run can be restarted.",
+    )
+    tissue.add_argument("slides", nargs="+", help="slide files, or folders searched for .tif slides")
+    tissue.add_argument("--out", required=True, help="folder for the masks")
+    tissue.add_argument("--downsample", type=float, default=32.0,
+                        help="level-0 pixels per mask pixel (default: 32, level 5 of a Camelyon16 pyramid)")
+    tissue.add_argument("--min-saturation", type=float, default=0.07,
+                        help="lowest saturation threshold, whatever Otsu finds (default: 0.07)")
+    tissue.add_argument("--min-tissue-um2", type=float, default=10_000.0,
+                        help="tissue pieces smaller than this many square microns are dropped (default: 10000)")
+    tissue.add_argument("--max-hole-um2", type=float, default=20_000.0,
+                        help="holes smaller than this many square microns are filled (default: 20000)")
+    tissue.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
+    tissue.set_defaults(func=_tissue)
+
+    patches = sub.add_parser(
+        "patches", help="make a patch list JSON from slides + annotations + tissue masks, or from NCRF coordinates",
+        description="Generate the training/validation patch list (MONAI PatchWSIDataset convention: location = "
+                    "level-0 [y, x] of the patch centre) from a Camelyon16 training release: tumour patches centred "
+                    "inside tumour, normal patches from tissue away from tumour and from normal slides, balanced, "
+                    "split by slide, deterministic for a seed. Missing tissue masks are computed first. Or convert "
+                    "NCRF coordinate files (name,x,y per line) with --ncrf-train/--ncrf-valid.",
+    )
+    patches.add_argument("--data-root", required=True,
+                         help="Camelyon16 root holding training/tumor, training/normal, training/lesion_annotations; "
+                              "paths in the list are written relative to it")
+    patches.add_argument("--out", required=True, help="patch list JSON to write")
+    patches.add_argument("--masks", help="tissue mask folder (default: DATA_ROOT/tissue_masks; computed if missing)")
+    patches.add_argument("--annotations", help="ASAP XML folder (default: DATA_ROOT/training/lesion_annotations)")
+    patches.add_argument("--tumor-per-slide", type=int, default=200,
+                         help="tumour patches per tumour slide; as many normal patches are drawn (default: 200)")
+    patches.add_argument("--patch-size", type=int, default=224, help="patch side in level-0 pixels (default: 224)")
+    patches.add_argument("--validation-fraction", type=float, default=0.2,
+                         help="share of tumour slides and of normal slides held out for validation (default: 0.2)")
+    patches.add_argument("--margin-um", type=float, default=50.0,
+                         help="normal patches keep this distance (microns) plus half a patch from tumour (default: 50)")
+    patches.add_argument("--downsample", type=float, default=32.0,
+                         help="tissue mask downsample when masks are computed (default: 32)")
+    patches.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    patches.add_argument("--ncrf-train", nargs="+", type=_label_file, metavar="FILE=LABEL",
+                         help="NCRF coordinate files for training, each with its label, e.g. tumor_train.txt=1 "
+                              "normal_train.txt=0")
+    patches.add_argument("--ncrf-valid", nargs="+", type=_label_file, metavar="FILE=LABEL",
+                         help="NCRF coordinate files for validation, e.g. tumor_valid.txt=1 normal_valid.txt=0")
+    patches.add_argument("--slide-dir", help="where NCRF slide names are looked up (default: DATA_ROOT)")
+    patches.set_defaults(func=_patches)
+
+    train = sub.add_parser(
+        "train", help="train the patch classifier without FLARE",
+        description="Train ResNet18 (1x1-convolution head) on a patch list with the seed's recipe (Novograd, "
+                    "BCEWithLogitsLoss, AMP, augmentation). Writes best_model.pt (best validation accuracy), "
+                    "last_model.pt, metrics.csv/json and TensorBoard events into --out; an interrupted run "
+                    "resumes from trainer_state.pt.",
+    )
+    train.add_argument("--patches", required=True, help="patch list JSON")
+    train.add_argument("--data-root", help="folder the list's slide paths are relative to (default: the list's folder)")
+    train.add_argument("--out", required=True, help="output folder")
+    train.add_argument("--epochs", type=int, help="epochs (default: the recipe's 20)")
+    train.add_argument("--restart", action="store_true", help="start from scratch even if --out holds a state")
+    train.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE", help=_SETTINGS_HELP)
+    train.set_defaults(func=_train)
+
+    val = sub.add_parser(
+        "validate", help="patch accuracy and AUC of a checkpoint on a patch list",
+        description="Score a trained checkpoint (best_model.pt, a FLARE model) on one split of a patch list: "
+                    "accuracy at the recipe's threshold, ROC AUC, sensitivity, specificity.",
+    )
+    val.add_argument("--checkpoint", required=True, help="model file written by training")
+    val.add_argument("--patches", required=True, help="patch list JSON")
+    val.add_argument("--data-root", help="folder the list's slide paths are relative to (default: the list's folder)")
+    val.add_argument("--split", choices=("training", "validation"), default="validation",
+                     help="which split to score (default: validation)")
+    val.add_argument("--csv", help="also write per-patch probabilities to this CSV")
+    val.add_argument("--num-workers", type=int, default=2, help="DataLoader processes reading patches (default: 2)")
+    val.add_argument("--num-threads", type=int, default=0, help="PyTorch CPU threads, 0: default (default: 0)")
+    val.add_argument("--device", default="auto", help="auto, cpu or cuda[:n] (default: auto)")
+    val.set_defaults(func=_validate)
+
+    job = sub.add_parser(
+        "make-job", help="write a copy of jobs/pathology_metastasis with other settings",
+        description="Copy the committed single-site FLARE job with other rounds, data location or training "
+                    "settings, and ship the project's code into it. Run it with: nvflare simulator OUT -n 1.",
+    )
+    job.add_argument("--out", required=True, help="job folder to write")
+    job.add_argument("--template", help="job to start from (default: jobs/pathology_metastasis)")
+    job.add_argument("--rounds", type=int, help="federated rounds, one local epoch each (default: the template's 20)")
+    job.add_argument("--data-root", help="folder the patch list's paths are relative to (default: $CAMELYON_DATA_ROOT)")
+    job.add_argument("--patch-list", help="the site's patch list (default: $CAMELYON_DATA_ROOT/patches.json)")
+    job.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE", help=_SETTINGS_HELP)
+    job.set_defaults(func=_make_job)
+
+    rep = sub.add_parser(
+        "report", help="print the cross-site table from cross_val_results.json and plot training curves",
+        description="Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a simulator workspace "
+                    "or a downloaded job folder) and print, per model (final global, best global, the site's local "
+                    "best), validation patch accuracy, AUC, sensitivity and specificity.",
+    )
+    rep.add_argument("path", help="cross_val_results.json, or a folder that contains exactly one")
+    rep.add_argument("--markdown", action="store_true", help="print a Markdown table instead of the text layout")
+    rep.add_argument("--out", help="folder for report.txt/.md/.csv/.json and training_curves.png (from the "
+                                   "TensorBoard events found under PATH)")
+    rep.add_argument("--no-plot", action="store_true", help="do not plot the training curves")
+    rep.set_defaults(func=_report)
+
+    ship = sub.add_parser(
+        "ship-code", help="copy the project's code into a job's app/custom (make does this for the committed job)",
+        description="Copy the metastasis and medcore packages into JOB/app/custom, replacing older copies, so FLARE "
+                    "ships them to the site with the job. Run it after changing the code.",
+    )
+    ship.add_argument("job", help="job folder (holding app/config and app/custom)")
+    ship.set_defaults(func=_ship_code)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(build_parser(), argv, (SlideError, AnnotationError, ValueError))
+    return run_command(build_parser(), argv, (SlideError, AnnotationError, PatchListError, ValueError))
 
 
 if __name__ == "__main__":

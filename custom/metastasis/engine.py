@@ -1,0 +1,180 @@
+"""Training and validation of the patch classifier as plain Python (no FLARE): the ``metastasis train`` command,
+the FLARE learner and the benchmarks all call these."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.data import DataLoader
+from monai.optimizers import Novograd
+
+from medcore.device import autocast, select_device
+from medcore.files import atomic_path, write_json, write_text
+from medcore.training import EpochStats, EpochTrainer
+
+from .config import TrainConfig
+from .metrics import classification_scores
+from .model import PatchClassifier, load_pretrained
+from .patches import PatchDataset
+from .transforms import train_augmentation
+
+__all__ = ["EpochStats", "Trainer", "build_model", "patch_datasets", "predict", "evaluate", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(config: TrainConfig) -> PatchClassifier:
+    """The network for ``config``, seeded, with the pretrained backbone when ``config.pretrained`` names one."""
+    torch.manual_seed(config.seed)
+    model = PatchClassifier(config.patch_size)
+    if config.pretrained:
+        skipped = load_pretrained(model, config.pretrained)
+        logger.info("loaded pretrained weights from %s%s", config.pretrained,
+                    f" (kept the new head: {skipped})" if skipped else "")
+    return model
+
+
+def patch_datasets(patches: Mapping, config: TrainConfig) -> dict[str, PatchDataset]:
+    """Training (augmented when ``config.augment``) and validation datasets of a patch list."""
+    if int(patches.get("patch_size", config.patch_size)) != config.patch_size:
+        raise ValueError(f"the patch list was made for {patches['patch_size']}-pixel patches, the recipe trains on "
+                         f"{config.patch_size}")
+    augment = train_augmentation(config.seed) if config.augment else None
+    return {"training": PatchDataset(patches.get("training", []), config.patch_size, augment),
+            "validation": PatchDataset(patches.get("validation", []), config.patch_size)}
+
+
+class Trainer(EpochTrainer):
+    """Novograd + ``BCEWithLogitsLoss`` on one tumour logit per patch (the seed's recipe), automatic AMP."""
+
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, device: torch.device | None = None) -> None:
+        device = device or select_device(config.device)
+        optimizer = Novograd(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        super().__init__(model, optimizer, device, amp=config.amp, batch_size=config.batch_size,
+                         num_workers=config.num_workers, seed=config.seed)
+        self.config = config
+        self.loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def compute_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        image, label = (t.to(self.device) for t in batch)
+        return self.loss_fn(self.model(image).flatten(1).float(), label), image.shape[0]
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, dataset: PatchDataset, config: TrainConfig, device: torch.device,
+            abort: Callable[[], bool] = lambda: False) -> tuple[np.ndarray, np.ndarray]:
+    """Tumour probabilities and labels of every patch of ``dataset`` (in order)."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
+    probabilities, labels = [], []
+    for image, label in loader:
+        if abort():
+            break
+        with autocast(device, config.amp):
+            logits = model(image.to(device)).flatten(1).float()
+        probabilities.append(torch.sigmoid(logits).cpu().numpy().ravel())
+        labels.append(label.numpy().ravel())
+    if not probabilities:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(probabilities), np.concatenate(labels).astype(int)
+
+
+def evaluate(model: torch.nn.Module, dataset: PatchDataset, config: TrainConfig, device: torch.device,
+             abort: Callable[[], bool] = lambda: False) -> dict[str, float]:
+    """Patch-level scores (:func:`~metastasis.metrics.classification_scores`) plus the mean BCE ``loss``."""
+    probabilities, labels = predict(model, dataset, config, device, abort)
+    if probabilities.size == 0:
+        raise ValueError("no validation patches to evaluate")
+    scores = classification_scores(probabilities, labels, config.threshold)
+    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    scores["loss"] = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    return scores
+
+
+_HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "val_sensitivity",
+                   "val_specificity", "seconds", "patches_per_second", "data_wait_percent")
+
+
+def _write_history(out_dir: Path, history: Sequence[dict]) -> None:
+    write_json(out_dir / "metrics.json", list(history))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=_HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(out_dir / "metrics.csv", text.getvalue())
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, config: TrainConfig, **meta: float | int | str) -> Path:
+    """``{"model": state_dict, "train_conf": recipe, **meta}``, written atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "train_conf": config.to_dict(), **meta}, tmp)
+    return path
+
+
+def train(patches: Mapping, config: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict:
+    """Standalone training: ``config.epochs`` epochs, validation after each, the best model kept.
+
+    Writes into ``out_dir``: ``best_model.pt`` (highest validation accuracy, ties: the earlier epoch),
+    ``last_model.pt``, ``trainer_state.pt`` (to resume), ``metrics.csv`` / ``metrics.json`` (one row per epoch)
+    and TensorBoard events under ``tensorboard/``. With ``resume``, a run with a ``trainer_state.pt`` continues
+    from it. Returns the best epoch's row.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = select_device(config.device)
+    model = build_model(config)
+    datasets = patch_datasets(patches, config)
+    if not len(datasets["training"]) or not len(datasets["validation"]):
+        raise ValueError("training needs patches in both 'training' and 'validation'")
+    trainer = Trainer(model, config, device)
+    history: list[dict] = []
+    state_path = out_dir / "trainer_state.pt"
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        trainer.load_state_dict(state["trainer"])
+        history = list(state["history"])
+        logger.info("resumed from %s after epoch %d", state_path, trainer.epochs)
+    best = max(history, key=lambda row: row["val_accuracy"], default=None)
+    writer = SummaryWriter(str(out_dir / "tensorboard"))
+    try:
+        while trainer.epochs < config.epochs:
+            stats = trainer.train_epoch(datasets["training"])
+            scores = evaluate(model, datasets["validation"], config, device)
+            row = {"epoch": trainer.epochs, "train_loss": stats.loss, "val_loss": scores["loss"],
+                   "val_accuracy": scores["accuracy"], "val_auc": scores["auc"],
+                   "val_sensitivity": scores["sensitivity"], "val_specificity": scores["specificity"],
+                   "seconds": stats.seconds, "patches_per_second": stats.samples / max(stats.seconds, 1e-9),
+                   "data_wait_percent": 100 * stats.data_seconds / max(stats.seconds, 1e-9)}
+            history.append(row)
+            for key in ("train_loss", "val_loss", "val_accuracy", "val_auc"):
+                if not math.isnan(row[key]):
+                    writer.add_scalar(key, row[key], trainer.epochs)
+            logger.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f, val AUC %.4f "
+                        "(%.1f patches/s, %.1f%% waiting for data)", trainer.epochs, config.epochs, stats.loss,
+                        scores["loss"], scores["accuracy"], scores["auc"], row["patches_per_second"],
+                        row["data_wait_percent"])
+            if best is None or row["val_accuracy"] > best["val_accuracy"]:
+                best = row
+                save_checkpoint(out_dir / "best_model.pt", model, config, epoch=trainer.epochs,
+                                val_accuracy=row["val_accuracy"], val_auc=row["val_auc"])
+                logger.info("new best model (val accuracy %.4f)", row["val_accuracy"])
+            save_checkpoint(out_dir / "last_model.pt", model, config, epoch=trainer.epochs,
+                            val_accuracy=row["val_accuracy"], val_auc=row["val_auc"])
+            with atomic_path(state_path) as tmp:
+                torch.save({"model": model.state_dict(), "trainer": trainer.state_dict(), "history": history}, tmp)
+            _write_history(out_dir, history)
+    finally:
+        writer.close()
+    return dict(best or {})

@@ -1,0 +1,89 @@
+"""The FLARE client component of the single-site metastasis job: :class:`~medcore.learner.ModelLearner` (task
+handling, state on disk, local best model) around the plain-Python patch-classifier engine.
+
+Each round is ``local_epochs`` epochs over the site's training patches; the server selects the global best model on
+``val_accuracy`` (patch accuracy of the received global model on the site's validation patches), and cross-site
+validation scores the final and best models on those validation patches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.signal import Signal
+
+from medcore.device import select_device
+from medcore.learner import ModelLearner, resolve_path
+
+from .config import TrainConfig
+from .engine import Trainer, build_model, evaluate, patch_datasets
+from .patches import read_patch_list
+
+__all__ = ["MetastasisLearner", "KEY_METRIC"]
+
+#: Name of the validation metric the server's IntimeModelSelector selects on.
+KEY_METRIC = "val_accuracy"
+
+
+class MetastasisLearner(ModelLearner):
+    """Trains and validates the seed's ResNet18 patch classifier on one site's patch list.
+
+    Args:
+        data_root: folder the patch list's slide paths are relative to (environment variables are expanded:
+            ``CAMELYON_DATA_ROOT``).
+        patch_list: the site's patch list JSON (``{"training": [...], "validation": [...]}``).
+        train: :class:`~metastasis.config.TrainConfig` settings; defaults are the seed's recipe. A ``pretrained``
+            path is resolved on the site (environment variables expanded).
+        analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
+    """
+
+    key_metric = KEY_METRIC
+    cross_site_split = "validation"
+
+    def __init__(self, data_root: str = "$CAMELYON_DATA_ROOT", patch_list: str = "$CAMELYON_DATA_ROOT/patches.json",
+                 train: Mapping[str, Any] | None = None, analytic_sender_id: str = "analytic_sender") -> None:
+        super().__init__(analytic_sender_id)
+        self.data_root = data_root
+        self.patch_list = patch_list
+        self.config = TrainConfig.from_dict(train)
+
+    def setup(self, fl_ctx: FLContext) -> None:
+        root = resolve_path(self.data_root, "data_root")
+        patch_list = resolve_path(self.patch_list, "patch_list")
+        if self.config.pretrained:
+            self.config = TrainConfig.from_dict({**self.config.to_dict(),
+                                                 "pretrained": str(resolve_path(self.config.pretrained, "pretrained"))})
+        patches = read_patch_list(patch_list, root, check=True)
+        self.datasets = patch_datasets(patches, self.config)
+        self.log_info(fl_ctx, f"{self.site}: {patch_list} with " + ", ".join(
+            f"{len(d)} {k} patches" for k, d in self.datasets.items()) + f" under {root}")
+        if not len(self.datasets["training"]) or not len(self.datasets["validation"]):
+            raise ValueError(f"{patch_list}: the site needs training and validation patches")
+        self.device = select_device(self.config.device)
+        if self.config.num_threads:
+            torch.set_num_threads(self.config.num_threads)
+        self.model = build_model(self.config)
+        self.trainer = Trainer(self.model, self.config, self.device)
+        self.local_epochs = self.config.local_epochs
+
+    def dataset(self, split: str):
+        return self.datasets[split]
+
+    def score_split(self, split: str, abort_signal: Signal) -> dict:
+        scores = evaluate(self.model, self.datasets[split], self.config, self.device,
+                          abort=lambda: abort_signal.triggered)
+        return {f"val_{k}" if k in ("accuracy", "auc", "loss", "sensitivity", "specificity") else k: v
+                for k, v in scores.items()}
+
+    def format_scores(self, summary: dict) -> str:
+        return (f"accuracy {summary['val_accuracy']:.4f} AUC {summary['val_auc']:.4f} "
+                f"sensitivity {summary['val_sensitivity']:.4f} specificity {summary['val_specificity']:.4f} "
+                f"({summary['n']} patches)")
+
+    def initial_metrics(self, summary: dict) -> dict[str, float]:
+        return {KEY_METRIC: summary[KEY_METRIC], "val_auc": summary["val_auc"], "val_loss": summary["val_loss"]}
+
+    def train_config(self) -> dict:
+        return self.config.to_dict()

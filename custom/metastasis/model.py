@@ -1,0 +1,116 @@
+"""The seed's network: ResNet18 whose last fully connected layer is a 1x1 convolution, so it is fully convolutional.
+
+Built from MONAI's ResNet (no torchvision) with torchvision's layout: the same 122 state-dict keys (``conv1``,
+``bn1``, ``layer1.0.conv1`` ... ``layer4.1.bn2``, ``fc``), stride-2 7x7 stem, bias-free 1x1 downsample convolutions.
+ImageNet ResNet18 weights saved by torchvision therefore load into it (:func:`load_pretrained`); only ``fc``
+differs, a (1, 512, 1, 1) convolution instead of a (1000, 512) linear layer.
+
+Shapes: input (N, 3, H, W) normalised RGB (:func:`metastasis.transforms.to_input`); for a 224x224 patch the output
+is (N, 1, 1, 1), one tumour logit. On a larger tile the same network gives a map of logits with one output per
+32 input pixels: output (i, j) scores the ``patch_size`` window whose top-left corner is at (32 i, 32 j) (the
+average pool is a ``patch_size / 32`` window with stride 1) -- the basis of tiled inference. It is not bit-equal
+to classifying that window alone: inside a tile the window's border pixels see real neighbours where a lone patch
+sees the convolutions' zero padding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from monai.networks.nets.resnet import ResNet, ResNetBlock
+from torch import nn
+
+__all__ = ["OUTPUT_STRIDE", "PatchClassifier", "load_pretrained", "load_checkpoint"]
+
+#: Input pixels per output pixel when the network runs fully convolutionally.
+OUTPUT_STRIDE = 32
+
+
+class PatchClassifier(ResNet):
+    """ResNet18 with a 1x1-convolution head: (N, 3, H, W) -> (N, 1, (H - patch_size) / 32 + 1, ...) logits.
+
+    Args:
+        patch_size: training patch size in pixels (a multiple of 32, at least 32); sets the average-pool window.
+    """
+
+    def __init__(self, patch_size: int = 224) -> None:
+        if patch_size < OUTPUT_STRIDE or patch_size % OUTPUT_STRIDE:
+            raise ValueError(f"patch_size must be a positive multiple of {OUTPUT_STRIDE}, got {patch_size}")
+        super().__init__(block=ResNetBlock, layers=[2, 2, 2, 2], block_inplanes=[64, 128, 256, 512], spatial_dims=2,
+                         n_input_channels=3, conv1_t_size=7, conv1_t_stride=2, shortcut_type="B",
+                         bias_downsample=False, num_classes=1, feed_forward=False)
+        self.patch_size = patch_size
+        self.avgpool = nn.AvgPool2d(patch_size // OUTPUT_STRIDE, stride=1)
+        self.fc = nn.Conv2d(512, 1, kernel_size=1)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] < self.patch_size or x.shape[-2] < self.patch_size:
+            raise ValueError(f"input {tuple(x.shape)} is smaller than the {self.patch_size}-pixel patch")
+        x = self.maxpool(self.act(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.avgpool(x))
+
+
+def _state_dict_of(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """Accept a bare state dict, or a checkpoint holding one under ``model`` / ``state_dict``."""
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: not a PyTorch state dict (or a checkpoint with 'model' / 'state_dict')")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_pretrained(model: PatchClassifier, path: str | Path) -> list[str]:
+    """Load ResNet18 backbone weights (e.g. torchvision's ImageNet ``resnet18-*.pth``) from a local file.
+
+    Every backbone tensor must be present with the right shape; the head is taken when it fits (a linear
+    ``fc`` with one output is reshaped to the 1x1 convolution) and otherwise left at its initialisation.
+    Returns the keys that were not loaded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: pretrained weights file missing")
+    try:
+        state = _state_dict_of(torch.load(path, map_location="cpu", weights_only=True), path)
+    except (RuntimeError, OSError, EOFError) as err:
+        raise ValueError(f"{path}: cannot read pretrained weights ({err})") from err
+    own = model.state_dict()
+    missing = [k for k in own if not k.startswith("fc.") and k not in state]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
+             if not k.startswith("fc.") and k in state and state[k].shape != v.shape]
+    if missing or wrong:
+        raise ValueError(f"{path}: not a ResNet18 state dict (missing {missing[:5]}, mismatched {wrong[:5]})")
+    skipped = []
+    for key in ("fc.weight", "fc.bias"):
+        value = state.get(key)
+        if value is not None and value.numel() == own[key].numel():
+            state[key] = value.reshape(own[key].shape)
+        else:
+            state.pop(key, None)
+            skipped.append(key)
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return skipped
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[PatchClassifier, dict]:
+    """A trained model and its checkpoint metadata, from a file written by training (or a bare state dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: checkpoint missing")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError) as err:
+        raise ValueError(f"{path}: cannot read checkpoint ({err})") from err
+    meta = {k: v for k, v in checkpoint.items() if k != "model"} if isinstance(checkpoint, dict) else {}
+    patch_size = int(meta.get("train_conf", {}).get("patch_size", 224))
+    model = PatchClassifier(patch_size)
+    try:
+        model.load_state_dict(_state_dict_of(checkpoint, path))
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit a {patch_size}-pixel PatchClassifier ({err})") from err
+    return model.to(device).eval(), meta

@@ -1,0 +1,226 @@
+"""Tissue (foreground) masks: where a slide holds tissue, so that patches and inference skip the glass.
+
+The seed's ``prepare_inference_data`` step. A mask is computed from a low-resolution view of the slide (default
+1/32 of level 0, level 5 of a Camelyon16 pyramid): HSV saturation, whose histogram separates stained tissue from
+white glass, is thresholded with Otsu's method (never below ``min_saturation``, so an all-glass view does not split
+its noise into "tissue"); near-black pixels (scanner borders, pen) are not tissue; then specks smaller than
+``min_tissue_um2`` are removed and holes smaller than ``max_hole_um2`` filled.
+
+Geometry: mask pixel (row i, column j) covers level-0 ``[j d, (j + 1) d) x [i d, (i + 1) d)`` with ``d`` the
+mask's ``downsample``. On disk a mask is three files: ``<name>_tissue.png`` (0/255), ``<name>_tissue.json``
+(downsample, pyramid level read, level-0 size, threshold, slide path) and ``<name>_tissue_overlay.png`` (the mask
+tinted over the thumbnail, for a user to check by eye).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from skimage.filters import threshold_otsu
+from skimage.morphology import remove_small_holes, remove_small_objects
+
+from medcore.files import atomic_path, write_json
+from medcore.progress import Progress
+
+from .slide import open_slide, read_rgb, slide_mpp
+
+__all__ = ["TissueMask", "read_downsampled", "tissue_mask", "compute_tissue_mask", "write_overlay",
+           "mask_paths", "prepare_tissue_masks"]
+
+logger = logging.getLogger(__name__)
+
+_BLOCK = 4096  # level pixels per side read at once: at most 64 MB of RGBA, whatever the slide size
+
+
+@dataclasses.dataclass(frozen=True)
+class TissueMask:
+    """A boolean tissue mask (rows, cols) with its geometry.
+
+    Attributes:
+        mask: True where there is tissue.
+        downsample: level-0 pixels per mask pixel.
+        level0_size: slide (width, height) at level 0.
+        level: pyramid level the mask was computed from (informative).
+        threshold: saturation threshold used.
+        slide: path of the slide it belongs to.
+    """
+
+    mask: np.ndarray
+    downsample: float
+    level0_size: tuple[int, int]
+    level: int = 0
+    threshold: float = 0.0
+    slide: str = ""
+
+    def __post_init__(self) -> None:
+        width, height = self.level0_size
+        expected = (math.ceil(height / self.downsample - 1e-6), math.ceil(width / self.downsample - 1e-6))
+        if self.mask.ndim != 2 or abs(self.mask.shape[0] - expected[0]) > 1 or abs(self.mask.shape[1] - expected[1]) > 1:
+            raise ValueError(f"tissue mask of shape {self.mask.shape} does not cover a {width}x{height} slide at "
+                             f"downsample {self.downsample} (expected about {expected})")
+
+    def contains(self, x: np.ndarray | float, y: np.ndarray | float) -> np.ndarray:
+        """Whether level-0 points (x, y) fall on tissue (points outside the mask are not tissue)."""
+        cols = np.floor(np.asarray(x, np.float64) / self.downsample).astype(np.int64)
+        rows = np.floor(np.asarray(y, np.float64) / self.downsample).astype(np.int64)
+        inside = (rows >= 0) & (rows < self.mask.shape[0]) & (cols >= 0) & (cols < self.mask.shape[1])
+        out = np.zeros(np.broadcast(rows, cols).shape, bool)
+        out[inside] = self.mask[rows[inside], cols[inside]]
+        return out
+
+    @property
+    def tissue_fraction(self) -> float:
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+    def save(self, png: str | Path) -> Path:
+        """Write the mask PNG and its JSON geometry next to it (both atomically); return the PNG path."""
+        png = Path(png)
+        with atomic_path(png) as tmp:
+            Image.fromarray(self.mask.astype(np.uint8) * 255).save(tmp, format="PNG")
+        write_json(png.with_suffix(".json"), {
+            "slide": self.slide, "downsample": self.downsample, "level": self.level,
+            "level0_size": list(self.level0_size), "threshold": self.threshold,
+            "shape": list(self.mask.shape), "tissue_fraction": round(self.tissue_fraction, 6),
+        })
+        return png
+
+    @classmethod
+    def load(cls, png: str | Path) -> "TissueMask":
+        """Read a mask saved by :meth:`save` (the PNG path); errors name the file and the problem."""
+        png = Path(png)
+        meta_path = png.with_suffix(".json")
+        for path in (png, meta_path):
+            if not path.is_file():
+                raise ValueError(f"{path}: tissue mask file missing")
+        try:
+            meta = json.loads(meta_path.read_text())
+            downsample, size = float(meta["downsample"]), tuple(int(v) for v in meta["level0_size"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{meta_path}: not a tissue mask description ({err})") from err
+        try:
+            with Image.open(png) as image:
+                mask = np.asarray(image.convert("L")) > 127
+        except OSError as err:
+            raise ValueError(f"{png}: cannot read the mask image ({err})") from err
+        try:
+            return cls(mask, downsample, size, int(meta.get("level", 0)), float(meta.get("threshold", 0.0)),
+                       str(meta.get("slide", "")))
+        except ValueError as err:
+            raise ValueError(f"{png}: {err}") from err
+
+
+def read_downsampled(slide, downsample: float, path: str | Path = "") -> tuple[np.ndarray, float, int]:
+    """The whole slide as an RGB array at ``1/downsample`` of level 0, read in bounded memory.
+
+    Reads the pyramid level closest below ``downsample`` in blocks and averages ``factor x factor`` pixels so
+    that a slide without the right level (or with level 0 only) never needs a whole level in memory.
+    Returns ``(rgb, effective_downsample, level)``; the effective downsample is the level's times the integer
+    averaging factor (equal to ``downsample`` on a power-of-two pyramid).
+    """
+    if downsample < 1:
+        raise ValueError(f"downsample must be at least 1, got {downsample}")
+    level = slide.get_best_level_for_downsample(downsample)
+    level_ds = float(slide.level_downsamples[level])
+    factor = max(1, int(round(downsample / level_ds)))
+    level_w, level_h = slide.level_dimensions[level]
+    out = np.empty((math.ceil(level_h / factor), math.ceil(level_w / factor), 3), np.uint8)
+    block = max(factor, _BLOCK // factor * factor)
+    for top in range(0, level_h, block):
+        for left in range(0, level_w, block):
+            w, h = min(block, level_w - left), min(block, level_h - top)
+            rgb = read_rgb(slide, (int(round(left * level_ds)), int(round(top * level_ds))), level, (w, h), path)
+            if factor > 1:  # edge-pad to whole blocks, then average each factor x factor block
+                ph, pw = -h % factor, -w % factor
+                rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge").astype(np.float32)
+                rgb = rgb.reshape(rgb.shape[0] // factor, factor, rgb.shape[1] // factor, factor, 3).mean((1, 3))
+                rgb = np.round(rgb).astype(np.uint8)
+            out[top // factor: top // factor + rgb.shape[0], left // factor: left // factor + rgb.shape[1]] = rgb
+    return out, level_ds * factor, level
+
+
+def tissue_mask(rgb: np.ndarray, pixel_um: float, min_saturation: float = 0.07, min_tissue_um2: float = 10_000.0,
+                max_hole_um2: float = 20_000.0) -> tuple[np.ndarray, float]:
+    """Boolean tissue mask of an RGB image (H, W, 3) uint8 whose pixels are ``pixel_um`` microns wide.
+
+    Returns the mask and the saturation threshold used.
+    """
+    rgb = rgb.astype(np.float32) / 255.0
+    value = rgb.max(axis=-1)
+    saturation = np.where(value > 0, (value - rgb.min(axis=-1)) / np.maximum(value, 1e-6), 0.0)
+    valid = value > 0.1  # near-black: scanner borders, pen marks, not tissue
+    threshold = min_saturation
+    if valid.any() and np.ptp(saturation[valid]) > 0:
+        threshold = max(float(threshold_otsu(saturation[valid])), min_saturation)
+    mask = valid & (saturation > threshold)
+    pixel_area = pixel_um * pixel_um
+    mask = remove_small_objects(mask, max_size=max(int(min_tissue_um2 / pixel_area), 1))
+    mask = remove_small_holes(mask, max_size=max(int(max_hole_um2 / pixel_area), 1))
+    return mask, threshold
+
+
+def compute_tissue_mask(slide_path: str | Path, downsample: float = 32.0, **options: float) -> tuple[TissueMask, np.ndarray]:
+    """Tissue mask of a slide file and the RGB thumbnail it was computed from (``options``: see :func:`tissue_mask`)."""
+    slide_path = Path(slide_path)
+    slide = open_slide(slide_path)
+    try:
+        mpp = slide_mpp(slide, slide_path)
+        rgb, effective, level = read_downsampled(slide, downsample, slide_path)
+        mask, threshold = tissue_mask(rgb, mpp * effective, **options)
+        return TissueMask(mask, effective, tuple(slide.dimensions), level, threshold, str(slide_path)), rgb
+    finally:
+        slide.close()
+
+
+def write_overlay(rgb: np.ndarray, mask: np.ndarray, path: str | Path, color=(0, 200, 0), alpha: float = 0.4) -> Path:
+    """PNG of the thumbnail with the mask tinted over it (and its outline drawn solid)."""
+    out = rgb.astype(np.float32)
+    out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(color, np.float32)
+    edge = mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
+    out[edge] = color
+    with atomic_path(path) as tmp:
+        Image.fromarray(out.astype(np.uint8)).save(tmp, format="PNG")
+    return Path(path)
+
+
+def mask_paths(out_dir: str | Path, slide_path: str | Path) -> tuple[Path, Path]:
+    """Where :func:`prepare_tissue_masks` writes a slide's mask PNG and overlay PNG."""
+    stem = Path(slide_path).stem
+    return Path(out_dir) / f"{stem}_tissue.png", Path(out_dir) / f"{stem}_tissue_overlay.png"
+
+
+def prepare_tissue_masks(slides: Sequence[str | Path], out_dir: str | Path, downsample: float = 32.0,
+                         overwrite: bool = False, **options: float) -> list[Path]:
+    """Compute and save the tissue mask of every slide (skipping finished ones); return the mask PNG paths.
+
+    Every slide is opened first, so a broken file stops the run before any work, with its name in the error.
+    """
+    slides = [Path(s) for s in slides]
+    if not slides:
+        raise ValueError("no slides given")
+    stems = [s.stem for s in slides]
+    duplicates = sorted({s for s in stems if stems.count(s) > 1})
+    if duplicates:
+        raise ValueError(f"several slides share the name(s) {duplicates}; their masks would overwrite each other")
+    for path in slides:
+        open_slide(path).close()
+    progress = Progress(len(slides), "slides", logger)
+    written = []
+    for path in slides:
+        png, overlay = mask_paths(out_dir, path)
+        written.append(png)
+        if png.is_file() and png.with_suffix(".json").is_file() and overlay.is_file() and not overwrite:
+            progress.step(f"kept existing {png.name}")
+            continue
+        mask, rgb = compute_tissue_mask(path, downsample, **options)
+        write_overlay(rgb, mask.mask, overlay)
+        mask.save(png)  # last: its JSON marks the slide as done
+        progress.step(f"{path.name}: {100 * mask.tissue_fraction:.1f}% tissue at 1/{mask.downsample:g}")
+    return written
+

@@ -10,11 +10,11 @@ from metastasis import cli as metastasis_cli
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("module, commands", [(brats_cli, ["make-data", "check-data", "datalist", "make-job",
-                                                          "ship-code", "report", "validate", "infer"]),
-                                              (metastasis_cli, ["make-data"])])
-def test_help_explains_every_option(module, commands, capsys):
+@pytest.mark.parametrize("module", [brats_cli, metastasis_cli])
+def test_help_explains_every_option(module, capsys):
     parser = module.build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert len(commands) >= 8
     for command in commands:
         with pytest.raises(SystemExit) as done:
             parser.parse_args([command, "--help"])

@@ -77,7 +77,7 @@ def load_pretrained(model: PatchClassifier, path: str | Path) -> list[str]:
         raise ValueError(f"{path}: pretrained weights file missing")
     try:
         state = _state_dict_of(torch.load(path, map_location="cpu", weights_only=True), path)
-    except (RuntimeError, OSError, EOFError) as err:
+    except Exception as err:  # torch.load fails in many ways on a foreign file
         raise ValueError(f"{path}: cannot read pretrained weights ({err})") from err
     own = model.state_dict()
     missing = [k for k in own if not k.startswith("fc.") and k not in state]
@@ -104,7 +104,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
         raise ValueError(f"{path}: checkpoint missing")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError) as err:
+    except Exception as err:  # torch.load fails in many ways on a foreign file
         raise ValueError(f"{path}: cannot read checkpoint ({err})") from err
     meta = {k: v for k, v in checkpoint.items() if k != "model"} if isinstance(checkpoint, dict) else {}
     patch_size = int(meta.get("train_conf", {}).get("patch_size", 224))

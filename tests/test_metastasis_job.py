@@ -1,0 +1,97 @@
+"""The single-site metastasis FLARE job: the committed recipe, derived jobs, and a simulator run end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from medcore.jobs import load_job_configs
+from metastasis import cli
+from metastasis.job import DEFAULT_JOB, make_job
+
+NVFLARE = str(Path(sys.executable).parent / "nvflare")
+
+
+def _learner(client):
+    return next(c for c in client["components"] if c["id"] == "learner")["args"]
+
+
+def test_committed_job_is_the_seed_recipe():
+    server, client = load_job_configs(DEFAULT_JOB)
+    train = _learner(client)["train"]
+    assert (train["patch_size"], train["lr"], train["batch_size"], train["local_epochs"]) == (224, 1e-3, 32, 1)
+    assert train["amp"] and train["augment"]
+    assert json.loads((DEFAULT_JOB / "meta.json").read_text())["min_clients"] == 1
+    workflow = server["workflows"][0]["args"]
+    assert workflow["min_clients"] == 1 and server["num_rounds"] == 20
+    selector = next(c for c in server["components"] if c["id"] == "model_selector")
+    assert selector["args"]["key_metric"] == "val_accuracy"
+    persistor = next(c for c in server["components"] if c["id"] == "persistor")
+    assert persistor["args"]["model"] == {"path": "metastasis.model.PatchClassifier", "args": {"patch_size": 224}}
+
+
+def test_make_job_applies_overrides(tmp_path):
+    out = make_job(tmp_path / "job", rounds=3, train={"patch_size": 96, "lr": 5e-4}, data_root="/data/c16",
+                   patch_list="/data/c16/patches.json")
+    server, client = load_job_configs(out)
+    learner = _learner(client)
+    assert server["num_rounds"] == 3 and learner["train"]["lr"] == 5e-4
+    assert learner["data_root"] == "/data/c16" and learner["patch_list"] == "/data/c16/patches.json"
+    persistor = next(c for c in server["components"] if c["id"] == "persistor")
+    assert persistor["args"]["model"]["args"] == {"patch_size": 96}  # the server builds the same network
+    assert (out / "app/custom/metastasis/learner.py").is_file() and (out / "app/custom/medcore/learner.py").is_file()
+    with pytest.raises(ValueError, match="unknown training setting"):
+        make_job(tmp_path / "bad", train={"learning_rate": 1})
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        make_job(tmp_path / "bad", rounds=0)
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_simulator_end_to_end(camelyon_root, tmp_path):
+    """Data preparation by the CLI, then 2 rounds of the job on 64-pixel patches: global, best and local models
+    exist, cross_val_results.json scores all three on the site's validation patches, and the report reads it."""
+    masks, patch_list = tmp_path / "masks", tmp_path / "patches.json"
+    assert cli.main(["tissue", str(camelyon_root / "training"), "--out", str(masks)]) == 0
+    assert cli.main(["patches", "--data-root", str(camelyon_root), "--masks", str(masks), "--out", str(patch_list),
+                     "--tumor-per-slide", "20", "--patch-size", "64", "--validation-fraction", "0.5"]) == 0
+    assert cli.main(["make-job", "--out", str(tmp_path / "job"), "--rounds", "2", "--data-root", str(camelyon_root),
+                     "--patch-list", str(patch_list), "--set", "patch_size=64", "--set", "num_workers=1",
+                     "--set", "batch_size=16"]) == 0
+    ws = tmp_path / "ws"
+    result = subprocess.run([NVFLARE, "simulator", str(tmp_path / "job"), "-w", str(ws), "-n", "1", "-t", "1"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = ws / "server/simulate_job"
+    for name in ("FL_global_model.pt", "best_FL_global_model.pt"):
+        state = torch.load(run / "app_server" / name, weights_only=True)["model"]
+        assert state["fc.weight"].shape == (1, 512, 1, 1)
+    local = torch.load(ws / "site-1/simulate_job/models/local_best_model.pt", weights_only=True)
+    assert local["train_conf"]["patch_size"] == 64 and 0 <= local["val_accuracy"] <= 1
+    results = json.loads((run / "cross_site_val/cross_val_results.json").read_text())
+    assert set(results) == {"site-1"}
+    assert set(results["site-1"]) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", "site-1"}
+    for metrics in results["site-1"].values():
+        assert 0 <= metrics["val_accuracy"] <= 1 and 0 <= metrics["val_auc"] <= 1 and metrics["n"] == 40
+    assert {p.name for p in (run / "tb_events").iterdir()} == {"site-1"}
+    assert cli.main(["report", str(ws), "--out", str(tmp_path / "report")]) == 0
+    assert "Global best model selected via IntimeModelSelector" in (tmp_path / "report/report.txt").read_text()
+    assert (tmp_path / "report/training_curves.png").stat().st_size > 10_000
+
+
+def test_site_set_up_errors_name_the_problem(tmp_path, monkeypatch):
+    """What a site without its data sees: the variable to set, or the missing patch list's path."""
+    from metastasis.learner import MetastasisLearner
+    from metastasis.patches import PatchListError
+
+    monkeypatch.delenv("CAMELYON_DATA_ROOT", raising=False)
+    learner = MetastasisLearner()
+    learner.site = "site-1"
+    with pytest.raises(ValueError, match="data_root '\\$CAMELYON_DATA_ROOT': environment variable not set"):
+        learner.setup(None)
+    monkeypatch.setenv("CAMELYON_DATA_ROOT", str(tmp_path))
+    with pytest.raises(PatchListError, match=f"{tmp_path}/patches.json: patch list missing"):
+        learner.setup(None)

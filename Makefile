@@ -15,14 +15,15 @@ DEMO_ROUNDS ?= 12
 # step than the seed's 600 rounds: lr 5e-4 (README, "A longer CPU run", compares it with the seed's 1e-4).
 DEMO_SETTINGS ?= --set num_workers=0 --set num_threads=1 --set lr=5e-4
 # Metastasis demo (single-site job): 6 small generated training slides, 100 tumour patches per tumour slide,
-# 224-pixel patches as the seed; rounds of one epoch (~30 s here), DataLoader work in one process.
+# 224-pixel patches as the seed; rounds of one epoch (~25 s here). Patches are read in the training process: on
+# 2 cores a DataLoader worker competes with PyTorch's threads (benchmarks/results/patch_training.md).
 PATHO_DIR ?= $(DEMO_DIR)/pathology
 PATHO_TUMOR ?= 4
 PATHO_NORMAL ?= 2
 PATHO_SIZE ?= 8192 6144
 PATHO_PATCHES ?= 100
 PATHO_ROUNDS ?= 5
-PATHO_SETTINGS ?= --set num_workers=1 --set num_threads=2
+PATHO_SETTINGS ?= --set num_workers=0 --set num_threads=2
 
 .PHONY: setup demo demo-data pathology-demo test clean
 

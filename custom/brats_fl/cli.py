@@ -7,11 +7,12 @@ import logging
 import sys
 from typing import Sequence
 
-from medcore.command import command_parser, parse_setting, run_command, ship_code_command
+from medcore.command import add_report_parser, add_ship_code_parser, command_parser, parse_setting, run_command
 
 from .config import TrainConfig
 from .data import MODALITIES, CaseError, case_files, check_case, find_cases
 from .datalist import SPLITS, write_datalists
+from .job import JOB_PACKAGES
 from .synthetic import RELEASE_SHAPE, generate_dataset
 
 logger = logging.getLogger("brats_fl")
@@ -58,12 +59,6 @@ def _make_job(args: argparse.Namespace) -> int:
                    data_root=args.data_root, datalist_dir=args.datalist_dir)
     print(f"job written to {out}; run it with: nvflare simulator {out} -n 2 -t 2")
     return 0
-
-
-def _ship_code(args: argparse.Namespace) -> int:
-    from .job import JOB_PACKAGES
-
-    return ship_code_command(args.job, JOB_PACKAGES)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -190,28 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "e.g. --set lr=2e-4 --set vae=true; repeatable")
     job.set_defaults(func=_make_job)
 
-    ship = sub.add_parser(
-        "ship-code", help="copy the project's code into a job's app/custom (make does this for jobs/brats_fl)",
-        description="Copy the brats_fl and medcore packages into JOB/app/custom, replacing older copies, so FLARE "
-                    "ships them to the sites with the job. Run it after changing the code.",
-    )
-    ship.add_argument("job", help="job folder (holding app/config and app/custom)")
-    ship.set_defaults(func=_ship_code)
+    add_ship_code_parser(sub, JOB_PACKAGES, "jobs/brats_fl")
 
-    rep = sub.add_parser(
-        "report", help="print the seed's cross-site table from cross_val_results.json and plot training curves",
-        description="Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a simulator workspace "
-                    "or a downloaded job folder) and print, per model, each site's TC/WT/ET Dice and their "
-                    "average across sites weighted by the number of test cases.",
-    )
-    rep.add_argument("path", help="cross_val_results.json, or a folder that contains exactly one")
+    rep = add_report_parser(sub, "Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a "
+                                 "simulator workspace or a downloaded job folder) and print, per model, each site's "
+                                 "TC/WT/ET Dice and their average across sites weighted by the number of test cases.",
+                            _report)
     rep.add_argument("--weights", type=_weight, nargs="+", metavar="SITE=W",
                      help="site weights for AVE instead of the test-case counts, e.g. the seed's site-1=30 site-2=12")
-    rep.add_argument("--markdown", action="store_true", help="print a Markdown table instead of the seed's text layout")
-    rep.add_argument("--out", help="folder for report.txt/.md/.csv/.json and training_curves.png (from the "
-                                   "TensorBoard events found under PATH)")
-    rep.add_argument("--no-plot", action="store_true", help="do not plot the training curves")
-    rep.set_defaults(func=_report)
 
     val = sub.add_parser(
         "validate", help="score a checkpoint on a datalist split: per-case Dice and HD95 to CSV",

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from .progress import configure_logging
 
-__all__ = ["command_parser", "run_command", "parse_setting", "ship_code_command"]
+__all__ = ["command_parser", "run_command", "parse_setting", "add_report_parser", "add_ship_code_parser"]
 
 
 def command_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
@@ -44,8 +44,31 @@ def parse_setting(text: str) -> tuple[str, object]:
         return key, value
 
 
-def ship_code_command(job: str, packages: Sequence[str]) -> int:
-    """The ``ship-code`` sub-command of both tools: copy ``packages`` into ``job/app/custom``."""
+def add_report_parser(sub: argparse._SubParsersAction, description: str, func) -> argparse.ArgumentParser:
+    """The ``report`` sub-command (cross-site table and training curves); returns it for extra options."""
+    rep = sub.add_parser("report", help="print the cross-site table from cross_val_results.json and plot training "
+                                        "curves", description=description)
+    rep.add_argument("path", help="cross_val_results.json, or a folder that contains exactly one")
+    rep.add_argument("--markdown", action="store_true", help="print a Markdown table instead of the text layout")
+    rep.add_argument("--out", help="folder for report.txt/.md/.csv/.json and training_curves.png (from the "
+                                   "TensorBoard events found under PATH)")
+    rep.add_argument("--no-plot", action="store_true", help="do not plot the training curves")
+    rep.set_defaults(func=func)
+    return rep
+
+
+def add_ship_code_parser(sub: argparse._SubParsersAction, packages: Sequence[str], job: str) -> None:
+    """The ``ship-code`` sub-command: copy ``packages`` into a job's ``app/custom`` (``job``: the committed one)."""
+    ship = sub.add_parser(
+        "ship-code", help=f"copy the project's code into a job's app/custom (make does this for {job})",
+        description=f"Copy the {' and '.join(packages)} packages into JOB/app/custom, replacing older copies, so "
+                    "FLARE ships them to the sites with the job. Run it after changing the code.",
+    )
+    ship.add_argument("job", help="job folder (holding app/config and app/custom)")
+    ship.set_defaults(func=lambda args: _ship_code(args.job, packages))
+
+
+def _ship_code(job: str, packages: Sequence[str]) -> int:
     from pathlib import Path
 
     from .jobs import ship_code

@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from medcore.command import command_parser, parse_setting, run_command, ship_code_command
+from medcore.command import add_report_parser, add_ship_code_parser, command_parser, parse_setting, run_command
 
 from .annotations import AnnotationError
+from .job import JOB_PACKAGES
 from .patches import PatchListError
 from .slide import SlideError
 
@@ -172,12 +173,6 @@ def _report(args: argparse.Namespace) -> int:
                           plot=not args.no_plot)
 
 
-def _ship_code(args: argparse.Namespace) -> int:
-    from .job import JOB_PACKAGES
-
-    return ship_code_command(args.job, JOB_PACKAGES)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser(
         "metastasis", "Metastasis detection in whole-slide images (Camelyon16) on NVIDIA FLARE and MONAI."
@@ -299,26 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE", help=_SETTINGS_HELP)
     job.set_defaults(func=_make_job)
 
-    rep = sub.add_parser(
-        "report", help="print the cross-site table from cross_val_results.json and plot training curves",
-        description="Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a simulator workspace "
-                    "or a downloaded job folder) and print, per model (final global, best global, the site's local "
-                    "best), validation patch accuracy, AUC, sensitivity and specificity.",
-    )
-    rep.add_argument("path", help="cross_val_results.json, or a folder that contains exactly one")
-    rep.add_argument("--markdown", action="store_true", help="print a Markdown table instead of the text layout")
-    rep.add_argument("--out", help="folder for report.txt/.md/.csv/.json and training_curves.png (from the "
-                                   "TensorBoard events found under PATH)")
-    rep.add_argument("--no-plot", action="store_true", help="do not plot the training curves")
-    rep.set_defaults(func=_report)
-
-    ship = sub.add_parser(
-        "ship-code", help="copy the project's code into a job's app/custom (make does this for the committed job)",
-        description="Copy the metastasis and medcore packages into JOB/app/custom, replacing older copies, so FLARE "
-                    "ships them to the site with the job. Run it after changing the code.",
-    )
-    ship.add_argument("job", help="job folder (holding app/config and app/custom)")
-    ship.set_defaults(func=_ship_code)
+    add_report_parser(sub, "Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a simulator "
+                           "workspace or a downloaded job folder) and print, per model (final global, best global, "
+                           "the site's local best), validation patch accuracy, AUC, sensitivity and specificity.",
+                      _report)
+    add_ship_code_parser(sub, JOB_PACKAGES, "jobs/pathology_metastasis")
     return parser
 
 

@@ -88,7 +88,7 @@ def train_augmentation(seed: int = 0) -> Compose:
         RandFlip(prob=0.5, spatial_axis=0),
         RandFlip(prob=0.5, spatial_axis=1),
         RandRotate90(prob=0.5, max_k=3),
-        RandZoom(prob=0.5, min_zoom=0.9, max_zoom=1.1, keep_size=True, padding_mode="reflect"),
+        RandZoom(prob=0.5, min_zoom=0.9, max_zoom=1.1, keep_size=True, mode="bilinear", padding_mode="reflect"),
         RandScaleIntensity(prob=0.5, factors=0.1),
     ])
     chain.set_random_state(seed=seed)

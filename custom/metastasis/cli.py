@@ -8,6 +8,9 @@ The data preparation and training path, each step a file a user can open::
     metastasis train       # patch list -> best_model.pt, metrics.csv, TensorBoard (standalone, no FLARE)
     metastasis make-job    # the FLARE job with other settings (nvflare simulator JOB -n 1)
     metastasis report      # the job's cross-site validation table (final / best global, local best)
+    metastasis infer       # slides + checkpoint -> probability maps (.npy + geometry .json + heatmap .png)
+    metastasis detect      # maps -> Camelyon16 detection CSVs (probability,x,y)
+    metastasis evaluate    # CSVs + XML / mask ground truth -> FROC, sensitivities, slide AUC (JSON, CSV, PNG)
     metastasis validate    # a checkpoint's patch accuracy / AUC on a patch list split
 """
 
@@ -155,6 +158,60 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _infer(args: argparse.Namespace) -> int:
+    import torch
+
+    from medcore.device import select_device
+
+    from .inference import infer_slides
+    from .model import load_checkpoint
+
+    device = select_device(args.device)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    model, _ = load_checkpoint(args.checkpoint, device)
+    maps = infer_slides(_slides(args.slides), model, args.out, stride=args.stride, mask_dir=args.masks,
+                        mode=args.mode, device=device, amp=not args.no_amp, tile_outputs=args.tile_outputs,
+                        batch_size=args.batch_size, overwrite=args.overwrite, checkpoint=str(args.checkpoint))
+    print(f"{len(maps)} probability maps in {args.out}")
+    return 0
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from .detection import find_detections, write_detections
+    from .inference import load_map
+    from .slide import open_slide, slide_mpp
+
+    maps = sorted(p for p in Path(args.maps).glob("*.npy")) if Path(args.maps).is_dir() else [Path(args.maps)]
+    if not maps:
+        raise ValueError(f"{args.maps}: no .npy probability maps")
+    for npy in maps:
+        probs, meta = load_map(npy)
+        mpp = args.mpp
+        if mpp is None:
+            slide = open_slide(meta["slide"])
+            mpp = slide_mpp(slide, meta["slide"])
+            slide.close()
+        found = find_detections(probs, meta["stride"], tuple(meta["origin"]), mpp, args.threshold, args.radius_um)
+        out = write_detections(Path(args.out) / f"{npy.stem}.csv", found)
+        print(f"{out}: {len(found)} detections")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .froc import collect_cases, evaluate_froc, write_froc
+
+    cases = collect_cases(_slides(args.slides), args.detections, args.annotations, args.masks, args.level,
+                          args.maps, args.reference)
+    result = evaluate_froc(cases, args.level, reference_conventions=not args.no_reference_conventions)
+    written = write_froc(result, args.out)
+    rates = " ".join(f"{k}: {v:.4f}" for k, v in result.sensitivities.items())
+    print(f"FROC score {result.score:.4f} over {len(cases)} slides and {result.n_lesions} lesions "
+          f"(sensitivity at FP/slide {rates}); slide-level AUC {result.slide_auc:.4f}")
+    print(f"wrote {', '.join(str(p) for p in written.values())}")
+    return 0
+
+
 def _make_job(args: argparse.Namespace) -> int:
     from .job import DEFAULT_JOB, make_job
 
@@ -293,6 +350,67 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--patch-list", help="the site's patch list (default: $CAMELYON_DATA_ROOT/patches.json)")
     job.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE", help=_SETTINGS_HELP)
     job.set_defaults(func=_make_job)
+
+    infer = sub.add_parser(
+        "infer", help="whole-slide tumour probability maps (1/stride of level 0), restricted to tissue",
+        description="Run a trained checkpoint over every slide's tissue: fully convolutional tiles (tiled, default) "
+                    "or window by window (patch, the reference). Per slide: NAME.npy (float32 map), NAME.json "
+                    "(geometry: map pixel (i, j) is the window centred at level-0 (stride/2 + j stride, stride/2 + "
+                    "i stride)), NAME_heatmap.png. Finished slides are skipped, so a folder can be resumed.",
+    )
+    infer.add_argument("slides", nargs="+", help="slide files, or folders searched for .tif slides")
+    infer.add_argument("--checkpoint", required=True, help="model file written by training (or a FLARE model)")
+    infer.add_argument("--out", required=True, help="folder for the maps")
+    infer.add_argument("--masks", help="tissue mask folder (NAME_tissue.png from `metastasis tissue`); "
+                                       "missing masks are computed on the fly")
+    infer.add_argument("--stride", type=int, default=32,
+                       help="level-0 pixels between windows; a multiple of 32 for the tiled mode (default: 32)")
+    infer.add_argument("--mode", choices=("tiled", "patch"), default="tiled",
+                       help="tiled: fully convolutional tiles sharing computation; patch: every window on its own "
+                            "(default: tiled)")
+    infer.add_argument("--tile-outputs", type=int, default=48,
+                       help="tiled mode: map pixels per tile side (tile = patch + 32 (T - 1) pixels; default: 48)")
+    infer.add_argument("--batch-size", type=int, default=32, help="patch mode: windows per batch (default: 32)")
+    infer.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
+    infer.add_argument("--no-amp", action="store_true", help="full float32 (default: fp16 on CUDA, bf16 on CPU)")
+    infer.add_argument("--num-threads", type=int, default=0, help="PyTorch CPU threads, 0: default (default: 0)")
+    infer.add_argument("--device", default="auto", help="auto, cpu or cuda[:n] (default: auto)")
+    infer.set_defaults(func=_infer)
+
+    detect = sub.add_parser(
+        "detect", help="probability maps -> Camelyon16 detection CSVs (probability,x,y)",
+        description="Local maxima of each map at or above --threshold, with non-maximum suppression over "
+                    "--radius-um microns; writes OUT/NAME.csv with rows probability,x,y in level-0 pixels.",
+    )
+    detect.add_argument("maps", help="a folder of NAME.npy maps (with their NAME.json), or one map")
+    detect.add_argument("--out", required=True, help="folder for the CSVs")
+    detect.add_argument("--threshold", type=float, default=0.5, help="lowest probability kept (default: 0.5)")
+    detect.add_argument("--radius-um", type=float, default=150.0,
+                        help="suppress maxima this close (microns) to a higher one (default: 150)")
+    detect.add_argument("--mpp", type=float, help="level-0 microns per pixel (default: read from each slide)")
+    detect.set_defaults(func=_detect)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="Camelyon16 lesion FROC and slide-level AUC of detection CSVs",
+        description="Score detections with the Camelyon16 FROC (evaluation regions: tumour grown by 75 um, holes "
+                    "filled, 8-connected; ITCs under 275 um neither TP nor FP; normal slides count for false "
+                    "positives) and the slide-level ROC AUC. Writes froc.json, froc_slides.csv and froc.png.",
+    )
+    evaluate.add_argument("slides", nargs="+", help="the test slides (files or folders): every one counts")
+    evaluate.add_argument("--detections", required=True, help="folder of NAME.csv detections (missing: none)")
+    evaluate.add_argument("--annotations", help="ASAP XML folder: NAME.xml ground truth, rasterised at --level")
+    evaluate.add_argument("--masks", help="ground-truth mask folder (NAME.npy / NAME.tif / NAME_mask.tif at --level, "
+                                          "uint8 0/1 or 0/255 indexed [y, x]); used where no XML exists")
+    evaluate.add_argument("--level", type=int, default=5, help="pyramid level of the ground truth (default: 5)")
+    evaluate.add_argument("--maps", help="probability map folder: slide score = map maximum "
+                                         "(default: the highest detection probability)")
+    evaluate.add_argument("--reference", help="reference.csv (name,Tumor|Normal) for the slide labels "
+                                              "(default: whether the ground truth has tumour)")
+    evaluate.add_argument("--no-reference-conventions", action="store_true",
+                          help="turn off the evaluation code's two corner-case conventions (zeros for missed "
+                               "lesions with the lowest threshold dropped; float32 true-positive probabilities)")
+    evaluate.add_argument("--out", required=True, help="folder for froc.json, froc_slides.csv, froc.png")
+    evaluate.set_defaults(func=_evaluate)
 
     add_report_parser(sub, "Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a simulator "
                            "workspace or a downloaded job folder) and print, per model (final global, best global, "

@@ -34,11 +34,12 @@ def slide_mpp(slide: openslide.OpenSlide, path: str | Path = "") -> float:
 
 
 def read_rgb(slide: openslide.OpenSlide, location: tuple[int, int], level: int, size: tuple[int, int],
-             path: str | Path = "") -> np.ndarray:
+             path: str | Path = "", pad_outside: bool = False) -> np.ndarray:
     """Read a region as a uint8 RGB array (height, width, 3).
 
     ``location`` is the level-0 (x, y) of the region's top-left pixel, ``size`` its (width, height) in pixels of
-    ``level``. Requests outside the slide raise :class:`SlideError` (OpenSlide would silently pad them).
+    ``level``. Requests outside the slide raise :class:`SlideError` (OpenSlide would silently pad them), unless
+    ``pad_outside``: then the parts outside the slide are white glass (windows centred near a slide's edge).
     """
     if not 0 <= level < slide.level_count:
         raise SlideError(f"{path}: level {level} requested, the slide has levels 0..{slide.level_count - 1}")
@@ -46,8 +47,8 @@ def read_rgb(slide: openslide.OpenSlide, location: tuple[int, int], level: int, 
     width, height = size
     scale = slide.level_downsamples[level]
     full_w, full_h = slide.dimensions
-    if width <= 0 or height <= 0 or x < 0 or y < 0 or x + width * scale > full_w + scale or \
-            y + height * scale > full_h + scale:
+    if width <= 0 or height <= 0 or not pad_outside and (
+            x < 0 or y < 0 or x + width * scale > full_w + scale or y + height * scale > full_h + scale):
         raise SlideError(
             f"{path}: region at level-0 ({x}, {y}) of {width}x{height} pixels at level {level} lies outside the "
             f"slide ({full_w}x{full_h} at level 0)"

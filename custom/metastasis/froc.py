@@ -1,0 +1,383 @@
+"""Camelyon16 evaluation: lesion-level FROC (challenge task 2) and slide-level ROC AUC (task 1).
+
+The rules, as the challenge defines them and its published evaluation code (``Evaluation_FROC.py``) computes them:
+
+* ground truth is a tumour mask at pyramid level 5 (``level``): pixel size ``mpp * 2**level`` microns;
+* evaluation regions: the mask grown by 75 um in total (pixels whose Euclidean distance to tumour is below
+  ``75 / 2`` um), holes filled, 8-connected components labelled; lesions closer than 75 um merge into one region;
+* isolated tumour cells (ITC): regions whose major axis (of the ellipse with the region's second moments) is below
+  275 um; a detection on an ITC is neither a true nor a false positive, and ITCs are not counted as lesions;
+* a detection at level-0 (x, y) hits the region at mask pixel ``(int(y / 2**level), int(x / 2**level))``;
+  detections outside every region, and all detections on normal slides, are false positives; a lesion counts once,
+  with the highest probability among its hits;
+* FROC: sensitivity against mean false positives per slide over all thresholds; the score is the mean sensitivity
+  at 1/4, 1/2, 1, 2, 4 and 8 false positives per slide, interpolated linearly along the curve.
+
+Two corner-case conventions of that code (and of MONAI's ``LesionFROC``) are on by default, so scores compare with
+the leaderboard; ``reference_conventions=False`` turns both off:
+
+1. the pooled true-positive probabilities hold a 0 for every missed lesion and every ITC, and the lowest pooled
+   value is never used as a threshold (if every lesion is found and there is no ITC, the lowest-scoring hit is
+   dropped from the curve);
+2. true-positive probabilities are float32 and false-positive ones float64, so a tie at a value float32 cannot hold
+   exactly (e.g. 0.7) splits into two thresholds.
+
+Speed: the distance transform and hole filling run only in boxes around the tumour (a normal slide needs no
+morphology at all), with exactly the whole-mask result (:func:`evaluation_regions` with ``whole_mask=True`` is
+the literal whole-mask computation, kept as the reference).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+from skimage import measure
+
+from medcore.files import atomic_path, write_json, write_text
+
+from .detection import Detections
+from .metrics import roc_auc
+
+__all__ = ["EVAL_FP_RATES", "Regions", "evaluation_regions", "read_mask", "SlideResult", "score_slide",
+           "froc_curve", "froc_score", "EvalCase", "FrocResult", "evaluate_froc", "write_froc", "collect_cases"]
+
+logger = logging.getLogger(__name__)
+
+EVAL_FP_RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+GROW_UM = 75.0
+ITC_UM = 200.0
+
+
+@dataclasses.dataclass
+class Regions:
+    """Labelled evaluation regions of one slide (``labels`` 0 outside, 1..n inside) and the ITC labels."""
+
+    labels: np.ndarray
+    n: int
+    itc: set[int]
+
+
+def _boxes(mask: np.ndarray, margin: int) -> list[tuple[slice, slice]]:
+    """Boxes around the tumour, grown by ``margin`` and merged until no two overlap or touch."""
+    labelled, _ = ndimage.label(mask, structure=np.ones((3, 3)))
+    boxes = [[s[0].start - margin, s[0].stop + margin, s[1].start - margin, s[1].stop + margin]
+             for s in ndimage.find_objects(labelled) if s is not None]
+    merged = True
+    while merged:  # few boxes per slide: a quadratic merge is fine
+        merged = False
+        out: list[list[int]] = []
+        for box in boxes:
+            for other in out:
+                if box[0] <= other[1] and other[0] <= box[1] and box[2] <= other[3] and other[2] <= box[3]:
+                    other[:] = [min(box[0], other[0]), max(box[1], other[1]), min(box[2], other[2]),
+                                max(box[3], other[3])]
+                    merged = True
+                    break
+            else:
+                out.append(box)
+        boxes = out
+    h, w = mask.shape
+    return [(slice(max(b[0], 0), min(b[1], h)), slice(max(b[2], 0), min(b[3], w))) for b in boxes]
+
+
+def _grow_fill_label(mask: np.ndarray, threshold: float) -> np.ndarray:
+    distance = ndimage.distance_transform_edt(~mask)
+    filled = ndimage.binary_fill_holes(distance < threshold)
+    return measure.label(filled, connectivity=2)
+
+
+def evaluation_regions(mask: np.ndarray, pixel_um: float, whole_mask: bool = False) -> Regions:
+    """Evaluation regions and ITCs of a tumour mask (any nonzero value is tumour) with ``pixel_um`` pixels."""
+    mask = np.asarray(mask) > 0
+    threshold = GROW_UM / (pixel_um * 2)
+    itc_threshold = (ITC_UM + GROW_UM) / pixel_um
+    if whole_mask:
+        labels = _grow_fill_label(mask, threshold) if mask.any() else np.zeros(mask.shape, np.int32)
+    else:
+        labels = np.zeros(mask.shape, np.int32)
+        # Grown regions reach < threshold pixels from tumour: a box that much (+1) larger holds each with
+        # background all around, so hole filling and labelling inside it equal the whole-mask result.
+        n = 0
+        for rows, cols in _boxes(mask, int(np.ceil(threshold)) + 2):
+            local = _grow_fill_label(mask[rows, cols], threshold)
+            labels[rows, cols] = np.where(local > 0, local + n, 0)
+            n += int(local.max())
+    props = measure.regionprops(labels)
+    itc = {p.label for p in props if p.axis_major_length < itc_threshold}
+    return Regions(labels, len(props), itc)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A ground-truth tumour mask file as a boolean array [y, x]: ``.npy`` (0/1 or 0/255) or TIFF (first page)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: mask file missing")
+    try:
+        if path.suffix == ".npy":
+            mask = np.load(path)
+        else:
+            import tifffile
+
+            mask = tifffile.imread(path, key=0)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read the mask ({err})") from err
+    if mask.ndim == 3 and mask.shape[-1] in (3, 4):
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D mask, got shape {mask.shape}")
+    return mask > 0
+
+
+@dataclasses.dataclass
+class SlideResult:
+    """One slide's share of the FROC: its false-positive probabilities and, per region, the best hit."""
+
+    name: str
+    is_tumor: bool
+    itc: np.ndarray  # bool per region: an isolated tumour cell region
+    hit: np.ndarray  # bool per region: hit by at least one detection
+    best: np.ndarray  # float64 per region: highest probability among its hits (0 if none)
+    fp_probs: np.ndarray  # float64, one per false positive
+    itc_hits: int  # detections on ITCs (neither TP nor FP)
+
+    @property
+    def lesions(self) -> int:
+        return int((~self.itc).sum())
+
+    def row(self) -> dict:
+        return {"slide": self.name, "tumor": self.is_tumor, "regions": len(self.itc), "itcs": int(self.itc.sum()),
+                "lesions": self.lesions, "lesions_hit": int((self.hit & ~self.itc).sum()),
+                "itc_detections": self.itc_hits, "false_positives": len(self.fp_probs)}
+
+
+def score_slide(name: str, detections: Detections, regions: Regions | None, level: int = 5) -> SlideResult:
+    """Split a slide's detections into hits and false positives (``regions`` None or empty: a normal slide).
+
+    A detection whose mask pixel lies outside the mask (a mask cropped at the slide edge) hits no region.
+    """
+    n = regions.n if regions is not None else 0
+    labels = np.zeros(len(detections), np.int64)
+    if n:
+        scale = 2 ** level
+        rows, cols = detections.y // scale, detections.x // scale
+        inside = (rows < regions.labels.shape[0]) & (cols < regions.labels.shape[1])
+        labels[inside] = regions.labels[rows[inside], cols[inside]]
+    itc = np.zeros(n, bool)
+    if n:
+        itc[[k - 1 for k in regions.itc]] = True
+    on_itc = np.zeros(len(labels), bool)
+    on_itc[labels > 0] = itc[labels[labels > 0] - 1]
+    hit = np.zeros(n, bool)
+    best = np.zeros(n, np.float64)
+    for label, p in zip(labels[(labels > 0) & ~on_itc], detections.probability[(labels > 0) & ~on_itc]):
+        hit[label - 1] = True
+        best[label - 1] = max(best[label - 1], p)
+    return SlideResult(name, n > 0, itc, hit, best, detections.probability[labels == 0].astype(np.float64),
+                       int(on_itc.sum()))
+
+
+def froc_curve(results: Sequence[SlideResult], reference_conventions: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Mean false positives per slide and sensitivity at every threshold, from high to low FP rate.
+
+    As the challenge code: one point per distinct pooled probability (all but the lowest with the reference
+    conventions), a detection counting at a threshold when its probability is at or above it, then a final (0, 0).
+    """
+    n_slides = len(results)
+    n_lesions = sum(r.lesions for r in results)
+    if n_slides == 0:
+        raise ValueError("no slides to evaluate")
+    if n_lesions == 0:
+        raise ValueError("no lesions (non-ITC tumour regions) in the ground truth: sensitivity is undefined")
+    fps = np.concatenate([r.fp_probs for r in results])
+    if reference_conventions:
+        # One float32 value per region: the best hit of a lesion, 0 for a missed lesion and for every ITC.
+        tps = np.concatenate([np.where(r.itc, 0, r.best).astype(np.float32) for r in results]).astype(np.float64)
+        thresholds = np.array(sorted(set(fps.tolist()) | set(tps.tolist()))[1:], np.float64)
+    else:
+        tps = np.concatenate([r.best[r.hit & ~r.itc] for r in results])
+        thresholds = np.array(sorted(set(fps.tolist()) | set(tps.tolist())), np.float64)
+    fps_sorted, tps_sorted = np.sort(fps), np.sort(tps)
+    total_fp = len(fps_sorted) - np.searchsorted(fps_sorted, thresholds, side="left")  # values >= threshold
+    total_tp = len(tps_sorted) - np.searchsorted(tps_sorted, thresholds, side="left")
+    return np.append(total_fp, 0) / float(n_slides), np.append(total_tp, 0) / float(n_lesions)
+
+
+def froc_score(fp_rate: np.ndarray, sensitivity: np.ndarray,
+               rates: Sequence[float] = EVAL_FP_RATES) -> tuple[float, list[float]]:
+    """Mean sensitivity at the given FP rates (linear interpolation along the curve) and the sensitivities."""
+    at = np.interp(rates, fp_rate[::-1], sensitivity[::-1])
+    return float(np.mean(at)), [float(v) for v in at]
+
+
+@dataclasses.dataclass
+class EvalCase:
+    """One test slide: its detections, ground-truth mask at ``level`` (None: a normal slide), mask pixel size,
+    slide-level score (task 1) and slide label (1 tumour)."""
+
+    name: str
+    detections: Detections
+    mask: np.ndarray | None
+    pixel_um: float
+    slide_score: float
+    label: int
+
+
+@dataclasses.dataclass
+class FrocResult:
+    """Everything the evaluation reports."""
+
+    score: float
+    sensitivities: dict[str, float]
+    fp_rate: np.ndarray
+    sensitivity: np.ndarray
+    slides: list[dict]
+    slide_auc: float
+    n_lesions: int
+    reference_conventions: bool
+
+    def to_dict(self) -> dict:
+        return {"froc_score": self.score, "sensitivity_at_fp_rate": self.sensitivities,
+                "slide_auc": self.slide_auc, "n_slides": len(self.slides), "n_lesions": self.n_lesions,
+                "reference_conventions": self.reference_conventions,
+                "curve": {"fp_per_slide": self.fp_rate.tolist(), "sensitivity": self.sensitivity.tolist()},
+                "slides": self.slides}
+
+
+def evaluate_froc(cases: Sequence[EvalCase], level: int = 5, reference_conventions: bool = True,
+                  whole_mask: bool = False) -> FrocResult:
+    """Lesion FROC over all slides (normal ones count for false positives) and the slide-level ROC AUC."""
+    if not cases:
+        raise ValueError("no slides to evaluate")
+    results = []
+    for case in cases:
+        regions = evaluation_regions(case.mask, case.pixel_um, whole_mask) if case.mask is not None \
+            and case.mask.any() else None
+        result = score_slide(case.name, case.detections, regions, level)
+        results.append(result)
+    fp_rate, sensitivity = froc_curve(results, reference_conventions)
+    score, at = froc_score(fp_rate, sensitivity)
+    slides = [{**r.row(), "slide_score": c.slide_score, "label": c.label} for r, c in zip(results, cases)]
+    auc = roc_auc([c.slide_score for c in cases], [c.label for c in cases])
+    return FrocResult(score, {f"{rate:g}": v for rate, v in zip(EVAL_FP_RATES, at)}, fp_rate, sensitivity, slides,
+                      auc, sum(r.lesions for r in results), reference_conventions)
+
+
+def write_froc(result: FrocResult, out_dir: str | Path) -> dict[str, Path]:
+    """``froc.json`` (everything), ``froc_slides.csv`` (per-slide table) and ``froc.png`` (the curve)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    text = io.StringIO()
+    fields = list(result.slides[0])
+    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(result.slides)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot(result.fp_rate[::-1], result.sensitivity[::-1], drawstyle="default", marker=".", ms=3)
+    ax.plot(EVAL_FP_RATES, list(result.sensitivities.values()), "o", label="the six FP rates")
+    ax.set_xscale("symlog", linthresh=0.25)
+    ax.set_xlim(0, max(8.5, float(result.fp_rate.max()) if result.fp_rate.size else 8.5))
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("mean false positives per slide")
+    ax.set_ylabel("lesion sensitivity")
+    ax.set_title(f"FROC score {result.score:.4f}, slide AUC {result.slide_auc:.4f}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    png = out / "froc.png"
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return {"json": write_json(out / "froc.json", result.to_dict()),
+            "csv": write_text(out / "froc_slides.csv", text.getvalue()), "png": png}
+
+
+def _find_mask(mask_dir: Path, name: str) -> Path | None:
+    wanted = {f"{name}.npy", f"{name}.tif", f"{name}_mask.tif", f"{name}.tiff", f"{name}_mask.tiff"}
+    wanted = {w.lower() for w in wanted}
+    for path in sorted(mask_dir.iterdir()):
+        if path.name.lower() in wanted:
+            return path
+    return None
+
+
+def _reference_labels(path: Path) -> dict[str, int]:
+    labels = {}
+    rows = list(csv.reader(io.StringIO(path.read_text())))
+    for number, row in enumerate(rows, start=1):
+        if not row or number == 1 and row[0].strip().lower() in ("name", "image", "slide"):
+            continue
+        if len(row) < 2 or row[1].strip().lower() not in ("tumor", "normal"):
+            raise ValueError(f"{path}:{number}: expected 'name,Tumor|Normal', got {','.join(row)!r}")
+        labels[Path(row[0].strip()).stem.lower()] = int(row[1].strip().lower() == "tumor")
+    return labels
+
+
+def collect_cases(slides: Sequence[str | Path], detections_dir: str | Path, annotation_dir: str | Path | None = None,
+                  mask_dir: str | Path | None = None, level: int = 5, map_dir: str | Path | None = None,
+                  reference_csv: str | Path | None = None) -> list[EvalCase]:
+    """The evaluation cases of a test set.
+
+    Ground truth per slide: ``annotation_dir/NAME.xml`` (rasterised at ``level`` by the project), else a mask file
+    in ``mask_dir`` (``NAME.npy``, ``NAME.tif`` or ``NAME_mask.tif``, indexed [y, x] at ``level``), else the slide
+    is normal. Detections: ``detections_dir/NAME.csv`` (a missing file means no detections). Slide score: the
+    maximum of ``map_dir/NAME.npy`` when given, else the highest detection probability. Slide label: from
+    ``reference_csv`` (``name,Tumor|Normal``) when given, else whether the ground truth has tumour.
+    """
+    from .annotations import rasterize, read_asap_xml
+    from .detection import read_detections
+    from .slide import open_slide, slide_mpp
+
+    slides = [Path(s) for s in slides]
+    if not slides:
+        raise ValueError("no slides to evaluate")
+    detections_dir = Path(detections_dir)
+    if not detections_dir.is_dir():
+        raise ValueError(f"{detections_dir}: detections folder missing")
+    labels = _reference_labels(Path(reference_csv)) if reference_csv else {}
+    scale = 2 ** level
+    cases = []
+    for path in slides:
+        name = path.stem
+        slide = open_slide(path)
+        try:
+            width, height = slide.dimensions
+            mpp = slide_mpp(slide, path)
+        finally:
+            slide.close()
+        mask = None
+        xml = Path(annotation_dir) / f"{name}.xml" if annotation_dir else None
+        if xml is not None and xml.is_file():
+            mask = rasterize(read_asap_xml(xml), (0.0, 0.0), (-(-width // scale), -(-height // scale)), scale) > 0
+        elif mask_dir is not None and (found := _find_mask(Path(mask_dir), name)) is not None:
+            mask = read_mask(found)
+            expected = (-(-height // scale), -(-width // scale))
+            if abs(mask.shape[0] - expected[0]) > 1 or abs(mask.shape[1] - expected[1]) > 1:
+                raise ValueError(f"{found}: mask of shape {mask.shape} is not level {level} of {path} "
+                                 f"(expected about {expected})")
+        csv_path = detections_dir / f"{name}.csv"
+        if csv_path.is_file():
+            detections = read_detections(csv_path)
+        else:
+            logger.warning("%s: no detections file, the slide counts with no detections", csv_path)
+            detections = Detections(np.zeros(0), np.zeros(0), np.zeros(0))
+        if map_dir is not None:
+            probs = np.load(Path(map_dir) / f"{name}.npy", mmap_mode="r")
+            slide_score = float(probs.max()) if probs.size else 0.0
+        else:
+            slide_score = float(detections.probability.max()) if len(detections) else 0.0
+        if labels and name.lower() not in labels:
+            raise ValueError(f"{reference_csv}: no row for slide {name}")
+        label = labels[name.lower()] if labels else int(mask is not None and bool(mask.any()))
+        cases.append(EvalCase(name, detections, mask, mpp * scale, slide_score, label))
+    return cases

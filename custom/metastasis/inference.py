@@ -1,0 +1,305 @@
+"""Whole-slide inference: tumour probability maps at 1/stride of level 0, restricted to tissue.
+
+Geometry (stored with every map): map pixel (row i, column j) is the tumour probability of the ``patch_size``
+window centred at level-0 ``(origin_x + j * stride, origin_y + i * stride)``, with ``origin = (stride / 2,
+stride / 2)``: map pixel (i, j) sits over the level-0 block ``[j s, (j + 1) s) x [i s, (i + 1) s)``, so the map is
+the slide at 1/stride (``ceil(W / s) x ceil(H / s)``). Windows reaching past the slide's edge see white glass.
+Only map pixels whose centre lies on tissue are evaluated; the others are 0.
+
+Two modes compute the same map:
+
+* ``patch``: every tissue window read and classified on its own (the usual way; the reference);
+* ``tiled``: the network is fully convolutional (average pool + 1x1 convolution head), so one large tile of
+  ``patch_size + 32 (T - 1)`` pixels gives T x T outputs at once, neighbouring windows sharing their computation.
+  Tiles advance by ``32 T`` pixels and overlap by ``patch_size - 32``, so the output grid is exact and seamless
+  (``stride`` must be a multiple of 32; for ``stride = 32 k`` every k-th output is kept). Values differ from the
+  ``patch`` mode only through the convolutions' zero padding at a lone patch's border
+  (benchmarks/results/slide_inference.md measures by how much).
+
+A background thread reads (and OpenSlide decodes) the next tiles while the network runs on the current one; a
+bounded queue keeps memory flat whatever the slide size. Outputs per slide, written atomically with the JSON
+last (a slide with its JSON is finished; a re-run skips it): ``NAME.npy`` (float32 map), ``NAME.json`` (geometry,
+mode, checkpoint, timing) and ``NAME_heatmap.png`` (the map over the slide's thumbnail).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from medcore.device import autocast
+from medcore.files import atomic_path, write_json
+from medcore.progress import Progress
+
+from .model import OUTPUT_STRIDE, PatchClassifier
+from .slide import open_slide, read_rgb
+from .tissue import TissueMask, compute_tissue_mask, read_downsampled
+from .transforms import to_input
+
+__all__ = ["MODES", "MapGeometry", "probability_map", "load_map", "write_heatmap", "infer_slides"]
+
+logger = logging.getLogger(__name__)
+
+MODES = ("tiled", "patch")
+
+
+@dataclasses.dataclass(frozen=True)
+class MapGeometry:
+    """Where a probability map's pixels lie on the slide (see the module docstring)."""
+
+    stride: int
+    patch_size: int
+    level0_size: tuple[int, int]  # slide (width, height)
+
+    @property
+    def origin(self) -> tuple[float, float]:
+        """Level-0 (x, y) of the centre of map pixel (0, 0)."""
+        return self.stride / 2, self.stride / 2
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Map (rows, columns)."""
+        width, height = self.level0_size
+        return math.ceil(height / self.stride), math.ceil(width / self.stride)
+
+    def centres(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Level-0 (x, y) of the window centres of map pixels (rows, cols)."""
+        ox, oy = self.origin
+        return ox + np.asarray(cols) * self.stride, oy + np.asarray(rows) * self.stride
+
+    def to_dict(self) -> dict:
+        return {"stride": self.stride, "patch_size": self.patch_size, "level0_size": list(self.level0_size),
+                "origin": list(self.origin), "shape": list(self.shape)}
+
+
+def _tissue_map(geometry: MapGeometry, tissue: TissueMask) -> np.ndarray:
+    rows, cols = np.indices(geometry.shape)
+    return tissue.contains(*geometry.centres(rows, cols))
+
+
+def _prefetch(items: Iterator, depth: int = 3) -> Iterator:
+    """Produce ``items`` in a background thread, at most ``depth`` ahead (OpenSlide decodes outside the GIL)."""
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                box.put(item)
+            box.put(done)
+        except BaseException as err:  # hand the reader's error to the consumer
+            box.put(err)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = box.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                box.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+@torch.no_grad()
+def _logits(model: PatchClassifier, rgb: np.ndarray, device: torch.device, amp: bool) -> np.ndarray:
+    with autocast(device, amp):
+        out = model(to_input(rgb).to(device))
+    return torch.sigmoid(out.float()).cpu().numpy()
+
+
+def _patch_mode(slide, path, model, geometry, todo, device, amp, batch_size, progress_every, on_progress):
+    rows, cols = np.nonzero(todo)
+    xs, ys = geometry.centres(rows, cols)
+    half = geometry.patch_size // 2
+    size = (geometry.patch_size, geometry.patch_size)
+
+    def batches():
+        for start in range(0, len(rows), batch_size):
+            stop = min(start + batch_size, len(rows))
+            patches = np.stack([read_rgb(slide, (int(x) - half, int(y) - half), 0, size, path, pad_outside=True)
+                                for x, y in zip(xs[start:stop], ys[start:stop])])
+            yield start, stop, patches
+
+    out = np.zeros(geometry.shape, np.float32)
+    for start, stop, patches in _prefetch(batches()):
+        out[rows[start:stop], cols[start:stop]] = _logits(model, patches, device, amp).reshape(-1)
+        on_progress(stop, len(rows))
+    return out
+
+
+def _tiled_mode(slide, path, model, geometry, todo, device, amp, tile_outputs, on_progress):
+    k = geometry.stride // OUTPUT_STRIDE
+    n_rows, n_cols = geometry.shape
+    tiles = [(i0, j0) for i0 in range(0, n_rows, tile_outputs) for j0 in range(0, n_cols, tile_outputs)
+             if todo[i0:i0 + tile_outputs, j0:j0 + tile_outputs].any()]
+    ox, oy = geometry.origin
+    half = geometry.patch_size // 2
+
+    def reads():
+        for i0, j0 in tiles:
+            h = min(tile_outputs, n_rows - i0)
+            w = min(tile_outputs, n_cols - j0)
+            # Fine outputs every 32 px from the first window centre to the last; every k-th is a map pixel.
+            size = (geometry.patch_size + OUTPUT_STRIDE * k * (w - 1), geometry.patch_size + OUTPUT_STRIDE * k * (h - 1))
+            x = int(ox + j0 * geometry.stride) - half
+            y = int(oy + i0 * geometry.stride) - half
+            yield i0, j0, h, w, read_rgb(slide, (x, y), 0, size, path, pad_outside=True)
+
+    out = np.zeros(geometry.shape, np.float32)
+    for done, (i0, j0, h, w, rgb) in enumerate(_prefetch(reads()), start=1):
+        probs = _logits(model, rgb[None], device, amp)[0, 0][::k, ::k]
+        out[i0:i0 + h, j0:j0 + w] = probs[:h, :w]
+        on_progress(done, len(tiles))
+    return out * todo
+
+
+def probability_map(slide_path: str | Path, model: PatchClassifier, stride: int = 32,
+                    tissue: TissueMask | None = None, mode: str = "tiled", device: torch.device | None = None,
+                    amp: bool = True, tile_outputs: int = 48, batch_size: int = 32,
+                    on_progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[np.ndarray, dict]:
+    """The tumour probability map of one slide and its description (geometry, mode, counts).
+
+    Args:
+        tissue: the slide's tissue mask; computed (1/32) when not given.
+        mode: ``tiled`` (fully convolutional tiles of ``tile_outputs`` x ``tile_outputs`` outputs) or ``patch``
+            (``batch_size`` windows at a time).
+        on_progress: called with (units done, units total) after each tile or batch.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if stride < 1 or mode == "tiled" and stride % OUTPUT_STRIDE:
+        raise ValueError(f"the tiled mode needs a stride that is a multiple of {OUTPUT_STRIDE}, got {stride} "
+                         "(use mode 'patch' for other strides)")
+    if tile_outputs < 1 or batch_size < 1:
+        raise ValueError("tile_outputs and batch_size must be positive")
+    device = device or next(model.parameters()).device
+    model.eval()
+    slide_path = Path(slide_path)
+    if tissue is None:
+        tissue = compute_tissue_mask(slide_path)[0]
+    slide = open_slide(slide_path)
+    try:
+        geometry = MapGeometry(stride, model.patch_size, tuple(slide.dimensions))
+        if tuple(tissue.level0_size) != geometry.level0_size:
+            raise ValueError(f"{slide_path}: the tissue mask is for a {tissue.level0_size} slide, the slide is "
+                             f"{geometry.level0_size}")
+        todo = _tissue_map(geometry, tissue)
+        start = time.perf_counter()
+        if mode == "tiled":
+            probs = _tiled_mode(slide, slide_path, model, geometry, todo, device, amp, tile_outputs, on_progress)
+        else:
+            probs = _patch_mode(slide, slide_path, model, geometry, todo, device, amp, batch_size, 0, on_progress)
+        seconds = time.perf_counter() - start
+    finally:
+        slide.close()
+    info = {"slide": str(slide_path), "mode": mode, **geometry.to_dict(), "tissue_outputs": int(todo.sum()),
+            "seconds": round(seconds, 3), "outputs_per_second": round(int(todo.sum()) / max(seconds, 1e-9), 1)}
+    return probs, info
+
+
+def load_map(npy: str | Path) -> tuple[np.ndarray, dict]:
+    """A probability map written by :func:`infer_slides` and its description (the JSON next to it)."""
+    npy = Path(npy)
+    meta_path = npy.with_suffix(".json")
+    for path in (npy, meta_path):
+        if not path.is_file():
+            raise ValueError(f"{path}: probability map file missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+        probs = np.load(npy)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{npy}: cannot read the probability map ({err})") from err
+    if list(probs.shape) != list(meta.get("shape", [])):
+        raise ValueError(f"{npy}: map of shape {probs.shape}, its JSON says {meta.get('shape')}")
+    return probs, meta
+
+
+def write_heatmap(slide_path: str | Path, probs: np.ndarray, stride: int, path: str | Path,
+                  alpha: float = 0.6) -> Path:
+    """PNG of the probability map (jet colours where it is above 0) over the slide's thumbnail at 1/stride."""
+    import matplotlib
+
+    slide = open_slide(slide_path)
+    try:
+        rgb, _, _ = read_downsampled(slide, stride, slide_path)
+    finally:
+        slide.close()
+    h, w = min(rgb.shape[0], probs.shape[0]), min(rgb.shape[1], probs.shape[1])
+    out = rgb[:h, :w].astype(np.float32)
+    colours = matplotlib.colormaps["jet"](probs[:h, :w])[..., :3] * 255
+    shown = probs[:h, :w] > 0
+    out[shown] = (1 - alpha) * out[shown] + alpha * colours[shown]
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(out.astype(np.uint8)).save(tmp, format="PNG")
+    return Path(path)
+
+
+def infer_slides(slides: Sequence[str | Path], model: PatchClassifier, out_dir: str | Path, stride: int = 32,
+                 mask_dir: str | Path | None = None, mode: str = "tiled", device: torch.device | None = None,
+                 amp: bool = True, tile_outputs: int = 48, batch_size: int = 32, overwrite: bool = False,
+                 checkpoint: str = "") -> list[Path]:
+    """Probability maps of a folder's worth of slides, resumable: a slide whose JSON exists is skipped.
+
+    Tissue masks come from ``mask_dir`` (``NAME_tissue.png``, as ``metastasis tissue`` writes them) when given and
+    present, else are computed. Returns the ``.npy`` paths.
+    """
+    from .tissue import mask_paths
+
+    slides = [Path(s) for s in slides]
+    if not slides:
+        raise ValueError("no slides given")
+    for path in slides:  # every slide must open before any work starts
+        open_slide(path).close()
+    out_dir = Path(out_dir)
+    progress = Progress(len(slides), "slides", logger)
+    written = []
+    for path in slides:
+        npy = out_dir / f"{path.stem}.npy"
+        written.append(npy)
+        if npy.is_file() and npy.with_suffix(".json").is_file() and not overwrite:
+            progress.step(f"kept existing {npy.name}")
+            continue
+        tissue = None
+        if mask_dir is not None and mask_paths(mask_dir, path)[0].is_file():
+            tissue = TissueMask.load(mask_paths(mask_dir, path)[0])
+        last_log = [time.perf_counter()]
+
+        def report(done: int, total: int, name: str = path.name) -> None:
+            if time.perf_counter() - last_log[0] > 30 or done == total:
+                logger.info("%s: %d/%d %s", name, done, total, "tiles" if mode == "tiled" else "patches")
+                last_log[0] = time.perf_counter()
+
+        probs, info = probability_map(path, model, stride, tissue, mode, device, amp, tile_outputs, batch_size,
+                                      on_progress=report)
+        with atomic_path(npy) as tmp:
+            np.save(tmp, probs)
+        write_heatmap(path, probs, stride, out_dir / f"{path.stem}_heatmap.png")
+        write_json(npy.with_suffix(".json"), {**info, "checkpoint": checkpoint, "max_probability":
+                                              float(probs.max()) if probs.size else 0.0})
+        progress.step(f"{path.name}: {info['tissue_outputs']} outputs in {info['seconds']:.1f} s "
+                      f"({info['outputs_per_second']:.0f}/s, {mode}), max probability {float(probs.max()):.3f}")
+    return written

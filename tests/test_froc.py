@@ -1,0 +1,211 @@
+"""Camelyon16 FROC and slide AUC against hand-computed cases, one rule at a time, and against MONAI's functions.
+
+Mask pixels are 7.5 um here, so the 75 um growth is "distance below 5 pixels" and the ITC limit (275 um) is a major
+axis of 36.7 pixels; detections are level-0 pixels, looked up at level 5 (x // 32, y // 32).
+"""
+
+import numpy as np
+import pytest
+import tifffile
+
+from metastasis.detection import Detections, find_detections, read_detections, write_detections
+from metastasis.froc import (EvalCase, evaluate_froc, evaluation_regions, froc_curve, froc_score, read_mask,
+                             score_slide)
+
+PIXEL_UM = 7.5
+
+
+def _mask(shape=(200, 200), squares=()):
+    mask = np.zeros(shape, np.uint8)
+    for r, c, size in squares:
+        mask[r:r + size, c:c + size] = 1
+    return mask
+
+
+def _at(points):
+    """Detections at mask pixels: [(probability, row, col)] -> level-0 centres of those pixels."""
+    p = np.array([q for q, _, _ in points], float)
+    return Detections(p, np.array([c * 32 + 16 for _, _, c in points]), np.array([r * 32 + 16 for _, r, _ in points]))
+
+
+def _case(name, points, mask=None, label=None, score=None):
+    det = _at(points)
+    return EvalCase(name, det, mask, PIXEL_UM, score if score is not None else (det.probability.max() if len(det)
+                                                                                else 0.0),
+                    int(mask is not None and mask.any()) if label is None else label)
+
+
+def test_lesions_closer_than_75um_merge():
+    close = evaluation_regions(_mask(squares=[(20, 20, 40), (20, 68, 40)]), PIXEL_UM)  # 8-pixel gap = 60 um
+    apart = evaluation_regions(_mask(squares=[(20, 20, 40), (20, 72, 40)]), PIXEL_UM)  # 12 pixels = 90 um
+    assert close.n == 1 and apart.n == 2 and not close.itc and not apart.itc
+    # Growth: distance below 5 pixels; a 40-pixel square becomes 48 pixels wide.
+    assert (apart.labels[40] > 0).sum() == 2 * 48
+
+
+def test_itc_by_major_axis():
+    regions = evaluation_regions(_mask(squares=[(10, 10, 40), (120, 120, 5), (150, 20, 28)]), PIXEL_UM)
+    sizes = {k: (regions.labels == k).sum() for k in range(1, regions.n + 1)}
+    small = [k for k, v in sizes.items() if v < 2000]
+    # 5-px tumour grown to ~13 px: ITC; 28-px square grown to 36 px: major axis 4 sqrt(36^2/12) = 41.6 > 36.7: lesion
+    assert regions.n == 3 and regions.itc == {min(small)}
+
+
+def test_one_lesion_hit_several_times_counts_once_with_its_highest_probability():
+    regions = evaluation_regions(_mask(squares=[(20, 20, 40)]), PIXEL_UM)
+    result = score_slide("t", _at([(0.3, 30, 30), (0.8, 40, 40), (0.5, 50, 50), (0.4, 150, 150)]), regions)
+    assert result.best.tolist() == [0.8] and result.hit.tolist() == [True] and result.fp_probs.tolist() == [0.4]
+    assert result.row()["lesions_hit"] == 1 and result.row()["false_positives"] == 1
+
+
+def test_hits_on_an_itc_are_neither_true_nor_false_positives():
+    mask = _mask(squares=[(20, 20, 40), (150, 150, 4)])
+    cases = [_case("t", [(0.9, 30, 30), (0.95, 151, 151)], mask)]
+    result = evaluate_froc(cases)
+    assert result.slides[0]["itc_detections"] == 1 and result.slides[0]["false_positives"] == 0
+    assert result.n_lesions == 1
+
+
+def test_normal_slides_and_all_zero_masks_count_false_positives_only():
+    for mask in (None, np.zeros((200, 200), np.uint8)):  # an all-zero mask is a normal slide, no phantom region
+        result = score_slide("n", _at([(0.9, 10, 10), (0.2, 100, 100)]), None if mask is None else
+                             evaluation_regions(mask, PIXEL_UM))
+        assert result.fp_probs.tolist() == [0.9, 0.2] and len(result.itc) == 0 and result.lesions == 0
+
+
+def _two_slide_cases():
+    # Tumour slide: lesions A (hit 0.9) and B (hit 0.6), a false positive at 0.7; normal slide: 0.8 and 0.5.
+    mask = _mask(squares=[(10, 10, 40), (100, 100, 40)])
+    return [_case("t", [(0.9, 20, 20), (0.6, 110, 110), (0.7, 180, 10)], mask),
+            _case("n", [(0.8, 5, 5), (0.5, 60, 60)])]
+
+
+def test_curve_by_hand_with_reference_conventions():
+    cases = _two_slide_cases()
+    results = [score_slide(c.name, c.detections, evaluation_regions(c.mask, PIXEL_UM) if c.mask is not None
+                           else None) for c in cases]
+    fp_rate, sensitivity = froc_curve(results, reference_conventions=True)
+    # Pooled: TPs {0.9f, 0.6f}, FPs {0.7, 0.8, 0.5}; thresholds all but the lowest (0.5): 0.6f, 0.7, 0.8, 0.9f.
+    assert fp_rate.tolist() == [1.0, 1.0, 0.5, 0.0, 0.0]
+    assert sensitivity.tolist() == [1.0, 0.5, 0.5, 0.5, 0.0]
+    fp_rate, sensitivity = froc_curve(results, reference_conventions=False)
+    # Every value is a threshold, 0.5 included: 3 FPs over 2 slides, both lesions.
+    assert fp_rate.tolist() == [1.5, 1.0, 1.0, 0.5, 0.0, 0.0]
+    assert sensitivity.tolist() == [1.0, 1.0, 0.5, 0.5, 0.5, 0.0]
+
+
+def test_score_interpolates_at_the_six_rates():
+    score, at = froc_score(np.array([4.0, 2.0, 1.0, 0.0]), np.array([1.0, 0.75, 0.5, 0.0]))
+    assert at == pytest.approx([0.125, 0.25, 0.5, 0.75, 1.0, 1.0])
+    assert score == pytest.approx(3.625 / 6)
+
+
+def test_convention_one_drops_the_lowest_hit_when_every_lesion_is_found():
+    cases = [_case("t", [(0.9, 20, 20)], _mask(squares=[(10, 10, 40)]))]
+    assert evaluate_froc(cases, reference_conventions=True).score == 0.0  # the only threshold is dropped
+    assert evaluate_froc(cases, reference_conventions=False).score == 1.0
+    # With a missed lesion, its 0 is the lowest pooled value and the hit's threshold survives.
+    cases = [_case("t", [(0.9, 20, 20)], _mask(squares=[(10, 10, 40), (100, 100, 40)]))]
+    result = evaluate_froc(cases)
+    assert result.score == pytest.approx(0.5) and result.n_lesions == 2
+
+
+def test_convention_two_float32_ties():
+    mask = _mask(squares=[(10, 10, 40)])
+    for value, split in ((0.7, True), (0.5, False)):  # float32 cannot hold 0.7 exactly; 0.5 it can
+        cases = [_case("t", [(value, 20, 20), (value, 150, 150), (0.1, 160, 160)], mask)]
+        results = [score_slide("t", cases[0].detections, evaluation_regions(mask, PIXEL_UM))]
+        fp_rate, sensitivity = froc_curve(results, reference_conventions=True)
+        # Thresholds (the lowest, 0.1, dropped): 0.7 as float32 (0.69999999) and as float64 apart, or one 0.5.
+        if split:
+            assert fp_rate.tolist() == [1.0, 1.0, 0.0] and sensitivity.tolist() == [1.0, 0.0, 0.0]
+        else:
+            assert fp_rate.tolist() == [1.0, 0.0] and sensitivity.tolist() == [1.0, 0.0]
+        fp_rate, sensitivity = froc_curve(results, reference_conventions=False)
+        assert fp_rate.tolist() == [2.0, 1.0, 0.0] and sensitivity.tolist() == [1.0, 1.0, 0.0]
+
+
+def test_fast_regions_equal_whole_mask_regions_and_monai():
+    from monai.apps.pathology.utils import compute_isolated_tumor_cells, compute_multi_instance_mask
+    from monai.metrics import compute_fp_tp_probs, compute_froc_curve_data, compute_froc_score
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for index in range(6):
+        mask = np.zeros((300, 400), np.uint8)
+        for _ in range(rng.integers(1, 6)):
+            r, c, h, w = rng.integers(0, 280), rng.integers(0, 380), rng.integers(2, 60), rng.integers(2, 60)
+            mask[r:r + h, c:c + w] = 1
+        mask[rng.integers(0, 300), rng.integers(0, 400)] = 1  # a single-pixel ITC
+        fast = evaluation_regions(mask, PIXEL_UM)
+        whole = evaluation_regions(mask, PIXEL_UM, whole_mask=True)
+        # Same regions (labels may be numbered differently) and the same ITCs.
+        pairs = {(a, b) for a, b in zip(fast.labels.ravel(), whole.labels.ravel())}
+        assert len(pairs) == fast.n + 1 and fast.n == whole.n
+        mapping = dict(pairs)
+        assert {mapping[k] for k in fast.itc} == whole.itc
+        points = [(float(np.round(rng.random(), 3)), int(rng.integers(0, 300)), int(rng.integers(0, 400)))
+                  for _ in range(40)]
+        cases.append(_case(f"s{index}", points, mask))
+    ours = evaluate_froc(cases)
+    # MONAI's building blocks of LesionFROC on the same masks and detections (tumour slides, 0/1 masks).
+    fps, tps, targets = [], [], 0
+    for case in cases:
+        labels = compute_multi_instance_mask(case.mask, 75 / (PIXEL_UM * 2))
+        itc = compute_isolated_tumor_cells(labels, 275 / PIXEL_UM)
+        fp, tp, n = compute_fp_tp_probs(case.detections.probability, case.detections.y, case.detections.x,
+                                        labels, itc, resolution_level=5)
+        fps.extend(fp)
+        tps.extend(tp)
+        targets += n
+    curve = compute_froc_curve_data(np.array(fps), np.array(tps, np.float32), targets, len(cases))
+    assert ours.n_lesions == targets
+    assert ours.score == pytest.approx(compute_froc_score(*curve), abs=1e-12)
+
+
+def test_slide_auc_and_outputs(tmp_path):
+    from metastasis.froc import write_froc
+
+    cases = _two_slide_cases() + [_case("n2", [(0.95, 5, 5)])]
+    result = evaluate_froc(cases)
+    assert result.slide_auc == pytest.approx(0.5)  # tumour 0.9 vs normals 0.8 (above) and 0.95 (below)
+    paths = write_froc(result, tmp_path)
+    assert paths["png"].stat().st_size > 5000
+    assert paths["csv"].read_text().splitlines()[0].startswith("slide,tumor,regions,itcs,lesions,lesions_hit")
+    assert '"froc_score"' in paths["json"].read_text()
+    with pytest.raises(ValueError, match="no lesions"):
+        evaluate_froc([_case("n", [(0.5, 1, 1)])])
+
+
+def test_mask_files(tmp_path):
+    mask = _mask(squares=[(10, 10, 20)])
+    np.save(tmp_path / "a.npy", mask * 255)
+    tifffile.imwrite(tmp_path / "b.tif", mask)
+    assert np.array_equal(read_mask(tmp_path / "a.npy"), mask > 0)
+    assert np.array_equal(read_mask(tmp_path / "b.tif"), mask > 0)
+    (tmp_path / "c.tif").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="c.tif: cannot read the mask"):
+        read_mask(tmp_path / "c.tif")
+    with pytest.raises(ValueError, match="mask file missing"):
+        read_mask(tmp_path / "none.npy")
+
+
+def test_detections_nms_and_csv(tmp_path):
+    probs = np.zeros((40, 40), np.float32)
+    probs[10, 10], probs[10, 13], probs[30, 30], probs[5, 30] = 0.9, 0.8, 0.7, 0.3
+    found = find_detections(probs, stride=32, origin=(16, 16), mpp=0.25, threshold=0.5, radius_um=32.0)  # 4 px
+    assert found.probability.tolist() == pytest.approx([0.9, 0.7])
+    assert found.x.tolist() == [16 + 32 * 10, 16 + 32 * 30] and found.y.tolist() == [16 + 32 * 10, 16 + 32 * 30]
+    wide = find_detections(probs, 32, (16, 16), 0.25, threshold=0.2, radius_um=8.0)  # 1 px: all four peaks
+    assert len(wide) == 4
+    path = write_detections(tmp_path / "s.csv", found)
+    assert path.read_text().splitlines() == ["0.900000,336,336", "0.700000,976,976"]
+    again = read_detections(path)
+    assert again.probability.tolist() == pytest.approx([0.9, 0.7]) and again.x.tolist() == [336, 976]
+    (tmp_path / "h.csv").write_text("probability,x,y\n0.5,10,20\n")
+    assert read_detections(tmp_path / "h.csv").y.tolist() == [20]
+    (tmp_path / "e.csv").write_text("")
+    assert len(read_detections(tmp_path / "e.csv")) == 0
+    (tmp_path / "b.csv").write_text("0.5,10,20\n0.4;1;2\n")
+    with pytest.raises(ValueError, match="b.csv:2: expected 'probability,x,y'"):
+        read_detections(tmp_path / "b.csv")

@@ -24,6 +24,9 @@ PATHO_SIZE ?= 8192 6144
 PATHO_PATCHES ?= 100
 PATHO_ROUNDS ?= 5
 PATHO_SETTINGS ?= --set num_workers=0 --set num_threads=2
+# Part 2 on a generated test set: tissue masks -> probability maps (stride 32, tiled) -> detections -> FROC + AUC.
+PATHO_TEST_TUMOR ?= 3
+PATHO_TEST_NORMAL ?= 3
 
 .PHONY: setup demo demo-data pathology-demo test clean
 
@@ -53,7 +56,8 @@ demo: demo-data
 	$(BIN)/nvflare simulator $(DEMO_DIR)/job -w $(abspath $(DEMO_DIR)/simulation) -n 2 -t 2
 	$(BIN)/brats-fl report $(DEMO_DIR)/simulation --out $(DEMO_DIR)/report
 
-# Slides -> tissue masks -> patch list -> single-site FLARE job (train, best model, cross-site validation).
+# Slides -> tissue masks -> patch list -> single-site FLARE job (train, best model, cross-site validation), then
+# the trained best global model on a generated test set: maps, detections, FROC and slide AUC.
 pathology-demo: setup
 	$(BIN)/metastasis make-data --out $(PATHO_DIR)/camelyon16 --tumor $(PATHO_TUMOR) --normal $(PATHO_NORMAL) \
 		--width $(word 1,$(PATHO_SIZE)) --height $(word 2,$(PATHO_SIZE)) --workers 2
@@ -66,6 +70,16 @@ pathology-demo: setup
 	rm -rf $(PATHO_DIR)/simulation
 	$(BIN)/nvflare simulator $(PATHO_DIR)/job -w $(abspath $(PATHO_DIR)/simulation) -n 1 -t 1
 	$(BIN)/metastasis report $(PATHO_DIR)/simulation --out $(PATHO_DIR)/report
+	$(BIN)/metastasis make-data --out $(PATHO_DIR)/camelyon16 --split testing --tumor $(PATHO_TEST_TUMOR) \
+		--normal $(PATHO_TEST_NORMAL) --width $(word 1,$(PATHO_SIZE)) --height $(word 2,$(PATHO_SIZE)) --workers 2 --seed 1
+	$(BIN)/metastasis tissue $(PATHO_DIR)/camelyon16/testing/images --out $(PATHO_DIR)/camelyon16/testing_tissue
+	$(BIN)/metastasis infer $(PATHO_DIR)/camelyon16/testing/images --masks $(PATHO_DIR)/camelyon16/testing_tissue \
+		--checkpoint $(PATHO_DIR)/simulation/server/simulate_job/app_server/best_FL_global_model.pt \
+		--out $(PATHO_DIR)/maps --overwrite
+	$(BIN)/metastasis detect $(PATHO_DIR)/maps --out $(PATHO_DIR)/detections
+	$(BIN)/metastasis evaluate $(PATHO_DIR)/camelyon16/testing/images --detections $(PATHO_DIR)/detections \
+		--annotations $(PATHO_DIR)/camelyon16/testing/lesion_annotations --maps $(PATHO_DIR)/maps \
+		--reference $(PATHO_DIR)/camelyon16/testing/reference.csv --out $(PATHO_DIR)/froc
 
 test: setup
 	$(BIN)/python -m pytest

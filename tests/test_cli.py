@@ -67,6 +67,24 @@ def test_make_demo_recipe(tmp_path):
     assert (demo / "report/report.csv").is_file() and (demo / "report/training_curves.png").is_file()
 
 
+@pytest.mark.slow
+def test_make_pathology_demo_recipe(tmp_path):
+    """`make pathology-demo` as the Makefile runs it (both parts: slides, masks, patches, job, report, then test
+    slides, maps, detections, FROC), at a tiny size."""
+    demo = tmp_path / "demo"
+    result = subprocess.run(
+        ["make", "-C", str(REPO), "pathology-demo", f"DEMO_DIR={demo}", "PATHO_SIZE=3072 2048", "PATHO_TUMOR=2",
+         "PATHO_NORMAL=2", "PATHO_PATCHES=10", "PATHO_ROUNDS=2", "PATHO_TEST_TUMOR=2", "PATHO_TEST_NORMAL=1"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Global best model selected via IntimeModelSelector" in result.stdout
+    assert "FROC score" in result.stdout and "slide-level AUC" in result.stdout
+    pathology = demo / "pathology"
+    assert len(list((pathology / "maps").glob("test_*_heatmap.png"))) == 3
+    assert (pathology / "froc/froc.png").is_file() and (pathology / "report/report.txt").is_file()
+
+
 def test_readme_quick_start_has_the_two_commands():
     readme = (REPO / "README.md").read_text()
     quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]

@@ -1,0 +1,111 @@
+"""Whole-slide probability maps: exact geometry in both modes, tissue restriction, resumable folders."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from metastasis import cli
+from metastasis.inference import MapGeometry, infer_slides, load_map, probability_map
+from metastasis.slide import open_slide, read_rgb
+from metastasis.tissue import compute_tissue_mask
+
+
+class WindowMean(nn.Module):
+    """A fully convolutional stand-in with no padding: output = a squashed mean of the red channel over each
+    ``patch_size`` window at stride 32, so every output depends on its window alone and both modes must agree."""
+
+    def __init__(self, patch_size: int = 64) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.pool = nn.AvgPool2d(patch_size, stride=32)
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return self.pool(x[:, :1]) * 4.0 + self.dummy
+
+
+@pytest.fixture(scope="module")
+def slide_and_tissue(camelyon_root):
+    path = camelyon_root / "training/tumor/tumor_001.tif"
+    return path, compute_tissue_mask(path)[0]
+
+
+def test_geometry():
+    g = MapGeometry(stride=32, patch_size=224, level0_size=(1000, 70))
+    assert g.shape == (3, 32) and g.origin == (16, 16)
+    x, y = g.centres(np.array([2]), np.array([31]))
+    assert (x[0], y[0]) == (16 + 31 * 32, 16 + 2 * 32)
+
+
+@pytest.mark.parametrize("stride, tile_outputs", [(32, 5), (32, 48), (64, 3)])
+def test_tiled_and_patch_modes_compute_the_same_exact_grid(slide_and_tissue, stride, tile_outputs):
+    path, tissue = slide_and_tissue
+    model = WindowMean(64)
+    tiled, info = probability_map(path, model, stride, tissue, "tiled", amp=False, tile_outputs=tile_outputs)
+    patch, _ = probability_map(path, model, stride, tissue, "patch", amp=False, batch_size=7)
+    assert tiled.shape == patch.shape == (-(-2048 // stride), -(-3072 // stride))
+    assert np.abs(tiled - patch).max() < 1e-5
+    on = tiled > 0
+    assert 0 < info["tissue_outputs"] == on.sum() < on.size  # only tissue windows are evaluated
+    # Map pixel (i, j) is the window centred at (stride/2 + j stride, stride/2 + i stride), read directly.
+    i, j = np.argwhere(on)[len(np.argwhere(on)) // 2]
+    g = MapGeometry(stride, 64, (3072, 2048))
+    x, y = g.centres(np.array([i]), np.array([j]))
+    slide = open_slide(path)
+    window = read_rgb(slide, (int(x[0]) - 32, int(y[0]) - 32), 0, (64, 64), path, pad_outside=True)
+    slide.close()
+    red = (window[..., 0] / 255.0 - 0.485) / 0.229
+    assert tiled[i, j] == pytest.approx(float(torch.sigmoid(torch.tensor(red.mean() * 4.0))), abs=1e-5)
+
+
+def test_bad_requests(slide_and_tissue):
+    path, tissue = slide_and_tissue
+    with pytest.raises(ValueError, match="multiple of 32"):
+        probability_map(path, WindowMean(), 48, tissue, "tiled")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        probability_map(path, WindowMean(), 32, tissue, "fast")
+
+
+def test_folder_is_resumable_and_outputs_are_complete(camelyon_root, tmp_path, caplog):
+    slides = sorted(camelyon_root.glob("training/*/*.tif"))[:2]
+    model = WindowMean(64)
+    maps = infer_slides(slides, model, tmp_path, stride=64, amp=False, tile_outputs=8)
+    for npy in maps:
+        probs, meta = load_map(npy)
+        assert meta["shape"] == list(probs.shape) and meta["stride"] == 64 and meta["origin"] == [32, 32]
+        assert npy.with_name(npy.stem + "_heatmap.png").stat().st_size > 1000
+    before = maps[0].stat().st_mtime_ns
+    maps[1].with_suffix(".json").unlink()  # as if interrupted before the slide was marked done
+    caplog.set_level("INFO")
+    infer_slides(slides, model, tmp_path, stride=64, amp=False, tile_outputs=8)
+    assert maps[0].stat().st_mtime_ns == before and "kept existing" in caplog.text
+    assert json.loads(maps[1].with_suffix(".json").read_text())["tissue_outputs"] > 0
+    with pytest.raises(ValueError, match="probability map file missing"):
+        load_map(tmp_path / "none.npy")
+
+
+def test_command_chain(camelyon_root, tmp_path, capsys):
+    """infer -> detect -> evaluate with a real (untrained) checkpoint: every file lands and the FROC runs."""
+    from metastasis.model import PatchClassifier
+
+    checkpoint = tmp_path / "model.pt"
+    torch.manual_seed(0)
+    torch.save({"model": PatchClassifier(64).state_dict(), "train_conf": {"patch_size": 64}}, checkpoint)
+    slides = str(camelyon_root / "training")
+    assert cli.main(["infer", slides, "--checkpoint", str(checkpoint), "--out", str(tmp_path / "maps"),
+                     "--stride", "64", "--tile-outputs", "16"]) == 0
+    assert cli.main(["detect", str(tmp_path / "maps"), "--out", str(tmp_path / "det"), "--threshold", "0"]) == 0
+    assert len(list((tmp_path / "det").glob("*.csv"))) == 4
+    assert cli.main(["evaluate", slides, "--detections", str(tmp_path / "det"), "--annotations",
+                     str(camelyon_root / "training/lesion_annotations"), "--maps", str(tmp_path / "maps"),
+                     "--out", str(tmp_path / "froc")]) == 0
+    out = capsys.readouterr().out
+    assert "FROC score" in out and "slide-level AUC" in out
+    result = json.loads((tmp_path / "froc/froc.json").read_text())
+    assert result["n_slides"] == 4 and 0 <= result["froc_score"] <= 1 and set(result["sensitivity_at_fp_rate"]) \
+        == {"0.25", "0.5", "1", "2", "4", "8"}
+    assert cli.main(["evaluate", slides, "--detections", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
+    assert "detections folder missing" in capsys.readouterr().err

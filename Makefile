@@ -14,6 +14,12 @@ DEMO_ROUNDS ?= 12
 # Two clients share this machine's cores in the simulator: one PyTorch thread each. A 12-round run needs a larger
 # step than the seed's 600 rounds: lr 5e-4 (README, "A longer CPU run", compares it with the seed's 1e-4).
 DEMO_SETTINGS ?= --set num_workers=0 --set num_threads=1 --set lr=5e-4
+# The BraTS job in a real local federation: server and 2 clients as separate processes from mutual-TLS startup
+# kits (DEPLOY_KITS=poc: `nvflare poc prepare` into poc_workspace/ws; provision: `nvflare provision`), the job
+# submitted and followed through the FLARE API, results downloaded, everything stopped. Demo data, 3 rounds.
+DEPLOY_KITS ?= poc
+DEPLOY_ROUNDS ?= 3
+DEPLOY_WORKSPACE ?= $(if $(filter poc,$(DEPLOY_KITS)),poc_workspace/ws,$(DEMO_DIR)/kits)
 # Metastasis demo (single-site job): 6 small generated training slides, 100 tumour patches per tumour slide,
 # 224-pixel patches as the seed; rounds of one epoch (~25 s here). Patches are read in the training process: on
 # 2 cores a DataLoader worker competes with PyTorch's threads (benchmarks/results/patch_training.md).
@@ -28,7 +34,7 @@ PATHO_SETTINGS ?= --set num_workers=0 --set num_threads=2
 PATHO_TEST_TUMOR ?= 3
 PATHO_TEST_NORMAL ?= 3
 
-.PHONY: setup demo demo-data pathology-demo test clean
+.PHONY: setup demo demo-data federation-demo pathology-demo test clean
 
 setup: $(STAMP) $(SHIPPED)
 
@@ -55,6 +61,12 @@ demo: demo-data
 	rm -rf $(DEMO_DIR)/simulation
 	$(BIN)/nvflare simulator $(DEMO_DIR)/job -w $(abspath $(DEMO_DIR)/simulation) -n 2 -t 2
 	$(BIN)/brats-fl report $(DEMO_DIR)/simulation --out $(DEMO_DIR)/report
+
+federation-demo: demo-data
+	$(BIN)/brats-fl make-job --out $(DEMO_DIR)/deploy_job --rounds $(DEPLOY_ROUNDS) --crop $(DEMO_SHAPE) \
+		--data-root $(abspath $(DEMO_DIR)/brats) --datalist-dir $(abspath $(DEMO_DIR)/brats/datalists) $(DEMO_SETTINGS)
+	$(BIN)/brats-fl deploy $(DEMO_DIR)/deploy_job --kits $(DEPLOY_KITS) --workspace $(DEPLOY_WORKSPACE) \
+		--out $(DEMO_DIR)/deploy_report
 
 # Slides -> tissue masks -> patch list -> single-site FLARE job (train, best model, cross-site validation), then
 # the trained best global model on a generated test set: maps, detections, FROC and slide AUC.

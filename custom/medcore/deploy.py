@@ -1,0 +1,290 @@
+"""Run a real FLARE federation on this machine: server and clients as separate processes started from their startup
+kits (mutual TLS), a job submitted, watched and downloaded through the FLARE API, and everything torn down.
+
+Kits come from ``nvflare poc prepare`` (:func:`poc_kits`) or ``nvflare provision`` (:func:`provision_kits`) on a
+project file whose server is named ``localhost``, so the server listens on the loopback interface only.
+
+:class:`Federation` owns its processes: each participant runs ``startup/sub_start.sh --once`` (the FLARE process
+itself, without the kit's restart loop) in its own process group, so leaving the ``with`` block (normally or on an
+error) asks the server to shut the system down and then stops whatever is left of each group. Nothing is left
+running behind a failed run.
+
+A finished monitor is not success: :meth:`Federation.run_job` checks the job's final status and raises
+:class:`DeploymentError` with the status and the end of the server's log unless it is ``FINISHED:COMPLETED``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+__all__ = ["DEFAULT_PROJECTS", "DeploymentError", "Kits", "poc_kits", "provision_kits", "port_in_use", "Federation"]
+
+#: The committed project files (repository checkout).
+DEFAULT_PROJECTS = {name: Path(__file__).resolve().parents[2] / "provisioning" / f"{name}_project.yml"
+                    for name in ("brats", "pathology")}
+
+logger = logging.getLogger(__name__)
+
+COMPLETED = "FINISHED:COMPLETED"
+
+
+class DeploymentError(RuntimeError):
+    """A deployment step failed; the message says which and why (with a log excerpt where there is one)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Kits:
+    """The startup kits of one project: ``prod_dir/<participant>/startup``."""
+
+    prod_dir: Path
+    server: str
+    clients: tuple[str, ...]
+    admin: str
+    host: str
+    port: int
+
+    @classmethod
+    def find(cls, prod_dir: str | Path) -> "Kits":
+        """Read a provisioned ``prod_NN`` folder; a missing or incomplete kit is an error naming the folder."""
+        prod_dir = Path(prod_dir)
+        if not prod_dir.is_dir():
+            raise DeploymentError(f"{prod_dir}: startup kit folder missing")
+        servers, clients, admins = [], [], []
+        for part in sorted(p for p in prod_dir.iterdir() if p.is_dir()):
+            startup = part / "startup"
+            if (startup / "fed_server.json").is_file():
+                servers.append(part.name)
+            elif (startup / "fed_client.json").is_file():
+                clients.append(part.name)
+            elif (startup / "fed_admin.json").is_file():
+                admins.append(part.name)
+        if len(servers) != 1 or not clients or not admins:
+            raise DeploymentError(f"{prod_dir}: expected one server kit, client kits and an admin kit; found server "
+                                  f"{servers}, clients {clients}, admins {admins}")
+        config = json.loads((prod_dir / servers[0] / "startup/fed_server.json").read_text())
+        host, _, port = config["servers"][0]["service"]["target"].rpartition(":")
+        return cls(prod_dir, servers[0], tuple(clients), admins[0], host, int(port))
+
+
+def _run(cmd: Sequence[str], env: Mapping[str, str] | None = None, what: str = "") -> str:
+    result = subprocess.run(list(cmd), capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+    if result.returncode != 0:
+        raise DeploymentError(f"{what or cmd[0]} failed (exit {result.returncode}): "
+                              f"{(result.stdout + result.stderr).strip()[-2000:]}")
+    return result.stdout
+
+
+def _nvflare() -> str:
+    return str(Path(sys.executable).parent / "nvflare")
+
+
+def _latest_prod(root: Path) -> Path:
+    prods = sorted(root.glob("*/prod_*"), key=lambda p: p.stat().st_mtime)
+    if not prods:
+        raise DeploymentError(f"{root}: no prod_NN startup kit folder was written")
+    return prods[-1]
+
+
+def poc_kits(project: str | Path, workspace: str | Path) -> Kits:
+    """``nvflare poc prepare -i project`` into ``workspace`` (replacing an earlier POC there)."""
+    workspace = Path(workspace).resolve()
+    _run([_nvflare(), "poc", "prepare", "-i", str(project), "--force"], {"NVFLARE_POC_WORKSPACE": str(workspace)},
+         "nvflare poc prepare")
+    return Kits.find(_latest_prod(workspace))
+
+
+def provision_kits(project: str | Path, workspace: str | Path) -> Kits:
+    """``nvflare provision -p project -w workspace``: TLS startup kits in a new ``prod_NN``."""
+    workspace = Path(workspace).resolve()
+    _run([_nvflare(), "provision", "-p", str(project), "-w", str(workspace)], what="nvflare provision")
+    return Kits.find(_latest_prod(workspace))
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class Federation:
+    """Server and clients of ``kits`` running on this machine, with an admin session (a context manager).
+
+    Args:
+        kits: the startup kits (their server name must resolve to this machine, e.g. ``localhost``).
+        env: extra environment for the site processes (e.g. ``{"BRATS_DATA_ROOT": "/data/brats"}``).
+        clients: the clients to start (default: all of the kits').
+        connect_timeout: seconds to wait for the server's port and for every client to register.
+    """
+
+    def __init__(self, kits: Kits, env: Mapping[str, str] | None = None, clients: Sequence[str] | None = None,
+                 connect_timeout: float = 120.0) -> None:
+        self.kits = kits
+        self.clients = tuple(clients or kits.clients)
+        self.connect_timeout = connect_timeout
+        bin_dir = str(Path(sys.executable).parent)  # the kits' scripts run `python3`: this environment's
+        self.env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), **(env or {})}
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.session = None
+
+    # -- processes ---------------------------------------------------------------------------------------------
+    def log(self, participant: str) -> Path:
+        return self.kits.prod_dir / participant / "deploy_console.log"
+
+    def start_participant(self, name: str) -> None:
+        folder = self.kits.prod_dir / name
+        if not (folder / "startup/sub_start.sh").is_file():
+            raise DeploymentError(f"{folder}: no startup kit (startup/sub_start.sh missing)")
+        with open(self.log(name), "ab") as log:
+            self.processes[name] = subprocess.Popen(["bash", "startup/sub_start.sh", "--once"], cwd=folder,
+                                                    stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                                    start_new_session=True)
+        logger.info("started %s (pid %d), log %s", name, self.processes[name].pid, self.log(name))
+
+    def stop_participant(self, name: str, grace: float = 10.0) -> None:
+        """Stop one participant's whole process group: TERM, then KILL after ``grace`` seconds."""
+        process = self.processes.get(name)
+        if process is None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+            # The FLARE process exited; its job processes may linger in the group a moment longer.
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                break
+        logger.info("stopped %s", name)
+
+    def _check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise DeploymentError(f"{name} exited with status {process.returncode} during start-up; end of its "
+                                      f"log {self.log(name)}:\n{_tail(self.log(name))}")
+
+    # -- start / stop ------------------------------------------------------------------------------------------
+    def __enter__(self) -> "Federation":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        host, port = self.kits.host, self.kits.port
+        if port_in_use(host, port):
+            raise DeploymentError(f"port {port} on {host} is already in use (another FLARE server, or one stopped "
+                                  "less than a minute ago whose socket is in TIME_WAIT); stop it or change "
+                                  f"fed_learn_port in the project file")
+        self.start_participant(self.kits.server)
+        deadline = time.monotonic() + self.connect_timeout
+        while not port_in_use(host, port):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise DeploymentError(f"the server did not open {host}:{port} within {self.connect_timeout:.0f} s; "
+                                      f"end of {self.log(self.kits.server)}:\n{_tail(self.log(self.kits.server))}")
+            time.sleep(0.5)
+        for client in self.clients:
+            self.start_participant(client)
+        self.session = self._connect(deadline)
+        self.wait_for_clients(self.clients, deadline)
+
+    def _connect(self, deadline: float):
+        from nvflare.fuel.flare_api.flare_api import new_secure_session
+
+        admin_dir = self.kits.prod_dir / self.kits.admin
+        return new_secure_session(self.kits.admin, str(admin_dir), timeout=max(deadline - time.monotonic(), 5.0))
+
+    def connected_clients(self) -> list[str]:
+        return sorted(c.name for c in self.session.get_system_info().client_info)
+
+    def wait_for_clients(self, clients: Sequence[str], deadline: float) -> None:
+        while True:
+            connected = self.connected_clients()
+            if set(clients) <= set(connected):
+                logger.info("all clients connected: %s", ", ".join(connected))
+                return
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise DeploymentError(f"clients {sorted(set(clients) - set(connected))} did not connect within "
+                                      f"{self.connect_timeout:.0f} s (connected: {connected})")
+            time.sleep(1.0)
+
+    def stop(self) -> None:
+        """Ask the server to shut the system down, then stop every process group that is still there."""
+        if self.session is not None:
+            try:
+                self.session.shutdown_system()
+            except Exception as err:  # the system may be half up; the process groups are stopped below anyway
+                logger.info("graceful shutdown did not go through (%s)", err)
+            try:
+                self.session.close()
+            except Exception:
+                pass
+            self.session = None
+        deadline = time.monotonic() + 20
+        for name, process in self.processes.items():
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                pass
+        for name in list(self.processes):
+            self.stop_participant(name)
+        self.processes.clear()
+
+    # -- jobs --------------------------------------------------------------------------------------------------
+    def run_job(self, job_dir: str | Path, timeout: float = 1800.0) -> Path:
+        """Submit ``job_dir``, wait for it to end, check its final status and download its results (path)."""
+        job_dir = Path(job_dir)
+        if not (job_dir / "meta.json").is_file():
+            raise DeploymentError(f"{job_dir}: not a job folder (no meta.json)")
+        job_id = self.session.submit_job(str(job_dir.resolve()))
+        logger.info("submitted %s as job %s", job_dir, job_id)
+        start = time.monotonic()
+
+        def progress(session, job_id, job_meta, *args) -> bool:
+            logger.info("job %s: %s (%.0f s)", job_id, job_meta.get("status"), time.monotonic() - start)
+            return True
+
+        outcome = self.session.monitor_job(job_id, timeout=timeout, poll_interval=5.0, cb=progress)
+        status = self.session.get_job_meta(job_id).get("status")
+        if status != COMPLETED:
+            try:
+                self.session.abort_job(job_id)
+            except Exception:
+                pass
+            raise DeploymentError(f"job {job_id} ended as {status} (monitor: {outcome}); end of the server log "
+                                  f"{self.log(self.kits.server)}:\n{_tail(self.log(self.kits.server))}")
+        path = Path(self.session.download_job_result(job_id))
+        logger.info("job %s %s in %.0f s; results in %s", job_id, status, time.monotonic() - start, path)
+        return path

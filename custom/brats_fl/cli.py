@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from medcore.command import add_report_parser, add_ship_code_parser, command_parser, parse_setting, run_command
@@ -123,21 +122,6 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                         help="run in float32 instead of mixed precision (fp16 on CUDA, bf16 on CPU)")
 
 
-def _deploy(args: argparse.Namespace) -> int:
-    from medcore.crosssite import report_command
-    from medcore.deploy import Federation, poc_kits, provision_kits
-
-    from .report import BRATS_REPORT
-
-    make_kits = poc_kits if args.kits == "poc" else provision_kits
-    kits = make_kits(args.project, args.workspace)
-    env = {"BRATS_DATA_ROOT": str(Path(args.data_root).resolve())} if args.data_root else {}
-    with Federation(kits, env=env, connect_timeout=args.connect_timeout) as federation:
-        result = federation.run_job(args.job, timeout=args.timeout)
-    print(f"job results downloaded to {result}")
-    return report_command(result, BRATS_REPORT, out=args.out)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser(
         "brats-fl", "Federated brain-tumour segmentation (BraTS 2018) on NVIDIA FLARE and MONAI."
@@ -233,29 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
         inf.add_argument(f"--{m}", help=f"{m.upper()} NIfTI file (when --case-dir is not given)")
     inf.add_argument("--out", required=True, help="label map to write (.nii.gz)")
     inf.set_defaults(func=_infer)
-    from medcore.deploy import DEFAULT_PROJECTS
+    from medcore.deploy import DEFAULT_PROJECTS, add_deploy_parser
 
-    deploy = sub.add_parser(
-        "deploy", help="run a job in a real local federation (POC or provisioned TLS kits) and report it",
-        description="Make startup kits (nvflare poc prepare, or nvflare provision: mutual TLS either way) from a "
-                    "project file whose server is localhost, start the server and every client as separate "
-                    "processes, wait until all are connected, submit JOB through the FLARE API, follow it, check "
-                    "that it ended FINISHED:COMPLETED, download its results, stop everything (also when a step "
-                    "fails) and print the cross-site report.",
-    )
-    deploy.add_argument("job", help="job folder to run (e.g. one written by make-job)")
-    deploy.add_argument("--kits", choices=("poc", "provision"), default="poc",
-                        help="poc: nvflare poc prepare; provision: nvflare provision (default: poc)")
-    deploy.add_argument("--project", default=str(DEFAULT_PROJECTS["brats"]),
-                        help="project file (default: provisioning/brats_project.yml)")
-    deploy.add_argument("--workspace", required=True,
-                        help="folder for the startup kits and the sites' workspaces (a POC workspace is replaced)")
-    deploy.add_argument("--data-root", help="exported to the sites as BRATS_DATA_ROOT (for jobs that use it)")
-    deploy.add_argument("--timeout", type=float, default=3600.0, help="seconds the job may run (default: 3600)")
-    deploy.add_argument("--connect-timeout", type=float, default=120.0,
-                        help="seconds to wait for the server and every client to come up (default: 120)")
-    deploy.add_argument("--out", help="folder for the report files (report.txt/.md/.csv/.json)")
-    deploy.set_defaults(func=_deploy)
+    from .report import BRATS_REPORT
+
+    add_deploy_parser(sub, str(DEFAULT_PROJECTS["brats"]), "BRATS_DATA_ROOT", BRATS_REPORT, "jobs/brats_fl")
     return parser
 
 

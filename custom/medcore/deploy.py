@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-__all__ = ["DEFAULT_PROJECTS", "DeploymentError", "Kits", "poc_kits", "provision_kits", "port_in_use", "Federation"]
+__all__ = ["DEFAULT_PROJECTS", "DeploymentError", "Kits", "poc_kits", "provision_kits", "port_in_use", "Federation",
+           "add_deploy_parser"]
 
 #: The committed project files (repository checkout).
 DEFAULT_PROJECTS = {name: Path(__file__).resolve().parents[2] / "provisioning" / f"{name}_project.yml"
@@ -288,3 +289,38 @@ class Federation:
         path = Path(self.session.download_job_result(job_id))
         logger.info("job %s %s in %.0f s; results in %s", job_id, status, time.monotonic() - start, path)
         return path
+
+
+def add_deploy_parser(sub, project: str, data_variable: str, spec, job_example: str) -> None:
+    """The ``deploy`` sub-command of both tools: kits -> federation -> job -> report (``spec``: a ReportSpec)."""
+
+    def run(args) -> int:
+        from .crosssite import report_command
+
+        kits = (poc_kits if args.kits == "poc" else provision_kits)(args.project, args.workspace)
+        env = {data_variable: str(Path(args.data_root).resolve())} if args.data_root else {}
+        with Federation(kits, env=env, connect_timeout=args.connect_timeout) as federation:
+            result = federation.run_job(args.job, timeout=args.timeout)
+        print(f"job results downloaded to {result}")
+        return report_command(result, spec, out=args.out)
+
+    deploy = sub.add_parser(
+        "deploy", help="run a job in a real local federation (POC or provisioned TLS kits) and report it",
+        description="Make startup kits (nvflare poc prepare, or nvflare provision: mutual TLS either way) from a "
+                    "project file whose server is localhost, start the server and every client as separate "
+                    "processes, wait until all are connected, submit JOB through the FLARE API, follow it, check "
+                    "that it ended FINISHED:COMPLETED, download its results, stop everything (also when a step "
+                    "fails) and print the cross-site report.",
+    )
+    deploy.add_argument("job", help=f"job folder to run (e.g. one written by make-job from {job_example})")
+    deploy.add_argument("--kits", choices=("poc", "provision"), default="poc",
+                        help="poc: nvflare poc prepare; provision: nvflare provision (default: poc)")
+    deploy.add_argument("--project", default=project, help=f"project file (default: {project})")
+    deploy.add_argument("--workspace", required=True,
+                        help="folder for the startup kits and the sites' workspaces (a POC workspace is replaced)")
+    deploy.add_argument("--data-root", help=f"exported to the sites as {data_variable} (for jobs that use it)")
+    deploy.add_argument("--timeout", type=float, default=3600.0, help="seconds the job may run (default: 3600)")
+    deploy.add_argument("--connect-timeout", type=float, default=120.0,
+                        help="seconds to wait for the server and every client to come up (default: 120)")
+    deploy.add_argument("--out", help="folder for the report files (report.txt/.md/.csv/.json)")
+    deploy.set_defaults(func=run)

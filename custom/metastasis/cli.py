@@ -417,11 +417,21 @@ def build_parser() -> argparse.ArgumentParser:
                            "the site's local best), validation patch accuracy, AUC, sensitivity and specificity.",
                       _report)
     add_ship_code_parser(sub, JOB_PACKAGES, "jobs/pathology_metastasis")
+
+    from medcore.deploy import DEFAULT_PROJECTS, add_deploy_parser
+
+    from .report import METASTASIS_REPORT
+
+    add_deploy_parser(sub, str(DEFAULT_PROJECTS["pathology"]), "CAMELYON_DATA_ROOT", METASTASIS_REPORT,
+                      "jobs/pathology_metastasis")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(build_parser(), argv, (SlideError, AnnotationError, PatchListError, ValueError))
+    from medcore.deploy import DeploymentError
+
+    return run_command(build_parser(), argv, (SlideError, AnnotationError, PatchListError, ValueError,
+                                              DeploymentError))
 
 
 if __name__ == "__main__":

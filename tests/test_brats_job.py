@@ -6,12 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from brats_fl import cli
 from brats_fl.datalist import write_datalists
 from brats_fl.job import DEFAULT_JOB, load_job_configs, make_job
+from medcore.resume import CHECKPOINT_NAME, load_round_checkpoint
 
 from conftest import TINY_BRATS_SHAPE
 
@@ -76,6 +78,11 @@ def test_simulator_end_to_end(brats_root, tmp_path, threads):
     for name in ("FL_global_model.pt", "best_FL_global_model.pt"):
         state = torch.load(run / "app_server" / name, weights_only=True)["model"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    # The round checkpoint a resumed run would start from: the last round's global model.
+    checkpoint = load_round_checkpoint(run / "app_server" / CHECKPOINT_NAME)
+    assert (checkpoint.round, checkpoint.end_round, checkpoint.job_id) == (1, 2, "simulate_job")
+    final = torch.load(run / "app_server/FL_global_model.pt", weights_only=True)["model"]
+    assert all(np.array_equal(checkpoint.weights[k], final[k].numpy()) for k in final)
     for site in ("site-1", "site-2"):
         assert (ws / site / "simulate_job/models/local_best_model.pt").is_file()
     results = json.loads((run / "cross_site_val/cross_val_results.json").read_text())

@@ -3,7 +3,10 @@ that nothing is left running."""
 
 import json
 import socket
+import re
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from brats_fl import cli
 from brats_fl.datalist import write_datalists
 from brats_fl.job import make_job
 from medcore.deploy import DEFAULT_PROJECTS, DeploymentError, Federation, Kits, poc_kits
+from medcore.resume import CHECKPOINT_NAME, load_round_checkpoint
 
 from conftest import TINY_BRATS_SHAPE
 
@@ -35,10 +39,18 @@ def _running(pattern: str) -> list[str]:
     return [line for line in out.splitlines() if pattern in line and "ps -eo" not in line]
 
 
-def _tiny_job(brats_root, tmp_path, **train):
+def _tiny_job(brats_root, tmp_path, rounds=2, name="job", resume_from=None):
     lists = write_datalists(brats_root, tmp_path / "lists")
-    return make_job(tmp_path / "job", rounds=2, data_root=str(brats_root), datalist_dir=str(lists["site-1"].parent),
-                    train={"crop": list(TINY_BRATS_SHAPE), "num_workers": 0, "num_threads": 1, **train})
+    return make_job(tmp_path / name, rounds=rounds, data_root=str(brats_root), datalist_dir=str(lists["site-1"].parent),
+                    train={"crop": list(TINY_BRATS_SHAPE), "num_workers": 0, "num_threads": 1},
+                    resume_from=resume_from)
+
+
+def _wait_for(path: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not (path.is_file() and text in path.read_text(errors="replace")):
+        assert time.monotonic() < deadline, f"{text!r} did not appear in {path} within {timeout} s"
+        time.sleep(0.2)
 
 
 def test_missing_or_incomplete_kits(tmp_path):
@@ -62,6 +74,28 @@ def test_port_in_use_stops_before_starting_anything(tmp_path):
         assert federation.processes == {}
     with pytest.raises(DeploymentError, match="not a job folder"):
         federation.run_job(tmp_path)
+
+
+def test_sigterm_to_the_driving_process_still_tears_down(tmp_path):
+    """`timeout`, a CI runner or `kill` end the driving process with SIGTERM: what it started is stopped too."""
+    startup = tmp_path / "localhost/startup"
+    startup.mkdir(parents=True)
+    (startup / "sub_start.sh").write_text("exec sleep 301.25\n")  # a server that never opens its port
+    script = (f"import sys; sys.path[:0] = {sys.path!r}\n"
+              "from pathlib import Path\nfrom medcore.deploy import Federation, Kits\n"
+              f"kits = Kits(Path({str(tmp_path)!r}), 'localhost', ('site-1',), 'admin', 'localhost', {_free_port()})\n"
+              "with Federation(kits, connect_timeout=300):\n    pass\n")
+    driver = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while not _running("sleep 301.25"):
+            assert time.monotonic() < deadline and driver.poll() is None, "the fake server did not start"
+            time.sleep(0.1)
+        driver.terminate()
+        assert driver.wait(timeout=60) == 128 + 15
+    finally:
+        driver.kill()
+    assert _running("sleep 301.25") == []
 
 
 @pytest.mark.slow
@@ -100,4 +134,86 @@ def test_provisioned_tls_deployment_from_the_command_line(brats_root, tmp_path, 
     assert (tmp_path / "report/report.csv").is_file()
     server = json.loads(next(workspace.rglob("localhost/startup/fed_server.json")).read_text())["servers"][0]
     assert server["connection_security"] == "mtls"
+    assert _running(str(workspace)) == []
+
+
+@pytest.mark.slow
+def test_server_restart_resumes_from_the_last_completed_round(brats_root, tmp_path):
+    """The server is killed mid-job and started again: nvflare 2.9 does not restore the job, and the same job
+    submitted with resume_from_job goes on from the round after the last checkpoint, with the global
+    model, best score and the sites' local state, to the same last round and a complete cross-site validation."""
+    rounds = 8
+    job = _tiny_job(brats_root, tmp_path, rounds=rounds)
+    workspace = tmp_path / "poc"
+    kits = poc_kits(_project(tmp_path), workspace)
+    server_dir = kits.prod_dir / kits.server
+    with Federation(kits, connect_timeout=120) as federation:
+        first = federation.session.submit_job(str(job))
+        _wait_for(federation.log(kits.server), "Round 1 finished.", timeout=300)
+        federation.restart_server(crash=True)
+        # nvflare 2.9 neither restores nor closes it: the job's record stays RUNNING, its run folder is intact.
+        assert federation.session.get_job_meta(first)["status"] != "FINISHED:COMPLETED"
+        checkpoint = load_round_checkpoint(server_dir / first / "app_server" / CHECKPOINT_NAME)
+        assert 1 <= checkpoint.round < rounds - 1 and checkpoint.end_round == rounds and checkpoint.job_id == first
+        resumed = _tiny_job(brats_root, tmp_path, rounds=rounds, name="resumed", resume_from=first)
+        result = federation.run_job(resumed, timeout=600)
+    log = (result / "workspace/log.txt").read_text()
+    started = [int(r) for r in re.findall(r"Round (\d+) started", log)]
+    assert started == list(range(checkpoint.round + 1, rounds))
+    assert f"resuming job {first} after its round {checkpoint.round}" in log
+    second = result.name
+    for site in kits.clients:
+        site_log = (kits.prod_dir / site / second / "log.txt").read_text()
+        assert f"took over the local state of job {first}" in site_log
+        # Epochs go on from the interrupted run's: the sites' optimiser state and counters came along.
+        epochs = [int(e) for e in re.findall(r"round \d+/%d epoch (\d+)" % rounds, site_log)]
+        assert epochs and epochs[-1] == rounds and epochs[0] == checkpoint.round + 2
+    results = json.loads((result / "workspace/cross_site_val/cross_val_results.json").read_text())
+    for per_model in results.values():
+        assert set(per_model) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", "site-1", "site-2"}
+    assert _running(str(workspace)) == []
+
+
+def _heartbeat_timeout(kits: Kits, seconds: int) -> None:
+    """The server declares a silent site dead after ``seconds`` (the kits' default is 600)."""
+    local = kits.prod_dir / kits.server / "local"
+    resources = json.loads((local / "resources.json.default").read_text())
+    resources["servers"][0]["heart_beat_timeout"] = seconds
+    (local / "resources.json").write_text(json.dumps(resources))
+
+
+@pytest.mark.slow
+def test_a_site_that_dies_mid_job_then_resuming_when_it_is_back(brats_root, tmp_path):
+    """site-2 is killed mid-training. The server waits for its result until the site misses its heartbeats (here
+    30 s, then FLARE's 10 s dead-client grace), then aborts the job: min_clients 2 can no longer be met. What was
+    written stays intact: the server's last round checkpoint (archived with the job) and site-1's local state.
+    With site-2 back, the job resumes from the last completed round and completes."""
+    rounds = 8
+    job = _tiny_job(brats_root, tmp_path, rounds=rounds)
+    workspace = tmp_path / "poc"
+    kits = poc_kits(_project(tmp_path), workspace)
+    _heartbeat_timeout(kits, 30)
+    with Federation(kits, env={"NVFLARE_DEAD_CLIENT_GRACE_PERIOD": "10"}, connect_timeout=120) as federation:
+        with pytest.raises(DeploymentError, match="ended as FINISHED:EXECUTION_EXCEPTION"):
+            first = federation.session.submit_job(str(job))
+            _wait_for(federation.log(kits.server), "Round 1 finished.", timeout=300)
+            federation.stop_participant("site-2", crash=True)
+            federation.wait_for_job(first, timeout=300)
+        server_log = federation.log(kits.server).read_text()
+        assert "Remove the dead Client. Name: site-2" in server_log
+        assert "Alive clients 1 < required min 2" in server_log
+        site_state = kits.prod_dir / "site-1" / first / "models"
+        assert {"local_state.pt", "local_best_model.pt"} <= {p.name for p in site_state.iterdir()}
+        run_folder = federation.restore_run_folder(first)
+        checkpoint = load_round_checkpoint(run_folder / "app_server" / CHECKPOINT_NAME)
+        assert checkpoint.round >= 1 and checkpoint.job_id == first
+
+        federation.start_participant("site-2")
+        federation.wait_for_clients(kits.clients, time.monotonic() + 120)
+        resumed = _tiny_job(brats_root, tmp_path, rounds=rounds, name="resumed", resume_from=first)
+        result = federation.run_job(resumed, timeout=600)
+    started = [int(r) for r in re.findall(r"Round (\d+) started", (result / "workspace/log.txt").read_text())]
+    assert started == list(range(checkpoint.round + 1, rounds))
+    results = json.loads((result / "workspace/cross_site_val/cross_val_results.json").read_text())
+    assert set(results) == {"site-1", "site-2"}
     assert _running(str(workspace)) == []

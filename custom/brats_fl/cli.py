@@ -7,7 +7,8 @@ import logging
 import sys
 from typing import Sequence
 
-from medcore.command import add_report_parser, add_ship_code_parser, command_parser, parse_setting, run_command
+from medcore.command import (add_report_parser, add_resume_argument, add_ship_code_parser, command_parser,
+                             parse_setting, run_command)
 
 from .config import TrainConfig
 from .data import MODALITIES, CaseError, case_files, check_case, find_cases
@@ -56,7 +57,7 @@ def _make_job(args: argparse.Namespace) -> int:
     if args.crop:
         train["crop"] = args.crop
     out = make_job(args.out, template=args.template or DEFAULT_JOB, rounds=args.rounds, train=train,
-                   data_root=args.data_root, datalist_dir=args.datalist_dir)
+                   data_root=args.data_root, datalist_dir=args.datalist_dir, resume_from=args.resume_from)
     print(f"job written to {out}; run it with: nvflare simulator {out} -n 2 -t 2")
     return 0
 
@@ -183,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="any training setting (lr, weight_decay, local_epochs, batch_size, vae, vae_weight, amp, "
                           "val_overlap, sw_batch_size, cache_rate, num_workers, seed, device); values are JSON, "
                           "e.g. --set lr=2e-4 --set vae=true; repeatable")
+    add_resume_argument(job)
     job.set_defaults(func=_make_job)
 
     add_ship_code_parser(sub, JOB_PACKAGES, "jobs/brats_fl")

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from medcore.jobs import CLIENT_CONFIG, SERVER_CONFIG, find_component, load_job_configs, ship_code, write_job
+from medcore.jobs import (CLIENT_CONFIG, SERVER_CONFIG, find_component, load_job_configs, set_resume, ship_code,
+                         write_job)
 
 from .config import TrainConfig
 
@@ -25,7 +26,7 @@ JOB_PACKAGES: tuple[str, ...] = ("brats_fl", "medcore")
 
 def make_job(out_dir: str | Path, template: str | Path = DEFAULT_JOB, rounds: int | None = None,
              train: Mapping[str, Any] | None = None, data_root: str | None = None,
-             datalist_dir: str | None = None) -> Path:
+             datalist_dir: str | None = None, resume_from: str | None = None) -> Path:
     """Write a copy of ``template`` to ``out_dir`` with the given overrides and return ``out_dir``.
 
     Args:
@@ -33,6 +34,8 @@ def make_job(out_dir: str | Path, template: str | Path = DEFAULT_JOB, rounds: in
         train: :class:`~brats_fl.config.TrainConfig` settings to change (e.g. ``{"crop": [64, 64, 48]}``); the
             server's model arguments (``crop``, ``vae``) follow, so both sides build the same network.
         data_root, datalist_dir: where the sites find their data (default: the template's, ``$BRATS_DATA_ROOT``).
+        resume_from: id of an interrupted run of this job to go on from (same server and site workspaces;
+            :mod:`medcore.resume`).
     """
     template = Path(template)
     server, client = load_job_configs(template)
@@ -50,4 +53,6 @@ def make_job(out_dir: str | Path, template: str | Path = DEFAULT_JOB, rounds: in
         if rounds < 1:
             raise ValueError(f"rounds must be at least 1, got {rounds}")
         server["num_rounds"] = int(rounds)
+    if resume_from is not None:
+        set_resume(server, client, resume_from, template)
     return write_job(out_dir, template, server, client, JOB_PACKAGES)

@@ -43,6 +43,7 @@ class BratsLearner(ModelLearner):
             site-2 -> ``..._client_b.json``).
         train: :class:`~brats_fl.config.TrainConfig` settings; defaults are the seed's recipe.
         analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
+        resume_from_job: id of an interrupted job whose local state this run takes over (:mod:`medcore.resume`).
     """
 
     key_metric = KEY_METRIC
@@ -50,8 +51,8 @@ class BratsLearner(ModelLearner):
 
     def __init__(self, data_root: str = "$BRATS_DATA_ROOT", datalist_dir: str = "$BRATS_DATA_ROOT/datalists",
                  datalists: Mapping[str, str] | None = None, train: Mapping[str, Any] | None = None,
-                 analytic_sender_id: str = "analytic_sender") -> None:
-        super().__init__(analytic_sender_id)
+                 analytic_sender_id: str = "analytic_sender", resume_from_job: str = "") -> None:
+        super().__init__(analytic_sender_id, resume_from_job)
         self.data_root = data_root
         self.datalist_dir = datalist_dir
         self.datalists = dict(datalists or {s.name: s.datalist for s in SEED_SITES})

@@ -10,7 +10,8 @@ from typing import Sequence
 
 from .progress import configure_logging
 
-__all__ = ["command_parser", "run_command", "parse_setting", "add_report_parser", "add_ship_code_parser"]
+__all__ = ["command_parser", "run_command", "parse_setting", "add_resume_argument", "add_report_parser",
+           "add_ship_code_parser"]
 
 
 def command_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
@@ -42,6 +43,14 @@ def parse_setting(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+def add_resume_argument(parser: argparse.ArgumentParser) -> None:
+    """``--resume-from JOB_ID`` of ``make-job``: a job that goes on from an interrupted run (:mod:`medcore.resume`)."""
+    parser.add_argument("--resume-from", metavar="JOB_ID",
+                        help="go on from interrupted job JOB_ID (e.g. ABANDONED after a server restart) at the round "
+                             "after its last completed one, with its global model, best model and the sites' local "
+                             "state; submit the result to the same server and sites, with the same --rounds")
 
 
 def add_report_parser(sub: argparse._SubParsersAction, description: str, func) -> argparse.ArgumentParser:

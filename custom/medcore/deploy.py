@@ -19,13 +19,17 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from .files import atomic_directory
 
 __all__ = ["DEFAULT_PROJECTS", "DeploymentError", "Kits", "poc_kits", "provision_kits", "port_in_use", "Federation",
            "add_deploy_parser"]
@@ -128,6 +132,10 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+def _raise_terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 class Federation:
     """Server and clients of ``kits`` running on this machine, with an admin session (a context manager).
 
@@ -147,6 +155,7 @@ class Federation:
         self.env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), **(env or {})}
         self.processes: dict[str, subprocess.Popen] = {}
         self.session = None
+        self._old_sigterm = None
 
     # -- processes ---------------------------------------------------------------------------------------------
     def log(self, participant: str) -> Path:
@@ -162,12 +171,14 @@ class Federation:
                                                     start_new_session=True)
         logger.info("started %s (pid %d), log %s", name, self.processes[name].pid, self.log(name))
 
-    def stop_participant(self, name: str, grace: float = 10.0) -> None:
-        """Stop one participant's whole process group: TERM, then KILL after ``grace`` seconds."""
+    def stop_participant(self, name: str, grace: float = 10.0, crash: bool = False) -> None:
+        """Stop one participant's whole process group: TERM, then KILL after ``grace`` seconds (``crash``: KILL at
+        once, as a power cut would)."""
         process = self.processes.get(name)
         if process is None:
             return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        steps = ((signal.SIGTERM, grace),) if not crash else ()
+        for sig, wait in steps + ((signal.SIGKILL, 5.0),):
             try:
                 os.killpg(process.pid, sig)
             except ProcessLookupError:
@@ -191,15 +202,23 @@ class Federation:
 
     # -- start / stop ------------------------------------------------------------------------------------------
     def __enter__(self) -> "Federation":
+        # A SIGTERM (e.g. `timeout`, a CI runner) would end Python without running __exit__: make it an exception.
+        if threading.current_thread() is threading.main_thread():
+            self._old_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             self.start()
         except BaseException:
-            self.stop()
+            self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            if self._old_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._old_sigterm)
+                self._old_sigterm = None
 
     def start(self) -> None:
         host, port = self.kits.host, self.kits.port
@@ -207,16 +226,40 @@ class Federation:
             raise DeploymentError(f"port {port} on {host} is already in use (another FLARE server, or one stopped "
                                   "less than a minute ago whose socket is in TIME_WAIT); stop it or change "
                                   f"fed_learn_port in the project file")
-        self.start_participant(self.kits.server)
         deadline = time.monotonic() + self.connect_timeout
+        self._start_server(deadline)
+        for client in self.clients:
+            self.start_participant(client)
+        self.session = self._connect(deadline)
+        self.wait_for_clients(self.clients, deadline)
+
+    def _start_server(self, deadline: float) -> None:
+        host, port = self.kits.host, self.kits.port
+        self.start_participant(self.kits.server)
         while not port_in_use(host, port):
             self._check_alive()
             if time.monotonic() > deadline:
                 raise DeploymentError(f"the server did not open {host}:{port} within {self.connect_timeout:.0f} s; "
                                       f"end of {self.log(self.kits.server)}:\n{_tail(self.log(self.kits.server))}")
             time.sleep(0.5)
-        for client in self.clients:
-            self.start_participant(client)
+
+    def restart_server(self, crash: bool = True) -> None:
+        """Stop the server (killed at once with ``crash``) and start it again from its kit; return when the sites,
+        which keep running, have registered with it again. Jobs that were running are then ``ABANDONED``
+        (:mod:`medcore.resume` goes on from them)."""
+        if self.session is not None:
+            try:
+                self.session.close()
+            except Exception:
+                pass
+            self.session = None
+        self.stop_participant(self.kits.server, crash=crash)
+        deadline = time.monotonic() + self.connect_timeout
+        while port_in_use(self.kits.host, self.kits.port):  # the killed server's listener goes with its process
+            if time.monotonic() > deadline:
+                raise DeploymentError(f"port {self.kits.port} still in use after stopping the server")
+            time.sleep(0.5)
+        self._start_server(deadline)
         self.session = self._connect(deadline)
         self.wait_for_clients(self.clients, deadline)
 
@@ -243,6 +286,8 @@ class Federation:
 
     def stop(self) -> None:
         """Ask the server to shut the system down, then stop every process group that is still there."""
+        # Without an admin session nothing was asked to shut down: stop the process groups at once.
+        deadline = time.monotonic() + (20 if self.session is not None else 0)
         if self.session is not None:
             try:
                 self.session.shutdown_system()
@@ -253,7 +298,6 @@ class Federation:
             except Exception:
                 pass
             self.session = None
-        deadline = time.monotonic() + 20
         for name, process in self.processes.items():
             try:
                 process.wait(timeout=max(deadline - time.monotonic(), 0.1))
@@ -264,6 +308,19 @@ class Federation:
         self.processes.clear()
 
     # -- jobs --------------------------------------------------------------------------------------------------
+    def restore_run_folder(self, job_id: str) -> Path:
+        """Put an ended job's archived run folder back into the server's workspace (from the job store, through
+        the admin API), so that a job can resume from it (:mod:`medcore.resume`); returns the folder."""
+        target = self.kits.prod_dir / self.kits.server / job_id
+        if target.exists():
+            raise DeploymentError(f"{target} exists already: the run folder is in place")
+        archive = Path(self.session.download_job_result(job_id)) / "workspace"
+        if not archive.is_dir():
+            raise DeploymentError(f"job {job_id}: its downloaded result has no workspace/ ({archive.parent})")
+        with atomic_directory(target) as staged:
+            shutil.copytree(archive, staged, dirs_exist_ok=True)
+        return target
+
     def run_job(self, job_dir: str | Path, timeout: float = 1800.0) -> Path:
         """Submit ``job_dir``, wait for it to end, check its final status and download its results (path)."""
         job_dir = Path(job_dir)
@@ -271,6 +328,15 @@ class Federation:
             raise DeploymentError(f"{job_dir}: not a job folder (no meta.json)")
         job_id = self.session.submit_job(str(job_dir.resolve()))
         logger.info("submitted %s as job %s", job_dir, job_id)
+        start = time.monotonic()
+        status = self.wait_for_job(job_id, timeout)
+        path = Path(self.session.download_job_result(job_id))
+        logger.info("job %s %s in %.0f s; results in %s", job_id, status, time.monotonic() - start, path)
+        return path
+
+    def wait_for_job(self, job_id: str, timeout: float = 1800.0) -> str:
+        """Follow job ``job_id`` until it ends; its final status, or a :class:`DeploymentError` unless that is
+        ``FINISHED:COMPLETED`` (a job still running at ``timeout`` is aborted)."""
         start = time.monotonic()
 
         def progress(session, job_id, job_meta, *args) -> bool:
@@ -286,9 +352,7 @@ class Federation:
                 pass
             raise DeploymentError(f"job {job_id} ended as {status} (monitor: {outcome}); end of the server log "
                                   f"{self.log(self.kits.server)}:\n{_tail(self.log(self.kits.server))}")
-        path = Path(self.session.download_job_result(job_id))
-        logger.info("job %s %s in %.0f s; results in %s", job_id, status, time.monotonic() - start, path)
-        return path
+        return status
 
 
 def add_deploy_parser(sub, project: str, data_variable: str, spec, job_example: str) -> None:

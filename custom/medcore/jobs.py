@@ -16,7 +16,8 @@ from typing import Sequence
 
 from .files import atomic_directory, write_json
 
-__all__ = ["SERVER_CONFIG", "CLIENT_CONFIG", "ship_code", "load_job_configs", "find_component", "write_job"]
+__all__ = ["SERVER_CONFIG", "CLIENT_CONFIG", "ship_code", "load_job_configs", "find_component", "set_resume",
+           "write_job"]
 
 SERVER_CONFIG = Path("app/config/config_fed_server.json")
 CLIENT_CONFIG = Path("app/config/config_fed_client.json")
@@ -57,6 +58,20 @@ def find_component(config: dict, component_id: str, path: Path | str) -> dict:
         if executor.get("executor", {}).get("id") == component_id:
             return executor["executor"]
     raise ValueError(f"{path}: no component with id {component_id!r}")
+
+
+def set_resume(server: dict, client: dict, job_id: str, job_dir: str | Path,
+               workflow_id: str = "scatter_and_gather", learner_id: str = "learner") -> None:
+    """Make a job's configurations (in place) go on from interrupted job ``job_id`` (:mod:`medcore.resume`): the
+    server's training workflow and the sites' learner both get ``resume_from_job``."""
+    if not job_id or "/" in job_id or job_id.startswith("."):
+        raise ValueError(f"resume: {job_id!r} is not a job id (the id FLARE gave the interrupted job)")
+    workflow = find_component(server, workflow_id, Path(job_dir) / SERVER_CONFIG)
+    if not workflow.get("path", "").endswith("ResumableScatterAndGather"):
+        raise ValueError(f"{Path(job_dir) / SERVER_CONFIG}: workflow {workflow_id!r} is {workflow.get('path')!r}, "
+                         "which cannot resume; use medcore.resume.ResumableScatterAndGather")
+    workflow.setdefault("args", {})["resume_from_job"] = job_id
+    find_component(client, learner_id, Path(job_dir) / CLIENT_CONFIG).setdefault("args", {})["resume_from_job"] = job_id
 
 
 def write_job(out_dir: str | Path, template: str | Path, server: dict, client: dict,

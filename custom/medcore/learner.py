@@ -21,6 +21,7 @@ A subclass builds its model and trainer in :meth:`setup` and says how to train a
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -64,14 +65,17 @@ class ModelLearner(Learner):
 
     Args:
         analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
+        resume_from_job: id of an interrupted job whose local state (in this site's workspace) this run takes over,
+            or ``""`` (:mod:`medcore.resume`).
     """
 
     key_metric = "val_metric"
     cross_site_split = "validation"
 
-    def __init__(self, analytic_sender_id: str = "analytic_sender") -> None:
+    def __init__(self, analytic_sender_id: str = "analytic_sender", resume_from_job: str = "") -> None:
         super().__init__()
         self.analytic_sender_id = analytic_sender_id
+        self.resume_from_job = resume_from_job
         self.model: torch.nn.Module | None = None
         self.trainer: EpochTrainer | None = None
         self.local_epochs = 1
@@ -104,11 +108,14 @@ class ModelLearner(Learner):
     def initialize(self, parts: dict, fl_ctx: FLContext) -> None:
         self.site = fl_ctx.get_identity_name()
         job_id = fl_ctx.get_job_id()
-        self.state_dir = Path(fl_ctx.get_engine().get_workspace().get_run_dir(job_id)) / "models"
+        workspace = fl_ctx.get_engine().get_workspace()
+        self.state_dir = Path(workspace.get_run_dir(job_id)) / "models"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.setup(fl_ctx)
         self.best_metric = -np.inf
         state_file = self.state_dir / "local_state.pt"
+        if self.resume_from_job and not state_file.is_file():
+            self._take_over_state(Path(workspace.get_run_dir(self.resume_from_job)) / "models", fl_ctx)
         if state_file.is_file():
             state = torch.load(state_file, map_location=self.trainer.device, weights_only=True)
             self.trainer.load_state_dict(state["trainer"])
@@ -116,6 +123,19 @@ class ModelLearner(Learner):
             self.log_info(fl_ctx, f"resumed local state: {self.trainer.epochs} epochs, best {self.key_metric} "
                                   f"{self.best_metric:.4f}")
         self.writer = parts.get(self.analytic_sender_id) if self.analytic_sender_id else None
+
+    def _take_over_state(self, old_state_dir: Path, fl_ctx: FLContext) -> None:
+        """Copy an interrupted run's local state into this run's (the state file last: it marks a complete copy)."""
+        if not (old_state_dir / "local_state.pt").is_file():
+            self.log_warning(fl_ctx, f"job {self.resume_from_job} left no local state on {self.site} "
+                                     f"({old_state_dir / 'local_state.pt'} missing): local training state "
+                                     "starts afresh")
+            return
+        for name in ("local_best_model.pt", "local_state.pt"):
+            if (old_state_dir / name).is_file():
+                with atomic_path(self.state_dir / name) as tmp:
+                    shutil.copyfile(old_state_dir / name, tmp)
+        self.log_info(fl_ctx, f"took over the local state of job {self.resume_from_job} from {old_state_dir}")
 
     # -- weights in and out ------------------------------------------------------------------------------------
     def _load_weights(self, data: Shareable) -> None:

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from medcore.command import add_report_parser, add_ship_code_parser, command_parser, parse_setting, run_command
+from medcore.command import (add_report_parser, add_resume_argument, add_ship_code_parser, command_parser,
+                             parse_setting, run_command)
 
 from .annotations import AnnotationError
 from .job import JOB_PACKAGES
@@ -216,7 +217,7 @@ def _make_job(args: argparse.Namespace) -> int:
     from .job import DEFAULT_JOB, make_job
 
     out = make_job(args.out, template=args.template or DEFAULT_JOB, rounds=args.rounds, train=dict(args.set or []),
-                   data_root=args.data_root, patch_list=args.patch_list)
+                   data_root=args.data_root, patch_list=args.patch_list, resume_from=args.resume_from)
     print(f"job written to {out}; run it with: nvflare simulator {out} -n 1")
     return 0
 
@@ -349,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--data-root", help="folder the patch list's paths are relative to (default: $CAMELYON_DATA_ROOT)")
     job.add_argument("--patch-list", help="the site's patch list (default: $CAMELYON_DATA_ROOT/patches.json)")
     job.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE", help=_SETTINGS_HELP)
+    add_resume_argument(job)
     job.set_defaults(func=_make_job)
 
     infer = sub.add_parser(

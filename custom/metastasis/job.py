@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from medcore.jobs import CLIENT_CONFIG, SERVER_CONFIG, find_component, load_job_configs, write_job
+from medcore.jobs import CLIENT_CONFIG, SERVER_CONFIG, find_component, load_job_configs, set_resume, write_job
 
 from .config import TrainConfig
 
@@ -25,7 +25,7 @@ JOB_PACKAGES: tuple[str, ...] = ("metastasis", "medcore")
 
 def make_job(out_dir: str | Path, template: str | Path = DEFAULT_JOB, rounds: int | None = None,
              train: Mapping[str, Any] | None = None, data_root: str | None = None,
-             patch_list: str | None = None) -> Path:
+             patch_list: str | None = None, resume_from: str | None = None) -> Path:
     """Write a copy of ``template`` to ``out_dir`` with the given overrides and return ``out_dir``.
 
     Args:
@@ -34,6 +34,8 @@ def make_job(out_dir: str | Path, template: str | Path = DEFAULT_JOB, rounds: in
             ``patch_size``.
         data_root, patch_list: where the site finds slides and its patch list (default: the template's,
             ``$CAMELYON_DATA_ROOT`` and ``$CAMELYON_DATA_ROOT/patches.json``).
+        resume_from: id of an interrupted run of this job to go on from (same server and site workspaces;
+            :mod:`medcore.resume`).
     """
     template = Path(template)
     server, client = load_job_configs(template)
@@ -51,4 +53,6 @@ def make_job(out_dir: str | Path, template: str | Path = DEFAULT_JOB, rounds: in
         if rounds < 1:
             raise ValueError(f"rounds must be at least 1, got {rounds}")
         server["num_rounds"] = int(rounds)
+    if resume_from is not None:
+        set_resume(server, client, resume_from, template)
     return write_job(out_dir, template, server, client, JOB_PACKAGES)

@@ -37,14 +37,16 @@ class MetastasisLearner(ModelLearner):
         train: :class:`~metastasis.config.TrainConfig` settings; defaults are the seed's recipe. A ``pretrained``
             path is resolved on the site (environment variables expanded).
         analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
+        resume_from_job: id of an interrupted job whose local state this run takes over (:mod:`medcore.resume`).
     """
 
     key_metric = KEY_METRIC
     cross_site_split = "validation"
 
     def __init__(self, data_root: str = "$CAMELYON_DATA_ROOT", patch_list: str = "$CAMELYON_DATA_ROOT/patches.json",
-                 train: Mapping[str, Any] | None = None, analytic_sender_id: str = "analytic_sender") -> None:
-        super().__init__(analytic_sender_id)
+                 train: Mapping[str, Any] | None = None, analytic_sender_id: str = "analytic_sender",
+                 resume_from_job: str = "") -> None:
+        super().__init__(analytic_sender_id, resume_from_job)
         self.data_root = data_root
         self.patch_list = patch_list
         self.config = TrainConfig.from_dict(train)

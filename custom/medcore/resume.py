@@ -1,0 +1,160 @@
+"""Resuming an interrupted federated run from its last completed round.
+
+FLARE's own mechanism for this (run snapshots) is gone in nvflare 2.9: ``ServerEngine.persist_components`` is a
+no-op, and a restarted server marks the job that was running ``ABANDONED`` instead of restoring it. What survives a
+crash is the run folders on disk. This module makes them enough to go on:
+
+* :class:`ResumableScatterAndGather` (server) is FLARE's ``ScatterAndGather`` that, after every round, writes a
+  round checkpoint in its run folder (``round_checkpoint.pt``: the global model, the round, the best global
+  validation score so far) in one atomic step. Given ``resume_from_job``, it starts at the round after that job's
+  last checkpoint, from its global model, with its best model and best score, and trains up to the same last round.
+* :class:`~medcore.learner.ModelLearner` (sites), given the same ``resume_from_job``, takes over the interrupted
+  run's local state (optimiser and grad-scaler state, epochs, local best model and score) from the site's run folder
+  of that job.
+
+A resumed job is the same job submitted again with ``resume_from_job`` set to the interrupted job's id on both
+sides (``brats-fl make-job --resume-from JOB_ID``, :func:`medcore.jobs.set_resume`), run by the same server and
+site workspaces. The resumed run writes round checkpoints of its own, so it can be resumed in turn.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.abstract.model import ModelLearnableKey, make_model_learnable
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
+from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
+
+from .files import atomic_path
+
+__all__ = ["CHECKPOINT_NAME", "RoundCheckpoint", "save_round_checkpoint", "load_round_checkpoint",
+           "ResumableScatterAndGather"]
+
+#: File name of the round checkpoint in the server's app folder of a run.
+CHECKPOINT_NAME = "round_checkpoint.pt"
+
+
+@dataclass
+class RoundCheckpoint:
+    """The server's state after a completed round.
+
+    Attributes:
+        round: the last completed round (0-based, as FLARE counts).
+        end_round: the round the run stops before (``start_round + num_rounds`` of the controller).
+        weights: the global model after that round, name -> array.
+        best_metric: the best global validation score so far (``-inf`` if none yet).
+        job_id: the run that wrote it.
+    """
+
+    round: int
+    end_round: int
+    weights: dict[str, np.ndarray]
+    best_metric: float
+    job_id: str
+
+
+def save_round_checkpoint(path: str | Path, checkpoint: RoundCheckpoint) -> Path:
+    """Write ``checkpoint`` to ``path`` atomically (a crash mid-write leaves the previous round's file)."""
+    with atomic_path(path) as tmp:
+        torch.save({"round": checkpoint.round, "end_round": checkpoint.end_round,
+                    "best_metric": float(checkpoint.best_metric), "job_id": checkpoint.job_id,
+                    "model": {k: torch.as_tensor(np.asarray(v)) for k, v in checkpoint.weights.items()}}, tmp)
+    return Path(path)
+
+
+def load_round_checkpoint(path: str | Path) -> RoundCheckpoint:
+    """Read a round checkpoint, with an error that names the file for a missing or unreadable one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no round checkpoint (the run ended before its first round, or was not "
+                                "run by this workspace)")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        return RoundCheckpoint(round=int(data["round"]), end_round=int(data["end_round"]),
+                               weights={k: v.numpy() for k, v in data["model"].items()},
+                               best_metric=float(data["best_metric"]), job_id=str(data["job_id"]))
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable round checkpoint ({err})") from err
+
+
+class ResumableScatterAndGather(ScatterAndGather):
+    """``ScatterAndGather`` that checkpoints every round and can go on from another run's last checkpoint.
+
+    Args:
+        resume_from_job: id of an interrupted job of the same server workspace to resume, or ``""`` for a fresh
+            run. The resumed run starts at the round after the checkpoint's and ends where this job's
+            configuration (``start_round + num_rounds``) says.
+        model_selector_id: the ``IntimeModelSelector`` whose best score is checkpointed and restored (``""``: none).
+        **kwargs: ``ScatterAndGather``'s arguments.
+    """
+
+    def __init__(self, *, resume_from_job: str = "", model_selector_id: str = "model_selector", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.resume_from_job = resume_from_job
+        self.model_selector_id = model_selector_id
+
+    def _app_dir(self, fl_ctx: FLContext, job_id: str) -> Path:
+        return Path(fl_ctx.get_engine().get_workspace().get_app_dir(job_id))
+
+    def _selector(self):
+        return self._engine.get_component(self.model_selector_id) if self.model_selector_id else None
+
+    def start_controller(self, fl_ctx: FLContext) -> None:
+        checkpoint = None
+        if self.resume_from_job:
+            old_dir = self._app_dir(fl_ctx, self.resume_from_job)
+            try:
+                if not old_dir.is_dir():
+                    raise FileNotFoundError(
+                        f"{old_dir} missing: a job that ended (e.g. aborted when a site died) has its run folder "
+                        "archived in the job store; download it (nvflare job download / download_job_result) and "
+                        f"unpack its workspace/ as {old_dir.parent} on the server")
+                checkpoint = load_round_checkpoint(old_dir / CHECKPOINT_NAME)
+            except (OSError, ValueError) as err:
+                self.system_panic(f"cannot resume job {self.resume_from_job}: {err}", fl_ctx)
+                return
+            end_round = self._start_round + self._num_rounds
+            self._start_round = checkpoint.round + 1
+            self._num_rounds = max(end_round - self._start_round, 0)
+        super().start_controller(fl_ctx)
+        if checkpoint is not None:
+            self._restore(checkpoint, fl_ctx)
+
+    def _restore(self, checkpoint: RoundCheckpoint, fl_ctx: FLContext) -> None:
+        self._global_weights = make_model_learnable(checkpoint.weights, {})
+        fl_ctx.set_prop(AppConstants.GLOBAL_MODEL, self._global_weights, private=True, sticky=True)
+        if self.persistor:
+            # The persistor saves the best model from its own copy of the global model: give it the restored one.
+            self.persistor.save(self._global_weights, fl_ctx)
+            best_name = getattr(self.persistor, "best_global_model_file_name", None)
+            old_best = self._app_dir(fl_ctx, self.resume_from_job) / str(best_name)
+            if best_name and old_best.is_file():
+                with atomic_path(self._app_dir(fl_ctx, fl_ctx.get_job_id()) / best_name) as tmp:
+                    shutil.copyfile(old_best, tmp)
+        selector = self._selector()
+        if selector is not None and hasattr(selector, "best_val_metric"):
+            selector.best_val_metric = checkpoint.best_metric
+        self.log_info(fl_ctx, f"resuming job {checkpoint.job_id} after its round {checkpoint.round}: rounds "
+                              f"{self._start_round}..{self._start_round + self._num_rounds - 1} to go, best global "
+                              f"score so far {checkpoint.best_metric:.4f}")
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        super().handle_event(event_type, fl_ctx)
+        if event_type == AppEventType.BEFORE_TRAIN_TASK:
+            # FLARE puts the rounds of this run in the task; the sites log "round r/total" of the whole training.
+            task_data = fl_ctx.get_prop(AppConstants.TRAIN_SHAREABLE)
+            if task_data is not None:
+                task_data.set_header(AppConstants.NUM_ROUNDS, self._start_round + self._num_rounds)
+        elif event_type == AppEventType.ROUND_DONE:
+            selector = self._selector()
+            best = float(getattr(selector, "best_val_metric", -np.inf)) if selector is not None else -np.inf
+            job_id = fl_ctx.get_job_id()
+            save_round_checkpoint(self._app_dir(fl_ctx, job_id) / CHECKPOINT_NAME, RoundCheckpoint(
+                round=int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND)), end_round=self._start_round + self._num_rounds,
+                weights=self._global_weights[ModelLearnableKey.WEIGHTS], best_metric=best, job_id=job_id))

@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from medcore.jobs import (CLIENT_CONFIG, SERVER_CONFIG, find_component, load_job_configs, set_resume, ship_code,
-                         write_job)
+from medcore.jobs import CLIENT_CONFIG, SERVER_CONFIG, find_component, load_job_configs, ship_code, write_job
 
 from .config import TrainConfig
 
@@ -49,10 +48,4 @@ def make_job(out_dir: str | Path, template: str | Path = DEFAULT_JOB, rounds: in
         learner["datalist_dir"] = datalist_dir
     model_args = find_component(server, "persistor", template / SERVER_CONFIG)["args"]["model"]["args"]
     model_args.update({"vae": config.vae, "crop": list(config.crop)})
-    if rounds is not None:
-        if rounds < 1:
-            raise ValueError(f"rounds must be at least 1, got {rounds}")
-        server["num_rounds"] = int(rounds)
-    if resume_from is not None:
-        set_resume(server, client, resume_from, template)
-    return write_job(out_dir, template, server, client, JOB_PACKAGES)
+    return write_job(out_dir, template, server, client, JOB_PACKAGES, rounds=rounds, resume_from=resume_from)

@@ -48,7 +48,7 @@ def parse_setting(text: str) -> tuple[str, object]:
 def add_resume_argument(parser: argparse.ArgumentParser) -> None:
     """``--resume-from JOB_ID`` of ``make-job``: a job that goes on from an interrupted run (:mod:`medcore.resume`)."""
     parser.add_argument("--resume-from", metavar="JOB_ID",
-                        help="go on from interrupted job JOB_ID (e.g. ABANDONED after a server restart) at the round "
+                        help="go on from interrupted job JOB_ID (e.g. cut off by a server restart) at the round "
                              "after its last completed one, with its global model, best model and the sites' local "
                              "state; submit the result to the same server and sites, with the same --rounds")
 

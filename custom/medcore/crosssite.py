@@ -176,7 +176,8 @@ def format_text(report: CrossSiteReport) -> str:
 def format_markdown(report: CrossSiteReport) -> str:
     """One Markdown table: a row per model and site (and AVE), a column per metric."""
     columns = report.spec.columns
-    out = ["| model | site | " + " | ".join(columns) + " |", "| --- | --- | " + " | ".join("---" for _ in columns) + " |"]
+    out = ["| model | site | " + " | ".join(columns) + " |",
+           "| --- | --- | " + " | ".join("---" for _ in columns) + " |"]
     for model in report.models:
         for name, values in _rows(report, model):
             out.append(f"| {report.title(model)} | {name} | " + " | ".join(f"{values[c]:.4f}" for c in columns)

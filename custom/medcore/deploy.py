@@ -245,14 +245,9 @@ class Federation:
 
     def restart_server(self, crash: bool = True) -> None:
         """Stop the server (killed at once with ``crash``) and start it again from its kit; return when the sites,
-        which keep running, have registered with it again. Jobs that were running are then ``ABANDONED``
-        (:mod:`medcore.resume` goes on from them)."""
-        if self.session is not None:
-            try:
-                self.session.close()
-            except Exception:
-                pass
-            self.session = None
+        which keep running, have registered with it again. nvflare 2.9 does not restore the jobs that were running
+        (their records stay ``RUNNING``); :mod:`medcore.resume` goes on from their run folders."""
+        self._close_session(shutdown=False)
         self.stop_participant(self.kits.server, crash=crash)
         deadline = time.monotonic() + self.connect_timeout
         while port_in_use(self.kits.host, self.kits.port):  # the killed server's listener goes with its process
@@ -284,20 +279,26 @@ class Federation:
                                       f"{self.connect_timeout:.0f} s (connected: {connected})")
             time.sleep(1.0)
 
+    def _close_session(self, shutdown: bool) -> None:
+        """Close the admin session, first asking the server to shut the whole system down if ``shutdown``."""
+        if self.session is None:
+            return
+        if shutdown:
+            try:
+                self.session.shutdown_system()
+            except Exception as err:  # the system may be half up; the process groups are stopped anyway
+                logger.info("graceful shutdown did not go through (%s)", err)
+        try:
+            self.session.close()
+        except Exception:
+            pass
+        self.session = None
+
     def stop(self) -> None:
         """Ask the server to shut the system down, then stop every process group that is still there."""
         # Without an admin session nothing was asked to shut down: stop the process groups at once.
         deadline = time.monotonic() + (20 if self.session is not None else 0)
-        if self.session is not None:
-            try:
-                self.session.shutdown_system()
-            except Exception as err:  # the system may be half up; the process groups are stopped below anyway
-                logger.info("graceful shutdown did not go through (%s)", err)
-            try:
-                self.session.close()
-            except Exception:
-                pass
-            self.session = None
+        self._close_session(shutdown=True)
         for name, process in self.processes.items():
             try:
                 process.wait(timeout=max(deadline - time.monotonic(), 0.1))

@@ -70,15 +70,27 @@ def set_resume(server: dict, client: dict, job_id: str, job_dir: str | Path,
     if not workflow.get("path", "").endswith("ResumableScatterAndGather"):
         raise ValueError(f"{Path(job_dir) / SERVER_CONFIG}: workflow {workflow_id!r} is {workflow.get('path')!r}, "
                          "which cannot resume; use medcore.resume.ResumableScatterAndGather")
-    workflow.setdefault("args", {})["resume_from_job"] = job_id
-    find_component(client, learner_id, Path(job_dir) / CLIENT_CONFIG).setdefault("args", {})["resume_from_job"] = job_id
+    learner = find_component(client, learner_id, Path(job_dir) / CLIENT_CONFIG)
+    for component in (workflow, learner):
+        component.setdefault("args", {})["resume_from_job"] = job_id
 
 
-def write_job(out_dir: str | Path, template: str | Path, server: dict, client: dict,
-              packages: Sequence[str]) -> Path:
+def write_job(out_dir: str | Path, template: str | Path, server: dict, client: dict, packages: Sequence[str],
+              rounds: int | None = None, resume_from: str | None = None) -> Path:
     """Write ``template`` with the given configurations and a fresh copy of ``packages`` to ``out_dir``
-    (atomically: a failed write leaves no half job)."""
+    (atomically: a failed write leaves no half job).
+
+    Args:
+        rounds: federated rounds (the server's ``num_rounds``), or ``None`` to keep ``server``'s.
+        resume_from: id of an interrupted run to go on from (:func:`set_resume`), or ``None``.
+    """
     out_dir = Path(out_dir)
+    if rounds is not None:
+        if rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {rounds}")
+        server["num_rounds"] = int(rounds)
+    if resume_from is not None:
+        set_resume(server, client, resume_from, template)
     with atomic_directory(out_dir) as staged:
         shutil.copytree(template, staged, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *packages))

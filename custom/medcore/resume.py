@@ -1,8 +1,8 @@
 """Resuming an interrupted federated run from its last completed round.
 
 FLARE's own mechanism for this (run snapshots) is gone in nvflare 2.9: ``ServerEngine.persist_components`` is a
-no-op, and a restarted server marks the job that was running ``ABANDONED`` instead of restoring it. What survives a
-crash is the run folders on disk. This module makes them enough to go on:
+no-op, and a restarted server does not restore the job that was running (its record just stays ``RUNNING``). What
+survives a crash is the run folders on disk. This module makes them enough to go on:
 
 * :class:`ResumableScatterAndGather` (server) is FLARE's ``ScatterAndGather`` that, after every round, writes a
   round checkpoint in its run folder (``round_checkpoint.pt``: the global model, the round, the best global
@@ -124,19 +124,18 @@ class ResumableScatterAndGather(ScatterAndGather):
             self._num_rounds = max(end_round - self._start_round, 0)
         super().start_controller(fl_ctx)
         if checkpoint is not None:
-            self._restore(checkpoint, fl_ctx)
+            self._restore(checkpoint, old_dir, fl_ctx)
 
-    def _restore(self, checkpoint: RoundCheckpoint, fl_ctx: FLContext) -> None:
+    def _restore(self, checkpoint: RoundCheckpoint, old_dir: Path, fl_ctx: FLContext) -> None:
         self._global_weights = make_model_learnable(checkpoint.weights, {})
         fl_ctx.set_prop(AppConstants.GLOBAL_MODEL, self._global_weights, private=True, sticky=True)
         if self.persistor:
             # The persistor saves the best model from its own copy of the global model: give it the restored one.
             self.persistor.save(self._global_weights, fl_ctx)
             best_name = getattr(self.persistor, "best_global_model_file_name", None)
-            old_best = self._app_dir(fl_ctx, self.resume_from_job) / str(best_name)
-            if best_name and old_best.is_file():
+            if best_name and (old_dir / best_name).is_file():
                 with atomic_path(self._app_dir(fl_ctx, fl_ctx.get_job_id()) / best_name) as tmp:
-                    shutil.copyfile(old_best, tmp)
+                    shutil.copyfile(old_dir / best_name, tmp)
         selector = self._selector()
         if selector is not None and hasattr(selector, "best_val_metric"):
             selector.best_val_metric = checkpoint.best_metric

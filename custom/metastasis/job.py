@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from medcore.jobs import CLIENT_CONFIG, SERVER_CONFIG, find_component, load_job_configs, set_resume, write_job
+from medcore.jobs import CLIENT_CONFIG, SERVER_CONFIG, find_component, load_job_configs, write_job
 
 from .config import TrainConfig
 
@@ -49,10 +49,4 @@ def make_job(out_dir: str | Path, template: str | Path = DEFAULT_JOB, rounds: in
         learner["patch_list"] = patch_list
     find_component(server, "persistor", template / SERVER_CONFIG)["args"]["model"]["args"] = \
         {"patch_size": config.patch_size}
-    if rounds is not None:
-        if rounds < 1:
-            raise ValueError(f"rounds must be at least 1, got {rounds}")
-        server["num_rounds"] = int(rounds)
-    if resume_from is not None:
-        set_resume(server, client, resume_from, template)
-    return write_job(out_dir, template, server, client, JOB_PACKAGES)
+    return write_job(out_dir, template, server, client, JOB_PACKAGES, rounds=rounds, resume_from=resume_from)

@@ -8,6 +8,7 @@ import sys
 from typing import Sequence
 
 from medcore.command import (add_report_parser, add_resume_argument, add_ship_code_parser, command_parser,
+                             device_option, existing_dir, existing_file, number, output_dir, output_file,
                              parse_setting, run_command)
 
 from .config import TrainConfig
@@ -74,9 +75,12 @@ def _report(args: argparse.Namespace) -> int:
 def _weight(text: str) -> tuple[str, float]:
     site, sep, value = text.partition("=")
     try:
-        return site, float(value)
+        weight = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected SITE=NUMBER, got {text!r}") from None
+        weight = float("nan")
+    if not sep or not site or not weight > 0 or weight == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected SITE=POSITIVE_NUMBER, got {text!r}")
+    return site, weight
 
 
 def _inference_config(args: argparse.Namespace) -> TrainConfig:
@@ -110,15 +114,18 @@ def _infer(args: argparse.Namespace) -> int:
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
-    parser.add_argument("--checkpoint", required=True,
+    parser.add_argument("--checkpoint", required=True, type=existing_file,
                         help="model file: FL_global_model.pt, best_FL_global_model.pt or a site's local_best_model.pt")
-    parser.add_argument("--roi", type=int, nargs=3, default=list(defaults.crop), metavar=("X", "Y", "Z"),
+    parser.add_argument("--roi", type=number(int, above=0, multiple_of=8), nargs=3, default=list(defaults.crop),
+                        metavar=("X", "Y", "Z"),
                         help="sliding-window size in voxels, each divisible by 8 (default: the training crop "
                              f"{' '.join(map(str, defaults.crop))})")
-    parser.add_argument("--overlap", type=float, default=defaults.val_overlap,
+    parser.add_argument("--overlap", type=number(float, minimum=0, below=1), default=defaults.val_overlap,
                         help=f"sliding-window overlap in [0, 1) (default: {defaults.val_overlap})")
-    parser.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward pass (default: 1)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu or cuda[:n]")
+    parser.add_argument("--sw-batch-size", type=number(int, minimum=1), default=1,
+                        help="windows per forward pass (default: 1)")
+    parser.add_argument("--device", type=device_option, default="auto",
+                        help="auto (CUDA if available, else CPU), cpu or cuda[:n]")
     parser.add_argument("--no-amp", action="store_true",
                         help="run in float32 instead of mixed precision (fp16 on CUDA, bf16 on CPU)")
 
@@ -134,15 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "layout (ROOT/HGG/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz and the same under LGG/), "
                     "and verify each case by reading it back with nibabel.",
     )
-    make.add_argument("--out", required=True, help="BraTS root folder to write (created if missing)")
-    make.add_argument("--hgg", type=int, default=8, help="number of high-grade cases (default: 8)")
-    make.add_argument("--lgg", type=int, default=8, help="number of low-grade cases (default: 8)")
-    make.add_argument("--shape", type=int, nargs=3, default=list(RELEASE_SHAPE), metavar=("X", "Y", "Z"),
+    make.add_argument("--out", required=True, type=output_dir, help="BraTS root folder to write (created if missing)")
+    make.add_argument("--hgg", type=number(int, minimum=0), default=8, help="number of high-grade cases (default: 8)")
+    make.add_argument("--lgg", type=number(int, minimum=0), default=8, help="number of low-grade cases (default: 8)")
+    make.add_argument("--shape", type=number(int, minimum=16), nargs=3, default=list(RELEASE_SHAPE),
+                      metavar=("X", "Y", "Z"),
                       help="volume size in voxels; the field of view stays 240x240x155 mm, so smaller shapes have "
                            "coarser voxels (default: the release's 240 240 155 at 1 mm)")
-    make.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same cases (default: 0)")
+    make.add_argument("--seed", type=number(int, minimum=0), default=0,
+                      help="random seed; the same seed gives the same cases (default: 0)")
     make.add_argument("--overwrite", action="store_true",
-                      help="regenerate cases that already exist (default: keep them)")
+                      help="regenerate cases that already exist (default: keep them); only cases this command "
+                           "generated are replaced, any other case folder of the same name stops the run")
     make.set_defaults(func=_make_data)
 
     check = sub.add_parser(
@@ -161,8 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(site-2) in MONAI's datalist format with paths relative to ROOT.",
     )
     dl.add_argument("root", help="BraTS root folder (holding HGG/ and LGG/)")
-    dl.add_argument("--out", help="folder for the datalist files (default: ROOT/datalists)")
-    dl.add_argument("--seed", type=int, default=0, help="seed of the case shuffle before splitting (default: 0)")
+    dl.add_argument("--out", type=output_dir, help="folder for the datalist files (default: ROOT/datalists)")
+    dl.add_argument("--seed", type=number(int, minimum=0), default=0,
+                    help="seed of the case shuffle before splitting (default: 0)")
     dl.add_argument("--no-check", action="store_true", help="skip reading every case first (not recommended)")
     dl.set_defaults(func=_datalist)
 
@@ -172,10 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "into OUT/app/custom so FLARE can ship it to the sites. Run the result with "
                     "`nvflare simulator OUT -n 2 -t 2`, or submit it to a POC or provisioned deployment.",
     )
-    job.add_argument("--out", required=True, help="job folder to write (replaced if it exists)")
-    job.add_argument("--template", help="job folder to start from (default: the repository's jobs/brats_fl)")
-    job.add_argument("--rounds", type=int, help="federated rounds (default: the template's, 600)")
-    job.add_argument("--crop", type=int, nargs=3, metavar=("X", "Y", "Z"),
+    job.add_argument("--out", required=True, type=output_dir,
+                     help="job folder to write; an existing one is replaced only if it is empty or a job make-job "
+                          "wrote (it carries a .clara-open-output marker), any other folder is refused")
+    job.add_argument("--template", type=existing_dir,
+                     help="job folder to start from (default: the repository's jobs/brats_fl)")
+    job.add_argument("--rounds", type=number(int, minimum=1), help="federated rounds (default: the template's, 600)")
+    job.add_argument("--crop", type=number(int, above=0, multiple_of=8), nargs=3, metavar=("X", "Y", "Z"),
                      help="training crop and validation window in voxels, divisible by 8 (default: 224 224 144)")
     job.add_argument("--data-root", help="data root the sites read, e.g. an absolute path (default: "
                                          "$BRATS_DATA_ROOT, expanded on each site)")
@@ -202,10 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "per-case Dice (TC, WT, ET, mean) and Hausdorff 95 distances in mm to a CSV, with the means.",
     )
     _add_inference_options(val)
-    val.add_argument("--datalist", required=True, help="site datalist JSON")
-    val.add_argument("--data-root", required=True, help="folder the datalist paths are relative to")
+    val.add_argument("--datalist", required=True, type=existing_file, help="site datalist JSON")
+    val.add_argument("--data-root", required=True, type=existing_dir,
+                     help="folder the datalist paths are relative to")
     val.add_argument("--split", choices=SPLITS, default="testing", help="which list to score (default: testing)")
-    val.add_argument("--out", required=True, help="CSV file to write")
+    val.add_argument("--out", required=True, type=output_file,
+                     help="CSV file to write (an existing file is replaced only if it is a CSV validate wrote)")
     val.set_defaults(func=_validate)
 
     inf = sub.add_parser(
@@ -214,10 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "2 edema, 4 enhancing tumour) in the input's exact shape, affine and orientation.",
     )
     _add_inference_options(inf)
-    inf.add_argument("--case-dir", help="a case folder of the release layout (instead of the four files)")
+    inf.add_argument("--case-dir", type=existing_dir,
+                     help="a case folder of the release layout (instead of the four files)")
     for m in MODALITIES:
-        inf.add_argument(f"--{m}", help=f"{m.upper()} NIfTI file (when --case-dir is not given)")
-    inf.add_argument("--out", required=True, help="label map to write (.nii.gz)")
+        inf.add_argument(f"--{m}", type=existing_file, help=f"{m.upper()} NIfTI file (when --case-dir is not given)")
+    inf.add_argument("--out", required=True, type=output_file,
+                     help="label map to write (.nii or .nii.gz; an existing file is replaced only if it is a label "
+                          "map infer wrote)")
     inf.set_defaults(func=_infer)
     from medcore.deploy import DEFAULT_PROJECTS, add_deploy_parser
 
@@ -228,9 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from medcore.deploy import DeploymentError
-
-    return run_command(build_parser(), argv, (CaseError, ValueError, OSError, DeploymentError))
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from medcore.settings import Settings
+from medcore.device import check_device_name
+from medcore.errors import SettingError
+from medcore.settings import Settings, setting
 
 __all__ = ["TrainConfig"]
 
@@ -32,27 +34,24 @@ class TrainConfig(Settings):
         device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:n]``.
     """
 
-    crop: tuple[int, int, int] = (224, 224, 144)
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
-    local_epochs: int = 1
-    batch_size: int = 1
+    crop: tuple[int, int, int] = setting((224, 224, 144), above=0)
+    lr: float = setting(1e-4, above=0)
+    weight_decay: float = setting(1e-5, minimum=0)
+    local_epochs: int = setting(1, minimum=1)
+    batch_size: int = setting(1, minimum=1)
     vae: bool = False
-    vae_weight: float = 0.1
+    vae_weight: float = setting(0.1, minimum=0)
     amp: bool = True
-    val_overlap: float = 0.5
-    sw_batch_size: int = 1
-    cache_rate: float = 1.0
-    num_workers: int = 2
-    num_threads: int = 0
-    seed: int = 0
-    device: str = "auto"
+    val_overlap: float = setting(0.5, minimum=0, below=1)
+    sw_batch_size: int = setting(1, minimum=1)
+    cache_rate: float = setting(1.0, minimum=0, maximum=1)
+    num_workers: int = setting(2, minimum=0)
+    num_threads: int = setting(0, minimum=0)
+    seed: int = setting(0, minimum=0)
+    device: str = setting("auto", check=check_device_name)
 
     def __post_init__(self) -> None:
-        crop = tuple(int(c) for c in self.crop)
-        if len(crop) != 3 or any(c <= 0 or c % 8 for c in crop):
-            raise ValueError(f"crop must be three positive sizes divisible by 8, got {self.crop}")
-        object.__setattr__(self, "crop", crop)
-        if self.lr <= 0 or self.local_epochs < 1 or self.batch_size < 1 or not 0 <= self.cache_rate <= 1 \
-                or not 0 <= self.val_overlap < 1 or self.num_workers < 0 or self.num_threads < 0:
-            raise ValueError(f"invalid training settings: {self}")
+        super().__post_init__()
+        if any(c % 8 for c in self.crop):
+            raise SettingError(f"setting crop: each size must be divisible by 8 (SegResNet downsamples three "
+                               f"times), got {list(self.crop)}")

@@ -17,6 +17,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medcore.errors import UserError
+
+
 __all__ = [
     "MODALITIES",
     "LABEL_VALUES",
@@ -37,7 +40,7 @@ LABEL_VALUES: tuple[int, ...] = (0, 1, 2, 4)
 GRADES: tuple[str, ...] = ("HGG", "LGG")
 
 
-class CaseError(ValueError):
+class CaseError(UserError):
     """A BraTS case that cannot be used; the message names the file and the problem."""
 
 

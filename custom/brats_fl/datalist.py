@@ -25,7 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from medcore.files import write_json
+from medcore.errors import UserError
+from medcore.files import read_json, write_json
 from medcore.progress import Progress
 
 from .data import MODALITIES, CaseError, case_files, check_case, check_files, find_cases
@@ -61,7 +62,7 @@ def split_sizes(n_cases: int, seed_split: Sequence[int]) -> tuple[int, int, int]
     so the seed's own counts come back exactly for the release's case numbers.
     """
     if n_cases < 3:
-        raise ValueError(f"{n_cases} cases are too few to split into training, validation and testing (need 3)")
+        raise UserError(f"{n_cases} cases are too few to split into training, validation and testing (need 3)")
     total = sum(seed_split)
     val = max(1, int(round(n_cases * seed_split[1] / total)))
     test = max(1, int(round(n_cases * seed_split[2] / total)))
@@ -134,12 +135,7 @@ def read_datalist(path: str | Path, root: str | Path, splits: Sequence[str] = SP
     requested splits. Raises :class:`~brats_fl.data.CaseError` naming the datalist or the case file at fault.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CaseError(f"{path}: datalist file missing")
-    try:
-        content = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CaseError(f"{path}: not valid JSON ({err})") from err
+    content = read_json(path, "datalist file", CaseError)
     if not isinstance(content, dict):
         raise CaseError(f"{path}: expected an object with {', '.join(SPLITS)} lists")
     result = {}
@@ -150,8 +146,10 @@ def read_datalist(path: str | Path, root: str | Path, splits: Sequence[str] = SP
         resolved = []
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict) or not isinstance(entry.get("image"), list) or \
-                    len(entry["image"]) != len(MODALITIES) or not isinstance(entry.get("label", ""), str):
-                raise CaseError(f"{path}: {split}[{i}] must be {{'image': [t1ce, t1, t2, flair], 'label': seg}}")
+                    len(entry["image"]) != len(MODALITIES) or not all(isinstance(p, str) for p in entry["image"]) \
+                    or not isinstance(entry.get("label"), str):
+                raise CaseError(f"{path}: {split}[{i}] must be {{'image': [t1ce, t1, t2, flair], 'label': seg}} "
+                                f"with file paths, got {json.dumps(entry)[:200]}")
             files = datalist_files(entry, root)
             name = Path(entry["image"][0]).parent.name or f"{split}[{i}]"
             if check:

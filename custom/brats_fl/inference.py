@@ -13,7 +13,8 @@ import nibabel as nib
 import numpy as np
 
 from medcore.device import select_device
-from medcore.files import atomic_path, write_text
+from medcore.errors import UserError
+from medcore.files import atomic_path, check_replaceable, first_line_is, write_text
 
 from .config import TrainConfig
 from .data import MODALITIES, check_files
@@ -23,9 +24,22 @@ from .metrics import REGIONS, regions_to_labels
 from .model import load_checkpoint
 from .transforms import infer_transforms
 
-__all__ = ["validate_checkpoint", "segment_case"]
+__all__ = ["VALIDATION_COLUMNS", "LABEL_MAP_DESCRIPTION", "validate_checkpoint", "segment_case"]
 
 logger = logging.getLogger(__name__)
+
+#: Columns of the per-case CSV of :func:`validate_checkpoint` (also how a re-run recognises its earlier output).
+VALIDATION_COLUMNS = ("name", *REGIONS, "mean", *(f"HD95_{r}" for r in REGIONS))
+#: Written into the header (``descrip``) of every label map :func:`segment_case` writes.
+LABEL_MAP_DESCRIPTION = "brats-fl infer label map"
+
+
+def _is_label_map(path: Path) -> bool:
+    try:
+        descrip = bytes(nib.load(str(path)).header["descrip"]).split(b"\0")[0]
+    except Exception:  # not a NIfTI: not ours
+        return False
+    return descrip.decode(errors="replace") == LABEL_MAP_DESCRIPTION
 
 
 def validate_checkpoint(checkpoint: str | Path, datalist: str | Path, data_root: str | Path, split: str,
@@ -33,16 +47,17 @@ def validate_checkpoint(checkpoint: str | Path, datalist: str | Path, data_root:
     """Score ``checkpoint`` on one split of a datalist, writing per-case Dice and HD95 (mm) to ``out_csv``.
 
     The CSV has a row per case (``name, TC, WT, ET, mean, HD95_TC, HD95_WT, HD95_ET``) and a last ``MEAN`` row;
-    the means are returned.
+    the means are returned. An existing ``out_csv`` is replaced only if it is such a CSV.
     """
+    check_replaceable(out_csv, "validation CSV", first_line_is(",".join(VALIDATION_COLUMNS)))
+    device = select_device(config.device)
     model, _ = load_checkpoint(checkpoint)
     cases = read_datalist(datalist, data_root, splits=[split])[split]
-    device = select_device(config.device)
     model.to(device)
     per_case = evaluate(model, eval_dataset(cases, config.cache_rate), config, device, spacing=True,
                         progress_logger=logger)
     summary = summarize(per_case)
-    columns = ["name", *REGIONS, "mean", *(f"HD95_{r}" for r in REGIONS)]
+    columns = VALIDATION_COLUMNS
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
@@ -59,15 +74,16 @@ def segment_case(checkpoint: str | Path, files: Mapping[str, str | Path], out_pa
 
     ``files`` maps ``t1ce, t1, t2, flair`` to NIfTI paths (checked first: readable, same shape and affine). The
     output takes the T1c's shape, affine and header (voxel order untouched by the pipeline), so it overlays the
-    input in any viewer.
+    input in any viewer. An existing ``out_path`` is replaced only if it is a label map this function wrote.
     """
     missing = [m for m in MODALITIES if m not in files]
     if missing:
-        raise ValueError(f"missing input contrast(s) {missing}; need {', '.join(MODALITIES)}")
+        raise UserError(f"missing input contrast(s) {missing}; need {', '.join(MODALITIES)}")
     paths = {m: Path(files[m]) for m in MODALITIES}
+    check_replaceable(out_path, "label map", _is_label_map)
+    device = select_device(config.device)
     check_files(paths, name=paths["t1ce"].name)
     model, _ = load_checkpoint(checkpoint)
-    device = select_device(config.device)
     model.to(device)
     item = infer_transforms()({"image": [str(paths[m]) for m in MODALITIES]})
     regions = predict_regions(model, item["image"], config, device)
@@ -78,6 +94,7 @@ def segment_case(checkpoint: str | Path, files: Mapping[str, str | Path], out_pa
     header = reference.header.copy()
     header.set_data_dtype(np.uint8)
     header["scl_slope"], header["scl_inter"] = 1, 0
+    header["descrip"] = LABEL_MAP_DESCRIPTION.encode()
     image = nib.Nifti1Image(labels, reference.affine, header)
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:

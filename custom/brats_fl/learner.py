@@ -17,6 +17,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
 
 from medcore.device import select_device
+from medcore.errors import UserError
 from medcore.files import write_json
 from medcore.learner import ModelLearner, resolve_path
 
@@ -60,7 +61,7 @@ class BratsLearner(ModelLearner):
 
     def setup(self, fl_ctx: FLContext) -> None:
         if self.site not in self.datalists:
-            raise ValueError(f"no datalist configured for site {self.site!r}; configured: {sorted(self.datalists)}")
+            raise UserError(f"no datalist configured for site {self.site!r}; configured: {sorted(self.datalists)}")
         root = resolve_path(self.data_root, "data_root")
         datalist = resolve_path(self.datalist_dir, "datalist_dir") / self.datalists[self.site]
         self.splits = self._checked_splits(datalist, root)

@@ -10,6 +10,9 @@ from typing import Sequence
 import torch
 from monai.networks.nets import SegResNet, SegResNetVAE
 
+from medcore.errors import UserError
+from medcore.files import load_torch
+
 __all__ = ["BratsSegResNet", "load_checkpoint"]
 
 
@@ -50,23 +53,22 @@ def load_checkpoint(path: str | Path) -> tuple[BratsSegResNet, dict]:
     VAE's input layer size in ``train_conf`` or, failing that, must match the seed's default.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: checkpoint file missing")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+    content = load_torch(path, "checkpoint")
     state = content.get("model", content) if isinstance(content, dict) else None
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"{path}: no model weights found (expected a state dict or {{'model': state_dict}})")
+        raise UserError(f"{path}: no model weights found (expected a state dict or {{'model': state_dict}})")
     vae = any(".vae_" in k for k in state)
     conf = content.get("train_conf") if isinstance(content, dict) else None
-    crop = tuple(conf["crop"]) if isinstance(conf, dict) and "crop" in conf else (224, 224, 144)
+    crop = conf["crop"] if isinstance(conf, dict) and "crop" in conf else (224, 224, 144)
+    if not isinstance(crop, (list, tuple)) or len(crop) != 3 or \
+            not all(isinstance(c, int) and c > 0 and c % 8 == 0 for c in crop):
+        raise UserError(f"{path}: its train_conf crop {crop!r} is not three sizes divisible by 8")
+    crop = tuple(crop)
     model = BratsSegResNet(vae=vae, crop=crop)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit the BraTS SegResNet ({str(err).splitlines()[0]})") from err
+        raise UserError(f"{path}: weights do not fit the BraTS SegResNet ({str(err).splitlines()[0]})") from err
     extras = {k: v for k, v in content.items() if k != "model"} if isinstance(content, dict) and "model" in content \
         else {}
     return model, extras

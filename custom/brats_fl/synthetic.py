@@ -28,7 +28,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from medcore.files import atomic_directory
+from medcore.errors import UserError
+from medcore.files import atomic_directory, check_replaceable
 from medcore.progress import Progress
 from medcore.random_fields import item_rng, smooth_field
 
@@ -169,7 +170,7 @@ def synthesize_case(grade: str, shape: Sequence[int], seed: int, index: int) -> 
         raise ValueError(f"grade must be one of {GRADES}, got {grade!r}")
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 16:
-        raise ValueError(f"shape must be three sizes of at least 16 voxels, got {shape}")
+        raise UserError(f"shape must be three sizes of at least 16 voxels, got {shape}")
     rng = item_rng(seed, GRADES.index(grade), index)
     grid = _Grid.for_shape(shape)
 
@@ -219,10 +220,24 @@ def _write_case(case_dir: Path, images: np.ndarray, seg: np.ndarray, affine: np.
 
 def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     image = nib.Nifti1Image(data, affine)
+    image.header["descrip"] = SYNTHETIC_DESCRIPTION.encode()
     image.header.set_xyzt_units("mm", "sec")
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     nib.save(image, str(path))
+
+
+#: Written into every generated NIfTI's header (``descrip``): how ``--overwrite`` recognises the cases it made.
+SYNTHETIC_DESCRIPTION = "clara-open synthetic BraTS case"
+
+
+def is_synthetic_case(case_dir: Path) -> bool:
+    """Whether ``case_dir`` holds a case this generator wrote (its T1's header says so; the data is not read)."""
+    try:
+        descrip = nib.load(str(case_files(case_dir)["t1"])).header["descrip"]
+    except Exception:  # missing or unreadable: not ours
+        return False
+    return bytes(descrip).split(b"\0")[0].decode(errors="replace") == SYNTHETIC_DESCRIPTION
 
 
 def generate_dataset(root: str | Path, n_hgg: int, n_lgg: int, shape: Sequence[int] = RELEASE_SHAPE,
@@ -231,8 +246,9 @@ def generate_dataset(root: str | Path, n_hgg: int, n_lgg: int, shape: Sequence[i
 
     Every case is written to a temporary folder, read back with nibabel and checked (:func:`check_case`, plus the
     expected shape, affine, int16/uint8 types and zero background) before it is moved into place, so an interrupted
-    run never leaves a half-written case. Existing cases are kept unless ``overwrite`` is set (then they are
-    regenerated). Returns the case folders per grade.
+    run never leaves a half-written case. Existing cases are kept unless ``overwrite`` is set; then they are
+    regenerated if this generator wrote them, and any other folder of the same name (a real case) stops the run
+    before anything is written. Returns the case folders per grade.
     """
     root = Path(root)
     shape = tuple(int(s) for s in shape)
@@ -240,7 +256,10 @@ def generate_dataset(root: str | Path, n_hgg: int, n_lgg: int, shape: Sequence[i
     jobs = [(grade, i, name) for grade, count in (("HGG", n_hgg), ("LGG", n_lgg))
             for i, name in enumerate(case_names(grade, count, seed))]
     if not jobs:
-        raise ValueError("nothing to generate: n_hgg and n_lgg are both 0")
+        raise UserError("nothing to generate: n_hgg and n_lgg are both 0")
+    if overwrite:
+        for grade, _, name in jobs:
+            check_replaceable(root / grade / name, "synthetic BraTS case", is_synthetic_case)
     progress = Progress(len(jobs), "cases", logger)
     written: dict[str, list[Path]] = {grade: [] for grade in GRADES}
     for grade, index, name in jobs:

@@ -1,37 +1,180 @@
 """The conventions every command-line tool of the project follows: ``-v`` for debug logs, one sub-command per
-task, and user errors printed as ``error: <file>: <problem>`` with exit status 2 (no traceback)."""
+task, option values checked as they are parsed, and the error policy of :mod:`medcore.errors`:
+
+* an expected error (a :class:`~medcore.errors.UserError`, a bad option, a file-system error on a named path such
+  as a missing input or an unwritable output) prints one line, ``error: <thing>: <problem>``, and exits with 2;
+* Ctrl-C prints one line and exits with 130 (outputs are written atomically, so nothing is left half-written);
+* anything else is a bug: its traceback is shown, with a line asking for a report, and the exit status is 1.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
+import os
 import sys
-from typing import Sequence
+import traceback
+from pathlib import Path
+from typing import Callable, NoReturn, Sequence
 
+from .errors import UserError
 from .progress import configure_logging
+from .settings import out_of_range
 
-__all__ = ["command_parser", "run_command", "parse_setting", "add_resume_argument", "add_report_parser",
-           "add_ship_code_parser"]
+__all__ = ["CommandParser", "command_parser", "run_command", "number", "existing_file", "existing_dir", "existing_path",
+           "output_file", "output_dir", "device_option", "parse_setting", "add_resume_argument",
+           "add_report_parser", "add_ship_code_parser"]
+
+#: File-system errors that come from the user's files and folders (permissions, space, wrong kind of path), not
+#: from the code; reported like user errors even when the OS does not name the file.
+_ENVIRONMENT_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM,
+                       errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOTEMPTY}
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``prog: error: argument --x: problem``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def command_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """A parser with ``-v/--verbose`` and a required sub-command; returns it and its sub-parser collection."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = CommandParser(prog=prog, description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     return parser, sub
 
 
-def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-                user_errors: tuple[type[BaseException], ...]) -> int:
-    """Parse ``argv``, set up logging and run the chosen sub-command's ``func``; ``user_errors`` exit with 2."""
-    args = parser.parse_args(argv)
+def _environment_error(err: OSError) -> bool:
+    return err.errno in _ENVIRONMENT_ERRNOS or (err.filename is not None and err.errno is not None)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse ``argv``, set up logging and run the chosen sub-command's ``func`` under the error policy; returns
+    the exit status (also for ``--help`` and usage errors, which argparse ends with ``SystemExit``)."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:
+        return int(done.code or 0)
     configure_logging(args.verbose)
     try:
         return args.func(args)
-    except user_errors as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; finished outputs are complete, unfinished ones were not written",
+              file=sys.stderr)
+        return 130
+    except Exception as err:
+        if isinstance(err, OSError) and _environment_error(err):
+            where = f"{err.filename}: " if err.filename is not None else ""
+            print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        print(f"{parser.prog}: internal error: this is a bug, not a problem with your input; please report it "
+              "with the traceback above", file=sys.stderr)
+        return 1
+
+
+# -- option types: checked while parsing, so a bad value stops before anything runs ---------------------------------
+def number(kind: type = int, *, above: float | None = None, minimum: float | None = None,
+           below: float | None = None, maximum: float | None = None,
+           multiple_of: int | None = None) -> Callable[[str], float]:
+    """An argparse ``type`` for a whole number (``kind=int``) or a finite number (``float``) within bounds."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        problem = out_of_range(value, above=above, minimum=minimum, below=below, maximum=maximum)
+        if problem is None and multiple_of and value % multiple_of:
+            problem = f"must be a multiple of {multiple_of}"
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+def _existing(text: str, kind: str) -> Path:
+    """``text`` as a path that exists and is a ``file``, a ``folder`` or (``"file or folder"``) either."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such {kind}")
+    if kind == "file" and not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: is a folder, not a file" if path.is_dir() else
+                                         f"{text}: not a regular file")
+    if kind == "folder" and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a file, not a folder")
+    return path
+
+
+def existing_file(text: str) -> Path:
+    """An argparse ``type``: a file that exists."""
+    return _existing(text, "file")
+
+
+def existing_dir(text: str) -> Path:
+    """An argparse ``type``: a folder that exists."""
+    return _existing(text, "folder")
+
+
+def existing_path(text: str) -> Path:
+    """An argparse ``type``: a file or folder that exists."""
+    return _existing(text, "file or folder")
+
+
+def _check_creatable(path: Path, text: str) -> None:
+    """The nearest existing ancestor of ``path`` must be a folder this user can write into."""
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: cannot be created, {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: cannot be created, no write permission in {parent}")
+
+
+def output_file(text: str) -> Path:
+    """An argparse ``type``: a file path that can be written (not a folder; its folder exists or can be made)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a folder; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text}: no write permission")
+    _check_creatable(path, text)
+    return path
+
+
+def output_dir(text: str) -> Path:
+    """An argparse ``type``: a folder that exists and is writable, or can be created."""
+    path = Path(text)
+    if path.exists():
+        if not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text}: is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise argparse.ArgumentTypeError(f"{text}: no write permission")
+        return path
+    _check_creatable(path, text)
+    return path
+
+
+def device_option(text: str) -> str:
+    """An argparse ``type`` for ``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    from .device import DEVICE_NAMES, check_device_name
+
+    if check_device_name(text) is not None:
+        raise argparse.ArgumentTypeError(f"expected {DEVICE_NAMES}, got {text!r}")
+    return text
 
 
 def parse_setting(text: str) -> tuple[str, object]:
@@ -78,12 +221,10 @@ def add_ship_code_parser(sub: argparse._SubParsersAction, packages: Sequence[str
 
 
 def _ship_code(job: str, packages: Sequence[str]) -> int:
-    from pathlib import Path
-
     from .jobs import ship_code
 
     if not (Path(job) / "app" / "config").is_dir():
-        raise ValueError(f"{job}: not a job folder (no app/config inside)")
+        raise UserError(f"{job}: not a job folder (no app/config inside)")
     out = ship_code(Path(job) / "app" / "custom", packages)
     print(f"project code copied into {out}")
     return 0

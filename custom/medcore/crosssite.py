@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .errors import UserError
 from .files import atomic_path, write_json, write_text
 
 __all__ = ["SERVER_FINAL", "SERVER_BEST", "ReportError", "ReportSpec", "CrossSiteReport", "find_results",
@@ -29,7 +30,7 @@ SERVER_FINAL = "SRV_FL_global_model.pt"
 SERVER_BEST = "SRV_best_FL_global_model.pt"
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """Results that cannot be reported; the message names the file and the problem."""
 
 

@@ -29,10 +29,11 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .files import atomic_directory
+from .errors import UserError
+from .files import atomic_directory, check_replaceable, mark_output
 
-__all__ = ["DEFAULT_PROJECTS", "DeploymentError", "Kits", "poc_kits", "provision_kits", "port_in_use", "Federation",
-           "add_deploy_parser"]
+__all__ = ["DEFAULT_PROJECTS", "DeploymentError", "Kits", "project_server", "check_workspace", "poc_kits",
+           "provision_kits", "port_in_use", "check_port_free", "Federation", "add_deploy_parser"]
 
 #: The committed project files (repository checkout).
 DEFAULT_PROJECTS = {name: Path(__file__).resolve().parents[2] / "provisioning" / f"{name}_project.yml"
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 COMPLETED = "FINISHED:COMPLETED"
 
 
-class DeploymentError(RuntimeError):
+class DeploymentError(UserError):
     """A deployment step failed; the message says which and why (with a log excerpt where there is one)."""
 
 
@@ -100,17 +101,57 @@ def _latest_prod(root: Path) -> Path:
     return prods[-1]
 
 
+#: What a deploy workspace is marked as (:func:`medcore.files.mark_output`).
+WORKSPACE_OUTPUT = "federation workspace"
+
+
+def project_server(project: str | Path) -> tuple[str, int]:
+    """The server name and ``fed_learn_port`` of a provisioning project file, with errors naming the file."""
+    import yaml
+
+    project = Path(project)
+    if not project.is_file():
+        raise DeploymentError(f"{project}: project file missing")
+    try:
+        content = yaml.safe_load(project.read_text(encoding="utf-8"))
+        servers = [p for p in content["participants"] if p.get("type") == "server"]
+        name, port = servers[0]["name"], int(servers[0].get("fed_learn_port", 8002))
+    except (yaml.YAMLError, UnicodeDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
+        raise DeploymentError(f"{project}: not a provisioning project file with a server participant "
+                              f"({type(err).__name__}: {err})") from None
+    return str(name), port
+
+
+def _is_poc_workspace(path: Path) -> bool:
+    """The exact shape ``nvflare poc prepare`` leaves: project.yml, data/ and one project folder of prod_NN kits."""
+    entries = {p.name for p in path.iterdir()}
+    projects = [p for p in path.iterdir() if p.is_dir() and any(p.glob("prod_*"))]
+    return "project.yml" in entries and len(projects) == 1 and entries <= {"project.yml", "data", projects[0].name}
+
+
+def check_workspace(workspace: str | Path) -> None:
+    """Refuse a ``--workspace`` that this project did not make (before anything is written)."""
+    check_replaceable(workspace, WORKSPACE_OUTPUT, _is_poc_workspace)
+
+
 def poc_kits(project: str | Path, workspace: str | Path) -> Kits:
-    """``nvflare poc prepare -i project`` into ``workspace`` (replacing an earlier POC there)."""
+    """``nvflare poc prepare -i project`` into ``workspace``, replacing an earlier one this project made there
+    (anything else in ``workspace`` is refused: ``poc prepare --force`` deletes the whole folder)."""
     workspace = Path(workspace).resolve()
+    check_workspace(workspace)
     _run([_nvflare(), "poc", "prepare", "-i", str(project), "--force"], {"NVFLARE_POC_WORKSPACE": str(workspace)},
          "nvflare poc prepare")
+    mark_output(workspace, WORKSPACE_OUTPUT)
     return Kits.find(_latest_prod(workspace))
 
 
 def provision_kits(project: str | Path, workspace: str | Path) -> Kits:
-    """``nvflare provision -p project -w workspace``: TLS startup kits in a new ``prod_NN``."""
+    """``nvflare provision -p project -w workspace``: TLS startup kits in a new ``prod_NN`` (``workspace``: new,
+    empty or made by this project)."""
     workspace = Path(workspace).resolve()
+    check_workspace(workspace)
+    workspace.mkdir(parents=True, exist_ok=True)
+    mark_output(workspace, WORKSPACE_OUTPUT)
     _run([_nvflare(), "provision", "-p", str(project), "-w", str(workspace)], what="nvflare provision")
     return Kits.find(_latest_prod(workspace))
 
@@ -123,6 +164,14 @@ def port_in_use(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def check_port_free(host: str, port: int, where: str = "the project file") -> None:
+    """A :class:`DeploymentError` when the server's port is taken (``where``: the file that sets it)."""
+    if port_in_use(host, port):
+        raise DeploymentError(f"port {port} on {host} is already in use (another FLARE server, or one stopped "
+                              "less than a minute ago whose socket is in TIME_WAIT); stop it or change "
+                              f"fed_learn_port in {where}")
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -221,11 +270,7 @@ class Federation:
                 self._old_sigterm = None
 
     def start(self) -> None:
-        host, port = self.kits.host, self.kits.port
-        if port_in_use(host, port):
-            raise DeploymentError(f"port {port} on {host} is already in use (another FLARE server, or one stopped "
-                                  "less than a minute ago whose socket is in TIME_WAIT); stop it or change "
-                                  f"fed_learn_port in the project file")
+        check_port_free(self.kits.host, self.kits.port)
         deadline = time.monotonic() + self.connect_timeout
         self._start_server(deadline)
         for client in self.clients:
@@ -358,10 +403,16 @@ class Federation:
 
 def add_deploy_parser(sub, project: str, data_variable: str, spec, job_example: str) -> None:
     """The ``deploy`` sub-command of both tools: kits -> federation -> job -> report (``spec``: a ReportSpec)."""
+    from .command import existing_dir, existing_file, number, output_dir
 
     def run(args) -> int:
         from .crosssite import report_command
 
+        # Everything that can be checked is checked before the kits are made (poc prepare replaces a folder).
+        if not (args.job / "meta.json").is_file():
+            raise DeploymentError(f"{args.job}: not a job folder (no meta.json)")
+        check_port_free(*project_server(args.project), where=str(args.project))
+        check_workspace(args.workspace)
         kits = (poc_kits if args.kits == "poc" else provision_kits)(args.project, args.workspace)
         env = {data_variable: str(Path(args.data_root).resolve())} if args.data_root else {}
         with Federation(kits, env=env, connect_timeout=args.connect_timeout) as federation:
@@ -377,15 +428,19 @@ def add_deploy_parser(sub, project: str, data_variable: str, spec, job_example: 
                     "that it ended FINISHED:COMPLETED, download its results, stop everything (also when a step "
                     "fails) and print the cross-site report.",
     )
-    deploy.add_argument("job", help=f"job folder to run (e.g. one written by make-job from {job_example})")
+    deploy.add_argument("job", type=existing_dir,
+                        help=f"job folder to run (e.g. one written by make-job from {job_example})")
     deploy.add_argument("--kits", choices=("poc", "provision"), default="poc",
                         help="poc: nvflare poc prepare; provision: nvflare provision (default: poc)")
-    deploy.add_argument("--project", default=project, help=f"project file (default: {project})")
-    deploy.add_argument("--workspace", required=True,
-                        help="folder for the startup kits and the sites' workspaces (a POC workspace is replaced)")
-    deploy.add_argument("--data-root", help=f"exported to the sites as {data_variable} (for jobs that use it)")
-    deploy.add_argument("--timeout", type=float, default=3600.0, help="seconds the job may run (default: 3600)")
-    deploy.add_argument("--connect-timeout", type=float, default=120.0,
+    deploy.add_argument("--project", type=existing_file, default=project, help=f"project file (default: {project})")
+    deploy.add_argument("--workspace", required=True, type=output_dir,
+                        help="folder for the startup kits and the sites' workspaces: new, empty, or one an earlier "
+                             "deploy made (it is replaced); any other folder is refused")
+    deploy.add_argument("--data-root", type=existing_dir,
+                        help=f"exported to the sites as {data_variable} (for jobs that use it)")
+    deploy.add_argument("--timeout", type=number(float, above=0), default=3600.0,
+                        help="seconds the job may run (default: 3600)")
+    deploy.add_argument("--connect-timeout", type=number(float, above=0), default=120.0,
                         help="seconds to wait for the server and every client to come up (default: 120)")
-    deploy.add_argument("--out", help="folder for the report files (report.txt/.md/.csv/.json)")
+    deploy.add_argument("--out", type=output_dir, help="folder for the report files (report.txt/.md/.csv/.json)")
     deploy.set_defaults(func=run)

@@ -8,20 +8,40 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import ContextManager
 
 import torch
 
-__all__ = ["select_device", "autocast", "grad_scaler"]
+from .errors import UserError
+
+__all__ = ["DEVICE_NAMES", "check_device_name", "select_device", "autocast", "grad_scaler"]
+
+#: What a device setting or ``--device`` option accepts.
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_name(name: object) -> str | None:
+    """``None`` when ``name`` is a device this project accepts, else :data:`DEVICE_NAMES` (a settings check)."""
+    return None if isinstance(name, str) and _DEVICE_PATTERN.fullmatch(name) else DEVICE_NAMES
 
 
 def select_device(preference: str = "auto") -> torch.device:
-    """``"auto"`` gives the first CUDA GPU when there is one, else the CPU; ``"cpu"``/``"cuda[:n]"`` force one."""
+    """``"auto"`` gives the first CUDA GPU when there is one, else the CPU; ``"cpu"``/``"cuda[:n]"`` force one.
+
+    Raises:
+        UserError: ``preference`` is not a device name, or names a CUDA GPU this machine does not have.
+    """
+    if check_device_name(preference) is not None:
+        raise UserError(f"device {preference!r}: expected {DEVICE_NAMES}")
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(preference)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {preference!r} requested but no CUDA GPU is available")
+    if device.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= available:
+            raise UserError(f"device {preference!r}: requested, but this machine has {available} CUDA GPU(s)")
     return device
 
 

@@ -1,16 +1,93 @@
-"""Atomic file output: a reader never sees a half-written file, and an interrupted write leaves the old file intact."""
+"""Files in and out, safely.
+
+Output is atomic: a reader never sees a half-written file, an interrupted write leaves the old file intact, and
+files get the permissions the user's umask gives new files (``0644`` under the usual ``022``), not the private
+``0600`` of temporary files. Work in progress is named ``.NAME.<random>.part<suffix>`` next to its target, a hidden
+name that :func:`input_files` never lists, so a file left behind by a killed run is never read as an input.
+
+Input readers raise :class:`~medcore.errors.UserError` naming the file and the problem: :func:`read_json` for JSON,
+:func:`load_torch` for PyTorch files (tensors only: a file that holds pickled Python objects is refused).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-__all__ = ["atomic_path", "atomic_directory", "write_json", "write_text"]
+from .errors import UserError
+
+__all__ = ["OUTPUT_MARKER", "check_replaceable", "first_line_is", "mark_output", "atomic_path", "atomic_directory", "write_json",
+           "write_text", "input_files", "read_json", "load_torch"]
+
+#: A file in each output folder that a command replaces as a whole (a job, a federation's workspace), saying which
+#: kind of output it is; such a folder can be replaced by the next run, any other folder is refused.
+OUTPUT_MARKER = ".clara-open-output"
+
+
+def check_replaceable(path: str | os.PathLike, what: str,
+                      recognise: Callable[[Path], bool] | None = None) -> None:
+    """Refuse, before anything is written, to replace ``path`` unless it is this project's own earlier output.
+
+    ``path`` may be replaced when it does not exist, is an empty folder, is a folder whose :data:`OUTPUT_MARKER`
+    names ``what``, or when ``recognise(path)`` accepts it (the exact shape of the output, e.g. a CSV's header).
+
+    Raises:
+        UserError: naming ``path`` and saying it is not a ``what`` this project wrote.
+    """
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() and not path.is_symlink():
+        if not any(path.iterdir()):
+            return
+        marker = path / OUTPUT_MARKER
+        if marker.is_file() and marker.read_text(encoding="utf-8", errors="replace").strip() == what:
+            return
+    if recognise is not None and recognise(path):
+        return
+    raise UserError(f"{path}: exists and is not a {what} written by this project; refusing to replace it "
+                    "(choose a new path, or move it away yourself)")
+
+
+def first_line_is(line: str) -> Callable[[Path], bool]:
+    """A recogniser for :func:`check_replaceable`: a file whose first line is exactly ``line`` (a CSV header)."""
+
+    def recognise(path: Path) -> bool:
+        if not path.is_file():
+            return False
+        with open(path, "rb") as handle:
+            return handle.readline(len(line) + 3).decode(errors="replace").rstrip("\r\n") == line
+
+    return recognise
+
+
+def mark_output(folder: str | os.PathLike, what: str) -> Path:
+    """Mark ``folder`` as a ``what`` this project wrote, so that :func:`check_replaceable` lets a later run
+    replace it."""
+    marker = Path(folder) / OUTPUT_MARKER
+    marker.write_text(what + "\n", encoding="utf-8")
+    return marker
+
+
+def _new_temp(parent: Path, name: str, suffix: str, directory: bool = False) -> Path:
+    """Create an empty hidden file (or folder) ``.NAME.<random>.part<suffix>`` in ``parent`` with the umask's
+    default permissions (``tempfile`` would make it private)."""
+    for _ in range(100):
+        path = parent / f".{name}.{secrets.token_hex(4)}.part{suffix}"
+        try:
+            if directory:
+                path.mkdir()
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: cannot find a free temporary name for {name}")
 
 
 @contextlib.contextmanager
@@ -24,9 +101,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temp(path.parent, path.name, suffix)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -45,7 +120,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    holder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    holder = _new_temp(path.parent, path.name, "", directory=True)
     staged = holder / path.name
     staged.mkdir()
     try:
@@ -67,3 +142,63 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically and return the path."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def input_files(folder: str | os.PathLike, pattern: str, recursive: bool = False) -> list[Path]:
+    """Files matching ``pattern`` in ``folder`` (and below with ``recursive``), sorted, without hidden names:
+    never a ``.NAME.part`` file still being written (or left behind by a killed run), nor anything in a hidden
+    folder."""
+    folder = Path(folder)
+    found = folder.rglob(pattern) if recursive else folder.glob(pattern)
+    return sorted(p for p in found if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[UserError] = UserError) -> Any:
+    """The content of a JSON file, or an ``error`` (a :class:`UserError` type) saying ``PATH: <what> missing`` or
+    ``PATH: not valid JSON (...)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {what} missing" if not path.exists() else f"{path}: is not a file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{path}: not valid JSON ({err})") from None
+
+
+def load_torch(path: str | os.PathLike, what: str = "checkpoint", map_location: Any = "cpu",
+               unreadable: str | None = None) -> Any:
+    """Load a PyTorch file that holds tensors and plain containers only (``weights_only``).
+
+    Args:
+        what: what the file is, for the messages (``"<what> missing"``).
+        unreadable: how the message for a corrupt file starts (default ``"not a readable PyTorch <what>"``).
+
+    Raises:
+        UserError: the file is missing, corrupt or not a PyTorch file, or holds pickled Python objects beyond
+            tensors (refused for safety: unpickling them can run arbitrary code).
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} missing" if not path.exists() else f"{path}: is not a file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message for both cases suggests retrying with weights_only=False: never pass that on.
+        if "GLOBAL" in str(err):
+            raise UserError(f"{path}: the {what} holds Python objects besides tensors and is refused for safety "
+                            "(unpickling them could run arbitrary code); use a file written by this project or a "
+                            "plain state dict") from None
+        raise UserError(f"{path}: {unreadable or f'not a readable PyTorch {what}'} (corrupt, or another format)") \
+            from None
+    except Exception as err:  # torch raises many types (RuntimeError, EOFError, zipfile errors) for corrupt files
+        raise UserError(f"{path}: {unreadable or f'not a readable PyTorch {what}'} ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

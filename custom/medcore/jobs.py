@@ -9,18 +9,20 @@ FLARE does not follow symbolic links when it packs a job, so real copies it must
 from __future__ import annotations
 
 import importlib
-import json
 import shutil
 from pathlib import Path
 from typing import Sequence
 
-from .files import atomic_directory, write_json
+from .errors import UserError
+from .files import atomic_directory, check_replaceable, mark_output, read_json, write_json
 
 __all__ = ["SERVER_CONFIG", "CLIENT_CONFIG", "ship_code", "load_job_configs", "find_component", "set_resume",
            "write_job"]
 
 SERVER_CONFIG = Path("app/config/config_fed_server.json")
 CLIENT_CONFIG = Path("app/config/config_fed_client.json")
+#: What :func:`write_job` marks its output folders as (:func:`medcore.files.mark_output`).
+JOB_OUTPUT = "FLARE job folder"
 
 
 def ship_code(custom_dir: str | Path, packages: Sequence[str]) -> Path:
@@ -40,11 +42,10 @@ def load_job_configs(job_dir: str | Path) -> tuple[dict, dict]:
     for rel in (SERVER_CONFIG, CLIENT_CONFIG):
         path = job_dir / rel
         if not path.is_file():
-            raise ValueError(f"{path}: missing (is {job_dir} a job folder?)")
-        try:
-            configs.append(json.loads(path.read_text()))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
+            raise UserError(f"{path}: missing (is {job_dir} a job folder?)")
+        configs.append(read_json(path, "job configuration"))
+        if not isinstance(configs[-1], dict):
+            raise UserError(f"{path}: expected a FLARE configuration object")
     return configs[0], configs[1]
 
 
@@ -57,7 +58,7 @@ def find_component(config: dict, component_id: str, path: Path | str) -> dict:
     for executor in config.get("executors", []):
         if executor.get("executor", {}).get("id") == component_id:
             return executor["executor"]
-    raise ValueError(f"{path}: no component with id {component_id!r}")
+    raise UserError(f"{path}: no component with id {component_id!r}")
 
 
 def set_resume(server: dict, client: dict, job_id: str, job_dir: str | Path,
@@ -65,10 +66,10 @@ def set_resume(server: dict, client: dict, job_id: str, job_dir: str | Path,
     """Make a job's configurations (in place) go on from interrupted job ``job_id`` (:mod:`medcore.resume`): the
     server's training workflow and the sites' learner both get ``resume_from_job``."""
     if not job_id or "/" in job_id or job_id.startswith("."):
-        raise ValueError(f"resume: {job_id!r} is not a job id (the id FLARE gave the interrupted job)")
+        raise UserError(f"resume: {job_id!r} is not a job id (the id FLARE gave the interrupted job)")
     workflow = find_component(server, workflow_id, Path(job_dir) / SERVER_CONFIG)
     if not workflow.get("path", "").endswith("ResumableScatterAndGather"):
-        raise ValueError(f"{Path(job_dir) / SERVER_CONFIG}: workflow {workflow_id!r} is {workflow.get('path')!r}, "
+        raise UserError(f"{Path(job_dir) / SERVER_CONFIG}: workflow {workflow_id!r} is {workflow.get('path')!r}, "
                          "which cannot resume; use medcore.resume.ResumableScatterAndGather")
     learner = find_component(client, learner_id, Path(job_dir) / CLIENT_CONFIG)
     for component in (workflow, learner):
@@ -80,14 +81,18 @@ def write_job(out_dir: str | Path, template: str | Path, server: dict, client: d
     """Write ``template`` with the given configurations and a fresh copy of ``packages`` to ``out_dir``
     (atomically: a failed write leaves no half job).
 
+    ``out_dir`` may be missing, empty or a job this function wrote before (it carries a marker); any other
+    existing path is refused with a :class:`~medcore.errors.UserError` before anything is written.
+
     Args:
         rounds: federated rounds (the server's ``num_rounds``), or ``None`` to keep ``server``'s.
         resume_from: id of an interrupted run to go on from (:func:`set_resume`), or ``None``.
     """
     out_dir = Path(out_dir)
+    check_replaceable(out_dir, JOB_OUTPUT)
     if rounds is not None:
         if rounds < 1:
-            raise ValueError(f"rounds must be at least 1, got {rounds}")
+            raise UserError(f"rounds must be at least 1, got {rounds}")
         server["num_rounds"] = int(rounds)
     if resume_from is not None:
         set_resume(server, client, resume_from, template)
@@ -97,4 +102,5 @@ def write_job(out_dir: str | Path, template: str | Path, server: dict, client: d
         write_json(staged / SERVER_CONFIG, server)
         write_json(staged / CLIENT_CONFIG, client)
         ship_code(staged / "app" / "custom", packages)
+        mark_output(staged, JOB_OUTPUT)
     return out_dir

@@ -36,7 +36,8 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateType
 
-from .files import atomic_path
+from .errors import UserError
+from .files import atomic_path, load_torch
 from .training import EpochStats, EpochTrainer
 
 __all__ = ["resolve_path", "ModelLearner"]
@@ -46,7 +47,7 @@ def resolve_path(path: str, what: str) -> Path:
     """Expand ``$VARS`` and ``~``; an unset variable is an error that says which one to set."""
     expanded = os.path.expanduser(os.path.expandvars(path))
     if "$" in expanded:
-        raise ValueError(f"{what} {path!r}: environment variable not set (export it before starting the site)")
+        raise UserError(f"{what} {path!r}: environment variable not set (export it before starting the site)")
     return Path(expanded)
 
 
@@ -117,7 +118,7 @@ class ModelLearner(Learner):
         if self.resume_from_job and not state_file.is_file():
             self._take_over_state(Path(workspace.get_run_dir(self.resume_from_job)) / "models", fl_ctx)
         if state_file.is_file():
-            state = torch.load(state_file, map_location=self.trainer.device, weights_only=True)
+            state = load_torch(state_file, "local training state", map_location=self.trainer.device)
             self.trainer.load_state_dict(state["trainer"])
             self.best_metric = float(state["best_metric"])
             self.log_info(fl_ctx, f"resumed local state: {self.trainer.epochs} epochs, best {self.key_metric} "
@@ -238,5 +239,5 @@ class ModelLearner(Learner):
         if model_name != ModelName.BEST_MODEL or not path.is_file():
             self.log_error(fl_ctx, f"no local best model to submit ({path} missing or model {model_name!r} unknown)")
             return make_reply(ReturnCode.EMPTY_RESULT)
-        state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+        state = load_torch(path, "local best model")["model"]
         return DXO(data_kind=DataKind.WEIGHTS, data={k: v.numpy() for k, v in state.items()}).to_shareable()

@@ -31,7 +31,8 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 
-from .files import atomic_path
+from .errors import UserError
+from .files import atomic_path, load_torch
 
 __all__ = ["CHECKPOINT_NAME", "RoundCheckpoint", "save_round_checkpoint", "load_round_checkpoint",
            "ResumableScatterAndGather"]
@@ -74,13 +75,13 @@ def load_round_checkpoint(path: str | Path) -> RoundCheckpoint:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no round checkpoint (the run ended before its first round, or was not "
                                 "run by this workspace)")
+    data = load_torch(path, "round checkpoint", unreadable="not a readable round checkpoint")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
         return RoundCheckpoint(round=int(data["round"]), end_round=int(data["end_round"]),
                                weights={k: v.numpy() for k, v in data["model"].items()},
                                best_metric=float(data["best_metric"]), job_id=str(data["job_id"]))
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable round checkpoint ({err})") from err
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise UserError(f"{path}: not a round checkpoint ({type(err).__name__}: {err})") from err
 
 
 class ResumableScatterAndGather(ScatterAndGather):

@@ -1,18 +1,113 @@
-"""Recipes as frozen dataclasses, read from plain mappings (job configuration, ``--set`` options) with a clear
-error for unknown keys: a typo must never fall back silently to a default."""
+"""Recipes as frozen dataclasses, read from plain mappings (job configuration, ``--set`` options) and checked by
+type and range: a typo must never fall back silently to a default, and ``vae="no"`` must never mean true.
+
+A recipe declares each field with :func:`setting`, which records the field's allowed range or check next to its
+default::
+
+    @dataclasses.dataclass(frozen=True)
+    class Recipe(Settings):
+        lr: float = setting(1e-4, above=0)
+        amp: bool = True
+        device: str = setting("auto", check=check_device_name)
+
+Every instance, however it is built, is checked in ``__post_init__`` against the field's annotated type (``bool``
+accepts only true/false, ``int`` only whole numbers, ``float`` any finite number, ``str`` only text, ``tuple[int,
+...]`` a list of whole numbers of that length) and its range; a failure is a :class:`~medcore.errors.SettingError`
+naming the setting and what it accepts.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, TypeVar
+import math
+import typing
+from typing import Any, Callable, Mapping, TypeVar
 
-__all__ = ["Settings"]
+from .errors import SettingError
+
+__all__ = ["Settings", "setting", "out_of_range"]
 
 _S = TypeVar("_S", bound="Settings")
 
 
+def setting(default: Any, *, above: float | None = None, minimum: float | None = None,
+            below: float | None = None, maximum: float | None = None,
+            check: Callable[[Any], str | None] | None = None) -> Any:
+    """A recipe field with its default and what values it accepts.
+
+    Args:
+        above, minimum: exclusive / inclusive lower bound (numbers and each element of a tuple).
+        below, maximum: exclusive / inclusive upper bound.
+        check: a function of the value returning ``None`` when it is fine, else what the setting accepts
+            (e.g. ``"auto, cpu, cuda or cuda:N"``).
+    """
+    bounds = {"above": above, "minimum": minimum, "below": below, "maximum": maximum, "check": check}
+    return dataclasses.field(default=default, metadata={k: v for k, v in bounds.items() if v is not None})
+
+
+def out_of_range(value: float, *, above: float | None = None, minimum: float | None = None,
+                 below: float | None = None, maximum: float | None = None) -> str | None:
+    """``None`` when ``value`` keeps the bounds, else what they require (``"must be > 0 and <= 1"``)."""
+    ok = ((above is None or value > above) and (minimum is None or value >= minimum)
+          and (below is None or value < below) and (maximum is None or value <= maximum))
+    if ok:
+        return None
+    parts = [f"> {above:g}" if above is not None else "", f">= {minimum:g}" if minimum is not None else "",
+             f"< {below:g}" if below is not None else "", f"<= {maximum:g}" if maximum is not None else ""]
+    return "must be " + " and ".join(p for p in parts if p)
+
+
+def _shown(value: Any) -> str:
+    return repr(list(value) if isinstance(value, tuple) else value)
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    """``value`` as the annotated ``kind``, or a :class:`SettingError` saying what the setting accepts."""
+    shown = repr(value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise SettingError(f"setting {name}: expected true or false, got {shown}")
+    if kind is int:
+        if _is_whole(value):
+            return value
+        raise SettingError(f"setting {name}: expected a whole number, got {shown}")
+    if kind is float:
+        if (_is_whole(value) or isinstance(value, float)) and math.isfinite(value):
+            return float(value)
+        raise SettingError(f"setting {name}: expected a number, got {shown}")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise SettingError(f"setting {name}: expected text, got {shown}")
+    if typing.get_origin(kind) is tuple:
+        items = typing.get_args(kind)
+        if isinstance(value, (list, tuple)) and len(value) == len(items) and all(_is_whole(v) for v in value):
+            return tuple(value)
+        raise SettingError(f"setting {name}: expected a list of {len(items)} whole numbers, got {shown}")
+    raise TypeError(f"setting {name}: unsupported annotation {kind!r}")  # a recipe bug, not a user error
+
+
 class Settings:
-    """Mixin for ``@dataclasses.dataclass(frozen=True)`` recipes: :meth:`from_dict` and :meth:`to_dict`."""
+    """Mixin for ``@dataclasses.dataclass(frozen=True)`` recipes: typed and range-checked fields,
+    :meth:`from_dict` and :meth:`to_dict`. Subclasses with their own ``__post_init__`` call this one first."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = _coerce(field.name, hints[field.name], getattr(self, field.name))
+            meta = field.metadata
+            numbers = value if isinstance(value, tuple) else (value,) if isinstance(value, (int, float)) else ()
+            bounds = {k: v for k, v in meta.items() if k != "check"}
+            for problem in filter(None, (out_of_range(v, **bounds) for v in numbers)):
+                raise SettingError(f"setting {field.name}: {problem}, got {_shown(value)}")
+            if "check" in meta and (accepted := meta["check"](value)) is not None:
+                raise SettingError(f"setting {field.name}: expected {accepted}, got {_shown(value)}")
+            object.__setattr__(self, field.name, value)
 
     @classmethod
     def from_dict(cls: type[_S], values: Mapping[str, Any] | None) -> _S:
@@ -21,7 +116,7 @@ class Settings:
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown training setting(s) {unknown}; known settings: {sorted(known)}")
+            raise SettingError(f"unknown training setting(s) {unknown}; known settings: {sorted(known)}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

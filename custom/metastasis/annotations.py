@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from medcore.errors import UserError
 from medcore.files import atomic_path
 
 __all__ = [
@@ -41,7 +42,7 @@ EXCLUSION_GROUPS: tuple[str, ...] = ("_2",)
 _GROUP_COLORS = {"Tumor": "#F4FA58", "_0": "#F4FA58", "_1": "#F4FA58", "_2": "#64FE2E"}
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError):
     """An annotation file that cannot be used; the message names the file and the problem."""
 
 
@@ -99,9 +100,14 @@ def read_asap_xml(path: str | Path) -> list[Annotation]:
     return annotations
 
 
-def write_asap_xml(path: str | Path, annotations: Sequence[Annotation]) -> Path:
-    """Write polygons as an ASAP XML file in the Camelyon16 schema (atomically) and return the path."""
+def write_asap_xml(path: str | Path, annotations: Sequence[Annotation], comment: str | None = None) -> Path:
+    """Write polygons as an ASAP XML file in the Camelyon16 schema (atomically) and return the path.
+
+    ``comment``: an XML comment put first inside the root element (readers ignore it), e.g. the file's origin.
+    """
     root = ET.Element("ASAP_Annotations")
+    if comment:
+        root.append(ET.Comment(f" {comment} "))
     container = ET.SubElement(root, "Annotations")
     for ann in annotations:
         node = ET.SubElement(container, "Annotation", Name=ann.name, Type="Polygon", PartOfGroup=ann.group,

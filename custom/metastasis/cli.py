@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Sequence
 
 from medcore.command import (add_report_parser, add_resume_argument, add_ship_code_parser, command_parser,
+                             device_option, existing_dir, existing_file, existing_path, number, output_dir, output_file,
                              parse_setting, run_command)
+from medcore.errors import UserError
+from medcore.files import check_replaceable, first_line_is, input_files
 
-from .annotations import AnnotationError
 from .job import JOB_PACKAGES
-from .patches import PatchListError
-from .slide import SlideError
 
 _SETTINGS_HELP = ("training setting (patch_size, batch_size, lr, weight_decay, epochs, local_epochs, amp, augment, "
                   "threshold, num_workers, num_threads, pretrained, seed, device; see metastasis.config.TrainConfig); "
@@ -39,13 +39,13 @@ def _slides(paths: Sequence[str]) -> list[Path]:
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(p.rglob("*.tif"))
+            found += input_files(p, "*.tif", recursive=True)
         elif p.exists():
             found.append(p)
         else:
-            raise ValueError(f"{p}: no such slide file or folder")
+            raise UserError(f"{p}: no such slide file or folder")
     if not found:
-        raise ValueError(f"no .tif slides found in {', '.join(paths)}")
+        raise UserError(f"no .tif slides found in {', '.join(paths)}")
     return found
 
 
@@ -75,16 +75,17 @@ def _label_file(text: str) -> tuple[str, int]:
     path, sep, label = text.rpartition("=")
     if not sep or label not in ("0", "1"):
         raise argparse.ArgumentTypeError(f"expected FILE=0 or FILE=1, got {text!r}")
-    return path, int(label)
+    return existing_file(path), int(label)
 
 
 def _patches(args: argparse.Namespace) -> int:
-    from .patches import check_patch_list, find_training_slides, generate_patch_list, read_ncrf_coords, \
-        write_patch_list
+    from .patches import check_patch_list, find_training_slides, generate_patch_list, is_patch_list, \
+        read_ncrf_coords, write_patch_list
 
+    check_replaceable(args.out, "patch list", is_patch_list)
     if args.ncrf_train or args.ncrf_valid:
         if not args.ncrf_train or not args.ncrf_valid:
-            raise ValueError("NCRF conversion needs both --ncrf-train and --ncrf-valid coordinate files")
+            raise UserError("NCRF conversion needs both --ncrf-train and --ncrf-valid coordinate files")
         slide_dir = Path(args.slide_dir or args.data_root)
         patches = {"patch_size": args.patch_size,
                    "training": [e for f, label in args.ncrf_train for e in read_ncrf_coords(f, slide_dir, label)],
@@ -114,7 +115,7 @@ def _train(args: argparse.Namespace) -> int:
     from .engine import train
     from .patches import read_patch_list
 
-    overrides = {"epochs": args.epochs} if args.epochs else {}
+    overrides = {"epochs": args.epochs} if args.epochs is not None else {}
     config = _config(args, overrides)
     patches = read_patch_list(args.patches, args.data_root, check=True)
     best = train(patches, config, args.out, resume=not args.restart)
@@ -137,6 +138,8 @@ def _validate(args: argparse.Namespace) -> int:
     from .model import load_checkpoint
     from .patches import read_patch_list
 
+    if args.csv:
+        check_replaceable(args.csv, "patch probability CSV", first_line_is(",".join(_PROBABILITY_COLUMNS)))
     device = select_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)
     config = TrainConfig.from_dict({**meta.get("train_conf", {}), "num_workers": args.num_workers,
@@ -152,11 +155,14 @@ def _validate(args: argparse.Namespace) -> int:
         probabilities, labels = predict(model, dataset, config, device)
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(["image", "y", "x", "label", "probability"])
+        writer.writerow(_PROBABILITY_COLUMNS)
         for entry, p in zip(dataset.entries, probabilities):
             writer.writerow([entry["image"], *entry["location"], entry["label"], f"{p:.6f}"])
         write_text(args.csv, text.getvalue())
     return 0
+
+
+_PROBABILITY_COLUMNS = ("image", "y", "x", "label", "probability")
 
 
 def _infer(args: argparse.Namespace) -> int:
@@ -167,11 +173,15 @@ def _infer(args: argparse.Namespace) -> int:
     from .inference import infer_slides
     from .model import load_checkpoint
 
+    if args.mode == "tiled" and args.stride % 32:
+        raise UserError(f"--stride {args.stride}: the tiled mode needs a multiple of 32 (use --mode patch for "
+                        "other strides)")
+    slides = _slides(args.slides)
     device = select_device(args.device)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     model, _ = load_checkpoint(args.checkpoint, device)
-    maps = infer_slides(_slides(args.slides), model, args.out, stride=args.stride, mask_dir=args.masks,
+    maps = infer_slides(slides, model, args.out, stride=args.stride, mask_dir=args.masks,
                         mode=args.mode, device=device, amp=not args.no_amp, tile_outputs=args.tile_outputs,
                         batch_size=args.batch_size, overwrite=args.overwrite, checkpoint=str(args.checkpoint))
     print(f"{len(maps)} probability maps in {args.out}")
@@ -183,9 +193,9 @@ def _detect(args: argparse.Namespace) -> int:
     from .inference import load_map
     from .slide import open_slide, slide_mpp
 
-    maps = sorted(p for p in Path(args.maps).glob("*.npy")) if Path(args.maps).is_dir() else [Path(args.maps)]
+    maps = input_files(args.maps, "*.npy") if args.maps.is_dir() else [args.maps]
     if not maps:
-        raise ValueError(f"{args.maps}: no .npy probability maps")
+        raise UserError(f"{args.maps}: no .npy probability maps")
     for npy in maps:
         probs, meta = load_map(npy)
         mpp = args.mpp
@@ -242,18 +252,27 @@ def build_parser() -> argparse.ArgumentParser:
                     "OpenSlide-readable) with ASAP XML lesion annotations, in the Camelyon16 release layout, "
                     "and verify each slide by reading it back with OpenSlide.",
     )
-    make.add_argument("--out", required=True, help="data root to write (training/ or testing/ is created inside)")
-    make.add_argument("--tumor", type=int, default=2, help="number of slides with metastases (default: 2)")
-    make.add_argument("--normal", type=int, default=2, help="number of slides without metastases (default: 2)")
-    make.add_argument("--width", type=int, default=8192, help="level-0 width in pixels (default: 8192)")
-    make.add_argument("--height", type=int, default=6144, help="level-0 height in pixels (default: 6144)")
+    make.add_argument("--out", required=True, type=output_dir,
+                      help="data root to write (training/ or testing/ is created inside)")
+    make.add_argument("--tumor", type=number(int, minimum=0), default=2,
+                      help="number of slides with metastases (default: 2)")
+    make.add_argument("--normal", type=number(int, minimum=0), default=2,
+                      help="number of slides without metastases (default: 2)")
+    make.add_argument("--width", type=number(int, minimum=512), default=8192,
+                      help="level-0 width in pixels, at least 512 (default: 8192)")
+    make.add_argument("--height", type=number(int, minimum=512), default=6144,
+                      help="level-0 height in pixels, at least 512 (default: 6144)")
     make.add_argument("--split", choices=("training", "testing"), default="training",
                       help="release layout to write: training/{tumor,normal,lesion_annotations} or "
                            "testing/{images,lesion_annotations} plus testing/reference.csv (default: training)")
-    make.add_argument("--tile", type=int, default=512, help="TIFF tile size in pixels, a multiple of 16 (default: 512)")
-    make.add_argument("--workers", type=int, default=1, help="processes rendering tiles (default: 1)")
-    make.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same slides (default: 0)")
-    make.add_argument("--overwrite", action="store_true", help="regenerate slides that already exist")
+    make.add_argument("--tile", type=number(int, minimum=16, multiple_of=16), default=512,
+                      help="TIFF tile size in pixels, a multiple of 16 (default: 512)")
+    make.add_argument("--workers", type=number(int, minimum=1), default=1, help="processes rendering tiles (default: 1)")
+    make.add_argument("--seed", type=number(int, minimum=0), default=0,
+                      help="random seed; the same seed gives the same slides (default: 0)")
+    make.add_argument("--overwrite", action="store_true",
+                      help="regenerate slides that already exist; only slides, annotations and reference.csv this "
+                           "command generated are replaced, any other file of the same name stops the run")
     make.set_defaults(func=_make_data)
 
     tissue = sub.add_parser(
@@ -264,14 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "skipped, so an interrupted run can be restarted.",
     )
     tissue.add_argument("slides", nargs="+", help="slide files, or folders searched for .tif slides")
-    tissue.add_argument("--out", required=True, help="folder for the masks")
-    tissue.add_argument("--downsample", type=float, default=32.0,
+    tissue.add_argument("--out", required=True, type=output_dir, help="folder for the masks")
+    tissue.add_argument("--downsample", type=number(float, minimum=1), default=32.0,
                         help="level-0 pixels per mask pixel (default: 32, level 5 of a Camelyon16 pyramid)")
-    tissue.add_argument("--min-saturation", type=float, default=0.07,
-                        help="lowest saturation threshold, whatever Otsu finds (default: 0.07)")
-    tissue.add_argument("--min-tissue-um2", type=float, default=10_000.0,
+    tissue.add_argument("--min-saturation", type=number(float, minimum=0, maximum=1), default=0.07,
+                        help="lowest saturation threshold in [0, 1], whatever Otsu finds (default: 0.07)")
+    tissue.add_argument("--min-tissue-um2", type=number(float, minimum=0), default=10_000.0,
                         help="tissue pieces smaller than this many square microns are dropped (default: 10000)")
-    tissue.add_argument("--max-hole-um2", type=float, default=20_000.0,
+    tissue.add_argument("--max-hole-um2", type=number(float, minimum=0), default=20_000.0,
                         help="holes smaller than this many square microns are filled (default: 20000)")
     tissue.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
     tissue.set_defaults(func=_tissue)
@@ -284,28 +303,33 @@ def build_parser() -> argparse.ArgumentParser:
                     "split by slide, deterministic for a seed. Missing tissue masks are computed first. Or convert "
                     "NCRF coordinate files (name,x,y per line) with --ncrf-train/--ncrf-valid.",
     )
-    patches.add_argument("--data-root", required=True,
+    patches.add_argument("--data-root", required=True, type=existing_dir,
                          help="Camelyon16 root holding training/tumor, training/normal, training/lesion_annotations; "
                               "paths in the list are written relative to it")
-    patches.add_argument("--out", required=True, help="patch list JSON to write")
-    patches.add_argument("--masks", help="tissue mask folder (default: DATA_ROOT/tissue_masks; computed if missing)")
-    patches.add_argument("--annotations", help="ASAP XML folder (default: DATA_ROOT/training/lesion_annotations)")
-    patches.add_argument("--tumor-per-slide", type=int, default=200,
+    patches.add_argument("--out", required=True, type=output_file,
+                         help="patch list JSON to write (an existing file is replaced only if it is a patch list)")
+    patches.add_argument("--masks", type=output_dir,
+                         help="tissue mask folder (default: DATA_ROOT/tissue_masks; computed if missing)")
+    patches.add_argument("--annotations", type=existing_dir,
+                         help="ASAP XML folder (default: DATA_ROOT/training/lesion_annotations)")
+    patches.add_argument("--tumor-per-slide", type=number(int, minimum=1), default=200,
                          help="tumour patches per tumour slide; as many normal patches are drawn (default: 200)")
-    patches.add_argument("--patch-size", type=int, default=224, help="patch side in level-0 pixels (default: 224)")
-    patches.add_argument("--validation-fraction", type=float, default=0.2,
+    patches.add_argument("--patch-size", type=number(int, minimum=32, multiple_of=32), default=224,
+                         help="patch side in level-0 pixels, a multiple of 32 (default: 224)")
+    patches.add_argument("--validation-fraction", type=number(float, minimum=0, below=1), default=0.2,
                          help="share of tumour slides and of normal slides held out for validation (default: 0.2)")
-    patches.add_argument("--margin-um", type=float, default=50.0,
+    patches.add_argument("--margin-um", type=number(float, minimum=0), default=50.0,
                          help="normal patches keep this distance (microns) plus half a patch from tumour (default: 50)")
-    patches.add_argument("--downsample", type=float, default=32.0,
+    patches.add_argument("--downsample", type=number(float, minimum=1), default=32.0,
                          help="tissue mask downsample when masks are computed (default: 32)")
-    patches.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    patches.add_argument("--seed", type=number(int, minimum=0), default=0, help="sampling seed (default: 0)")
     patches.add_argument("--ncrf-train", nargs="+", type=_label_file, metavar="FILE=LABEL",
                          help="NCRF coordinate files for training, each with its label, e.g. tumor_train.txt=1 "
                               "normal_train.txt=0")
     patches.add_argument("--ncrf-valid", nargs="+", type=_label_file, metavar="FILE=LABEL",
                          help="NCRF coordinate files for validation, e.g. tumor_valid.txt=1 normal_valid.txt=0")
-    patches.add_argument("--slide-dir", help="where NCRF slide names are looked up (default: DATA_ROOT)")
+    patches.add_argument("--slide-dir", type=existing_dir,
+                         help="where NCRF slide names are looked up (default: DATA_ROOT)")
     patches.set_defaults(func=_patches)
 
     train = sub.add_parser(
@@ -315,10 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "last_model.pt, metrics.csv/json and TensorBoard events into --out; an interrupted run "
                     "resumes from trainer_state.pt.",
     )
-    train.add_argument("--patches", required=True, help="patch list JSON")
-    train.add_argument("--data-root", help="folder the list's slide paths are relative to (default: the list's folder)")
-    train.add_argument("--out", required=True, help="output folder")
-    train.add_argument("--epochs", type=int, help="epochs (default: the recipe's 20)")
+    train.add_argument("--patches", required=True, type=existing_file, help="patch list JSON")
+    train.add_argument("--data-root", type=existing_dir,
+                       help="folder the list's slide paths are relative to (default: the list's folder)")
+    train.add_argument("--out", required=True, type=output_dir, help="output folder")
+    train.add_argument("--epochs", type=number(int, minimum=1), help="epochs, at least 1 (default: the recipe's 20)")
     train.add_argument("--restart", action="store_true", help="start from scratch even if --out holds a state")
     train.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE", help=_SETTINGS_HELP)
     train.set_defaults(func=_train)
@@ -328,15 +353,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a trained checkpoint (best_model.pt, a FLARE model) on one split of a patch list: "
                     "accuracy at the recipe's threshold, ROC AUC, sensitivity, specificity.",
     )
-    val.add_argument("--checkpoint", required=True, help="model file written by training")
-    val.add_argument("--patches", required=True, help="patch list JSON")
-    val.add_argument("--data-root", help="folder the list's slide paths are relative to (default: the list's folder)")
+    val.add_argument("--checkpoint", required=True, type=existing_file, help="model file written by training")
+    val.add_argument("--patches", required=True, type=existing_file, help="patch list JSON")
+    val.add_argument("--data-root", type=existing_dir,
+                     help="folder the list's slide paths are relative to (default: the list's folder)")
     val.add_argument("--split", choices=("training", "validation"), default="validation",
                      help="which split to score (default: validation)")
-    val.add_argument("--csv", help="also write per-patch probabilities to this CSV")
-    val.add_argument("--num-workers", type=int, default=2, help="DataLoader processes reading patches (default: 2)")
-    val.add_argument("--num-threads", type=int, default=0, help="PyTorch CPU threads, 0: default (default: 0)")
-    val.add_argument("--device", default="auto", help="auto, cpu or cuda[:n] (default: auto)")
+    val.add_argument("--csv", type=output_file,
+                     help="also write per-patch probabilities to this CSV (an existing file is replaced only if it "
+                          "is such a CSV)")
+    val.add_argument("--num-workers", type=number(int, minimum=0), default=2,
+                     help="DataLoader processes reading patches (default: 2)")
+    val.add_argument("--num-threads", type=number(int, minimum=0), default=0,
+                     help="PyTorch CPU threads, 0: default (default: 0)")
+    val.add_argument("--device", type=device_option, default="auto", help="auto, cpu or cuda[:n] (default: auto)")
     val.set_defaults(func=_validate)
 
     job = sub.add_parser(
@@ -344,9 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Copy the committed single-site FLARE job with other rounds, data location or training "
                     "settings, and ship the project's code into it. Run it with: nvflare simulator OUT -n 1.",
     )
-    job.add_argument("--out", required=True, help="job folder to write")
-    job.add_argument("--template", help="job to start from (default: jobs/pathology_metastasis)")
-    job.add_argument("--rounds", type=int, help="federated rounds, one local epoch each (default: the template's 20)")
+    job.add_argument("--out", required=True, type=output_dir,
+                     help="job folder to write; an existing one is replaced only if it is empty or a job make-job "
+                          "wrote (it carries a .clara-open-output marker), any other folder is refused")
+    job.add_argument("--template", type=existing_dir, help="job to start from (default: jobs/pathology_metastasis)")
+    job.add_argument("--rounds", type=number(int, minimum=1),
+                     help="federated rounds, one local epoch each (default: the template's 20)")
     job.add_argument("--data-root", help="folder the patch list's paths are relative to (default: $CAMELYON_DATA_ROOT)")
     job.add_argument("--patch-list", help="the site's patch list (default: $CAMELYON_DATA_ROOT/patches.json)")
     job.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE", help=_SETTINGS_HELP)
@@ -361,22 +394,25 @@ def build_parser() -> argparse.ArgumentParser:
                     "i stride)), NAME_heatmap.png. Finished slides are skipped, so a folder can be resumed.",
     )
     infer.add_argument("slides", nargs="+", help="slide files, or folders searched for .tif slides")
-    infer.add_argument("--checkpoint", required=True, help="model file written by training (or a FLARE model)")
-    infer.add_argument("--out", required=True, help="folder for the maps")
-    infer.add_argument("--masks", help="tissue mask folder (NAME_tissue.png from `metastasis tissue`); "
-                                       "missing masks are computed on the fly")
-    infer.add_argument("--stride", type=int, default=32,
+    infer.add_argument("--checkpoint", required=True, type=existing_file,
+                       help="model file written by training (or a FLARE model)")
+    infer.add_argument("--out", required=True, type=output_dir, help="folder for the maps")
+    infer.add_argument("--masks", type=existing_dir, help="tissue mask folder (NAME_tissue.png from `metastasis "
+                                                          "tissue`); missing masks are computed on the fly")
+    infer.add_argument("--stride", type=number(int, minimum=1), default=32,
                        help="level-0 pixels between windows; a multiple of 32 for the tiled mode (default: 32)")
     infer.add_argument("--mode", choices=("tiled", "patch"), default="tiled",
                        help="tiled: fully convolutional tiles sharing computation; patch: every window on its own "
                             "(default: tiled)")
-    infer.add_argument("--tile-outputs", type=int, default=48,
+    infer.add_argument("--tile-outputs", type=number(int, minimum=1), default=48,
                        help="tiled mode: map pixels per tile side (tile = patch + 32 (T - 1) pixels; default: 48)")
-    infer.add_argument("--batch-size", type=int, default=32, help="patch mode: windows per batch (default: 32)")
+    infer.add_argument("--batch-size", type=number(int, minimum=1), default=32,
+                       help="patch mode: windows per batch (default: 32)")
     infer.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
     infer.add_argument("--no-amp", action="store_true", help="full float32 (default: fp16 on CUDA, bf16 on CPU)")
-    infer.add_argument("--num-threads", type=int, default=0, help="PyTorch CPU threads, 0: default (default: 0)")
-    infer.add_argument("--device", default="auto", help="auto, cpu or cuda[:n] (default: auto)")
+    infer.add_argument("--num-threads", type=number(int, minimum=0), default=0,
+                       help="PyTorch CPU threads, 0: default (default: 0)")
+    infer.add_argument("--device", type=device_option, default="auto", help="auto, cpu or cuda[:n] (default: auto)")
     infer.set_defaults(func=_infer)
 
     detect = sub.add_parser(
@@ -384,12 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local maxima of each map at or above --threshold, with non-maximum suppression over "
                     "--radius-um microns; writes OUT/NAME.csv with rows probability,x,y in level-0 pixels.",
     )
-    detect.add_argument("maps", help="a folder of NAME.npy maps (with their NAME.json), or one map")
-    detect.add_argument("--out", required=True, help="folder for the CSVs")
-    detect.add_argument("--threshold", type=float, default=0.5, help="lowest probability kept (default: 0.5)")
-    detect.add_argument("--radius-um", type=float, default=150.0,
+    detect.add_argument("maps", type=existing_path, help="a folder of NAME.npy maps (with their NAME.json), or one map")
+    detect.add_argument("--out", required=True, type=output_dir, help="folder for the CSVs")
+    detect.add_argument("--threshold", type=number(float, minimum=0, maximum=1), default=0.5,
+                        help="lowest probability kept, in [0, 1] (default: 0.5)")
+    detect.add_argument("--radius-um", type=number(float, minimum=0), default=150.0,
                         help="suppress maxima this close (microns) to a higher one (default: 150)")
-    detect.add_argument("--mpp", type=float, help="level-0 microns per pixel (default: read from each slide)")
+    detect.add_argument("--mpp", type=number(float, above=0),
+                        help="level-0 microns per pixel (default: read from each slide)")
     detect.set_defaults(func=_detect)
 
     evaluate = sub.add_parser(
@@ -400,18 +438,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("slides", nargs="+", help="the test slides (files or folders): every one counts")
     evaluate.add_argument("--detections", required=True, help="folder of NAME.csv detections (missing: none)")
-    evaluate.add_argument("--annotations", help="ASAP XML folder: NAME.xml ground truth, rasterised at --level")
-    evaluate.add_argument("--masks", help="ground-truth mask folder (NAME.npy / NAME.tif / NAME_mask.tif at --level, "
+    evaluate.add_argument("--annotations", type=existing_dir,
+                          help="ASAP XML folder: NAME.xml ground truth, rasterised at --level")
+    evaluate.add_argument("--masks", type=existing_dir, help="ground-truth mask folder (NAME.npy / NAME.tif / NAME_mask.tif at --level, "
                                           "uint8 0/1 or 0/255 indexed [y, x]); used where no XML exists")
-    evaluate.add_argument("--level", type=int, default=5, help="pyramid level of the ground truth (default: 5)")
-    evaluate.add_argument("--maps", help="probability map folder: slide score = map maximum "
-                                         "(default: the highest detection probability)")
-    evaluate.add_argument("--reference", help="reference.csv (name,Tumor|Normal) for the slide labels "
+    evaluate.add_argument("--level", type=number(int, minimum=0, maximum=16), default=5,
+                          help="pyramid level of the ground truth, 0-16 (default: 5)")
+    evaluate.add_argument("--maps", type=existing_dir, help="probability map folder: slide score = map maximum "
+                                                            "(default: the highest detection probability)")
+    evaluate.add_argument("--reference", type=existing_file, help="reference.csv (name,Tumor|Normal) for the slide labels "
                                               "(default: whether the ground truth has tumour)")
     evaluate.add_argument("--no-reference-conventions", action="store_true",
                           help="turn off the evaluation code's two corner-case conventions (zeros for missed "
                                "lesions with the lowest threshold dropped; float32 true-positive probabilities)")
-    evaluate.add_argument("--out", required=True, help="folder for froc.json, froc_slides.csv, froc.png")
+    evaluate.add_argument("--out", required=True, type=output_dir, help="folder for froc.json, froc_slides.csv, froc.png")
     evaluate.set_defaults(func=_evaluate)
 
     add_report_parser(sub, "Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a simulator "
@@ -430,10 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from medcore.deploy import DeploymentError
-
-    return run_command(build_parser(), argv, (SlideError, AnnotationError, PatchListError, ValueError,
-                                              DeploymentError))
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from medcore.settings import Settings
+from medcore.device import check_device_name
+from medcore.errors import SettingError
+from medcore.settings import Settings, setting
 
 __all__ = ["TrainConfig"]
 
@@ -32,24 +34,22 @@ class TrainConfig(Settings):
         device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:n]``.
     """
 
-    patch_size: int = 224
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    epochs: int = 20
-    local_epochs: int = 1
+    patch_size: int = setting(224, minimum=32)
+    batch_size: int = setting(32, minimum=1)
+    lr: float = setting(1e-3, above=0)
+    weight_decay: float = setting(0.0, minimum=0)
+    epochs: int = setting(20, minimum=1)
+    local_epochs: int = setting(1, minimum=1)
     amp: bool = True
     augment: bool = True
-    threshold: float = 0.5
-    num_workers: int = 2
-    num_threads: int = 0
+    threshold: float = setting(0.5, above=0, below=1)
+    num_workers: int = setting(2, minimum=0)
+    num_threads: int = setting(0, minimum=0)
     pretrained: str = ""
-    seed: int = 0
-    device: str = "auto"
+    seed: int = setting(0, minimum=0)
+    device: str = setting("auto", check=check_device_name)
 
     def __post_init__(self) -> None:
-        if self.patch_size < 32 or self.patch_size % 32:
-            raise ValueError(f"patch_size must be a positive multiple of 32, got {self.patch_size}")
-        if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1 or self.local_epochs < 1 \
-                or not 0 < self.threshold < 1 or self.num_workers < 0 or self.num_threads < 0:
-            raise ValueError(f"invalid training settings: {self}")
+        super().__post_init__()
+        if self.patch_size % 32:
+            raise SettingError(f"setting patch_size: must be a positive multiple of 32, got {self.patch_size}")

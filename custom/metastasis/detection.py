@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from medcore.errors import UserError
 from medcore.files import write_text
 
 __all__ = ["Detections", "find_detections", "write_detections", "read_detections"]
@@ -85,7 +86,7 @@ def read_detections(path: str | Path) -> Detections:
     is skipped). Errors name the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: detection file missing")
+        raise UserError(f"{path}: detection file missing")
     probs, xs, ys = [], [], []
     for number, row in enumerate(csv.reader(io.StringIO(path.read_text())), start=1):
         if not row or not "".join(row).strip():
@@ -95,9 +96,9 @@ def read_detections(path: str | Path) -> Detections:
         except ValueError:
             if number == 1 and not any(c.isdigit() for c in row[0]):
                 continue  # a header
-            raise ValueError(f"{path}:{number}: expected 'probability,x,y', got {','.join(row)!r}") from None
+            raise UserError(f"{path}:{number}: expected 'probability,x,y', got {','.join(row)!r}") from None
         if not (math.isfinite(p) and math.isfinite(x) and math.isfinite(y)) or x < 0 or y < 0:
-            raise ValueError(f"{path}:{number}: probability and non-negative coordinates must be finite numbers")
+            raise UserError(f"{path}:{number}: probability and non-negative coordinates must be finite numbers")
         probs.append(p)
         xs.append(int(x))
         ys.append(int(y))

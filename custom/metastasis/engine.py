@@ -16,7 +16,8 @@ from monai.data import DataLoader
 from monai.optimizers import Novograd
 
 from medcore.device import autocast, select_device
-from medcore.files import atomic_path, write_json, write_text
+from medcore.errors import UserError
+from medcore.files import atomic_path, load_torch, write_json, write_text
 from medcore.training import EpochStats, EpochTrainer
 
 from .config import TrainConfig
@@ -44,7 +45,7 @@ def build_model(config: TrainConfig) -> PatchClassifier:
 def patch_datasets(patches: Mapping, config: TrainConfig) -> dict[str, PatchDataset]:
     """Training (augmented when ``config.augment``) and validation datasets of a patch list."""
     if int(patches.get("patch_size", config.patch_size)) != config.patch_size:
-        raise ValueError(f"the patch list was made for {patches['patch_size']}-pixel patches, the recipe trains on "
+        raise UserError(f"the patch list was made for {patches['patch_size']}-pixel patches, the recipe trains on "
                          f"{config.patch_size}")
     augment = train_augmentation(config.seed) if config.augment else None
     return {"training": PatchDataset(patches.get("training", []), config.patch_size, augment),
@@ -91,7 +92,7 @@ def evaluate(model: torch.nn.Module, dataset: PatchDataset, config: TrainConfig,
     """Patch-level scores (:func:`~metastasis.metrics.classification_scores`) plus the mean BCE ``loss``."""
     probabilities, labels = predict(model, dataset, config, device, abort)
     if probabilities.size == 0:
-        raise ValueError("no validation patches to evaluate")
+        raise UserError("no validation patches to evaluate")
     scores = classification_scores(probabilities, labels, config.threshold)
     p = np.clip(probabilities, 1e-7, 1 - 1e-7)
     scores["loss"] = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
@@ -136,15 +137,20 @@ def train(patches: Mapping, config: TrainConfig, out_dir: str | Path, resume: bo
     model = build_model(config)
     datasets = patch_datasets(patches, config)
     if not len(datasets["training"]) or not len(datasets["validation"]):
-        raise ValueError("training needs patches in both 'training' and 'validation'")
+        raise UserError("training needs patches in both 'training' and 'validation'")
     trainer = Trainer(model, config, device)
     history: list[dict] = []
     state_path = out_dir / "trainer_state.pt"
     if resume and state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        trainer.load_state_dict(state["trainer"])
-        history = list(state["history"])
+        state = load_torch(state_path, "training state", map_location=device)
+        try:
+            model.load_state_dict(state["model"])
+            trainer.load_state_dict(state["trainer"])
+            history = list(state["history"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise UserError(f"{state_path}: not a training state of this recipe ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''}); pass --restart to start over, or "
+                            "choose another --out") from None
         logger.info("resumed from %s after epoch %d", state_path, trainer.epochs)
     best = max(history, key=lambda row: row["val_accuracy"], default=None)
     writer = SummaryWriter(str(out_dir / "tensorboard"))

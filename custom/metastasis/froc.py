@@ -40,6 +40,7 @@ import numpy as np
 from scipy import ndimage
 from skimage import measure
 
+from medcore.errors import UserError
 from medcore.files import atomic_path, write_json, write_text
 
 from .detection import Detections
@@ -118,7 +119,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     """A ground-truth tumour mask file as a boolean array [y, x]: ``.npy`` (0/1 or 0/255) or TIFF (first page)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: mask file missing")
+        raise UserError(f"{path}: mask file missing")
     try:
         if path.suffix == ".npy":
             mask = np.load(path)
@@ -127,11 +128,11 @@ def read_mask(path: str | Path) -> np.ndarray:
 
             mask = tifffile.imread(path, key=0)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read the mask ({err})") from err
+        raise UserError(f"{path}: cannot read the mask ({err})") from err
     if mask.ndim == 3 and mask.shape[-1] in (3, 4):
         mask = mask[..., 0]
     if mask.ndim != 2:
-        raise ValueError(f"{path}: expected a 2-D mask, got shape {mask.shape}")
+        raise UserError(f"{path}: expected a 2-D mask, got shape {mask.shape}")
     return mask > 0
 
 
@@ -192,9 +193,9 @@ def froc_curve(results: Sequence[SlideResult], reference_conventions: bool = Tru
     n_slides = len(results)
     n_lesions = sum(r.lesions for r in results)
     if n_slides == 0:
-        raise ValueError("no slides to evaluate")
+        raise UserError("no slides to evaluate")
     if n_lesions == 0:
-        raise ValueError("no lesions (non-ITC tumour regions) in the ground truth: sensitivity is undefined")
+        raise UserError("no lesions (non-ITC tumour regions) in the ground truth: sensitivity is undefined")
     fps = np.concatenate([r.fp_probs for r in results])
     if reference_conventions:
         # One float32 value per region: the best hit of a lesion, 0 for a missed lesion and for every ITC.
@@ -254,7 +255,7 @@ def evaluate_froc(cases: Sequence[EvalCase], level: int = 5, reference_conventio
                   whole_mask: bool = False) -> FrocResult:
     """Lesion FROC over all slides (normal ones count for false positives) and the slide-level ROC AUC."""
     if not cases:
-        raise ValueError("no slides to evaluate")
+        raise UserError("no slides to evaluate")
     results = []
     for case in cases:
         regions = evaluation_regions(case.mask, case.pixel_um, whole_mask) if case.mask is not None \
@@ -318,7 +319,7 @@ def _reference_labels(path: Path) -> dict[str, int]:
         if not row or number == 1 and row[0].strip().lower() in ("name", "image", "slide"):
             continue
         if len(row) < 2 or row[1].strip().lower() not in ("tumor", "normal"):
-            raise ValueError(f"{path}:{number}: expected 'name,Tumor|Normal', got {','.join(row)!r}")
+            raise UserError(f"{path}:{number}: expected 'name,Tumor|Normal', got {','.join(row)!r}")
         labels[Path(row[0].strip()).stem.lower()] = int(row[1].strip().lower() == "tumor")
     return labels
 
@@ -340,10 +341,10 @@ def collect_cases(slides: Sequence[str | Path], detections_dir: str | Path, anno
 
     slides = [Path(s) for s in slides]
     if not slides:
-        raise ValueError("no slides to evaluate")
+        raise UserError("no slides to evaluate")
     detections_dir = Path(detections_dir)
     if not detections_dir.is_dir():
-        raise ValueError(f"{detections_dir}: detections folder missing")
+        raise UserError(f"{detections_dir}: detections folder missing")
     labels = _reference_labels(Path(reference_csv)) if reference_csv else {}
     scale = 2 ** level
     cases = []
@@ -363,7 +364,7 @@ def collect_cases(slides: Sequence[str | Path], detections_dir: str | Path, anno
             mask = read_mask(found)
             expected = (-(-height // scale), -(-width // scale))
             if abs(mask.shape[0] - expected[0]) > 1 or abs(mask.shape[1] - expected[1]) > 1:
-                raise ValueError(f"{found}: mask of shape {mask.shape} is not level {level} of {path} "
+                raise UserError(f"{found}: mask of shape {mask.shape} is not level {level} of {path} "
                                  f"(expected about {expected})")
         csv_path = detections_dir / f"{name}.csv"
         if csv_path.is_file():
@@ -377,7 +378,7 @@ def collect_cases(slides: Sequence[str | Path], detections_dir: str | Path, anno
         else:
             slide_score = float(detections.probability.max()) if len(detections) else 0.0
         if labels and name.lower() not in labels:
-            raise ValueError(f"{reference_csv}: no row for slide {name}")
+            raise UserError(f"{reference_csv}: no row for slide {name}")
         label = labels[name.lower()] if labels else int(mask is not None and bool(mask.any()))
         cases.append(EvalCase(name, detections, mask, mpp * scale, slide_score, label))
     return cases

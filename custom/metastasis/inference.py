@@ -25,7 +25,6 @@ mode, checkpoint, timing) and ``NAME_heatmap.png`` (the map over the slide's thu
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import queue
@@ -38,7 +37,8 @@ import numpy as np
 import torch
 
 from medcore.device import autocast
-from medcore.files import atomic_path, write_json
+from medcore.errors import UserError
+from medcore.files import atomic_path, read_json, write_json
 from medcore.progress import Progress
 
 from .model import OUTPUT_STRIDE, PatchClassifier
@@ -201,12 +201,12 @@ def probability_map(slide_path: str | Path, model: PatchClassifier, stride: int 
         on_progress: called with (units done, units total) after each tile or batch.
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise UserError(f"mode must be one of {MODES}, got {mode!r}")
     if stride < 1 or mode == "tiled" and stride % OUTPUT_STRIDE:
-        raise ValueError(f"the tiled mode needs a stride that is a multiple of {OUTPUT_STRIDE}, got {stride} "
+        raise UserError(f"the tiled mode needs a stride that is a multiple of {OUTPUT_STRIDE}, got {stride} "
                          "(use mode 'patch' for other strides)")
     if tile_outputs < 1 or batch_size < 1:
-        raise ValueError("tile_outputs and batch_size must be positive")
+        raise UserError("tile_outputs and batch_size must be positive")
     device = device or next(model.parameters()).device
     model.eval().to(memory_format=torch.channels_last)
     slide_path = Path(slide_path)
@@ -216,7 +216,7 @@ def probability_map(slide_path: str | Path, model: PatchClassifier, stride: int 
     try:
         geometry = MapGeometry(stride, model.patch_size, tuple(slide.dimensions))
         if tuple(tissue.level0_size) != geometry.level0_size:
-            raise ValueError(f"{slide_path}: the tissue mask is for a {tissue.level0_size} slide, the slide is "
+            raise UserError(f"{slide_path}: the tissue mask is for a {tissue.level0_size} slide, the slide is "
                              f"{geometry.level0_size}")
         todo = _tissue_map(geometry, tissue)
         start = time.perf_counter()
@@ -236,17 +236,33 @@ def load_map(npy: str | Path) -> tuple[np.ndarray, dict]:
     """A probability map written by :func:`infer_slides` and its description (the JSON next to it)."""
     npy = Path(npy)
     meta_path = npy.with_suffix(".json")
-    for path in (npy, meta_path):
-        if not path.is_file():
-            raise ValueError(f"{path}: probability map file missing")
+    if not npy.is_file():
+        raise UserError(f"{npy}: probability map file missing")
+    meta = read_json(meta_path, "probability map description")
+    problems = [key for key, ok in _MAP_FIELDS.items() if not isinstance(meta, dict) or not ok(meta.get(key))]
+    if problems:
+        raise UserError(f"{meta_path}: not a probability map description (missing or malformed: "
+                        f"{', '.join(problems)})")
     try:
-        meta = json.loads(meta_path.read_text())
-        probs = np.load(npy)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{npy}: cannot read the probability map ({err})") from err
-    if list(probs.shape) != list(meta.get("shape", [])):
-        raise ValueError(f"{npy}: map of shape {probs.shape}, its JSON says {meta.get('shape')}")
+        probs = np.load(npy, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise UserError(f"{npy}: cannot read the probability map ({err})") from None
+    if list(probs.shape) != list(meta["shape"]) or probs.ndim != 2:
+        raise UserError(f"{npy}: map of shape {probs.shape}, its JSON says {meta.get('shape')}")
     return probs, meta
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: What :func:`load_map` requires of a map's JSON (the geometry :class:`MapGeometry` writes and the slide).
+_MAP_FIELDS = {
+    "slide": lambda v: isinstance(v, str) and bool(v),
+    "stride": lambda v: _whole(v) and v > 0,
+    "origin": lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(c, (int, float)) for c in v),
+    "shape": lambda v: isinstance(v, list) and len(v) == 2 and all(_whole(c) and c >= 0 for c in v),
+}
 
 
 def write_heatmap(slide_path: str | Path, probs: np.ndarray, stride: int, path: str | Path,
@@ -284,7 +300,7 @@ def infer_slides(slides: Sequence[str | Path], model: PatchClassifier, out_dir: 
 
     slides = [Path(s) for s in slides]
     if not slides:
-        raise ValueError("no slides given")
+        raise UserError("no slides given")
     for path in slides:  # every slide must open before any work starts
         open_slide(path).close()
     out_dir = Path(out_dir)

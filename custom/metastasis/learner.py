@@ -15,6 +15,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
 
 from medcore.device import select_device
+from medcore.errors import UserError
 from medcore.learner import ModelLearner, resolve_path
 
 from .config import TrainConfig
@@ -62,7 +63,7 @@ class MetastasisLearner(ModelLearner):
         self.log_info(fl_ctx, f"{self.site}: {patch_list} with " + ", ".join(
             f"{len(d)} {k} patches" for k, d in self.datasets.items()) + f" under {root}")
         if not len(self.datasets["training"]) or not len(self.datasets["validation"]):
-            raise ValueError(f"{patch_list}: the site needs training and validation patches")
+            raise UserError(f"{patch_list}: the site needs training and validation patches")
         self.device = select_device(self.config.device)
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)

@@ -21,6 +21,9 @@ import torch
 from monai.networks.nets.resnet import ResNet, ResNetBlock
 from torch import nn
 
+from medcore.errors import UserError
+from medcore.files import load_torch
+
 __all__ = ["OUTPUT_STRIDE", "PatchClassifier", "load_pretrained", "load_checkpoint"]
 
 #: Input pixels per output pixel when the network runs fully convolutionally.
@@ -61,7 +64,7 @@ def _state_dict_of(obj: object, path: Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: not a PyTorch state dict (or a checkpoint with 'model' / 'state_dict')")
+        raise UserError(f"{path}: not a PyTorch state dict (or a checkpoint with 'model' / 'state_dict')")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -73,18 +76,14 @@ def load_pretrained(model: PatchClassifier, path: str | Path) -> list[str]:
     Returns the keys that were not loaded.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: pretrained weights file missing")
-    try:
-        state = _state_dict_of(torch.load(path, map_location="cpu", weights_only=True), path)
-    except Exception as err:  # torch.load fails in many ways on a foreign file
-        raise ValueError(f"{path}: cannot read pretrained weights ({err})") from err
+    state = _state_dict_of(load_torch(path, "pretrained weights file", unreadable="cannot read pretrained weights"),
+                           path)
     own = model.state_dict()
     missing = [k for k in own if not k.startswith("fc.") and k not in state]
     wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
              if not k.startswith("fc.") and k in state and state[k].shape != v.shape]
     if missing or wrong:
-        raise ValueError(f"{path}: not a ResNet18 state dict (missing {missing[:5]}, mismatched {wrong[:5]})")
+        raise UserError(f"{path}: not a ResNet18 state dict (missing {missing[:5]}, mismatched {wrong[:5]})")
     skipped = []
     for key in ("fc.weight", "fc.bias"):
         value = state.get(key)
@@ -100,17 +99,15 @@ def load_pretrained(model: PatchClassifier, path: str | Path) -> list[str]:
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[PatchClassifier, dict]:
     """A trained model and its checkpoint metadata, from a file written by training (or a bare state dict)."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: checkpoint missing")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load fails in many ways on a foreign file
-        raise ValueError(f"{path}: cannot read checkpoint ({err})") from err
+    checkpoint = load_torch(path, "checkpoint", unreadable="cannot read checkpoint")
     meta = {k: v for k, v in checkpoint.items() if k != "model"} if isinstance(checkpoint, dict) else {}
-    patch_size = int(meta.get("train_conf", {}).get("patch_size", 224))
+    train_conf = meta.get("train_conf", {})
+    patch_size = train_conf.get("patch_size", 224) if isinstance(train_conf, dict) else None
+    if not isinstance(patch_size, int) or patch_size < OUTPUT_STRIDE or patch_size % OUTPUT_STRIDE:
+        raise UserError(f"{path}: its train_conf has no valid patch_size (got {patch_size!r})")
     model = PatchClassifier(patch_size)
     try:
         model.load_state_dict(_state_dict_of(checkpoint, path))
     except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit a {patch_size}-pixel PatchClassifier ({err})") from err
+        raise UserError(f"{path}: weights do not fit a {patch_size}-pixel PatchClassifier ({err})") from err
     return model.to(device).eval(), meta

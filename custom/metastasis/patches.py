@@ -23,7 +23,6 @@ validation split by slide.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -35,14 +34,15 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from medcore.files import write_json
+from medcore.errors import UserError
+from medcore.files import input_files, read_json, write_json
 
 from .annotations import Annotation, AnnotationError, read_asap_xml, rasterize
 from .slide import SlideError, open_slide, read_rgb, slide_mpp
 from .tissue import TissueMask, mask_paths, prepare_tissue_masks
 from .transforms import normalize, to_unit
 
-__all__ = ["PatchListError", "SPLITS", "read_patch_list", "check_patch_list", "read_ncrf_coords",
+__all__ = ["PatchListError", "SPLITS", "is_patch_list", "read_patch_list", "check_patch_list", "read_ncrf_coords",
            "write_patch_list", "SlideSource", "find_training_slides", "generate_patch_list", "PatchDataset"]
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 SPLITS = ("training", "validation")
 
 
-class PatchListError(ValueError):
+class PatchListError(UserError):
     """A patch list that cannot be used; the message names the file (and entry) and the problem."""
 
 
@@ -75,6 +75,15 @@ def _check_entry(entry: object, where: str) -> dict:
             "label": int(label)}
 
 
+def is_patch_list(path: Path) -> bool:
+    """Whether ``path`` is a patch list this project wrote (a JSON object with ``patch_size`` and both splits)."""
+    try:
+        data = read_json(path)
+    except UserError:
+        return False
+    return isinstance(data, dict) and "patch_size" in data and all(isinstance(data.get(s), list) for s in SPLITS)
+
+
 def read_patch_list(path: str | Path, data_root: str | Path | None = None, check: bool = True) -> dict:
     """Read a patch list JSON: ``{"patch_size": P, "training": [...], "validation": [...]}``.
 
@@ -83,12 +92,7 @@ def read_patch_list(path: str | Path, data_root: str | Path | None = None, check
     (:func:`check_patch_list`). Raises :class:`PatchListError` naming the file, split and entry.
     """
     path = Path(path)
-    if not path.is_file():
-        raise PatchListError(f"{path}: patch list missing")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PatchListError(f"{path}: not valid JSON ({err})") from err
+    data = read_json(path, "patch list", PatchListError)
     if not isinstance(data, dict) or not any(s in data for s in SPLITS):
         raise PatchListError(f"{path}: expected an object with 'training' and/or 'validation' lists")
     root = Path(data_root) if data_root is not None else path.parent
@@ -148,7 +152,7 @@ def read_ncrf_coords(path: str | Path, slide_dir: str | Path, label: int) -> lis
         raise PatchListError(f"{path}: label must be 0 or 1, got {label!r}")
     if not path.is_file():
         raise PatchListError(f"{path}: coordinate file missing")
-    index = {p.stem.lower(): p for p in sorted(Path(slide_dir).rglob("*.tif"))}
+    index = {p.stem.lower(): p for p in input_files(slide_dir, "*.tif", recursive=True)}
     entries = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -207,19 +211,21 @@ def find_training_slides(data_root: str | Path, mask_dir: str | Path, annotation
     missing). A ``tumor_*`` slide without annotations, or annotations outside their slide, are errors."""
     root = Path(data_root)
     annotation_dir = Path(annotation_dir) if annotation_dir else root / "training" / "lesion_annotations"
-    tumour = sorted((root / "training" / "tumor").glob("*.tif"))
-    normal = sorted((root / "training" / "normal").glob("*.tif"))
+    tumour, normal = (input_files(root / "training" / kind, "*.tif") if (root / "training" / kind).is_dir() else []
+                      for kind in ("tumor", "normal"))
     if not tumour and not normal:
-        raise ValueError(f"{root}: no slides in training/tumor or training/normal")
+        raise UserError(f"{root}: no slides in training/tumor or training/normal")
+    annotations_of = {}  # read before any mask is written
+    for path in tumour:
+        xml = annotation_dir / f"{path.stem}.xml"
+        if not xml.is_file():
+            raise AnnotationError(f"{xml}: annotation file missing for tumour slide {path}")
+        annotations_of[path] = read_asap_xml(xml)
     prepare_tissue_masks(tumour + normal, mask_dir, downsample=downsample)
     sources = []
     for path in tumour + normal:
         xml = annotation_dir / f"{path.stem}.xml"
-        annotations: list[Annotation] = []
-        if path in tumour:
-            if not xml.is_file():
-                raise AnnotationError(f"{xml}: annotation file missing for tumour slide {path}")
-            annotations = read_asap_xml(xml)
+        annotations: list[Annotation] = annotations_of.get(path, [])
         tissue = TissueMask.load(mask_paths(mask_dir, path)[0])
         _check_inside(annotations, tissue.level0_size, xml)
         slide = open_slide(path)
@@ -291,11 +297,11 @@ def generate_patch_list(sources: Sequence[SlideSource], tumor_per_slide: int = 2
     Deterministic for a seed.
     """
     if not sources:
-        raise ValueError("no slides to sample patches from")
+        raise UserError("no slides to sample patches from")
     if not any(s.is_tumor for s in sources):
-        raise ValueError("no slide has tumour annotations: tumour patches cannot be sampled")
+        raise UserError("no slide has tumour annotations: tumour patches cannot be sampled")
     if patch_size < 32 or patch_size % 32 or tumor_per_slide < 1 or not 0 <= validation_fraction < 1:
-        raise ValueError(f"invalid settings: patch_size {patch_size}, tumor_per_slide {tumor_per_slide}, "
+        raise UserError(f"invalid settings: patch_size {patch_size}, tumor_per_slide {tumor_per_slide}, "
                          f"validation_fraction {validation_fraction}")
     split = _split_slides(sources, validation_fraction, np.random.default_rng([seed, 0]))
     result: dict = {"patch_size": patch_size}

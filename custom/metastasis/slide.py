@@ -7,10 +7,13 @@ from pathlib import Path
 import numpy as np
 import openslide
 
+from medcore.errors import UserError
+
+
 __all__ = ["SlideError", "open_slide", "slide_mpp", "read_rgb"]
 
 
-class SlideError(ValueError):
+class SlideError(UserError):
     """A slide that cannot be opened or a request it cannot serve; the message names the file."""
 
 

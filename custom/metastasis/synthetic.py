@@ -30,7 +30,8 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 
-from medcore.files import atomic_path, write_text
+from medcore.errors import UserError
+from medcore.files import atomic_path, check_replaceable, first_line_is, write_text
 from medcore.progress import Progress
 from medcore.random_fields import item_rng, smooth_field
 
@@ -194,7 +195,7 @@ def make_scene(name: str, width: int, height: int, tumour: bool, seed: int, inde
     a macro-metastasis (> 2 mm); some lesions carry a ``_2`` exclusion of normal tissue.
     """
     if width < 512 or height < 512:
-        raise ValueError(f"slides must be at least 512 x 512 pixels, got {width} x {height}")
+        raise UserError(f"slides must be at least 512 x 512 pixels, got {width} x {height}")
     rng = item_rng(seed, 1 if tumour else 0, index)
     rows, cols = math.ceil(height / _DESIGN_STEP) + 1, math.ceil(width / _DESIGN_STEP) + 1
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64) * _DESIGN_STEP
@@ -228,7 +229,7 @@ def _lesions(field: np.ndarray, width: int, height: int, rng: np.random.Generato
     um = 1.0 / CAMELYON_MPP  # level-0 pixels per micron
     inner = np.argwhere(field > 0.12)  # design cells deep inside tissue
     if len(inner) == 0:
-        raise ValueError("the slide has no tissue deep enough to place lesions; make it larger")
+        raise UserError("the slide has no tissue deep enough to place lesions; make it larger")
     depth_um = float(field.max()) * min(width, height) * 0.3 / um  # rough size of the tissue, in microns
     sizes = [("itc", rng.uniform(40, 150)) for _ in range(int(rng.integers(1, 3)))]
     sizes += [("micro", rng.uniform(250, max(260.0, min(2000.0, depth_um)))) for _ in range(int(rng.integers(1, 3)))]
@@ -313,7 +314,7 @@ def write_slide(scene: SlideScene, path: str | Path, tile: int = 512, quality: i
     ``generic-tiff`` pyramid. Memory stays bounded by a few tiles per worker whatever the slide size.
     """
     if tile <= 0 or tile % 16:
-        raise ValueError(f"TIFF tile size must be a positive multiple of 16, got {tile}")
+        raise UserError(f"TIFF tile size must be a positive multiple of 16, got {tile}")
     shapes = pyramid_shapes(scene.width, scene.height)
     n_tiles = sum(math.ceil(w / tile) * math.ceil(h / tile) for w, h in shapes)
     progress_every = max(1, n_tiles // 10)
@@ -342,7 +343,7 @@ def write_slide(scene: SlideScene, path: str | Path, tile: int = 512, quality: i
                     tiles(level, pool), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
                     compression="jpeg", compressionargs={"level": quality}, resolution=(res, res),
                     resolutionunit="CENTIMETER", subfiletype=1 if level else 0, metadata=None,
-                    description=f"synthetic Camelyon16-format slide {scene.name}" if level == 0 else None,
+                    description=f"{SYNTHETIC_DESCRIPTION} {scene.name}" if level == 0 else None,
                 )
     finally:
         if pool:
@@ -376,6 +377,26 @@ def _names(split: str, n_tumour: int, n_normal: int, seed: int) -> list[tuple[st
     return [(f"test_{i + 1:03d}", t) for i, t in enumerate(kinds)]
 
 
+#: Marks what the generator writes (the slide's TIFF description, a comment in its XML, the header of
+#: reference.csv), so that a later run replaces only its own files and never a real slide of the same name.
+SYNTHETIC_DESCRIPTION = "synthetic Camelyon16-format slide"
+_REFERENCE_HEADER = "name,class"
+
+
+def is_synthetic_slide(path: Path) -> bool:
+    """Whether ``path`` is a slide this generator wrote (its first TIFF page's description says so)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return (tif.pages[0].description or "").startswith(SYNTHETIC_DESCRIPTION)
+    except Exception:  # not a TIFF, unreadable: not ours
+        return False
+
+
+def _is_synthetic_xml(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return SYNTHETIC_DESCRIPTION.encode() in handle.read(512)
+
+
 def generate_dataset(root: str | Path, n_tumour: int, n_normal: int, width: int, height: int, seed: int = 0,
                      split: str = "training", tile: int = 512, workers: int = 1,
                      overwrite: bool = False) -> list[Path]:
@@ -385,34 +406,45 @@ def generate_dataset(root: str | Path, n_tumour: int, n_normal: int, width: int,
     ``training/lesion_annotations/tumor_NNN.xml``; ``split="testing"`` writes ``testing/images/test_NNN.tif``,
     ``testing/lesion_annotations/test_NNN.xml`` for the tumour slides and ``testing/reference.csv``
     (``name,class``). Each slide is verified by reading it back with OpenSlide (levels, size, resolution and
-    pixels against the scene) before the next one starts. Existing slides are kept unless ``overwrite``.
+    pixels against the scene) before the next one starts. Existing slides are kept unless ``overwrite``. Only
+    files this generator wrote are ever replaced: a slide, annotation or ``reference.csv`` of the same name that it
+    did not write (a real data set) stops the run before anything is written.
     """
     if split not in ("training", "testing"):
-        raise ValueError(f"split must be 'training' or 'testing', got {split!r}")
+        raise UserError(f"split must be 'training' or 'testing', got {split!r}")
     names = _names(split, n_tumour, n_normal, seed)
     if not names:
-        raise ValueError("nothing to generate: no tumour and no normal slides requested")
+        raise UserError("nothing to generate: no tumour and no normal slides requested")
     root = Path(root)
     layout = _Layout(split)
+    todo = []
+    for index, (name, tumour) in enumerate(names):
+        path, xml = root / layout.slide(name, tumour), root / layout.annotation(name)
+        keep = path.is_file() and not overwrite and (xml.is_file() or not tumour)
+        if not keep:
+            check_replaceable(path, "synthetic slide", is_synthetic_slide)
+            check_replaceable(xml, "synthetic annotation file", _is_synthetic_xml)
+        todo.append((index, name, tumour, path, xml, keep))
+    if split == "testing":
+        check_replaceable(root / "testing" / "reference.csv", "synthetic reference.csv",
+                          first_line_is(_REFERENCE_HEADER))
     progress = Progress(len(names), "slides", logger)
     paths = []
-    for index, (name, tumour) in enumerate(names):
-        path = root / layout.slide(name, tumour)
-        xml = root / layout.annotation(name)
+    for index, name, tumour, path, xml, keep in todo:
         paths.append(path)
-        if path.is_file() and not overwrite and (xml.is_file() or not tumour):
+        if keep:
             progress.step(f"kept existing {path.name}")
             continue
         scene = make_scene(name, width, height, tumour, seed, index)
         if scene.annotations:
-            write_asap_xml(xml, scene.annotations)
+            write_asap_xml(xml, scene.annotations, comment=f"{SYNTHETIC_DESCRIPTION} {name}")
         write_slide(scene, path, tile=tile, workers=workers)
         verify_slide(scene, path, xml if scene.annotations else None)
         lesions = sum(not a.is_exclusion for a in scene.annotations)
         progress.step(f"wrote {path.name} {width}x{height}, {lesions} lesion(s)")
     if split == "testing":
         rows = "".join(f"{name},{'Tumor' if t else 'Normal'}\n" for name, t in names)
-        write_text(root / "testing" / "reference.csv", "name,class\n" + rows)
+        write_text(root / "testing" / "reference.csv", f"{_REFERENCE_HEADER}\n" + rows)
     return paths
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_holes, remove_small_objects
 
+from medcore.errors import UserError
 from medcore.files import atomic_path, write_json
 from medcore.progress import Progress
 
@@ -63,7 +64,7 @@ class TissueMask:
         width, height = self.level0_size
         expected = (math.ceil(height / self.downsample - 1e-6), math.ceil(width / self.downsample - 1e-6))
         if self.mask.ndim != 2 or abs(self.mask.shape[0] - expected[0]) > 1 or abs(self.mask.shape[1] - expected[1]) > 1:
-            raise ValueError(f"tissue mask of shape {self.mask.shape} does not cover a {width}x{height} slide at "
+            raise UserError(f"tissue mask of shape {self.mask.shape} does not cover a {width}x{height} slide at "
                              f"downsample {self.downsample} (expected about {expected})")
 
     def contains(self, x: np.ndarray | float, y: np.ndarray | float) -> np.ndarray:
@@ -98,22 +99,22 @@ class TissueMask:
         meta_path = png.with_suffix(".json")
         for path in (png, meta_path):
             if not path.is_file():
-                raise ValueError(f"{path}: tissue mask file missing")
+                raise UserError(f"{path}: tissue mask file missing")
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
             downsample, size = float(meta["downsample"]), tuple(int(v) for v in meta["level0_size"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{meta_path}: not a tissue mask description ({err})") from err
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+            raise UserError(f"{meta_path}: not a tissue mask description ({type(err).__name__}: {err})") from None
         try:
             with Image.open(png) as image:
                 mask = np.asarray(image.convert("L")) > 127
         except OSError as err:
-            raise ValueError(f"{png}: cannot read the mask image ({err})") from err
+            raise UserError(f"{png}: cannot read the mask image ({err})") from err
         try:
             return cls(mask, downsample, size, int(meta.get("level", 0)), float(meta.get("threshold", 0.0)),
                        str(meta.get("slide", "")))
         except ValueError as err:
-            raise ValueError(f"{png}: {err}") from err
+            raise UserError(f"{png}: {err}") from err
 
 
 def read_downsampled(slide, downsample: float, path: str | Path = "") -> tuple[np.ndarray, float, int]:
@@ -125,7 +126,7 @@ def read_downsampled(slide, downsample: float, path: str | Path = "") -> tuple[n
     averaging factor (equal to ``downsample`` on a power-of-two pyramid).
     """
     if downsample < 1:
-        raise ValueError(f"downsample must be at least 1, got {downsample}")
+        raise UserError(f"downsample must be at least 1, got {downsample}")
     level = slide.get_best_level_for_downsample(downsample)
     level_ds = float(slide.level_downsamples[level])
     factor = max(1, int(round(downsample / level_ds)))
@@ -203,11 +204,11 @@ def prepare_tissue_masks(slides: Sequence[str | Path], out_dir: str | Path, down
     """
     slides = [Path(s) for s in slides]
     if not slides:
-        raise ValueError("no slides given")
+        raise UserError("no slides given")
     stems = [s.stem for s in slides]
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
-        raise ValueError(f"several slides share the name(s) {duplicates}; their masks would overwrite each other")
+        raise UserError(f"several slides share the name(s) {duplicates}; their masks would overwrite each other")
     for path in slides:
         open_slide(path).close()
     progress = Progress(len(slides), "slides", logger)

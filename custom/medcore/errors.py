@@ -1,0 +1,26 @@
+"""The project's one error policy, as exception types.
+
+An *expected* error is one the user can fix: a missing or corrupt file, a bad option or setting value, a folder
+that is not what the command needs, an output that cannot be written. Code that checks a user's input raises
+:class:`UserError` (or a subclass naming the domain, e.g. ``CaseError``) with a message that starts with the file,
+folder, option or setting at fault and then says what is wrong. The command-line tools print such errors as one
+line and exit with status 2 (:func:`medcore.command.run_command`).
+
+Anything else that escapes a command is a bug, however ordinary its type: a ``ValueError`` from numpy or a
+``KeyError`` from MONAI shows its traceback instead of being passed off as the user's mistake.
+"""
+
+from __future__ import annotations
+
+__all__ = ["UserError", "SettingError"]
+
+
+class UserError(ValueError):
+    """An expected error caused by the user's input; the message names the thing at fault and the problem.
+
+    It subclasses ``ValueError`` so that library callers that catch bad values keep working.
+    """
+
+
+class SettingError(UserError):
+    """A recipe setting (``--set KEY=VALUE``, a job's ``train`` block) with an unknown name or a bad value."""

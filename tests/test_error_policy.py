@@ -1,0 +1,406 @@
+"""The error policy of both command-line tools, table-driven.
+
+Every bad input below must end with exit status 2, exactly one line on stderr naming the file, folder, option or
+setting at fault, no traceback, and no file created, changed or deleted anywhere under the inputs. Unexpected
+failures, on the other hand, must still show their traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import medcore.command
+from brats_fl import cli as brats_cli
+from brats_fl.synthetic import case_names
+from medcore.files import input_files, load_torch, write_text
+from metastasis import cli as metastasis_cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, brats_root, camelyon_root):
+    """Inputs for the bad cases: user data the commands must never touch, valid and broken files."""
+    from brats_fl.model import BratsSegResNet
+    from metastasis.model import PatchClassifier
+
+    ws = tmp_path_factory.mktemp("policy")
+    (ws / "data").mkdir()
+    (ws / "data/keep.txt").write_text("user data\n")
+    (ws / "data/results.csv").write_text("patient,score\n1,0.5\n")
+    (ws / "data/seg.nii.gz").write_bytes(b"not ours")
+    (ws / "a_file").write_text("a file, not a folder\n")
+    (ws / "emptydir").mkdir()
+    torch.save({"model": BratsSegResNet().state_dict()}, ws / "brats.pt")
+    torch.save({"model": PatchClassifier(64).state_dict(), "train_conf": {"patch_size": 64}}, ws / "patho.pt")
+    (ws / "corrupt.pt").write_bytes(b"\x00garbage, not a checkpoint")
+    torch.save({"model": {"w": torch.zeros(1)}, "extra": _Evil()}, ws / "evil.pt")
+    # a datalist whose first testing entry has no label
+    from brats_fl.datalist import build_datalists, write_datalists
+
+    write_datalists(brats_root, ws / "datalists", check=False)
+    lists = build_datalists(brats_root, check=False)["site-1"]
+    del lists["testing"][0]["label"]
+    (ws / "nolabel.json").write_text(json.dumps(lists))
+    # probability maps: one whose JSON lacks the stride, and a folder with only a killed run's partial file
+    (ws / "maps_nostride").mkdir()
+    np.save(ws / "maps_nostride/tumor_001.npy", np.zeros((4, 4), np.float32))
+    (ws / "maps_nostride/tumor_001.json").write_text(json.dumps({"slide": "x.tif", "origin": [16, 16],
+                                                                  "shape": [4, 4]}))
+    (ws / "maps_partial").mkdir()
+    np.save(ws / "maps_partial/.tumor_001.npy.1a2b3c4d.part.npy", np.zeros((4, 4), np.float32))
+    # a training folder with a corrupt state
+    (ws / "train_out").mkdir()
+    (ws / "train_out/trainer_state.pt").write_bytes(b"PK\x03\x04 truncated")
+    # a real-looking data set the generators must not overwrite
+    hgg = ws / "real_brats/HGG" / case_names("HGG", 1, 0)[0]
+    hgg.mkdir(parents=True)
+    (hgg / "note.txt").write_text("a real case\n")
+    (ws / "real_camelyon/testing").mkdir(parents=True)
+    (ws / "real_camelyon/testing/reference.csv").write_text("test_001,Tumor,Macro,Primary\n")
+    (ws / "real_camelyon/testing/images").mkdir()
+    (ws / "real_camelyon/training/normal").mkdir(parents=True)
+    (ws / "real_camelyon/training/normal/normal_001.tif").write_bytes(b"II*\x00 a slide from a scanner")
+    # a job make-job wrote (for deploy), and a project file on a free port
+    assert brats_cli.main(["make-job", "--out", str(ws / "job"), "--rounds", "1"]) == 0
+    project = (REPO / "provisioning/brats_project.yml").read_text().replace("8002", str(_free_port()))
+    (ws / "project.yml").write_text(project)
+    return ws
+
+
+def _expand(argv, ws, brats_root, camelyon_root):
+    slide = sorted((camelyon_root / "training/tumor").glob("*.tif"))[0]
+    values = {"ws": ws, "brats": brats_root, "camelyon": camelyon_root, "slide": slide,
+              "datalist": ws / "datalists/seg_brats18_datalist_client_a.json"}
+    return [a.format(**values) for a in argv]
+
+
+def _snapshot(*roots: Path) -> dict:
+    state = {}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                path = Path(dirpath) / name
+                info = path.lstat()
+                state[str(path)] = (stat.S_ISDIR(info.st_mode), info.st_size, info.st_mtime_ns, info.st_mode)
+    return state
+
+
+def _run(module, argv, capsys, monkeypatch) -> tuple[int, str]:
+    monkeypatch.setattr(medcore.command, "configure_logging", lambda verbose: None)
+    capsys.readouterr()
+    try:
+        code = module.main(argv)
+    except SystemExit as done:  # argparse's usage errors
+        code = done.code
+    return code, capsys.readouterr().err
+
+
+BRATS_CASES = [
+    # never delete what the project did not create
+    ("make-job over a data folder", ["make-job", "--out", "{ws}/data"], "{ws}/data: exists and is not a FLARE job"),
+    ("make-job over the committed job", ["make-job", "--out", str(REPO / "jobs/brats_fl")], "not a FLARE job"),
+    ("make-job out is a file", ["make-job", "--out", "{ws}/a_file"], "argument --out: {ws}/a_file: is a file"),
+    ("deploy workspace is a data folder", ["deploy", "{ws}/job", "--workspace", "{ws}/data", "--project",
+                                           "{ws}/project.yml"], "{ws}/data: exists and is not a federation"),
+    ("deploy workspace is a job", ["deploy", "{ws}/job", "--workspace", "{ws}/job", "--project", "{ws}/project.yml"],
+     "{ws}/job: exists and is not a federation"),
+    ("deploy a non-job", ["deploy", "{ws}/data", "--workspace", "{ws}/new_ws", "--project", "{ws}/project.yml"],
+     "{ws}/data: not a job folder"),
+    ("deploy missing project", ["deploy", "{ws}/job", "--workspace", "{ws}/new_ws", "--project", "{ws}/none.yml"],
+     "argument --project: {ws}/none.yml: no such file"),
+    ("deploy bad project", ["deploy", "{ws}/job", "--workspace", "{ws}/new_ws", "--project", "{ws}/a_file"],
+     "{ws}/a_file: not a provisioning project file"),
+    ("deploy bad timeout", ["deploy", "{ws}/job", "--workspace", "{ws}/new_ws", "--timeout", "0"],
+     "argument --timeout: must be > 0"),
+    ("deploy missing data root", ["deploy", "{ws}/job", "--workspace", "{ws}/new_ws", "--data-root", "{ws}/nope"],
+     "argument --data-root: {ws}/nope: no such folder"),
+    ("make-data overwrites a real case", ["make-data", "--out", "{ws}/real_brats", "--hgg", "1", "--lgg", "0",
+                                          "--shape", "32", "32", "24", "--overwrite"],
+     "exists and is not a synthetic BraTS case"),
+    ("validate over a user's CSV", ["validate", "--checkpoint", "{ws}/brats.pt", "--datalist", "{datalist}",
+                                    "--data-root", "{brats}", "--out", "{ws}/data/results.csv"],
+     "{ws}/data/results.csv: exists and is not a validation CSV"),
+    ("infer over a user's file", ["infer", "--checkpoint", "{ws}/brats.pt", "--case-dir",
+                                  "{brats}/HGG/" + case_names("HGG", 1, 0)[0], "--out", "{ws}/data/seg.nii.gz"],
+     "{ws}/data/seg.nii.gz: exists and is not a label map"),
+    # typed settings
+    ("setting not a number", ["make-job", "--out", "{ws}/new_job", "--set", "lr=abc"],
+     "setting lr: expected a number, got 'abc'"),
+    ("setting not a boolean", ["make-job", "--out", "{ws}/new_job", "--set", "vae=no"],
+     "setting vae: expected true or false, got 'no'"),
+    ("amp maybe", ["make-job", "--out", "{ws}/new_job", "--set", "amp=maybe"], "setting amp: expected true or false"),
+    ("device tpu", ["make-job", "--out", "{ws}/new_job", "--set", "device=tpu"],
+     "setting device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
+    ("setting not whole", ["make-job", "--out", "{ws}/new_job", "--set", "batch_size=1.5"],
+     "setting batch_size: expected a whole number"),
+    ("setting out of range", ["make-job", "--out", "{ws}/new_job", "--set", "val_overlap=1"],
+     "setting val_overlap: must be >= 0 and < 1"),
+    ("unknown setting", ["make-job", "--out", "{ws}/new_job", "--set", "learning_rate=1"],
+     "unknown training setting(s) ['learning_rate']"),
+    ("set without =", ["make-job", "--out", "{ws}/new_job", "--set", "lr"], "argument --set: expected KEY=VALUE"),
+    # option ranges and values
+    ("rounds 0", ["make-job", "--out", "{ws}/new_job", "--rounds", "0"], "argument --rounds: must be >= 1, got 0"),
+    ("crop not /8", ["make-job", "--out", "{ws}/new_job", "--crop", "100", "96", "96"],
+     "argument --crop: must be a multiple of 8, got 100"),
+    ("missing template", ["make-job", "--out", "{ws}/new_job", "--template", "{ws}/nope"],
+     "argument --template: {ws}/nope: no such folder"),
+    ("resume id", ["make-job", "--out", "{ws}/new_job", "--resume-from", "../x"], "is not a job id"),
+    ("device gpu", ["validate", "--checkpoint", "{ws}/brats.pt", "--datalist", "{datalist}", "--data-root",
+                    "{brats}", "--out", "{ws}/v.csv", "--device", "gpu"],
+     "argument --device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ("overlap 1", ["validate", "--checkpoint", "{ws}/brats.pt", "--datalist", "{datalist}", "--data-root",
+                   "{brats}", "--out", "{ws}/v.csv", "--overlap", "1"], "argument --overlap: must be >= 0 and < 1"),
+    ("roi not /8", ["validate", "--checkpoint", "{ws}/brats.pt", "--datalist", "{datalist}", "--data-root",
+                    "{brats}", "--out", "{ws}/v.csv", "--roi", "100", "96", "96"], "argument --roi"),
+    ("corrupt checkpoint", ["validate", "--checkpoint", "{ws}/corrupt.pt", "--datalist", "{datalist}",
+                            "--data-root", "{brats}", "--out", "{ws}/v.csv"],
+     "{ws}/corrupt.pt: not a readable PyTorch checkpoint"),
+    ("untrusted checkpoint", ["validate", "--checkpoint", "{ws}/evil.pt", "--datalist", "{datalist}",
+                              "--data-root", "{brats}", "--out", "{ws}/v.csv"], "refused for safety"),
+    ("missing checkpoint", ["validate", "--checkpoint", "{ws}/none.pt", "--datalist", "{datalist}",
+                            "--data-root", "{brats}", "--out", "{ws}/v.csv"], "argument --checkpoint: {ws}/none.pt"),
+    ("datalist entry without label", ["validate", "--checkpoint", "{ws}/brats.pt", "--datalist", "{ws}/nolabel.json",
+                                      "--data-root", "{brats}", "--out", "{ws}/v.csv"],
+     "{ws}/nolabel.json: testing[0] must be"),
+    ("datalist is not JSON", ["validate", "--checkpoint", "{ws}/brats.pt", "--datalist", "{ws}/a_file",
+                              "--data-root", "{brats}", "--out", "{ws}/v.csv"], "{ws}/a_file: not valid JSON"),
+    ("validate out is a folder", ["validate", "--checkpoint", "{ws}/brats.pt", "--datalist", "{datalist}",
+                                  "--data-root", "{brats}", "--out", "{ws}/emptydir"], "argument --out: {ws}/emptydir"),
+    ("validate out under a file", ["validate", "--checkpoint", "{ws}/brats.pt", "--datalist", "{datalist}",
+                                   "--data-root", "{brats}", "--out", "{ws}/a_file/v.csv"],
+     "argument --out: {ws}/a_file/v.csv: cannot be created"),
+    ("missing case dir", ["infer", "--checkpoint", "{ws}/brats.pt", "--case-dir", "{ws}/nope", "--out",
+                          "{ws}/s.nii.gz"], "argument --case-dir: {ws}/nope: no such folder"),
+    ("make-data negative", ["make-data", "--out", "{ws}/new_data", "--hgg", "-1"], "argument --hgg: must be >= 0"),
+    ("make-data tiny shape", ["make-data", "--out", "{ws}/new_data", "--shape", "8", "8", "8"], "argument --shape"),
+    ("make-data out is a file", ["make-data", "--out", "{ws}/a_file"], "argument --out: {ws}/a_file: is a file"),
+    ("datalist of a missing root", ["datalist", "{ws}/nope"], "{ws}/nope: BraTS root folder does not exist"),
+    ("report of a missing path", ["report", "{ws}/nope"], "{ws}/nope"),
+    ("report weight", ["report", "{ws}/job", "--weights", "site-1=abc"], "argument --weights"),
+    ("ship-code to a non-job", ["ship-code", "{ws}/data"], "{ws}/data: not a job folder"),
+]
+
+METASTASIS_CASES = [
+    ("make-job over a data folder", ["make-job", "--out", "{ws}/data"], "{ws}/data: exists and is not a FLARE job"),
+    ("deploy workspace is a data folder", ["deploy", "{ws}/job", "--workspace", "{ws}/data", "--project",
+                                           "{ws}/project.yml"], "{ws}/data: exists and is not a federation"),
+    ("make-data over a real reference.csv", ["make-data", "--out", "{ws}/real_camelyon", "--split", "testing",
+                                             "--tumor", "1", "--normal", "0", "--width", "1024", "--height", "768"],
+     "reference.csv: exists and is not a synthetic reference.csv"),
+    ("make-data over a real slide", ["make-data", "--out", "{ws}/real_camelyon", "--tumor", "0", "--normal", "1",
+                                     "--width", "1024", "--height", "768", "--overwrite"],
+     "{ws}/real_camelyon/training/normal/normal_001.tif: exists and is not a synthetic slide"),
+    ("patches over a user's file", ["patches", "--data-root", "{camelyon}", "--out", "{ws}/data/keep.txt"],
+     "{ws}/data/keep.txt: exists and is not a patch list"),
+    ("validate csv over a user's file", ["validate", "--checkpoint", "{ws}/patho.pt", "--patches", "{ws}/a_file",
+                                         "--csv", "{ws}/data/results.csv"],
+     "{ws}/data/results.csv: exists and is not a patch probability CSV"),
+    ("setting not a boolean", ["make-job", "--out", "{ws}/new_job", "--set", "augment=no"],
+     "setting augment: expected true or false"),
+    ("setting threshold out of range", ["make-job", "--out", "{ws}/new_job", "--set", "threshold=2"],
+     "setting threshold: must be > 0 and < 1"),
+    ("setting device", ["train", "--patches", "{ws}/a_file", "--out", "{ws}/new_train", "--set", "device=tpu"],
+     "setting device: expected auto, cpu, cuda or cuda:N"),
+    ("tissue out under a file", ["tissue", "{slide}", "--out", "{ws}/a_file/x"],
+     "argument --out: {ws}/a_file/x: cannot be created"),
+    ("tissue missing slide", ["tissue", "{ws}/none.tif", "--out", "{ws}/masks"], "{ws}/none.tif: no such slide"),
+    ("tissue not a slide", ["tissue", "{ws}/a_file", "--out", "{ws}/masks"], "{ws}/a_file: OpenSlide cannot open"),
+    ("tissue saturation", ["tissue", "{slide}", "--out", "{ws}/masks", "--min-saturation", "2"],
+     "argument --min-saturation: must be >= 0 and <= 1"),
+    ("infer device gpu", ["infer", "{slide}", "--checkpoint", "{ws}/patho.pt", "--out", "{ws}/maps",
+                          "--device", "gpu"], "argument --device"),
+    ("infer corrupt checkpoint", ["infer", "{slide}", "--checkpoint", "{ws}/corrupt.pt", "--out", "{ws}/maps"],
+     "{ws}/corrupt.pt: cannot read checkpoint"),
+    ("infer untrusted checkpoint", ["infer", "{slide}", "--checkpoint", "{ws}/evil.pt", "--out", "{ws}/maps"],
+     "{ws}/evil.pt: the checkpoint holds Python objects besides tensors and is refused for safety"),
+    ("infer masks typo", ["infer", "{slide}", "--checkpoint", "{ws}/patho.pt", "--out", "{ws}/maps", "--masks",
+                          "{ws}/nope"], "argument --masks: {ws}/nope: no such folder"),
+    ("infer tiled stride", ["infer", "{slide}", "--checkpoint", "{ws}/patho.pt", "--out", "{ws}/maps", "--stride",
+                            "48"], "--stride 48: the tiled mode needs a multiple of 32"),
+    ("infer stride 0", ["infer", "{slide}", "--checkpoint", "{ws}/patho.pt", "--out", "{ws}/maps", "--stride", "0"],
+     "argument --stride: must be >= 1"),
+    ("detect map without stride", ["detect", "{ws}/maps_nostride", "--out", "{ws}/det"],
+     "{ws}/maps_nostride/tumor_001.json: not a probability map description (missing or malformed: stride)"),
+    ("detect never reads partial files", ["detect", "{ws}/maps_partial", "--out", "{ws}/det"],
+     "{ws}/maps_partial: no .npy probability maps"),
+    ("detect threshold 2", ["detect", "{ws}/maps_nostride", "--out", "{ws}/det", "--threshold", "2"],
+     "argument --threshold: must be >= 0 and <= 1, got 2"),
+    ("detect threshold -1", ["detect", "{ws}/maps_nostride", "--out", "{ws}/det", "--threshold", "-1"],
+     "argument --threshold"),
+    ("detect threshold nan", ["detect", "{ws}/maps_nostride", "--out", "{ws}/det", "--threshold", "nan"],
+     "argument --threshold: expected a finite number"),
+    ("detect missing maps", ["detect", "{ws}/nope", "--out", "{ws}/det"], "argument maps: {ws}/nope"),
+    ("evaluate level -1", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--out", "{ws}/froc", "--level",
+                           "-1"], "argument --level: must be >= 0"),
+    ("evaluate missing reference", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--out", "{ws}/froc",
+                                    "--reference", "{ws}/nope.csv"], "argument --reference: {ws}/nope.csv"),
+    ("evaluate annotations typo", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--out", "{ws}/froc",
+                                   "--annotations", "{camelyon}/training/lesion_annotation"],
+     "argument --annotations: {camelyon}/training/lesion_annotation: no such folder"),
+    ("evaluate detections missing", ["evaluate", "{slide}", "--detections", "{ws}/nope", "--out", "{ws}/froc"],
+     "{ws}/nope: detections folder missing"),
+    ("train epochs 0", ["train", "--patches", "{ws}/a_file", "--out", "{ws}/new_train", "--epochs", "0"],
+     "argument --epochs: must be >= 1, got 0"),
+    ("train corrupt state", ["train", "--patches", "{ws}/patches.json", "--data-root", "{camelyon}", "--out",
+                             "{ws}/train_out", "--set", "patch_size=64", "--set", "num_workers=0"],
+     "{ws}/train_out/trainer_state.pt: not a readable PyTorch training state"),
+    ("train missing patches", ["train", "--patches", "{ws}/nope.json", "--out", "{ws}/new_train"],
+     "argument --patches: {ws}/nope.json: no such file"),
+    ("patches validation fraction", ["patches", "--data-root", "{camelyon}", "--out", "{ws}/p.json",
+                                     "--validation-fraction", "1"], "argument --validation-fraction"),
+    ("patches missing NCRF file", ["patches", "--data-root", "{camelyon}", "--out", "{ws}/p.json", "--ncrf-train",
+                                   "{ws}/nope.txt=1"], "argument --ncrf-train: {ws}/nope.txt: no such file"),
+    ("make-data width", ["make-data", "--out", "{ws}/new_data", "--width", "100"], "argument --width: must be >= 512"),
+    ("make-data tile", ["make-data", "--out", "{ws}/new_data", "--tile", "100"],
+     "argument --tile: must be a multiple of 16"),
+    ("make-data workers", ["make-data", "--out", "{ws}/new_data", "--workers", "0"], "argument --workers"),
+]
+
+
+def _check_bad_input(module, argv, expected, ws, brats_root, camelyon_root, capsys, monkeypatch):
+    argv = _expand(argv, ws, brats_root, camelyon_root)
+    before = _snapshot(ws, brats_root, camelyon_root)
+    code, err = _run(module, argv, capsys, monkeypatch)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    if expected is not None:
+        assert _expand([expected], ws, brats_root, camelyon_root)[0] in lines[0]
+    assert _snapshot(ws, brats_root, camelyon_root) == before, "files were created, changed or deleted"
+
+
+@pytest.mark.parametrize("argv,expected", [c[1:] for c in BRATS_CASES], ids=[c[0] for c in BRATS_CASES])
+def test_brats_bad_inputs(argv, expected, ws, brats_root, camelyon_root, capsys, monkeypatch):
+    _check_bad_input(brats_cli, argv, expected, ws, brats_root, camelyon_root, capsys, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def patch_list(ws, camelyon_patches):
+    """The session's 64-pixel patch list, copied into the workspace (for the corrupt training state)."""
+    (ws / "patches.json").write_bytes(Path(camelyon_patches).read_bytes())
+
+
+@pytest.mark.parametrize("argv,expected", [c[1:] for c in METASTASIS_CASES], ids=[c[0] for c in METASTASIS_CASES])
+def test_metastasis_bad_inputs(argv, expected, ws, patch_list, brats_root, camelyon_root, capsys, monkeypatch):
+    _check_bad_input(metastasis_cli, argv, expected, ws, brats_root, camelyon_root, capsys, monkeypatch)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
+@pytest.mark.parametrize("module,argv", [
+    (brats_cli, ["validate", "--checkpoint", "{ws}/brats.pt", "--datalist", "{datalist}", "--data-root", "{brats}",
+                 "--out", "{ws}/v.csv", "--device", "cuda"]),
+    (metastasis_cli, ["infer", "{slide}", "--checkpoint", "{ws}/patho.pt", "--out", "{ws}/maps", "--device",
+                      "cuda:1"]),
+])
+def test_missing_gpu(module, argv, ws, brats_root, camelyon_root, capsys, monkeypatch):
+    _check_bad_input(module, argv, "this machine has 0 CUDA GPU(s)", ws, brats_root, camelyon_root, capsys,
+                     monkeypatch)
+
+
+def test_unexpected_errors_show_their_traceback(monkeypatch, capsys, tmp_path):
+    def bug(*args, **kwargs):
+        raise ValueError("an internal numpy-style error")
+
+    monkeypatch.setattr(brats_cli, "find_cases", bug)
+    code, err = _run(brats_cli, ["check-data", str(tmp_path)], capsys, monkeypatch)
+    assert code == 1
+    assert "Traceback" in err and "ValueError: an internal numpy-style error" in err
+    assert "this is a bug" in err and not err.startswith("error:")
+
+    def bug_os(*args, **kwargs):
+        raise OSError("a library's OSError without a file")
+
+    monkeypatch.setattr(brats_cli, "find_cases", bug_os)
+    code, err = _run(brats_cli, ["check-data", str(tmp_path)], capsys, monkeypatch)
+    assert code == 1 and "Traceback" in err
+
+
+def test_ctrl_c_is_one_line(monkeypatch, capsys, tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(brats_cli, "find_cases", interrupted)
+    code, err = _run(brats_cli, ["check-data", str(tmp_path)], capsys, monkeypatch)
+    assert code == 130
+    assert len(err.strip().splitlines()) == 1 and "interrupted" in err and "Traceback" not in err
+
+
+def test_unwritable_output_is_a_user_error(monkeypatch, capsys, tmp_path):
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "out.csv"))
+
+    monkeypatch.setattr(brats_cli, "find_cases", denied)
+    code, err = _run(brats_cli, ["check-data", str(tmp_path)], capsys, monkeypatch)
+    assert code == 2 and err.strip() == f"error: {tmp_path / 'out.csv'}: Permission denied"
+
+
+def test_real_process_prints_one_line(tmp_path):
+    """The installed command, end to end: one line, status 2, nothing written."""
+    bindir = Path(sys.executable).parent
+    result = subprocess.run([str(bindir / "brats-fl"), "make-job", "--out", str(tmp_path / "job"), "--set",
+                             "amp=maybe"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: setting amp: expected true or false, got 'maybe'"]
+    assert not (tmp_path / "job").exists()
+
+
+def test_make_job_replaces_its_own_job_only(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "job"
+    assert _run(brats_cli, ["make-job", "--out", str(out), "--rounds", "2"], capsys, monkeypatch)[0] == 0
+    assert _run(brats_cli, ["make-job", "--out", str(out), "--rounds", "3"], capsys, monkeypatch)[0] == 0
+    assert json.loads((out / "app/config/config_fed_server.json").read_text())["num_rounds"] == 3
+    assert _run(metastasis_cli, ["make-job", "--out", str(tmp_path / "empty")], capsys, monkeypatch)[0] == 0
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/scan.nii.gz").write_bytes(b"precious")
+    code, err = _run(metastasis_cli, ["make-job", "--out", str(tmp_path / "data")], capsys, monkeypatch)
+    assert code == 2 and (tmp_path / "data/scan.nii.gz").read_bytes() == b"precious"
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "report.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_input_files_skip_partial_and_hidden(tmp_path):
+    (tmp_path / "a.npy").write_bytes(b"")
+    (tmp_path / ".a.npy.1234.part.npy").write_bytes(b"")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden/b.npy").write_bytes(b"")
+    assert input_files(tmp_path, "*.npy") == [tmp_path / "a.npy"]
+    assert input_files(tmp_path, "*.npy", recursive=True) == [tmp_path / "a.npy"]
+
+
+def test_load_torch_refuses_pickled_objects(ws):
+    from medcore.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        load_torch(ws / "evil.pt")
+    assert "refused for safety" in str(err.value) and "weights_only" not in str(err.value)
+    assert set(load_torch(ws / "brats.pt")) == {"model"}

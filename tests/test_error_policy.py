@@ -84,6 +84,33 @@ def ws(tmp_path_factory, brats_root, camelyon_root):
     (ws / "real_camelyon/training/normal/normal_001.tif").write_bytes(b"II*\x00 a slide from a scanner")
     # a job make-job wrote (for deploy), and a project file on a free port
     assert brats_cli.main(["make-job", "--out", str(ws / "job"), "--rounds", "1"]) == 0
+    # outputs of the project that a user has added files to, and user files named like the project's outputs
+    assert brats_cli.main(["make-job", "--out", str(ws / "job_with_notes"), "--rounds", "1"]) == 0
+    (ws / "job_with_notes/NOTES.md").write_text("my notes\n")
+    (ws / "job_with_notes/app/custom/medcore/my_patch.py").write_text("# mine\n")
+    assert brats_cli.main(["make-data", "--out", str(ws / "gen_brats"), "--hgg", "1", "--lgg", "0", "--shape",
+                           "32", "32", "24"]) == 0
+    (next((ws / "gen_brats/HGG").iterdir()) / "my_review.txt").write_text("reviewed\n")
+    for folder, name in (("user_datalists", "seg_brats18_datalist_client_a.json"), ("user_report", "report.txt"),
+                         ("user_froc", "froc.json"), ("user_tissue", "tumor_001_tissue.png"),
+                         ("user_train", "metrics.csv")):
+        (ws / folder).mkdir()
+        (ws / folder / name).write_text("the user's own file\n")
+    (ws / "binary.csv").write_bytes(b"\xff\xfe\x00\x81garbage")
+    (ws / "det_binary").mkdir()
+    (ws / "det_binary/tumor_001.csv").write_bytes(b"\xff\xfe\x00\x81garbage")
+    (ws / "ncrf_nan.txt").write_text("tumor_001,nan,inf\n")
+    (ws / "maps_seven").mkdir()
+    np.save(ws / "maps_seven/tumor_001.npy", np.full((4, 4), 7, np.float32))
+    (ws / "maps_seven/tumor_001.json").write_text(json.dumps({"slide": "x.tif", "stride": 32, "origin": [16, 16],
+                                                              "shape": [4, 4]}))
+    (ws / "masks_three").mkdir()
+    np.save(ws / "masks_three/tumor_001.npy", np.full((64, 96), 3, np.uint8))
+    (ws / "xml_dir/tumor_001.xml").mkdir(parents=True)
+    results = {"site-1": {"SRV_FL_global_model.pt": {"TC": 5.0, "WT": 0.5, "ET": 0.5, "n_cases": 3}}}
+    (ws / "bad_dice.json").write_text(json.dumps(results))
+    results["site-1"]["SRV_FL_global_model.pt"]["TC"] = 0.5
+    (ws / "results.json").write_text(json.dumps(results))
     project = (REPO / "provisioning/brats_project.yml").read_text().replace("8002", str(_free_port()))
     (ws / "project.yml").write_text(project)
     return ws
@@ -103,7 +130,9 @@ def _snapshot(*roots: Path) -> dict:
             for name in dirnames + filenames:
                 path = Path(dirpath) / name
                 info = path.lstat()
-                state[str(path)] = (stat.S_ISDIR(info.st_mode), info.st_size, info.st_mtime_ns, info.st_mode)
+                # a folder's own mtime is left out: probing that an output folder is writable touches it
+                state[str(path)] = (True,) if stat.S_ISDIR(info.st_mode) else \
+                    (info.st_size, info.st_mtime_ns, info.st_mode)
     return state
 
 
@@ -200,6 +229,29 @@ BRATS_CASES = [
     ("report of a missing path", ["report", "{ws}/nope"], "{ws}/nope"),
     ("report weight", ["report", "{ws}/job", "--weights", "site-1=abc"], "argument --weights"),
     ("ship-code to a non-job", ["ship-code", "{ws}/data"], "{ws}/data: not a job folder"),
+    ("make-job over its job holding a user's file", ["make-job", "--out", "{ws}/job_with_notes"],
+     "not written by this project, inside the FLARE job folder"),
+    ("ship-code over a user's module", ["ship-code", "{ws}/job_with_notes"],
+     "app/custom/medcore/my_patch.py: not written by this project, inside the copy of the medcore package"),
+    ("make-data over a generated case holding a user's file", ["make-data", "--out", "{ws}/gen_brats", "--hgg", "1",
+                                                                "--lgg", "0", "--shape", "32", "32", "24",
+                                                                "--overwrite"], "is not a synthetic BraTS case"),
+    ("datalist over a user's datalist", ["datalist", "{brats}", "--out", "{ws}/user_datalists", "--no-check"],
+     "{ws}/user_datalists/seg_brats18_datalist_client_a.json: exists and was not written by datalists"),
+    ("report with a Dice of 5", ["report", "{ws}/bad_dice.json", "--out", "{ws}/new_report"],
+     "{ws}/bad_dice.json: model 'SRV_FL_global_model.pt' on site 'site-1' has TC = 5.0, outside [0, 1]"),
+    ("report over a user's report", ["report", "{ws}/results.json", "--out", "{ws}/user_report", "--no-plot"],
+     "{ws}/user_report/report.txt: exists and was not written by report"),
+    ("infer to a non-NIfTI name", ["infer", "--checkpoint", "{ws}/brats.pt", "--case-dir",
+                                   "{brats}/HGG/" + case_names("HGG", 1, 0)[0], "--out", "{ws}/seg.txt"],
+     "end the name in .nii.gz or .nii"),
+    ("infer with a case folder and files", ["infer", "--checkpoint", "{ws}/brats.pt", "--case-dir",
+                                            "{brats}/HGG/" + case_names("HGG", 1, 0)[0], "--t1", "{ws}/a_file",
+                                            "--out", "{ws}/s.nii.gz"], "give either a case folder or the four files"),
+    ("make-data huge shape", ["make-data", "--out", "{ws}/new_data", "--shape", "99999", "99999", "99999"],
+     "argument --shape: must be >= 16 and <= 512"),
+    ("empty output path", ["make-data", "--out", ""], "argument --out: empty path"),
+    ("empty data root", ["make-job", "--out", "{ws}/new_job", "--data-root", ""], "argument --data-root: empty path"),
 ]
 
 METASTASIS_CASES = [
@@ -276,6 +328,33 @@ METASTASIS_CASES = [
     ("make-data tile", ["make-data", "--out", "{ws}/new_data", "--tile", "100"],
      "argument --tile: must be a multiple of 16"),
     ("make-data workers", ["make-data", "--out", "{ws}/new_data", "--workers", "0"], "argument --workers"),
+    ("make-data huge width", ["make-data", "--out", "{ws}/new_data", "--width", "999999999999"], "argument --width"),
+    ("infer huge stride", ["infer", "{slide}", "--checkpoint", "{ws}/patho.pt", "--out", "{ws}/maps", "--mode",
+                           "patch", "--stride", "99999999"], "argument --stride: must be >= 1 and <= 4096"),
+    ("evaluate binary detections", ["evaluate", "{slide}", "--detections", "{ws}/det_binary", "--out", "{ws}/froc"],
+     "{ws}/det_binary/tumor_001.csv: not a text file"),
+    ("evaluate binary reference", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--out", "{ws}/froc",
+                                   "--reference", "{ws}/binary.csv"], "{ws}/binary.csv: not a text file"),
+    ("evaluate a mask of 3s", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--out", "{ws}/froc",
+                               "--masks", "{ws}/masks_three", "--level", "5"],
+     "{ws}/masks_three/tumor_001.npy: expected an integer mask of 0/1 or 0/255 values"),
+    ("evaluate an annotation that is a folder", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--out",
+                                                 "{ws}/froc", "--annotations", "{ws}/xml_dir"],
+     "{ws}/xml_dir/tumor_001.xml: not a file"),
+    ("evaluate over a user's froc.json", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--annotations",
+                                          "{camelyon}/training/lesion_annotations", "--out", "{ws}/user_froc"],
+     "{ws}/user_froc/froc.json: exists and was not written by FROC evaluation"),
+    ("detect a map of 7s", ["detect", "{ws}/maps_seven", "--out", "{ws}/det"],
+     "{ws}/maps_seven/tumor_001.npy: not a probability map"),
+    ("NCRF coordinates nan", ["patches", "--data-root", "{camelyon}", "--out", "{ws}/p.json", "--ncrf-train",
+                              "{ws}/ncrf_nan.txt=1", "--ncrf-valid", "{ws}/ncrf_nan.txt=0"],
+     "{ws}/ncrf_nan.txt:1: expected 'name,x,y'"),
+    ("tissue over a user's file", ["tissue", "{slide}", "--out", "{ws}/user_tissue"],
+     "{ws}/user_tissue/tumor_001_tissue.png: exists and was not written by tissue masks"),
+    ("train over a user's file", ["train", "--patches", "{ws}/patches.json", "--data-root", "{camelyon}", "--out",
+                                  "{ws}/user_train", "--set", "patch_size=64", "--set", "num_workers=0"],
+     "{ws}/user_train/metrics.csv: exists and was not written by metastasis training run"),
+    ("empty detections output", ["detect", "{ws}/maps_seven", "--out", ""], "argument --out: empty path"),
 ]
 
 
@@ -377,6 +456,21 @@ def test_make_job_replaces_its_own_job_only(tmp_path, capsys, monkeypatch):
     (tmp_path / "data/scan.nii.gz").write_bytes(b"precious")
     code, err = _run(metastasis_cli, ["make-job", "--out", str(tmp_path / "data")], capsys, monkeypatch)
     assert code == 2 and (tmp_path / "data/scan.nii.gz").read_bytes() == b"precious"
+
+
+def test_deploy_workspace_shapes(tmp_path):
+    from medcore.deploy import check_workspace
+    from medcore.errors import UserError
+
+    poc = tmp_path / "poc"
+    (poc / "data").mkdir(parents=True)
+    (poc / "proj/prod_00/site-1").mkdir(parents=True)
+    (poc / "proj/state").mkdir()
+    (poc / "project.yml").write_text("name: proj\n")
+    check_workspace(poc)  # what `nvflare poc prepare` leaves may be replaced
+    (poc / "data/patients.csv").write_text("id\n1\n")
+    with pytest.raises(UserError, match="is not a federation workspace"):
+        check_workspace(poc)
 
 
 def test_outputs_follow_the_umask(tmp_path):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from medcore.command import (add_report_parser, add_resume_argument, add_ship_code_parser, command_parser,
-                             device_option, existing_dir, existing_file, number, output_dir, output_file,
-                             parse_setting, run_command)
+                             device_option, existing_dir, existing_file, non_empty, number, output_dir,
+                             output_file, parse_setting, run_command)
+from medcore.errors import UserError
 
 from .config import TrainConfig
 from .data import MODALITIES, CaseError, case_files, check_case, find_cases
@@ -103,6 +105,9 @@ def _validate(args: argparse.Namespace) -> int:
 def _infer(args: argparse.Namespace) -> int:
     from .inference import segment_case
 
+    given = [f"--{m}" for m in MODALITIES if getattr(args, m)]
+    if args.case_dir and given:
+        raise UserError(f"--case-dir and {', '.join(given)}: give either a case folder or the four files")
     if args.case_dir:
         files = {m: p for m, p in case_files(args.case_dir).items() if m != "seg"}
     else:
@@ -110,6 +115,13 @@ def _infer(args: argparse.Namespace) -> int:
     out = segment_case(args.checkpoint, files, args.out, _inference_config(args))
     print(f"label map written to {out}")
     return 0
+
+
+def _nifti_output(text: str) -> Path:
+    path = output_file(text)
+    if not path.name.endswith((".nii", ".nii.gz")):
+        raise argparse.ArgumentTypeError(f"{text}: a label map is written as NIfTI; end the name in .nii.gz or .nii")
+    return path
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
@@ -144,10 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--out", required=True, type=output_dir, help="BraTS root folder to write (created if missing)")
     make.add_argument("--hgg", type=number(int, minimum=0), default=8, help="number of high-grade cases (default: 8)")
     make.add_argument("--lgg", type=number(int, minimum=0), default=8, help="number of low-grade cases (default: 8)")
-    make.add_argument("--shape", type=number(int, minimum=16), nargs=3, default=list(RELEASE_SHAPE),
+    make.add_argument("--shape", type=number(int, minimum=16, maximum=512), nargs=3, default=list(RELEASE_SHAPE),
                       metavar=("X", "Y", "Z"),
-                      help="volume size in voxels; the field of view stays 240x240x155 mm, so smaller shapes have "
-                           "coarser voxels (default: the release's 240 240 155 at 1 mm)")
+                      help="volume size in voxels, 16-512 each; the field of view stays 240x240x155 mm, so smaller "
+                           "shapes have coarser voxels (default: the release's 240 240 155 at 1 mm)")
     make.add_argument("--seed", type=number(int, minimum=0), default=0,
                       help="random seed; the same seed gives the same cases (default: 0)")
     make.add_argument("--overwrite", action="store_true",
@@ -191,9 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--rounds", type=number(int, minimum=1), help="federated rounds (default: the template's, 600)")
     job.add_argument("--crop", type=number(int, above=0, multiple_of=8), nargs=3, metavar=("X", "Y", "Z"),
                      help="training crop and validation window in voxels, divisible by 8 (default: 224 224 144)")
-    job.add_argument("--data-root", help="data root the sites read, e.g. an absolute path (default: "
+    job.add_argument("--data-root", type=non_empty, help="data root the sites read, e.g. an absolute path (default: "
                                          "$BRATS_DATA_ROOT, expanded on each site)")
-    job.add_argument("--datalist-dir", help="folder of the site datalists (default: $BRATS_DATA_ROOT/datalists)")
+    job.add_argument("--datalist-dir", type=non_empty,
+                     help="folder of the site datalists (default: $BRATS_DATA_ROOT/datalists)")
     job.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE",
                      help="any training setting (lr, weight_decay, local_epochs, batch_size, vae, vae_weight, amp, "
                           "val_overlap, sw_batch_size, cache_rate, num_workers, seed, device); values are JSON, "
@@ -234,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a case folder of the release layout (instead of the four files)")
     for m in MODALITIES:
         inf.add_argument(f"--{m}", type=existing_file, help=f"{m.upper()} NIfTI file (when --case-dir is not given)")
-    inf.add_argument("--out", required=True, type=output_file,
+    inf.add_argument("--out", required=True, type=_nifti_output,
                      help="label map to write (.nii or .nii.gz; an existing file is replaced only if it is a label "
                           "map infer wrote)")
     inf.set_defaults(func=_infer)

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from medcore.errors import UserError
-from medcore.files import read_json, write_json
+from medcore.files import claim_output_dir, read_json, write_json
 from medcore.progress import Progress
 
 from .data import MODALITIES, CaseError, case_files, check_case, check_files, find_cases
@@ -109,6 +109,7 @@ def write_datalists(root: str | Path, out_dir: str | Path | None = None, seed: i
     """Build the datalists and write one JSON per site (default folder: ``ROOT/datalists``); return their paths."""
     out = Path(out_dir) if out_dir is not None else Path(root) / "datalists"
     lists = build_datalists(root, seed=seed, check=check, sites=sites)
+    claim_output_dir(out, "datalists", [site.datalist for site in sites])
     paths = {}
     for site in sites:
         paths[site.name] = write_json(out / site.datalist, lists[site.name])

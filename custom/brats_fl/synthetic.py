@@ -232,7 +232,10 @@ SYNTHETIC_DESCRIPTION = "clara-open synthetic BraTS case"
 
 
 def is_synthetic_case(case_dir: Path) -> bool:
-    """Whether ``case_dir`` holds a case this generator wrote (its T1's header says so; the data is not read)."""
+    """Whether ``case_dir`` holds a case this generator wrote and nothing else: exactly its five files, the T1's
+    header marked as generated (the data is not read)."""
+    if not case_dir.is_dir() or {p.name for p in case_dir.iterdir()} != {p.name for p in case_files(case_dir).values()}:
+        return False
     try:
         descrip = nib.load(str(case_files(case_dir)["t1"])).header["descrip"]
     except Exception:  # missing or unreadable: not ours

@@ -23,8 +23,8 @@ from .errors import UserError
 from .progress import configure_logging
 from .settings import out_of_range
 
-__all__ = ["CommandParser", "command_parser", "run_command", "number", "existing_file", "existing_dir", "existing_path",
-           "output_file", "output_dir", "device_option", "parse_setting", "add_resume_argument",
+__all__ = ["CommandParser", "command_parser", "run_command", "number", "non_empty", "existing_file", "existing_dir",
+           "existing_path", "output_file", "output_dir", "device_option", "parse_setting", "add_resume_argument",
            "add_report_parser", "add_ship_code_parser"]
 
 #: File-system errors that come from the user's files and folders (permissions, space, wrong kind of path), not
@@ -63,7 +63,9 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
     try:
         return args.func(args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        if err.details:
+            print(err.details, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted; finished outputs are complete, unfinished ones were not written",
@@ -105,9 +107,22 @@ def number(kind: type = int, *, above: float | None = None, minimum: float | Non
     return parse
 
 
+def _path(text: str) -> Path:
+    """``text`` as a path; an empty one (which would silently mean the current folder) is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path")
+    return Path(text)
+
+
+def non_empty(text: str) -> str:
+    """An argparse ``type`` for a path or value that is used elsewhere (e.g. on a site): any text but empty."""
+    _path(text)
+    return text
+
+
 def _existing(text: str, kind: str) -> Path:
     """``text`` as a path that exists and is a ``file``, a ``folder`` or (``"file or folder"``) either."""
-    path = Path(text)
+    path = _path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text}: no such {kind}")
     if kind == "file" and not path.is_file():
@@ -133,6 +148,17 @@ def existing_path(text: str) -> Path:
     return _existing(text, "file or folder")
 
 
+def _check_writable_folder(folder: Path, text: str) -> None:
+    """Create and remove a hidden probe file in ``folder``: permissions alone miss read-only and virtual file
+    systems (``/proc``), which would otherwise fail only after the work is done."""
+    probe = folder / f".clara-open-probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"{text}: cannot write in {folder} ({err.strerror})") from None
+
+
 def _check_creatable(path: Path, text: str) -> None:
     """The nearest existing ancestor of ``path`` must be a folder this user can write into."""
     parent = path.absolute().parent
@@ -140,13 +166,12 @@ def _check_creatable(path: Path, text: str) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: cannot be created, {parent} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"{text}: cannot be created, no write permission in {parent}")
+    _check_writable_folder(parent, text)
 
 
 def output_file(text: str) -> Path:
     """An argparse ``type``: a file path that can be written (not a folder; its folder exists or can be made)."""
-    path = Path(text)
+    path = _path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: is a folder; give a file name")
     if path.exists() and not os.access(path, os.W_OK):
@@ -157,12 +182,11 @@ def output_file(text: str) -> Path:
 
 def output_dir(text: str) -> Path:
     """An argparse ``type``: a folder that exists and is writable, or can be created."""
-    path = Path(text)
+    path = _path(text)
     if path.exists():
         if not path.is_dir():
             raise argparse.ArgumentTypeError(f"{text}: is a file, not a folder")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise argparse.ArgumentTypeError(f"{text}: no write permission")
+        _check_writable_folder(path, text)
         return path
     _check_creatable(path, text)
     return path

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .errors import UserError
-from .files import atomic_path, write_json, write_text
+from .files import atomic_path, claim_output_dir, write_json, write_text
 
 __all__ = ["SERVER_FINAL", "SERVER_BEST", "ReportError", "ReportSpec", "CrossSiteReport", "find_results",
            "load_results", "build_report", "format_text", "format_markdown", "write_report", "plot_curves",
@@ -102,9 +102,15 @@ def load_results(path: str | Path, spec: ReportSpec) -> dict:
     for site, per_model in results.items():
         for model, metrics in per_model.items():
             if not isinstance(metrics, dict) or any(not isinstance(metrics.get(c), (int, float))
-                                                    for c in spec.required):
+                                                    or isinstance(metrics.get(c), bool) for c in spec.required):
                 raise ReportError(f"{path}: model {model!r} on site {site!r} lacks numeric "
                                   f"{', '.join(spec.required)} (got {metrics!r}); did validation fail on that site?")
+            # Every reported metric is a score in [0, 1]; NaN (e.g. an AUC of one class) is shown as such.
+            wrong = [c for c in spec.columns if isinstance(metrics.get(c), (int, float))
+                     and not math.isnan(metrics[c]) and not 0 <= metrics[c] <= 1]
+            if wrong:
+                raise ReportError(f"{path}: model {model!r} on site {site!r} has {wrong[0]} = {metrics[wrong[0]]!r}, "
+                                  "outside [0, 1]")
     return results
 
 
@@ -259,6 +265,7 @@ def report_command(path: str | Path, spec: ReportSpec, weights: Mapping[str, flo
     report = build_report(load_results(results_path, spec), spec, weights=weights)
     print(format_markdown(report) if markdown else format_text(report))
     if out:
+        claim_output_dir(out, "report", [f"report.{e}" for e in ("txt", "md", "csv", "json")] + ["training_curves.png"])
         written = write_report(report, out)
         events_root = Path(path) if Path(path).is_dir() else results_path.parent.parent
         png = plot_curves(events_root, Path(out) / "training_curves.png", spec.curves) if plot else None

@@ -85,8 +85,8 @@ class Kits:
 def _run(cmd: Sequence[str], env: Mapping[str, str] | None = None, what: str = "") -> str:
     result = subprocess.run(list(cmd), capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
     if result.returncode != 0:
-        raise DeploymentError(f"{what or cmd[0]} failed (exit {result.returncode}): "
-                              f"{(result.stdout + result.stderr).strip()[-2000:]}")
+        raise DeploymentError(f"{what or cmd[0]} failed (exit {result.returncode}), its output:",
+                              (result.stdout + result.stderr).strip()[-2000:])
     return result.stdout
 
 
@@ -118,15 +118,20 @@ def project_server(project: str | Path) -> tuple[str, int]:
         name, port = servers[0]["name"], int(servers[0].get("fed_learn_port", 8002))
     except (yaml.YAMLError, UnicodeDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
         raise DeploymentError(f"{project}: not a provisioning project file with a server participant "
-                              f"({type(err).__name__}: {err})") from None
+                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
     return str(name), port
 
 
 def _is_poc_workspace(path: Path) -> bool:
-    """The exact shape ``nvflare poc prepare`` leaves: project.yml, data/ and one project folder of prod_NN kits."""
+    """The exact shape ``nvflare poc prepare`` leaves: ``project.yml``, an empty ``data/`` and one project folder
+    holding only ``prod_NN`` kits and FLARE's ``state``."""
     entries = {p.name for p in path.iterdir()}
     projects = [p for p in path.iterdir() if p.is_dir() and any(p.glob("prod_*"))]
-    return "project.yml" in entries and len(projects) == 1 and entries <= {"project.yml", "data", projects[0].name}
+    if "project.yml" not in entries or len(projects) != 1 or not entries <= {"project.yml", "data", projects[0].name}:
+        return False
+    data = path / "data"
+    return (not data.exists() or data.is_dir() and not any(data.iterdir())) and all(
+        p.is_dir() and (p.name.startswith("prod_") or p.name == "state") for p in projects[0].iterdir())
 
 
 def check_workspace(workspace: str | Path) -> None:
@@ -247,7 +252,7 @@ class Federation:
         for name, process in self.processes.items():
             if process.poll() is not None:
                 raise DeploymentError(f"{name} exited with status {process.returncode} during start-up; end of its "
-                                      f"log {self.log(name)}:\n{_tail(self.log(name))}")
+                                      f"log {self.log(name)}:", _tail(self.log(name)))
 
     # -- start / stop ------------------------------------------------------------------------------------------
     def __enter__(self) -> "Federation":
@@ -285,7 +290,7 @@ class Federation:
             self._check_alive()
             if time.monotonic() > deadline:
                 raise DeploymentError(f"the server did not open {host}:{port} within {self.connect_timeout:.0f} s; "
-                                      f"end of {self.log(self.kits.server)}:\n{_tail(self.log(self.kits.server))}")
+                                      f"end of {self.log(self.kits.server)}:", _tail(self.log(self.kits.server)))
             time.sleep(0.5)
 
     def restart_server(self, crash: bool = True) -> None:
@@ -397,7 +402,7 @@ class Federation:
             except Exception:
                 pass
             raise DeploymentError(f"job {job_id} ended as {status} (monitor: {outcome}); end of the server log "
-                                  f"{self.log(self.kits.server)}:\n{_tail(self.log(self.kits.server))}")
+                                  f"{self.log(self.kits.server)}:", _tail(self.log(self.kits.server)))
         return status
 
 

@@ -18,8 +18,16 @@ __all__ = ["UserError", "SettingError"]
 class UserError(ValueError):
     """An expected error caused by the user's input; the message names the thing at fault and the problem.
 
+    Args:
+        message: one line (line breaks in it are folded into spaces when printed).
+        details: optional evidence printed below that line, e.g. the end of a log that says why a job failed.
+
     It subclasses ``ValueError`` so that library callers that catch bad values keep working.
     """
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class SettingError(UserError):

@@ -17,27 +17,44 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import UserError
 
-__all__ = ["OUTPUT_MARKER", "check_replaceable", "first_line_is", "mark_output", "atomic_path", "atomic_directory", "write_json",
-           "write_text", "input_files", "read_json", "load_torch"]
+__all__ = ["OUTPUT_MARKER", "check_replaceable", "first_line_is", "mark_output", "claim_output_dir", "atomic_path",
+           "atomic_directory", "write_json", "write_text", "input_files", "read_user_text", "read_json", "load_torch"]
 
-#: A file in each output folder that a command replaces as a whole (a job, a federation's workspace), saying which
-#: kind of output it is; such a folder can be replaced by the next run, any other folder is refused.
+#: A JSON file in each folder this project writes outputs into: ``{"written_by": [kinds], "files": [...]}``. A folder
+#: a command replaces as a whole (a job) lists every file it wrote (``files``): a later run may replace it only while
+#: it holds nothing else. A folder commands write named files into (maps, reports) lists only the kinds.
 OUTPUT_MARKER = ".clara-open-output"
+
+
+def _read_marker(folder: Path) -> dict:
+    marker = folder / OUTPUT_MARKER
+    try:
+        content = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def _files_below(folder: Path) -> list[str]:
+    """Files under ``folder`` except markers and Python's byte-code caches (written by whoever imports the code)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir()
+                  and p.name != OUTPUT_MARKER and "__pycache__" not in p.parts and p.suffix != ".pyc")
 
 
 def check_replaceable(path: str | os.PathLike, what: str,
                       recognise: Callable[[Path], bool] | None = None) -> None:
     """Refuse, before anything is written, to replace ``path`` unless it is this project's own earlier output.
 
-    ``path`` may be replaced when it does not exist, is an empty folder, is a folder whose :data:`OUTPUT_MARKER`
-    names ``what``, or when ``recognise(path)`` accepts it (the exact shape of the output, e.g. a CSV's header).
+    ``path`` may be replaced when it does not exist, is an empty folder, is a folder marked (:func:`mark_output`)
+    as a ``what`` and holding no file beyond those the marker lists, or when ``recognise(path)`` accepts it (the
+    exact shape of the output, e.g. a CSV's header).
 
     Raises:
-        UserError: naming ``path`` and saying it is not a ``what`` this project wrote.
+        UserError: naming ``path`` (or the file in it that is not the project's) and saying why.
     """
     path = Path(path)
     if not path.exists() and not path.is_symlink():
@@ -45,13 +62,43 @@ def check_replaceable(path: str | os.PathLike, what: str,
     if path.is_dir() and not path.is_symlink():
         if not any(path.iterdir()):
             return
-        marker = path / OUTPUT_MARKER
-        if marker.is_file() and marker.read_text(encoding="utf-8", errors="replace").strip() == what:
-            return
+        marker = _read_marker(path)
+        if what in marker.get("written_by", []):
+            listed = marker.get("files")
+            foreign = [] if listed is None else sorted(set(_files_below(path)) - set(listed))
+            if not foreign:
+                return
+            raise UserError(f"{path / foreign[0]}: not written by this project, inside the {what} {path}; refusing "
+                            "to replace the folder (move the file away first)")
     if recognise is not None and recognise(path):
         return
     raise UserError(f"{path}: exists and is not a {what} written by this project; refusing to replace it "
                     "(choose a new path, or move it away yourself)")
+
+
+def mark_output(folder: str | os.PathLike, what: str, manifest: bool = False) -> Path:
+    """Mark ``folder`` as written by this project as a ``what``, so that :func:`check_replaceable` and
+    :func:`claim_output_dir` let later runs replace it; ``manifest`` lists every file now in it (call it last)."""
+    folder = Path(folder)
+    marker = _read_marker(folder)
+    kinds = list(dict.fromkeys([*marker.get("written_by", []), what]))
+    content = {"written_by": kinds, **({"files": _files_below(folder)} if manifest else {})}
+    return write_json(folder / OUTPUT_MARKER, content)
+
+
+def claim_output_dir(path: str | os.PathLike, what: str, names: Iterable[str]) -> Path:
+    """Make folder ``path`` ready for the files ``names`` a ``what`` writes: refused (naming the file) when one of
+    them exists in a folder not marked as holding ``what`` outputs, so a user's file is never overwritten; else
+    the folder is created if needed and marked. Call it once the inputs are checked, before the first write."""
+    path = Path(path)
+    if path.is_dir() and what not in _read_marker(path).get("written_by", []):
+        for name in names:
+            if (path / name).exists() or (path / name).is_symlink():
+                raise UserError(f"{path / name}: exists and was not written by {what} in this folder; refusing to "
+                                "overwrite it (choose another output folder, or move the file away)")
+    path.mkdir(parents=True, exist_ok=True)
+    mark_output(path, what)
+    return path
 
 
 def first_line_is(line: str) -> Callable[[Path], bool]:
@@ -64,14 +111,6 @@ def first_line_is(line: str) -> Callable[[Path], bool]:
             return handle.readline(len(line) + 3).decode(errors="replace").rstrip("\r\n") == line
 
     return recognise
-
-
-def mark_output(folder: str | os.PathLike, what: str) -> Path:
-    """Mark ``folder`` as a ``what`` this project wrote, so that :func:`check_replaceable` lets a later run
-    replace it."""
-    marker = Path(folder) / OUTPUT_MARKER
-    marker.write_text(what + "\n", encoding="utf-8")
-    return marker
 
 
 def _new_temp(parent: Path, name: str, suffix: str, directory: bool = False) -> Path:
@@ -154,15 +193,25 @@ def input_files(folder: str | os.PathLike, pattern: str, recursive: bool = False
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[UserError] = UserError) -> Any:
-    """The content of a JSON file, or an ``error`` (a :class:`UserError` type) saying ``PATH: <what> missing`` or
-    ``PATH: not valid JSON (...)``."""
+def read_user_text(path: str | os.PathLike, what: str = "file", error: type[UserError] = UserError) -> str:
+    """The UTF-8 text of a user's file, or an ``error`` naming it when it is missing or not text."""
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: {what} missing" if not path.exists() else f"{path}: is not a file")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not a text file (byte {err.start} is not UTF-8)") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[UserError] = UserError) -> Any:
+    """The content of a JSON file, or an ``error`` (a :class:`UserError` type) saying ``PATH: <what> missing`` or
+    ``PATH: not valid JSON (...)``."""
+    path = Path(path)
+    text = read_user_text(path, what, error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
         raise error(f"{path}: not valid JSON ({err})") from None
 
 

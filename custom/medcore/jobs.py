@@ -28,11 +28,27 @@ JOB_OUTPUT = "FLARE job folder"
 def ship_code(custom_dir: str | Path, packages: Sequence[str]) -> Path:
     """Copy ``packages`` (from where Python imports them) into ``custom_dir``, replacing older copies."""
     custom_dir = Path(custom_dir)
-    for name in packages:
-        source = Path(importlib.import_module(name).__file__).parent
+    sources = {name: Path(importlib.import_module(name).__file__).parent for name in packages}
+    for name, source in sources.items():  # an older copy must hold no file a user put there
+        check_replaceable(custom_dir / name, f"copy of the {name} package",
+                          lambda old, source=source: _only_package_files(old, source))
+    for name, source in sources.items():
         with atomic_directory(custom_dir / name) as staged:
             shutil.copytree(source, staged, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            mark_output(staged, f"copy of the {name} package", manifest=True)
     return custom_dir
+
+
+def _only_package_files(copy: Path, source: Path) -> bool:
+    """Whether folder ``copy`` (an unmarked copy from before copies were marked) holds nothing but Python modules
+    of the package at ``source`` (and caches)."""
+    for path in copy.rglob("*"):
+        rel = path.relative_to(copy)
+        if path.is_dir() or "__pycache__" in rel.parts:
+            continue
+        if path.suffix != ".py" or not (source / rel).is_file():
+            return False
+    return True
 
 
 def load_job_configs(job_dir: str | Path) -> tuple[dict, dict]:
@@ -102,5 +118,5 @@ def write_job(out_dir: str | Path, template: str | Path, server: dict, client: d
         write_json(staged / SERVER_CONFIG, server)
         write_json(staged / CLIENT_CONFIG, client)
         ship_code(staged / "app" / "custom", packages)
-        mark_output(staged, JOB_OUTPUT)
+        mark_output(staged, JOB_OUTPUT, manifest=True)
     return out_dir

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Sequence
 
 from medcore.command import (add_report_parser, add_resume_argument, add_ship_code_parser, command_parser,
-                             device_option, existing_dir, existing_file, existing_path, number, output_dir, output_file,
-                             parse_setting, run_command)
+                             device_option, existing_dir, existing_file, existing_path, non_empty, number,
+                             output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
-from medcore.files import check_replaceable, first_line_is, input_files
+from medcore.files import check_replaceable, claim_output_dir, first_line_is, input_files
 
 from .job import JOB_PACKAGES
 
@@ -196,6 +196,9 @@ def _detect(args: argparse.Namespace) -> int:
     maps = input_files(args.maps, "*.npy") if args.maps.is_dir() else [args.maps]
     if not maps:
         raise UserError(f"{args.maps}: no .npy probability maps")
+    for npy in maps:  # every map is checked before the first CSV is written (one in memory at a time)
+        load_map(npy)
+    claim_output_dir(args.out, "detections", [f"{npy.stem}.csv" for npy in maps])
     for npy in maps:
         probs, meta = load_map(npy)
         mpp = args.mpp
@@ -258,10 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="number of slides with metastases (default: 2)")
     make.add_argument("--normal", type=number(int, minimum=0), default=2,
                       help="number of slides without metastases (default: 2)")
-    make.add_argument("--width", type=number(int, minimum=512), default=8192,
-                      help="level-0 width in pixels, at least 512 (default: 8192)")
-    make.add_argument("--height", type=number(int, minimum=512), default=6144,
-                      help="level-0 height in pixels, at least 512 (default: 6144)")
+    make.add_argument("--width", type=number(int, minimum=512, maximum=400_000), default=8192,
+                      help="level-0 width in pixels, 512-400000 (default: 8192)")
+    make.add_argument("--height", type=number(int, minimum=512, maximum=400_000), default=6144,
+                      help="level-0 height in pixels, 512-400000 (default: 6144)")
     make.add_argument("--split", choices=("training", "testing"), default="training",
                       help="release layout to write: training/{tumor,normal,lesion_annotations} or "
                            "testing/{images,lesion_annotations} plus testing/reference.csv (default: training)")
@@ -380,8 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--template", type=existing_dir, help="job to start from (default: jobs/pathology_metastasis)")
     job.add_argument("--rounds", type=number(int, minimum=1),
                      help="federated rounds, one local epoch each (default: the template's 20)")
-    job.add_argument("--data-root", help="folder the patch list's paths are relative to (default: $CAMELYON_DATA_ROOT)")
-    job.add_argument("--patch-list", help="the site's patch list (default: $CAMELYON_DATA_ROOT/patches.json)")
+    job.add_argument("--data-root", type=non_empty,
+                     help="folder the patch list's paths are relative to (default: $CAMELYON_DATA_ROOT)")
+    job.add_argument("--patch-list", type=non_empty,
+                     help="the site's patch list (default: $CAMELYON_DATA_ROOT/patches.json)")
     job.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE", help=_SETTINGS_HELP)
     add_resume_argument(job)
     job.set_defaults(func=_make_job)
@@ -399,8 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--out", required=True, type=output_dir, help="folder for the maps")
     infer.add_argument("--masks", type=existing_dir, help="tissue mask folder (NAME_tissue.png from `metastasis "
                                                           "tissue`); missing masks are computed on the fly")
-    infer.add_argument("--stride", type=number(int, minimum=1), default=32,
-                       help="level-0 pixels between windows; a multiple of 32 for the tiled mode (default: 32)")
+    infer.add_argument("--stride", type=number(int, minimum=1, maximum=4096), default=32,
+                       help="level-0 pixels between windows, 1-4096; a multiple of 32 for the tiled mode (default: 32)")
     infer.add_argument("--mode", choices=("tiled", "patch"), default="tiled",
                        help="tiled: fully convolutional tiles sharing computation; patch: every window on its own "
                             "(default: tiled)")

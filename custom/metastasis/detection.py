@@ -18,7 +18,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from medcore.errors import UserError
-from medcore.files import write_text
+from medcore.files import read_user_text, write_text
 
 __all__ = ["Detections", "find_detections", "write_detections", "read_detections"]
 
@@ -81,24 +81,31 @@ def write_detections(path: str | Path, detections: Detections) -> Path:
     return write_text(path, text.getvalue())
 
 
+def _is_header(row: list[str]) -> bool:
+    """A first line naming the columns (``probability,x,y``, ``Confidence,X coordinate,Y coordinate``, ...)."""
+    words = [v.strip().lower() for v in row]
+    return len(words) == 3 and words[0].startswith(("p", "conf", "score")) and words[1].startswith("x") \
+        and words[2].startswith("y")
+
+
 def read_detections(path: str | Path) -> Detections:
     """Read a Camelyon16 detection CSV (``probability,x,y`` rows; an empty file is no detections; a header line
     is skipped). Errors name the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: detection file missing")
     probs, xs, ys = [], [], []
-    for number, row in enumerate(csv.reader(io.StringIO(path.read_text())), start=1):
+    text = read_user_text(path, "detection file")
+    for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
         if not row or not "".join(row).strip():
             continue
         try:
             p, x, y = (float(v) for v in row[:3])
         except ValueError:
-            if number == 1 and not any(c.isdigit() for c in row[0]):
-                continue  # a header
+            if number == 1 and _is_header(row):
+                continue
             raise UserError(f"{path}:{number}: expected 'probability,x,y', got {','.join(row)!r}") from None
-        if not (math.isfinite(p) and math.isfinite(x) and math.isfinite(y)) or x < 0 or y < 0:
-            raise UserError(f"{path}:{number}: probability and non-negative coordinates must be finite numbers")
+        if not (math.isfinite(p) and math.isfinite(x) and math.isfinite(y)) or x < 0 or y < 0 or not 0 <= p <= 1:
+            raise UserError(f"{path}:{number}: expected a probability in [0, 1] and non-negative finite "
+                            f"coordinates, got {','.join(row)!r}")
         probs.append(p)
         xs.append(int(x))
         ys.append(int(y))

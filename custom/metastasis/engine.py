@@ -17,7 +17,7 @@ from monai.optimizers import Novograd
 
 from medcore.device import autocast, select_device
 from medcore.errors import UserError
-from medcore.files import atomic_path, load_torch, write_json, write_text
+from medcore.files import atomic_path, claim_output_dir, load_torch, mark_output, write_json, write_text
 from medcore.training import EpochStats, EpochTrainer
 
 from .config import TrainConfig
@@ -45,8 +45,9 @@ def build_model(config: TrainConfig) -> PatchClassifier:
 def patch_datasets(patches: Mapping, config: TrainConfig) -> dict[str, PatchDataset]:
     """Training (augmented when ``config.augment``) and validation datasets of a patch list."""
     if int(patches.get("patch_size", config.patch_size)) != config.patch_size:
-        raise UserError(f"the patch list was made for {patches['patch_size']}-pixel patches, the recipe trains on "
-                         f"{config.patch_size}")
+        raise UserError(f"{patches.get('source', 'the patch list')}: the patch list was made for "
+                        f"{patches['patch_size']}-pixel patches, the recipe trains on {config.patch_size} "
+                        f"(set patch_size={patches['patch_size']})")
     augment = train_augmentation(config.seed) if config.augment else None
     return {"training": PatchDataset(patches.get("training", []), config.patch_size, augment),
             "validation": PatchDataset(patches.get("validation", []), config.patch_size)}
@@ -119,6 +120,11 @@ def save_checkpoint(path: Path, model: torch.nn.Module, config: TrainConfig, **m
     return path
 
 
+#: What :func:`train` writes into its folder (never over a user's files of these names).
+TRAINING_OUTPUT = "metastasis training run"
+TRAINING_FILES = ("best_model.pt", "last_model.pt", "trainer_state.pt", "metrics.csv", "metrics.json", "tensorboard")
+
+
 def train(patches: Mapping, config: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict:
     """Standalone training: ``config.epochs`` epochs, validation after each, the best model kept.
 
@@ -130,14 +136,14 @@ def train(patches: Mapping, config: TrainConfig, out_dir: str | Path, resume: bo
     from torch.utils.tensorboard import SummaryWriter
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = select_device(config.device)
     model = build_model(config)
     datasets = patch_datasets(patches, config)
     if not len(datasets["training"]) or not len(datasets["validation"]):
-        raise UserError("training needs patches in both 'training' and 'validation'")
+        raise UserError(f"{patches.get('source', 'the patch list')}: training needs patches in both 'training' and "
+                        "'validation'")
     trainer = Trainer(model, config, device)
     history: list[dict] = []
     state_path = out_dir / "trainer_state.pt"
@@ -152,6 +158,9 @@ def train(patches: Mapping, config: TrainConfig, out_dir: str | Path, resume: bo
                             f"{str(err).splitlines()[0] if str(err) else ''}); pass --restart to start over, or "
                             "choose another --out") from None
         logger.info("resumed from %s after epoch %d", state_path, trainer.epochs)
+        mark_output(out_dir, TRAINING_OUTPUT)  # a state this recipe loads is this command's own output
+    else:
+        claim_output_dir(out_dir, TRAINING_OUTPUT, TRAINING_FILES)
     best = max(history, key=lambda row: row["val_accuracy"], default=None)
     writer = SummaryWriter(str(out_dir / "tensorboard"))
     try:

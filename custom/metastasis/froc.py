@@ -41,7 +41,7 @@ from scipy import ndimage
 from skimage import measure
 
 from medcore.errors import UserError
-from medcore.files import atomic_path, write_json, write_text
+from medcore.files import atomic_path, claim_output_dir, read_user_text, write_json, write_text
 
 from .detection import Detections
 from .metrics import roc_auc
@@ -122,17 +122,22 @@ def read_mask(path: str | Path) -> np.ndarray:
         raise UserError(f"{path}: mask file missing")
     try:
         if path.suffix == ".npy":
-            mask = np.load(path)
+            mask = np.load(path, allow_pickle=False)
         else:
             import tifffile
 
             mask = tifffile.imread(path, key=0)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: cannot read the mask ({err})") from err
+    except (OSError, ValueError, EOFError) as err:
+        raise UserError(f"{path}: cannot read the mask ({str(err).splitlines()[0] if str(err) else ''})") from err
     if mask.ndim == 3 and mask.shape[-1] in (3, 4):
         mask = mask[..., 0]
     if mask.ndim != 2:
         raise UserError(f"{path}: expected a 2-D mask, got shape {mask.shape}")
+    if mask.dtype.kind not in "biu" or mask.size and (
+            int(mask.min()) < 0 or int(mask.max()) not in (0, 1, 255)
+            or int(mask.max()) == 255 and bool(((mask != 0) & (mask != 255)).any())):
+        raise UserError(f"{path}: expected an integer mask of 0/1 or 0/255 values, got {mask.dtype} values from "
+                        f"{mask.min() if mask.size else '-'} to {mask.max() if mask.size else '-'}")
     return mask > 0
 
 
@@ -277,7 +282,7 @@ def write_froc(result: FrocResult, out_dir: str | Path) -> dict[str, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out_dir)
+    out = claim_output_dir(out_dir, "FROC evaluation", ["froc.json", "froc_slides.csv", "froc.png"])
     text = io.StringIO()
     fields = list(result.slides[0])
     writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
@@ -314,7 +319,7 @@ def _find_mask(mask_dir: Path, name: str) -> Path | None:
 
 def _reference_labels(path: Path) -> dict[str, int]:
     labels = {}
-    rows = list(csv.reader(io.StringIO(path.read_text())))
+    rows = list(csv.reader(io.StringIO(read_user_text(path, "reference file"))))
     for number, row in enumerate(rows, start=1):
         if not row or number == 1 and row[0].strip().lower() in ("name", "image", "slide"):
             continue
@@ -358,6 +363,8 @@ def collect_cases(slides: Sequence[str | Path], detections_dir: str | Path, anno
             slide.close()
         mask = None
         xml = Path(annotation_dir) / f"{name}.xml" if annotation_dir else None
+        if xml is not None and xml.exists() and not xml.is_file():
+            raise UserError(f"{xml}: not a file (expected the slide's ASAP XML annotation)")
         if xml is not None and xml.is_file():
             mask = rasterize(read_asap_xml(xml), (0.0, 0.0), (-(-width // scale), -(-height // scale)), scale) > 0
         elif mask_dir is not None and (found := _find_mask(Path(mask_dir), name)) is not None:

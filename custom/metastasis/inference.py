@@ -38,7 +38,7 @@ import torch
 
 from medcore.device import autocast
 from medcore.errors import UserError
-from medcore.files import atomic_path, read_json, write_json
+from medcore.files import atomic_path, claim_output_dir, read_json, write_json
 from medcore.progress import Progress
 
 from .model import OUTPUT_STRIDE, PatchClassifier
@@ -246,9 +246,14 @@ def load_map(npy: str | Path) -> tuple[np.ndarray, dict]:
     try:
         probs = np.load(npy, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"{npy}: cannot read the probability map ({err})") from None
+        reason = "it holds pickled Python objects, refused for safety" if "pickle" in str(err) else \
+            str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"{npy}: cannot read the probability map ({reason})") from None
     if list(probs.shape) != list(meta["shape"]) or probs.ndim != 2:
         raise UserError(f"{npy}: map of shape {probs.shape}, its JSON says {meta.get('shape')}")
+    if probs.dtype.kind != "f" or probs.size and not (np.isfinite(probs).all() and 0 <= probs.min()
+                                                      and probs.max() <= 1):
+        raise UserError(f"{npy}: not a probability map (expected finite floats in [0, 1], got {probs.dtype})")
     return probs, meta
 
 
@@ -304,17 +309,34 @@ def infer_slides(slides: Sequence[str | Path], model: PatchClassifier, out_dir: 
     for path in slides:  # every slide must open before any work starts
         open_slide(path).close()
     out_dir = Path(out_dir)
+
+    def finished(npy: Path) -> bool:
+        return npy.is_file() and npy.with_suffix(".json").is_file() and not overwrite
+
+    def tissue_of(path: Path) -> TissueMask | None:
+        """The slide's mask from ``mask_dir`` (None: compute it), checked to be this slide's."""
+        png = mask_paths(mask_dir, path)[0] if mask_dir is not None else None
+        if png is None or not png.is_file():
+            return None
+        tissue = TissueMask.load(png)
+        if tissue.slide and Path(tissue.slide).stem != path.stem:
+            raise UserError(f"{png}: the tissue mask of {tissue.slide}, not of {path}")
+        return tissue
+
+    todo = [p for p in slides if not finished(out_dir / f"{p.stem}.npy")]
+    for path in todo:  # every mask is checked before the first map is written (one in memory at a time)
+        tissue_of(path)
+    claim_output_dir(out_dir, "probability maps", [f"{p.stem}{end}" for p in todo
+                                                   for end in (".npy", ".json", "_heatmap.png")])
     progress = Progress(len(slides), "slides", logger)
     written = []
     for path in slides:
         npy = out_dir / f"{path.stem}.npy"
         written.append(npy)
-        if npy.is_file() and npy.with_suffix(".json").is_file() and not overwrite:
+        if finished(npy):
             progress.step(f"kept existing {npy.name}")
             continue
-        tissue = None
-        if mask_dir is not None and mask_paths(mask_dir, path)[0].is_file():
-            tissue = TissueMask.load(mask_paths(mask_dir, path)[0])
+        tissue = tissue_of(path)
         last_log = [time.perf_counter()]
 
         def report(done: int, total: int, name: str = path.name) -> None:

@@ -35,7 +35,7 @@ import torch
 from scipy import ndimage
 
 from medcore.errors import UserError
-from medcore.files import input_files, read_json, write_json
+from medcore.files import input_files, read_json, read_user_text, write_json
 
 from .annotations import Annotation, AnnotationError, read_asap_xml, rasterize
 from .slide import SlideError, open_slide, read_rgb, slide_mpp
@@ -101,7 +101,7 @@ def read_patch_list(path: str | Path, data_root: str | Path | None = None, check
         raise PatchListError(f"{path}: patch_size must be a multiple of 32 (at least 32), got {patch_size!r}")
     if data.get("patch_level", 0) != 0:
         raise PatchListError(f"{path}: only level-0 patches are supported, got patch_level {data['patch_level']!r}")
-    result: dict = {"patch_size": patch_size}
+    result: dict = {"patch_size": patch_size, "source": str(path)}
     for split in SPLITS:
         entries = data.get(split, [])
         if not isinstance(entries, list):
@@ -150,18 +150,20 @@ def read_ncrf_coords(path: str | Path, slide_dir: str | Path, label: int) -> lis
     path = Path(path)
     if label not in (0, 1):
         raise PatchListError(f"{path}: label must be 0 or 1, got {label!r}")
-    if not path.is_file():
-        raise PatchListError(f"{path}: coordinate file missing")
+    text = read_user_text(path, "coordinate file", PatchListError)
     index = {p.stem.lower(): p for p in input_files(slide_dir, "*.tif", recursive=True)}
     entries = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         fields = [f.strip() for f in line.split(",")]
         try:
             name, x, y = fields[0], float(fields[1]), float(fields[2])
+            if not (math.isfinite(x) and math.isfinite(y)) or x < 0 or y < 0:
+                raise ValueError
         except (IndexError, ValueError):
-            raise PatchListError(f"{path}:{number}: expected 'name,x,y', got {line!r}") from None
+            raise PatchListError(f"{path}:{number}: expected 'name,x,y' with non-negative level-0 coordinates, "
+                                 f"got {line!r}") from None
         slide = index.get(name.lower())
         if slide is None:
             raise PatchListError(f"{path}:{number}: no slide {name}.tif under {slide_dir}")

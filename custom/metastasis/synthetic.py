@@ -436,9 +436,9 @@ def generate_dataset(root: str | Path, n_tumour: int, n_normal: int, width: int,
             progress.step(f"kept existing {path.name}")
             continue
         scene = make_scene(name, width, height, tumour, seed, index)
+        write_slide(scene, path, tile=tile, workers=workers)  # first: an interrupted slide leaves no orphan XML
         if scene.annotations:
             write_asap_xml(xml, scene.annotations, comment=f"{SYNTHETIC_DESCRIPTION} {name}")
-        write_slide(scene, path, tile=tile, workers=workers)
         verify_slide(scene, path, xml if scene.annotations else None)
         lesions = sum(not a.is_exclusion for a in scene.annotations)
         progress.step(f"wrote {path.name} {width}x{height}, {lesions} lesion(s)")

@@ -27,7 +27,7 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_holes, remove_small_objects
 
 from medcore.errors import UserError
-from medcore.files import atomic_path, write_json
+from medcore.files import atomic_path, claim_output_dir, write_json
 from medcore.progress import Progress
 
 from .slide import open_slide, read_rgb, slide_mpp
@@ -211,12 +211,21 @@ def prepare_tissue_masks(slides: Sequence[str | Path], out_dir: str | Path, down
         raise UserError(f"several slides share the name(s) {duplicates}; their masks would overwrite each other")
     for path in slides:
         open_slide(path).close()
+
+    def files(path: Path) -> tuple[Path, Path, Path]:
+        png, overlay = mask_paths(out_dir, path)
+        return png, png.with_suffix(".json"), overlay
+
+    def finished(path: Path) -> bool:
+        return not overwrite and all(f.is_file() for f in files(path))
+
+    claim_output_dir(out_dir, "tissue masks", [f.name for s in slides if not finished(s) for f in files(s)])
     progress = Progress(len(slides), "slides", logger)
     written = []
     for path in slides:
         png, overlay = mask_paths(out_dir, path)
         written.append(png)
-        if png.is_file() and png.with_suffix(".json").is_file() and overlay.is_file() and not overwrite:
+        if finished(path):
             progress.step(f"kept existing {png.name}")
             continue
         mask, rgb = compute_tissue_mask(path, downsample, **options)

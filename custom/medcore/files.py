@@ -135,15 +135,23 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 
     The temporary file lives in the same directory (so the rename is atomic on POSIX) and keeps ``path``'s suffix
     unless ``suffix`` is given, because some writers (nibabel, tifffile) pick the format from it. On an exception
-    the temporary file is removed and ``path`` is left untouched.
+    the temporary file is removed and ``path`` is left untouched; a file-system error (no space, permissions)
+    names ``path``, not the temporary file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) if suffix is None else suffix
-    tmp_path = _new_temp(path.parent, path.name, suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(path.suffixes) if suffix is None else suffix
+        tmp_path = _new_temp(path.parent, path.name, suffix)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.filename not in (str(tmp_path), tmp_path):
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -287,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tissue.add_argument("slides", nargs="+", help="slide files, or folders searched for .tif slides")
     tissue.add_argument("--out", required=True, type=output_dir, help="folder for the masks")
-    tissue.add_argument("--downsample", type=number(float, minimum=1), default=32.0,
-                        help="level-0 pixels per mask pixel (default: 32, level 5 of a Camelyon16 pyramid)")
+    tissue.add_argument("--downsample", type=number(float, minimum=1, maximum=1024), default=32.0,
+                        help="level-0 pixels per mask pixel, 1-1024 (default: 32, level 5 of a Camelyon16 pyramid)")
     tissue.add_argument("--min-saturation", type=number(float, minimum=0, maximum=1), default=0.07,
                         help="lowest saturation threshold in [0, 1], whatever Otsu finds (default: 0.07)")
     tissue.add_argument("--min-tissue-um2", type=number(float, minimum=0), default=10_000.0,
@@ -323,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="share of tumour slides and of normal slides held out for validation (default: 0.2)")
     patches.add_argument("--margin-um", type=number(float, minimum=0), default=50.0,
                          help="normal patches keep this distance (microns) plus half a patch from tumour (default: 50)")
-    patches.add_argument("--downsample", type=number(float, minimum=1), default=32.0,
-                         help="tissue mask downsample when masks are computed (default: 32)")
+    patches.add_argument("--downsample", type=number(float, minimum=1, maximum=1024), default=32.0,
+                         help="tissue mask downsample when masks are computed, 1-1024 (default: 32)")
     patches.add_argument("--seed", type=number(int, minimum=0), default=0, help="sampling seed (default: 0)")
     patches.add_argument("--ncrf-train", nargs="+", type=_label_file, metavar="FILE=LABEL",
                          help="NCRF coordinate files for training, each with its label, e.g. tumor_train.txt=1 "

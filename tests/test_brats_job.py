@@ -12,8 +12,10 @@ import torch
 
 from brats_fl import cli
 from brats_fl.datalist import write_datalists
-from brats_fl.job import DEFAULT_JOB, load_job_configs, make_job
-from medcore.resume import CHECKPOINT_NAME, load_round_checkpoint
+from brats_fl.job import make_job
+from brats_fl.task import TASK
+from medflare.jobs import load_job_configs
+from medflare.workflow import CHECKPOINT_NAME, load_round_checkpoint
 
 from conftest import TINY_BRATS_SHAPE
 
@@ -21,9 +23,9 @@ NVFLARE = str(Path(sys.executable).parent / "nvflare")
 
 
 def test_committed_job_is_the_seed_recipe():
-    server, client = load_job_configs(DEFAULT_JOB)
+    server, client = load_job_configs(TASK.job_template())
     assert server["num_rounds"] == 600
-    assert json.loads((DEFAULT_JOB / "meta.json").read_text())["min_clients"] == 2
+    assert json.loads((TASK.job_template() / "meta.json").read_text())["min_clients"] == 2
     learner = next(c for c in client["components"] if c["id"] == "learner")["args"]
     assert learner["train"]["crop"] == [224, 224, 144] and learner["train"]["lr"] == 1e-4
     assert learner["datalists"] == {"site-1": "seg_brats18_datalist_client_a.json",
@@ -32,7 +34,7 @@ def test_committed_job_is_the_seed_recipe():
     assert persistor == {"path": "brats_fl.model.BratsSegResNet", "args": {"vae": False, "crop": [224, 224, 144]}}
     # The job ships the project's code (bring-your-own-code) so sites need only nvflare and the dependencies.
     for package in ("brats_fl", "medcore"):
-        assert (DEFAULT_JOB / "app/custom" / package / "__init__.py").is_file()
+        assert (TASK.job_template() / "app/custom" / package / "__init__.py").is_file()
 
 
 def test_make_job_applies_overrides(tmp_path):
@@ -104,7 +106,7 @@ def test_committed_job_without_data_fails_clearly(tmp_path):
     data location stops the run with a message that says what to set."""
     env = {k: v for k, v in os.environ.items() if k != "BRATS_DATA_ROOT"}
     ws = tmp_path / "ws"
-    result = subprocess.run([NVFLARE, "simulator", str(DEFAULT_JOB), "-w", str(ws), "-n", "2", "-t", "2"],
+    result = subprocess.run([NVFLARE, "simulator", str(TASK.job_template()), "-w", str(ws), "-n", "2", "-t", "2"],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode != 0
     assert "BRATS_DATA_ROOT" in result.stdout + result.stderr

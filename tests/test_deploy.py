@@ -14,8 +14,9 @@ import pytest
 from brats_fl import cli
 from brats_fl.datalist import write_datalists
 from brats_fl.job import make_job
-from medcore.deploy import DEFAULT_PROJECTS, DeploymentError, Federation, Kits, poc_kits
-from medcore.resume import CHECKPOINT_NAME, load_round_checkpoint
+from brats_fl.task import TASK
+from medflare.deploy import DeploymentError, Federation, Kits, poc_kits
+from medflare.workflow import CHECKPOINT_NAME, load_round_checkpoint
 
 from conftest import TINY_BRATS_SHAPE
 
@@ -28,7 +29,7 @@ def _free_port() -> int:
 
 def _project(tmp_path: Path) -> Path:
     """The committed BraTS project file on a free port (tests never use a fixed port)."""
-    text = DEFAULT_PROJECTS["brats"].read_text().replace("fed_learn_port: 8002", f"fed_learn_port: {_free_port()}")
+    text = TASK.project_file().read_text().replace("fed_learn_port: 8002", f"fed_learn_port: {_free_port()}")
     path = tmp_path / "project.yml"
     path.write_text(text)
     return path
@@ -82,7 +83,7 @@ def test_sigterm_to_the_driving_process_still_tears_down(tmp_path):
     startup.mkdir(parents=True)
     (startup / "sub_start.sh").write_text("exec sleep 301.25\n")  # a server that never opens its port
     script = (f"import sys; sys.path[:0] = {sys.path!r}\n"
-              "from pathlib import Path\nfrom medcore.deploy import Federation, Kits\n"
+              "from pathlib import Path\nfrom medflare.deploy import Federation, Kits\n"
               f"kits = Kits(Path({str(tmp_path)!r}), 'localhost', ('site-1',), 'admin', 'localhost', {_free_port()})\n"
               "with Federation(kits, connect_timeout=300):\n    pass\n")
     driver = subprocess.Popen([sys.executable, "-c", script])

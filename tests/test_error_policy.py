@@ -459,7 +459,7 @@ def test_make_job_replaces_its_own_job_only(tmp_path, capsys, monkeypatch):
 
 
 def test_deploy_workspace_shapes(tmp_path):
-    from medcore.deploy import check_workspace
+    from medflare.deploy import check_workspace
     from medcore.errors import UserError
 
     poc = tmp_path / "poc"

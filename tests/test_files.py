@@ -42,3 +42,15 @@ def test_atomic_directory(tmp_path):
         (staged / "c.txt").write_text("3")
     assert sorted(p.name for p in target.iterdir()) == ["c.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case"]
+
+
+def test_the_plain_core_imports_no_flare():
+    """medcore is the plain core: importing all of it loads no nvflare module (the FLARE layer is medflare)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pkgutil, importlib, medcore\n"
+            "for m in pkgutil.iter_modules(medcore.__path__): importlib.import_module('medcore.' + m.name)\n"
+            "print(sorted(n for n in sys.modules if n.split('.')[0] in ('nvflare', 'medflare')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from medcore.jobs import load_job_configs
+from medflare.jobs import load_job_configs
 from metastasis import cli
-from metastasis.job import DEFAULT_JOB, make_job
+from metastasis.job import make_job
+from metastasis.task import TASK
 
 NVFLARE = str(Path(sys.executable).parent / "nvflare")
 
@@ -20,11 +21,11 @@ def _learner(client):
 
 
 def test_committed_job_is_the_seed_recipe():
-    server, client = load_job_configs(DEFAULT_JOB)
+    server, client = load_job_configs(TASK.job_template())
     train = _learner(client)["train"]
     assert (train["patch_size"], train["lr"], train["batch_size"], train["local_epochs"]) == (224, 1e-3, 32, 1)
     assert train["amp"] and train["augment"]
-    assert json.loads((DEFAULT_JOB / "meta.json").read_text())["min_clients"] == 1
+    assert json.loads((TASK.job_template() / "meta.json").read_text())["min_clients"] == 1
     workflow = server["workflows"][0]["args"]
     assert workflow["min_clients"] == 1 and server["num_rounds"] == 20
     selector = next(c for c in server["components"] if c["id"] == "model_selector")
@@ -42,7 +43,7 @@ def test_make_job_applies_overrides(tmp_path):
     assert learner["data_root"] == "/data/c16" and learner["patch_list"] == "/data/c16/patches.json"
     persistor = next(c for c in server["components"] if c["id"] == "persistor")
     assert persistor["args"]["model"]["args"] == {"patch_size": 96}  # the server builds the same network
-    assert (out / "app/custom/metastasis/learner.py").is_file() and (out / "app/custom/medcore/learner.py").is_file()
+    assert (out / "app/custom/metastasis/learner.py").is_file() and (out / "app/custom/medflare/learner.py").is_file()
     with pytest.raises(ValueError, match="unknown training setting"):
         make_job(tmp_path / "bad", train={"learning_rate": 1})
     with pytest.raises(ValueError, match="rounds must be at least 1"):

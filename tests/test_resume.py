@@ -8,8 +8,8 @@ import pytest
 
 from brats_fl import cli as brats_cli
 from brats_fl.job import make_job as make_brats_job
-from medcore.jobs import load_job_configs, set_resume
-from medcore.resume import RoundCheckpoint, load_round_checkpoint, save_round_checkpoint
+from medflare.jobs import load_job_configs, set_resume
+from medflare.workflow import RoundCheckpoint, load_round_checkpoint, save_round_checkpoint
 from metastasis import cli as metastasis_cli
 from metastasis.job import make_job as make_metastasis_job
 
@@ -47,7 +47,7 @@ def test_jobs_resume_on_both_sides(tmp_path):
     metastasis = make_metastasis_job(tmp_path / "patho", resume_from="1f2e-job")
     for job in (brats, metastasis):
         workflow, learner = _resume_args(job)
-        assert workflow["path"] == "medcore.resume.ResumableScatterAndGather"
+        assert workflow["path"] == "medflare.workflow.ResumableScatterAndGather"
         assert workflow["args"]["resume_from_job"] == "1f2e-job"
         assert learner["args"]["resume_from_job"] == "1f2e-job"
     # A fresh job resumes nothing.
@@ -68,8 +68,26 @@ def test_resume_errors(tmp_path, capsys):
     server, client = load_job_configs(make_brats_job(tmp_path / "b", rounds=2))
     workflow = next(w for w in server["workflows"] if w["id"] == "scatter_and_gather")
     workflow["path"] = "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather"
-    with pytest.raises(ValueError, match="cannot resume; use medcore.resume.ResumableScatterAndGather"):
+    with pytest.raises(ValueError, match="cannot resume; use medflare.workflow.ResumableScatterAndGather"):
         set_resume(server, client, "job-1", tmp_path / "b")
     assert brats_cli.main(["make-job", "--out", str(tmp_path / "c"), "--resume-from", ""]) == 2
     assert "is not a job id" in capsys.readouterr().err
     assert json.loads((tmp_path / "b/meta.json").read_text())["name"]  # the good job is untouched
+
+
+def test_scatter_and_gather_internals():
+    """What ResumableScatterAndGather relies on inside nvflare's ScatterAndGather exists under the pinned nvflare
+    and means what it assumes (an upgrade that renames it fails here, not in a federation)."""
+    from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
+
+    from medflare.workflow import SCATTER_AND_GATHER_INTERNALS, ResumableScatterAndGather
+
+    plain = ScatterAndGather(num_rounds=5, start_round=2)
+    assert all(hasattr(plain, name) for name in SCATTER_AND_GATHER_INTERNALS)
+    assert (plain._start_round, plain._num_rounds) == (2, 5)
+    workflow = ResumableScatterAndGather(num_rounds=5, start_round=2)
+    assert workflow._round_range() == (2, 5) and workflow._end_round() == 7
+    workflow._set_round_range(4, 3)
+    assert (workflow._start_round, workflow._num_rounds) == (4, 3)
+    workflow._set_global_model({"weights": {}})
+    assert workflow._global_weights == {"weights": {}} == workflow._global_model()

@@ -8,16 +8,16 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from medcore.command import (add_report_parser, add_resume_argument, add_ship_code_parser, command_parser,
-                             device_option, existing_dir, existing_file, non_empty, number, output_dir,
-                             output_file, parse_setting, run_command)
+from medcore.command import (command_parser, device_option, existing_dir, existing_file, non_empty, number,
+                             output_dir, output_file, run_command)
 from medcore.errors import UserError
+from medflare.cli import add_deploy_parser, add_make_job_parser, add_report_parser, add_ship_code_parser
 
 from .config import TrainConfig
 from .data import MODALITIES, CaseError, case_files, check_case, find_cases
 from .datalist import SPLITS, write_datalists
-from .job import JOB_PACKAGES
 from .synthetic import RELEASE_SHAPE, generate_dataset
+from .task import TASK
 
 logger = logging.getLogger("brats_fl")
 
@@ -54,24 +54,15 @@ def _datalist(args: argparse.Namespace) -> int:
 
 
 def _make_job(args: argparse.Namespace) -> int:
-    from .job import DEFAULT_JOB, make_job
+    from .job import make_job
 
     train = dict(args.set or [])
     if args.crop:
         train["crop"] = args.crop
-    out = make_job(args.out, template=args.template or DEFAULT_JOB, rounds=args.rounds, train=train,
-                   data_root=args.data_root, datalist_dir=args.datalist_dir, resume_from=args.resume_from)
-    print(f"job written to {out}; run it with: nvflare simulator {out} -n 2 -t 2")
+    out = make_job(args.out, template=args.template, rounds=args.rounds, train=train, data_root=args.data_root,
+                   datalist_dir=args.datalist_dir, resume_from=args.resume_from)
+    print(f"job written to {out}; run it with: nvflare simulator {out} -n {TASK.clients} -t {TASK.clients}")
     return 0
-
-
-def _report(args: argparse.Namespace) -> int:
-    from medcore.crosssite import report_command
-
-    from .report import BRATS_REPORT
-
-    return report_command(args.path, BRATS_REPORT, weights=dict(args.weights) if args.weights else None,
-                          markdown=args.markdown, out=args.out, plot=not args.no_plot)
 
 
 def _weight(text: str) -> tuple[str, float]:
@@ -189,37 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--no-check", action="store_true", help="skip reading every case first (not recommended)")
     dl.set_defaults(func=_datalist)
 
-    job = sub.add_parser(
-        "make-job", help="write a copy of jobs/brats_fl with other rounds, crop, data location or settings",
-        description="Copy the committed job (the seed's recipe) to OUT with overrides, and put the project's code "
-                    "into OUT/app/custom so FLARE can ship it to the sites. Run the result with "
-                    "`nvflare simulator OUT -n 2 -t 2`, or submit it to a POC or provisioned deployment.",
-    )
-    job.add_argument("--out", required=True, type=output_dir,
-                     help="job folder to write; an existing one is replaced only if it is empty or a job make-job "
-                          "wrote (it carries a .clara-open-output marker), any other folder is refused")
-    job.add_argument("--template", type=existing_dir,
-                     help="job folder to start from (default: the repository's jobs/brats_fl)")
-    job.add_argument("--rounds", type=number(int, minimum=1), help="federated rounds (default: the template's, 600)")
+    job = add_make_job_parser(
+        sub, TASK, "Copy the committed job (the seed's recipe) to OUT with overrides, and put the project's code "
+                   "into OUT/app/custom so FLARE can ship it to the sites. Run the result with "
+                   "`nvflare simulator OUT -n 2 -t 2`, or submit it to a POC or provisioned deployment.", _make_job)
     job.add_argument("--crop", type=number(int, above=0, multiple_of=8), nargs=3, metavar=("X", "Y", "Z"),
                      help="training crop and validation window in voxels, divisible by 8 (default: 224 224 144)")
-    job.add_argument("--data-root", type=non_empty, help="data root the sites read, e.g. an absolute path (default: "
-                                         "$BRATS_DATA_ROOT, expanded on each site)")
     job.add_argument("--datalist-dir", type=non_empty,
                      help="folder of the site datalists (default: $BRATS_DATA_ROOT/datalists)")
-    job.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE",
-                     help="any training setting (lr, weight_decay, local_epochs, batch_size, vae, vae_weight, amp, "
-                          "val_overlap, sw_batch_size, cache_rate, num_workers, seed, device); values are JSON, "
-                          "e.g. --set lr=2e-4 --set vae=true; repeatable")
-    add_resume_argument(job)
-    job.set_defaults(func=_make_job)
-
-    add_ship_code_parser(sub, JOB_PACKAGES, "jobs/brats_fl")
-
-    rep = add_report_parser(sub, "Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a "
-                                 "simulator workspace or a downloaded job folder) and print, per model, each site's "
-                                 "TC/WT/ET Dice and their average across sites weighted by the number of test cases.",
-                            _report)
+    add_ship_code_parser(sub, TASK)
+    rep = add_report_parser(
+        sub, TASK, "Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a simulator workspace or "
+                   "a downloaded job folder) and print, per model, each site's TC/WT/ET Dice and their average "
+                   "across sites weighted by the number of test cases.",
+        weights=lambda args: dict(args.weights) if args.weights else None)
     rep.add_argument("--weights", type=_weight, nargs="+", metavar="SITE=W",
                      help="site weights for AVE instead of the test-case counts, e.g. the seed's site-1=30 site-2=12")
 
@@ -251,11 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="label map to write (.nii or .nii.gz; an existing file is replaced only if it is a label "
                           "map infer wrote)")
     inf.set_defaults(func=_infer)
-    from medcore.deploy import DEFAULT_PROJECTS, add_deploy_parser
-
-    from .report import BRATS_REPORT
-
-    add_deploy_parser(sub, str(DEFAULT_PROJECTS["brats"]), "BRATS_DATA_ROOT", BRATS_REPORT, "jobs/brats_fl")
+    add_deploy_parser(sub, TASK)
     return parser
 
 

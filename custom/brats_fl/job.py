@@ -1,32 +1,22 @@
-"""The BraTS job folder: where it is, what code it ships, and derived jobs with other settings.
-
-The committed job (``jobs/brats_fl``) carries the seed's recipe. Users (and ``make demo``) change knobs without
-editing it: :func:`make_job` copies the job, applies overrides to its two configuration files and ships the code
-into it (:mod:`medcore.jobs`).
-"""
+"""Derived BraTS jobs: the committed job (``jobs/brats_fl``, the seed's recipe) with other rounds, recipe settings
+or data location, and the code shipped into it (:func:`medflare.jobs.derive_job`; ``make demo`` uses one)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping
 
-from medcore.jobs import CLIENT_CONFIG, SERVER_CONFIG, find_component, load_job_configs, ship_code, write_job
+from medflare.jobs import derive_job
 
-from .config import TrainConfig
+from .task import TASK
 
-__all__ = ["DEFAULT_JOB", "JOB_PACKAGES", "ship_code", "load_job_configs", "make_job"]
-
-#: The committed job folder (repository checkout).
-DEFAULT_JOB = Path(__file__).resolve().parents[2] / "jobs" / "brats_fl"
-
-#: The packages the BraTS job runs on the server and the sites.
-JOB_PACKAGES: tuple[str, ...] = ("brats_fl", "medcore")
+__all__ = ["make_job"]
 
 
-def make_job(out_dir: str | Path, template: str | Path = DEFAULT_JOB, rounds: int | None = None,
+def make_job(out_dir: str | Path, template: str | Path | None = None, rounds: int | None = None,
              train: Mapping[str, Any] | None = None, data_root: str | None = None,
              datalist_dir: str | None = None, resume_from: str | None = None) -> Path:
-    """Write a copy of ``template`` to ``out_dir`` with the given overrides and return ``out_dir``.
+    """Write a copy of ``template`` (default: the committed job) to ``out_dir`` with the given overrides.
 
     Args:
         rounds: federated rounds (ScatterAndGather ``num_rounds``).
@@ -34,18 +24,9 @@ def make_job(out_dir: str | Path, template: str | Path = DEFAULT_JOB, rounds: in
             server's model arguments (``crop``, ``vae``) follow, so both sides build the same network.
         data_root, datalist_dir: where the sites find their data (default: the template's, ``$BRATS_DATA_ROOT``).
         resume_from: id of an interrupted run of this job to go on from (same server and site workspaces;
-            :mod:`medcore.resume`).
+            :mod:`medflare.workflow`).
     """
-    template = Path(template)
-    server, client = load_job_configs(template)
-    learner = find_component(client, "learner", template / CLIENT_CONFIG)["args"]
-    merged = {**learner.get("train", {}), **dict(train or {})}
-    config = TrainConfig.from_dict(merged)  # validates names and values before anything is written
-    learner["train"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in merged.items()}
-    if data_root is not None:
-        learner["data_root"] = data_root
-    if datalist_dir is not None:
-        learner["datalist_dir"] = datalist_dir
-    model_args = find_component(server, "persistor", template / SERVER_CONFIG)["args"]["model"]["args"]
-    model_args.update({"vae": config.vae, "crop": list(config.crop)})
-    return write_job(out_dir, template, server, client, JOB_PACKAGES, rounds=rounds, resume_from=resume_from)
+    return derive_job(out_dir, template or TASK.job_template(), TASK.recipe, TASK.packages, rounds=rounds,
+                      train=train, learner_args={"data_root": data_root, "datalist_dir": datalist_dir},
+                      model_args=lambda config: {"vae": config.vae, "crop": list(config.crop)},
+                      resume_from=resume_from)

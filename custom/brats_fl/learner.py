@@ -1,4 +1,4 @@
-"""The BraTS FLARE client component: :class:`~medcore.learner.ModelLearner` (task handling, state on disk, local
+"""The BraTS FLARE client component: :class:`~medflare.learner.EngineLearner` (task handling, state on disk, local
 best model) around the plain-Python SegResNet engine.
 
 Cross-site validation scores every model on the site's ``testing`` split; the server selects the global best
@@ -19,7 +19,7 @@ from nvflare.apis.signal import Signal
 from medcore.device import select_device
 from medcore.errors import UserError
 from medcore.files import write_json
-from medcore.learner import ModelLearner, resolve_path
+from medflare.learner import EngineLearner, resolve_path
 
 from .config import TrainConfig
 from .datalist import SEED_SITES, read_datalist
@@ -33,7 +33,7 @@ __all__ = ["BratsLearner", "KEY_METRIC"]
 KEY_METRIC = "val_dice"
 
 
-class BratsLearner(ModelLearner):
+class BratsLearner(EngineLearner):
     """Trains and validates the seed's SegResNet on one site's BraTS datalist.
 
     Args:
@@ -44,7 +44,7 @@ class BratsLearner(ModelLearner):
             site-2 -> ``..._client_b.json``).
         train: :class:`~brats_fl.config.TrainConfig` settings; defaults are the seed's recipe.
         analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
-        resume_from_job: id of an interrupted job whose local state this run takes over (:mod:`medcore.resume`).
+        resume_from_job: id of an interrupted job whose local state this run takes over (:mod:`medflare.workflow`).
     """
 
     key_metric = KEY_METRIC

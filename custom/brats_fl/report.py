@@ -5,7 +5,7 @@ Dice on its testing split and their average across sites weighted by the number 
 split, AVE = (site-1 x 30 + site-2 x 12) / 42. (The seed's card names 30 and 12 "testing" cases while its
 datalists hold 36 and 7 testing cases and 30 / 12 validation cases; our learner reports the number of cases it
 evaluated, ``n_cases``, and the report weights by it. ``weights`` reproduces any other weighting, e.g. the seed's
-``{"site-1": 30, "site-2": 12}``.) The machinery is :mod:`medcore.crosssite`; this module says what BraTS results
+``{"site-1": 30, "site-2": 12}``.) The machinery is :mod:`medflare.crosssite`; this module says what BraTS results
 hold.
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from medcore import crosssite
-from medcore.crosssite import (SERVER_BEST, SERVER_FINAL, CrossSiteReport, ReportError, ReportSpec, find_results,
+from medflare import crosssite
+from medflare.crosssite import (SERVER_BEST, SERVER_FINAL, CrossSiteReport, ReportError, ReportSpec, find_results,
                                format_markdown, format_text, write_report)
 
 from .metrics import REGIONS

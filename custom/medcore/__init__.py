@@ -1,2 +1,8 @@
-"""Small pieces shared by the segmentation and pathology packages: atomic file output, progress logging and
-the random fields the synthetic-data generators are built from."""
+"""The plain core both task packages share, with no FLARE in it (the FLARE layer is :mod:`medflare`):
+
+* :mod:`medcore.errors`, :mod:`medcore.command`: the error policy and the command-line conventions;
+* :mod:`medcore.files`: safe input (JSON, text, tensors-only checkpoints) and atomic, owned output;
+* :mod:`medcore.settings`: typed recipes; :mod:`medcore.device`: device and mixed-precision choice;
+* :mod:`medcore.training`: the epoch loop both models train with; :mod:`medcore.progress`: logging;
+* :mod:`medcore.random_fields`: the noise the synthetic-data generators are built from.
+"""

@@ -4,7 +4,6 @@ precision (:mod:`medcore.device`), seeded shuffling and a record of how long the
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from typing import Any, Callable
 
@@ -54,8 +53,7 @@ class EpochTrainer:
         """Forward pass and loss of one batch (called under autocast); returns (loss, samples in the batch)."""
         raise NotImplementedError
 
-    def train_epoch(self, dataset: Dataset, abort: Callable[[], bool] = lambda: False,
-                    step_logger: logging.Logger | None = None) -> EpochStats:
+    def train_epoch(self, dataset: Dataset, abort: Callable[[], bool] = lambda: False) -> EpochStats:
         """One pass over ``dataset`` in random order; stops early (returning what was done) when ``abort()``."""
         # MONAI's DataLoader seeds every worker's random transforms differently (a plain one would fork
         # identical augmentation streams into all workers).
@@ -77,8 +75,6 @@ class EpochTrainer:
             self.scaler.update()
             losses.append(float(loss.detach()))
             samples += n
-            if step_logger is not None:
-                step_logger.debug("step %d loss %.4f", len(losses), losses[-1])
             fetch_start = time.perf_counter()
         self.epochs += 1
         return EpochStats(loss=float(np.mean(losses)) if losses else float("nan"), steps=len(losses),

@@ -21,13 +21,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from medcore.command import (add_report_parser, add_resume_argument, add_ship_code_parser, command_parser,
-                             device_option, existing_dir, existing_file, existing_path, non_empty, number,
-                             output_dir, output_file, parse_setting, run_command)
+from medcore.command import (command_parser, device_option, existing_dir, existing_file, existing_path, non_empty,
+                             number, output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
 from medcore.files import check_replaceable, claim_output_dir, first_line_is, input_files
+from medflare.cli import add_deploy_parser, add_make_job_parser, add_report_parser, add_ship_code_parser
 
-from .job import JOB_PACKAGES
+from .task import TASK
 
 _SETTINGS_HELP = ("training setting (patch_size, batch_size, lr, weight_decay, epochs, local_epochs, amp, augment, "
                   "threshold, num_workers, num_threads, pretrained, seed, device; see metastasis.config.TrainConfig); "
@@ -227,21 +227,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _make_job(args: argparse.Namespace) -> int:
-    from .job import DEFAULT_JOB, make_job
+    from .job import make_job
 
-    out = make_job(args.out, template=args.template or DEFAULT_JOB, rounds=args.rounds, train=dict(args.set or []),
+    out = make_job(args.out, template=args.template, rounds=args.rounds, train=dict(args.set or []),
                    data_root=args.data_root, patch_list=args.patch_list, resume_from=args.resume_from)
-    print(f"job written to {out}; run it with: nvflare simulator {out} -n 1")
+    print(f"job written to {out}; run it with: nvflare simulator {out} -n {TASK.clients}")
     return 0
-
-
-def _report(args: argparse.Namespace) -> int:
-    from medcore.crosssite import report_command
-
-    from .report import METASTASIS_REPORT
-
-    return report_command(args.path, METASTASIS_REPORT, markdown=args.markdown, out=args.out,
-                          plot=not args.no_plot)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -372,24 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--device", type=device_option, default="auto", help="auto, cpu or cuda[:n] (default: auto)")
     val.set_defaults(func=_validate)
 
-    job = sub.add_parser(
-        "make-job", help="write a copy of jobs/pathology_metastasis with other settings",
-        description="Copy the committed single-site FLARE job with other rounds, data location or training "
-                    "settings, and ship the project's code into it. Run it with: nvflare simulator OUT -n 1.",
-    )
-    job.add_argument("--out", required=True, type=output_dir,
-                     help="job folder to write; an existing one is replaced only if it is empty or a job make-job "
-                          "wrote (it carries a .clara-open-output marker), any other folder is refused")
-    job.add_argument("--template", type=existing_dir, help="job to start from (default: jobs/pathology_metastasis)")
-    job.add_argument("--rounds", type=number(int, minimum=1),
-                     help="federated rounds, one local epoch each (default: the template's 20)")
-    job.add_argument("--data-root", type=non_empty,
-                     help="folder the patch list's paths are relative to (default: $CAMELYON_DATA_ROOT)")
+    job = add_make_job_parser(
+        sub, TASK, "Copy the committed single-site FLARE job with other rounds, data location or training "
+                   "settings, and ship the project's code into it. Run it with: nvflare simulator OUT -n 1.",
+        _make_job)
     job.add_argument("--patch-list", type=non_empty,
                      help="the site's patch list (default: $CAMELYON_DATA_ROOT/patches.json)")
-    job.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE", help=_SETTINGS_HELP)
-    add_resume_argument(job)
-    job.set_defaults(func=_make_job)
 
     infer = sub.add_parser(
         "infer", help="whole-slide tumour probability maps (1/stride of level 0), restricted to tissue",
@@ -459,18 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, type=output_dir, help="folder for froc.json, froc_slides.csv, froc.png")
     evaluate.set_defaults(func=_evaluate)
 
-    add_report_parser(sub, "Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a simulator "
-                           "workspace or a downloaded job folder) and print, per model (final global, best global, "
-                           "the site's local best), validation patch accuracy, AUC, sensitivity and specificity.",
-                      _report)
-    add_ship_code_parser(sub, JOB_PACKAGES, "jobs/pathology_metastasis")
-
-    from medcore.deploy import DEFAULT_PROJECTS, add_deploy_parser
-
-    from .report import METASTASIS_REPORT
-
-    add_deploy_parser(sub, str(DEFAULT_PROJECTS["pathology"]), "CAMELYON_DATA_ROOT", METASTASIS_REPORT,
-                      "jobs/pathology_metastasis")
+    add_report_parser(sub, TASK, "Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a simulator "
+                                 "workspace or a downloaded job folder) and print, per model (final global, best "
+                                 "global, the site's local best), validation patch accuracy, AUC, sensitivity and "
+                                 "specificity.")
+    add_ship_code_parser(sub, TASK)
+    add_deploy_parser(sub, TASK)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""The FLARE client component of the single-site metastasis job: :class:`~medcore.learner.ModelLearner` (task
+"""The FLARE client component of the single-site metastasis job: :class:`~medflare.learner.EngineLearner` (task
 handling, state on disk, local best model) around the plain-Python patch-classifier engine.
 
 Each round is ``local_epochs`` epochs over the site's training patches; the server selects the global best model on
@@ -16,7 +16,7 @@ from nvflare.apis.signal import Signal
 
 from medcore.device import select_device
 from medcore.errors import UserError
-from medcore.learner import ModelLearner, resolve_path
+from medflare.learner import EngineLearner, resolve_path
 
 from .config import TrainConfig
 from .engine import Trainer, build_model, evaluate, patch_datasets
@@ -28,7 +28,7 @@ __all__ = ["MetastasisLearner", "KEY_METRIC"]
 KEY_METRIC = "val_accuracy"
 
 
-class MetastasisLearner(ModelLearner):
+class MetastasisLearner(EngineLearner):
     """Trains and validates the seed's ResNet18 patch classifier on one site's patch list.
 
     Args:
@@ -38,7 +38,7 @@ class MetastasisLearner(ModelLearner):
         train: :class:`~metastasis.config.TrainConfig` settings; defaults are the seed's recipe. A ``pretrained``
             path is resolved on the site (environment variables expanded).
         analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
-        resume_from_job: id of an interrupted job whose local state this run takes over (:mod:`medcore.resume`).
+        resume_from_job: id of an interrupted job whose local state this run takes over (:mod:`medflare.workflow`).
     """
 
     key_metric = KEY_METRIC

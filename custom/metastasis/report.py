@@ -1,10 +1,10 @@
 """The metastasis job's cross-site validation report: patch accuracy, AUC, sensitivity and specificity of the
 final global, best global and local best models on the site's validation patches, and the training curves.
-The machinery is :mod:`medcore.crosssite`; this module says what the metastasis results hold."""
+The machinery is :mod:`medflare.crosssite`; this module says what the metastasis results hold."""
 
 from __future__ import annotations
 
-from medcore.crosssite import ReportSpec
+from medflare.crosssite import ReportSpec
 
 __all__ = ["METASTASIS_REPORT"]
 

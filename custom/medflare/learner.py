@@ -36,11 +36,11 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateType
 
-from .errors import UserError
-from .files import atomic_path, load_torch
-from .training import EpochStats, EpochTrainer
+from medcore.errors import UserError
+from medcore.files import atomic_path, load_torch
+from medcore.training import EpochStats, EpochTrainer
 
-__all__ = ["resolve_path", "ModelLearner"]
+__all__ = ["resolve_path", "EngineLearner"]
 
 
 def resolve_path(path: str, what: str) -> Path:
@@ -51,7 +51,7 @@ def resolve_path(path: str, what: str) -> Path:
     return Path(expanded)
 
 
-class ModelLearner(Learner):
+class EngineLearner(Learner):
     """FLARE task handling around an :class:`~medcore.training.EpochTrainer` (set by :meth:`setup`).
 
     Subclasses define:
@@ -67,7 +67,7 @@ class ModelLearner(Learner):
     Args:
         analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
         resume_from_job: id of an interrupted job whose local state (in this site's workspace) this run takes over,
-            or ``""`` (:mod:`medcore.resume`).
+            or ``""`` (:mod:`medflare.workflow`).
     """
 
     key_metric = "val_metric"

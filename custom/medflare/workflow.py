@@ -8,12 +8,12 @@ survives a crash is the run folders on disk. This module makes them enough to go
   round checkpoint in its run folder (``round_checkpoint.pt``: the global model, the round, the best global
   validation score so far) in one atomic step. Given ``resume_from_job``, it starts at the round after that job's
   last checkpoint, from its global model, with its best model and best score, and trains up to the same last round.
-* :class:`~medcore.learner.ModelLearner` (sites), given the same ``resume_from_job``, takes over the interrupted
+* :class:`~medflare.learner.EngineLearner` (sites), given the same ``resume_from_job``, takes over the interrupted
   run's local state (optimiser and grad-scaler state, epochs, local best model and score) from the site's run folder
   of that job.
 
 A resumed job is the same job submitted again with ``resume_from_job`` set to the interrupted job's id on both
-sides (``brats-fl make-job --resume-from JOB_ID``, :func:`medcore.jobs.set_resume`), run by the same server and
+sides (``make-job --resume-from JOB_ID`` of either tool, :func:`medflare.jobs.set_resume`), run by the same server and
 site workspaces. The resumed run writes round checkpoints of its own, so it can be resumed in turn.
 """
 
@@ -31,8 +31,8 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 
-from .errors import UserError
-from .files import atomic_path, load_torch
+from medcore.errors import UserError
+from medcore.files import atomic_path, load_torch
 
 __all__ = ["CHECKPOINT_NAME", "RoundCheckpoint", "save_round_checkpoint", "load_round_checkpoint",
            "ResumableScatterAndGather"]
@@ -84,6 +84,13 @@ def load_round_checkpoint(path: str | Path) -> RoundCheckpoint:
         raise UserError(f"{path}: not a round checkpoint ({type(err).__name__}: {err})") from err
 
 
+#: What this module relies on inside nvflare's ``ScatterAndGather`` (2.9), which has no public way to move the first
+#: round after start-up or to replace the global model: the attributes its ``__init__`` sets for the round range and
+#: the global model. Only the four accessor methods below touch them; ``tests/test_resume.py`` checks them against
+#: the pinned nvflare, so an upgrade that renames them fails there rather than in a federation.
+SCATTER_AND_GATHER_INTERNALS = ("_start_round", "_num_rounds", "_global_weights")
+
+
 class ResumableScatterAndGather(ScatterAndGather):
     """``ScatterAndGather`` that checkpoints every round and can go on from another run's last checkpoint.
 
@@ -100,11 +107,30 @@ class ResumableScatterAndGather(ScatterAndGather):
         self.resume_from_job = resume_from_job
         self.model_selector_id = model_selector_id
 
+    # -- the only code that touches ScatterAndGather's internals (SCATTER_AND_GATHER_INTERNALS) ------------------
+    def _round_range(self) -> tuple[int, int]:
+        """(first round, rounds to run) of this run."""
+        return self._start_round, self._num_rounds
+
+    def _set_round_range(self, start: int, count: int) -> None:
+        self._start_round, self._num_rounds = start, count
+
+    def _global_model(self):
+        return self._global_weights
+
+    def _set_global_model(self, learnable) -> None:
+        self._global_weights = learnable
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _end_round(self) -> int:
+        start, count = self._round_range()
+        return start + count
+
     def _app_dir(self, fl_ctx: FLContext, job_id: str) -> Path:
         return Path(fl_ctx.get_engine().get_workspace().get_app_dir(job_id))
 
-    def _selector(self):
-        return self._engine.get_component(self.model_selector_id) if self.model_selector_id else None
+    def _selector(self, fl_ctx: FLContext):
+        return fl_ctx.get_engine().get_component(self.model_selector_id) if self.model_selector_id else None
 
     def start_controller(self, fl_ctx: FLContext) -> None:
         checkpoint = None
@@ -120,28 +146,27 @@ class ResumableScatterAndGather(ScatterAndGather):
             except (OSError, ValueError) as err:
                 self.system_panic(f"cannot resume job {self.resume_from_job}: {err}", fl_ctx)
                 return
-            end_round = self._start_round + self._num_rounds
-            self._start_round = checkpoint.round + 1
-            self._num_rounds = max(end_round - self._start_round, 0)
+            end_round = self._end_round()
+            self._set_round_range(checkpoint.round + 1, max(end_round - checkpoint.round - 1, 0))
         super().start_controller(fl_ctx)
         if checkpoint is not None:
             self._restore(checkpoint, old_dir, fl_ctx)
 
     def _restore(self, checkpoint: RoundCheckpoint, old_dir: Path, fl_ctx: FLContext) -> None:
-        self._global_weights = make_model_learnable(checkpoint.weights, {})
-        fl_ctx.set_prop(AppConstants.GLOBAL_MODEL, self._global_weights, private=True, sticky=True)
+        self._set_global_model(make_model_learnable(checkpoint.weights, {}))
+        fl_ctx.set_prop(AppConstants.GLOBAL_MODEL, self._global_model(), private=True, sticky=True)
         if self.persistor:
             # The persistor saves the best model from its own copy of the global model: give it the restored one.
-            self.persistor.save(self._global_weights, fl_ctx)
+            self.persistor.save(self._global_model(), fl_ctx)
             best_name = getattr(self.persistor, "best_global_model_file_name", None)
             if best_name and (old_dir / best_name).is_file():
                 with atomic_path(self._app_dir(fl_ctx, fl_ctx.get_job_id()) / best_name) as tmp:
                     shutil.copyfile(old_dir / best_name, tmp)
-        selector = self._selector()
+        selector = self._selector(fl_ctx)
         if selector is not None and hasattr(selector, "best_val_metric"):
             selector.best_val_metric = checkpoint.best_metric
         self.log_info(fl_ctx, f"resuming job {checkpoint.job_id} after its round {checkpoint.round}: rounds "
-                              f"{self._start_round}..{self._start_round + self._num_rounds - 1} to go, best global "
+                              f"{self._round_range()[0]}..{self._end_round() - 1} to go, best global "
                               f"score so far {checkpoint.best_metric:.4f}")
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
@@ -150,11 +175,11 @@ class ResumableScatterAndGather(ScatterAndGather):
             # FLARE puts the rounds of this run in the task; the sites log "round r/total" of the whole training.
             task_data = fl_ctx.get_prop(AppConstants.TRAIN_SHAREABLE)
             if task_data is not None:
-                task_data.set_header(AppConstants.NUM_ROUNDS, self._start_round + self._num_rounds)
+                task_data.set_header(AppConstants.NUM_ROUNDS, self._end_round())
         elif event_type == AppEventType.ROUND_DONE:
-            selector = self._selector()
+            selector = self._selector(fl_ctx)
             best = float(getattr(selector, "best_val_metric", -np.inf)) if selector is not None else -np.inf
             job_id = fl_ctx.get_job_id()
             save_round_checkpoint(self._app_dir(fl_ctx, job_id) / CHECKPOINT_NAME, RoundCheckpoint(
-                round=int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND)), end_round=self._start_round + self._num_rounds,
-                weights=self._global_weights[ModelLearnableKey.WEIGHTS], best_metric=best, job_id=job_id))
+                round=int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND)), end_round=self._end_round(),
+                weights=self._global_model()[ModelLearnableKey.WEIGHTS], best_metric=best, job_id=job_id))

@@ -29,15 +29,11 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .errors import UserError
-from .files import atomic_directory, check_replaceable, mark_output
+from medcore.errors import UserError
+from medcore.files import atomic_directory, check_replaceable, mark_output
 
-__all__ = ["DEFAULT_PROJECTS", "DeploymentError", "Kits", "project_server", "check_workspace", "poc_kits",
-           "provision_kits", "port_in_use", "check_port_free", "Federation", "add_deploy_parser"]
-
-#: The committed project files (repository checkout).
-DEFAULT_PROJECTS = {name: Path(__file__).resolve().parents[2] / "provisioning" / f"{name}_project.yml"
-                    for name in ("brats", "pathology")}
+__all__ = ["DeploymentError", "Kits", "project_server", "check_workspace", "poc_kits", "provision_kits",
+           "port_in_use", "check_port_free", "Federation"]
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +191,7 @@ class Federation:
 
     Args:
         kits: the startup kits (their server name must resolve to this machine, e.g. ``localhost``).
-        env: extra environment for the site processes (e.g. ``{"BRATS_DATA_ROOT": "/data/brats"}``).
+        env: extra environment for the site processes (e.g. ``{"DATA_ROOT": "/data/site-1"}``).
         clients: the clients to start (default: all of the kits').
         connect_timeout: seconds to wait for the server's port and for every client to register.
     """
@@ -296,7 +292,7 @@ class Federation:
     def restart_server(self, crash: bool = True) -> None:
         """Stop the server (killed at once with ``crash``) and start it again from its kit; return when the sites,
         which keep running, have registered with it again. nvflare 2.9 does not restore the jobs that were running
-        (their records stay ``RUNNING``); :mod:`medcore.resume` goes on from their run folders."""
+        (their records stay ``RUNNING``); :mod:`medflare.workflow` goes on from their run folders."""
         self._close_session(shutdown=False)
         self.stop_participant(self.kits.server, crash=crash)
         deadline = time.monotonic() + self.connect_timeout
@@ -361,7 +357,7 @@ class Federation:
     # -- jobs --------------------------------------------------------------------------------------------------
     def restore_run_folder(self, job_id: str) -> Path:
         """Put an ended job's archived run folder back into the server's workspace (from the job store, through
-        the admin API), so that a job can resume from it (:mod:`medcore.resume`); returns the folder."""
+        the admin API), so that a job can resume from it (:mod:`medflare.workflow`); returns the folder."""
         target = self.kits.prod_dir / self.kits.server / job_id
         if target.exists():
             raise DeploymentError(f"{target} exists already: the run folder is in place")
@@ -404,48 +400,3 @@ class Federation:
             raise DeploymentError(f"job {job_id} ended as {status} (monitor: {outcome}); end of the server log "
                                   f"{self.log(self.kits.server)}:", _tail(self.log(self.kits.server)))
         return status
-
-
-def add_deploy_parser(sub, project: str, data_variable: str, spec, job_example: str) -> None:
-    """The ``deploy`` sub-command of both tools: kits -> federation -> job -> report (``spec``: a ReportSpec)."""
-    from .command import existing_dir, existing_file, number, output_dir
-
-    def run(args) -> int:
-        from .crosssite import report_command
-
-        # Everything that can be checked is checked before the kits are made (poc prepare replaces a folder).
-        if not (args.job / "meta.json").is_file():
-            raise DeploymentError(f"{args.job}: not a job folder (no meta.json)")
-        check_port_free(*project_server(args.project), where=str(args.project))
-        check_workspace(args.workspace)
-        kits = (poc_kits if args.kits == "poc" else provision_kits)(args.project, args.workspace)
-        env = {data_variable: str(Path(args.data_root).resolve())} if args.data_root else {}
-        with Federation(kits, env=env, connect_timeout=args.connect_timeout) as federation:
-            result = federation.run_job(args.job, timeout=args.timeout)
-        print(f"job results downloaded to {result}")
-        return report_command(result, spec, out=args.out)
-
-    deploy = sub.add_parser(
-        "deploy", help="run a job in a real local federation (POC or provisioned TLS kits) and report it",
-        description="Make startup kits (nvflare poc prepare, or nvflare provision: mutual TLS either way) from a "
-                    "project file whose server is localhost, start the server and every client as separate "
-                    "processes, wait until all are connected, submit JOB through the FLARE API, follow it, check "
-                    "that it ended FINISHED:COMPLETED, download its results, stop everything (also when a step "
-                    "fails) and print the cross-site report.",
-    )
-    deploy.add_argument("job", type=existing_dir,
-                        help=f"job folder to run (e.g. one written by make-job from {job_example})")
-    deploy.add_argument("--kits", choices=("poc", "provision"), default="poc",
-                        help="poc: nvflare poc prepare; provision: nvflare provision (default: poc)")
-    deploy.add_argument("--project", type=existing_file, default=project, help=f"project file (default: {project})")
-    deploy.add_argument("--workspace", required=True, type=output_dir,
-                        help="folder for the startup kits and the sites' workspaces: new, empty, or one an earlier "
-                             "deploy made (it is replaced); any other folder is refused")
-    deploy.add_argument("--data-root", type=existing_dir,
-                        help=f"exported to the sites as {data_variable} (for jobs that use it)")
-    deploy.add_argument("--timeout", type=number(float, above=0), default=3600.0,
-                        help="seconds the job may run (default: 3600)")
-    deploy.add_argument("--connect-timeout", type=number(float, above=0), default=120.0,
-                        help="seconds to wait for the server and every client to come up (default: 120)")
-    deploy.add_argument("--out", type=output_dir, help="folder for the report files (report.txt/.md/.csv/.json)")
-    deploy.set_defaults(func=run)

@@ -19,8 +19,8 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .errors import UserError
-from .files import atomic_path, claim_output_dir, write_json, write_text
+from medcore.errors import UserError
+from medcore.files import atomic_path, claim_output_dir, write_json, write_text
 
 __all__ = ["SERVER_FINAL", "SERVER_BEST", "ReportError", "ReportSpec", "CrossSiteReport", "find_results",
            "load_results", "build_report", "format_text", "format_markdown", "write_report", "plot_curves",

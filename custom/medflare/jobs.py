@@ -11,13 +11,14 @@ from __future__ import annotations
 import importlib
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from .errors import UserError
-from .files import atomic_directory, check_replaceable, mark_output, read_json, write_json
+from medcore.errors import UserError
+from medcore.files import atomic_directory, check_replaceable, mark_output, read_json, write_json
+from medcore.settings import Settings
 
 __all__ = ["SERVER_CONFIG", "CLIENT_CONFIG", "ship_code", "load_job_configs", "find_component", "set_resume",
-           "write_job"]
+           "write_job", "derive_job"]
 
 SERVER_CONFIG = Path("app/config/config_fed_server.json")
 CLIENT_CONFIG = Path("app/config/config_fed_client.json")
@@ -79,14 +80,14 @@ def find_component(config: dict, component_id: str, path: Path | str) -> dict:
 
 def set_resume(server: dict, client: dict, job_id: str, job_dir: str | Path,
                workflow_id: str = "scatter_and_gather", learner_id: str = "learner") -> None:
-    """Make a job's configurations (in place) go on from interrupted job ``job_id`` (:mod:`medcore.resume`): the
+    """Make a job's configurations (in place) go on from interrupted job ``job_id`` (:mod:`medflare.workflow`): the
     server's training workflow and the sites' learner both get ``resume_from_job``."""
     if not job_id or "/" in job_id or job_id.startswith("."):
         raise UserError(f"resume: {job_id!r} is not a job id (the id FLARE gave the interrupted job)")
     workflow = find_component(server, workflow_id, Path(job_dir) / SERVER_CONFIG)
     if not workflow.get("path", "").endswith("ResumableScatterAndGather"):
         raise UserError(f"{Path(job_dir) / SERVER_CONFIG}: workflow {workflow_id!r} is {workflow.get('path')!r}, "
-                         "which cannot resume; use medcore.resume.ResumableScatterAndGather")
+                         "which cannot resume; use medflare.workflow.ResumableScatterAndGather")
     learner = find_component(client, learner_id, Path(job_dir) / CLIENT_CONFIG)
     for component in (workflow, learner):
         component.setdefault("args", {})["resume_from_job"] = job_id
@@ -120,3 +121,29 @@ def write_job(out_dir: str | Path, template: str | Path, server: dict, client: d
         ship_code(staged / "app" / "custom", packages)
         mark_output(staged, JOB_OUTPUT, manifest=True)
     return out_dir
+
+
+def derive_job(out_dir: str | Path, template: str | Path, recipe: type[Settings], packages: Sequence[str],
+               rounds: int | None = None, train: Mapping[str, Any] | None = None,
+               learner_args: Mapping[str, Any] | None = None,
+               model_args: Callable[[Settings], Mapping[str, Any]] = lambda config: {},
+               resume_from: str | None = None) -> Path:
+    """Write a copy of job ``template`` to ``out_dir`` with overrides and return ``out_dir``.
+
+    Args:
+        recipe: the learner's recipe class; the merged ``train`` block (the template's, then ``train``) is checked
+            with it before anything is written, and the job keeps exactly that merged block.
+        learner_args: other arguments of the ``learner`` component to set (``None`` values are left alone).
+        model_args: the server persistor's model arguments for a recipe, so both sides build the same network.
+        rounds, resume_from: as in :func:`write_job`.
+    """
+    template = Path(template)
+    server, client = load_job_configs(template)
+    learner = find_component(client, "learner", template / CLIENT_CONFIG).setdefault("args", {})
+    merged = {**learner.get("train", {}), **dict(train or {})}
+    config = recipe.from_dict(merged)  # validates names and values before anything is written
+    learner["train"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in merged.items()}
+    learner.update({k: v for k, v in (learner_args or {}).items() if v is not None})
+    persistor = find_component(server, "persistor", template / SERVER_CONFIG)
+    persistor.setdefault("args", {}).setdefault("model", {}).setdefault("args", {}).update(model_args(config))
+    return write_job(out_dir, template, server, client, packages, rounds=rounds, resume_from=resume_from)

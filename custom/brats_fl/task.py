@@ -1,0 +1,20 @@
+"""The federated BraTS task as the FLARE layer and the shared sub-commands see it (:class:`medflare.task.TaskSpec`)."""
+
+from __future__ import annotations
+
+from medflare.task import TaskSpec
+
+from .config import TrainConfig
+from .report import BRATS_REPORT
+
+__all__ = ["TASK"]
+
+TASK = TaskSpec(
+    job="jobs/brats_fl",
+    project="provisioning/brats_project.yml",
+    packages=("brats_fl", "medcore", "medflare"),
+    data_variable="BRATS_DATA_ROOT",
+    clients=2,
+    recipe=TrainConfig,
+    report=BRATS_REPORT,
+)

@@ -1,0 +1,12 @@
+"""The generic FLARE layer both jobs share, apart from the plain core (:mod:`medcore`, which imports no nvflare):
+
+* :mod:`medflare.learner`: :class:`~medflare.learner.EngineLearner`, a thin FLARE ``Learner`` around a plain-Python
+  training engine (state on disk, local best model);
+* :mod:`medflare.workflow`: :class:`~medflare.workflow.ResumableScatterAndGather`, round checkpoints and resuming;
+* :mod:`medflare.jobs`: job folders (derive, ship code, resume settings);
+* :mod:`medflare.deploy`: a real local federation from startup kits;
+* :mod:`medflare.crosssite`: the cross-site validation report;
+* :mod:`medflare.cli`: the sub-commands both tools share (make-job, ship-code, report, deploy).
+
+Nothing here names a job: each task package passes what is its own (:class:`medflare.task.TaskSpec`).
+"""

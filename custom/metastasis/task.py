@@ -1,0 +1,21 @@
+"""The single-site metastasis task as the FLARE layer and the shared sub-commands see it
+(:class:`medflare.task.TaskSpec`)."""
+
+from __future__ import annotations
+
+from medflare.task import TaskSpec
+
+from .config import TrainConfig
+from .report import METASTASIS_REPORT
+
+__all__ = ["TASK"]
+
+TASK = TaskSpec(
+    job="jobs/pathology_metastasis",
+    project="provisioning/pathology_project.yml",
+    packages=("metastasis", "medcore", "medflare"),
+    data_variable="CAMELYON_DATA_ROOT",
+    clients=1,
+    recipe=TrainConfig,
+    report=METASTASIS_REPORT,
+)

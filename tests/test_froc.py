@@ -9,8 +9,8 @@ import pytest
 import tifffile
 
 from metastasis.detection import Detections, find_detections, read_detections, write_detections
-from metastasis.froc import (EvalCase, evaluate_froc, evaluation_regions, froc_curve, froc_score, read_mask,
-                             score_slide)
+from metastasis.froc import EvalCase, evaluate_froc, evaluation_regions, froc_curve, froc_score, score_slide
+from metastasis.testset import read_mask
 
 PIXEL_UM = 7.5
 

@@ -24,7 +24,7 @@ from typing import Sequence
 from medcore.command import (command_parser, device_option, existing_dir, existing_file, existing_path, non_empty,
                              number, output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
-from medcore.files import check_replaceable, claim_output_dir, first_line_is, input_files
+from medcore.files import check_replaceable, claim_output_dir, input_files
 from medflare.cli import add_deploy_parser, add_make_job_parser, add_report_parser, add_ship_code_parser
 
 from .task import TASK
@@ -125,44 +125,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    import csv
-    import io
+    from .engine import validate_checkpoint
 
-    import torch
-
-    from medcore.device import select_device
-    from medcore.files import write_text
-
-    from .config import TrainConfig
-    from .engine import evaluate, patch_datasets, predict
-    from .model import load_checkpoint
-    from .patches import read_patch_list
-
-    if args.csv:
-        check_replaceable(args.csv, "patch probability CSV", first_line_is(",".join(_PROBABILITY_COLUMNS)))
-    device = select_device(args.device)
-    model, meta = load_checkpoint(args.checkpoint, device)
-    config = TrainConfig.from_dict({**meta.get("train_conf", {}), "num_workers": args.num_workers,
-                                    "augment": False})
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    patches = read_patch_list(args.patches, args.data_root, check=True)
-    dataset = patch_datasets(patches, config)[args.split]
-    scores = evaluate(model, dataset, config, device)
+    scores = validate_checkpoint(args.checkpoint, args.patches, args.data_root, args.split, args.csv,
+                                 num_workers=args.num_workers, num_threads=args.num_threads, device=args.device)
     print(f"{args.checkpoint} on {args.split} ({scores['n']} patches): accuracy {scores['accuracy']:.4f}, "
           f"AUC {scores['auc']:.4f}, sensitivity {scores['sensitivity']:.4f}, specificity {scores['specificity']:.4f}")
-    if args.csv:
-        probabilities, labels = predict(model, dataset, config, device)
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(_PROBABILITY_COLUMNS)
-        for entry, p in zip(dataset.entries, probabilities):
-            writer.writerow([entry["image"], *entry["location"], entry["label"], f"{p:.6f}"])
-        write_text(args.csv, text.getvalue())
     return 0
-
-
-_PROBABILITY_COLUMNS = ("image", "y", "x", "label", "probability")
 
 
 def _infer(args: argparse.Namespace) -> int:
@@ -213,7 +182,8 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .froc import collect_cases, evaluate_froc, write_froc
+    from .froc import evaluate_froc, write_froc
+    from .testset import collect_cases
 
     cases = collect_cases(_slides(args.slides), args.detections, args.annotations, args.masks, args.level,
                           args.maps, args.reference)
@@ -235,11 +205,8 @@ def _make_job(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser, sub = command_parser(
-        "metastasis", "Metastasis detection in whole-slide images (Camelyon16) on NVIDIA FLARE and MONAI."
-    )
-
+def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
+    """make-data, tissue, patches: the data preparation path."""
     make = sub.add_parser(
         "make-data", help="generate synthetic Camelyon16-format slides and ASAP XML annotations",
         description="Generate synthetic H&E lymph-node slides as pyramidal tiled JPEG TIFFs (0.243 um/px, "
@@ -326,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="where NCRF slide names are looked up (default: DATA_ROOT)")
     patches.set_defaults(func=_patches)
 
+
+def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
+    """train, validate, make-job: the patch classifier, standalone or as the FLARE job."""
     train = sub.add_parser(
         "train", help="train the patch classifier without FLARE",
         description="Train ResNet18 (1x1-convolution head) on a patch list with the seed's recipe (Novograd, "
@@ -370,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--patch-list", type=non_empty,
                      help="the site's patch list (default: $CAMELYON_DATA_ROOT/patches.json)")
 
+
+def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
+    """infer, detect, evaluate: whole slides to maps, detections and the FROC."""
     infer = sub.add_parser(
         "infer", help="whole-slide tumour probability maps (1/stride of level 0), restricted to tissue",
         description="Run a trained checkpoint over every slide's tissue: fully convolutional tiles (tiled, default) "
@@ -437,6 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
                                "lesions with the lowest threshold dropped; float32 true-positive probabilities)")
     evaluate.add_argument("--out", required=True, type=output_dir, help="folder for froc.json, froc_slides.csv, froc.png")
     evaluate.set_defaults(func=_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser, sub = command_parser(
+        "metastasis", "Metastasis detection in whole-slide images (Camelyon16) on NVIDIA FLARE and MONAI."
+    )
+
+    _add_data_parsers(sub)
+    _add_training_parsers(sub)
+    _add_slide_parsers(sub)
 
     add_report_parser(sub, TASK, "Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a simulator "
                                  "workspace or a downloaded job folder) and print, per model (final global, best "

@@ -17,16 +17,18 @@ from monai.optimizers import Novograd
 
 from medcore.device import autocast, select_device
 from medcore.errors import UserError
-from medcore.files import atomic_path, claim_output_dir, load_torch, mark_output, write_json, write_text
+from medcore.files import (atomic_path, check_replaceable, claim_output_dir, first_line_is, load_torch, mark_output,
+                           write_json, write_text)
 from medcore.training import EpochStats, EpochTrainer
 
 from .config import TrainConfig
 from .metrics import classification_scores
-from .model import PatchClassifier, load_pretrained
-from .patches import PatchDataset
+from .model import PatchClassifier, load_checkpoint, load_pretrained
+from .patches import PatchDataset, read_patch_list
 from .transforms import train_augmentation
 
-__all__ = ["EpochStats", "Trainer", "build_model", "patch_datasets", "predict", "evaluate", "train"]
+__all__ = ["EpochStats", "Trainer", "build_model", "patch_datasets", "predict", "evaluate", "PROBABILITY_COLUMNS",
+           "validate_checkpoint", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,13 +93,45 @@ def predict(model: torch.nn.Module, dataset: PatchDataset, config: TrainConfig, 
 def evaluate(model: torch.nn.Module, dataset: PatchDataset, config: TrainConfig, device: torch.device,
              abort: Callable[[], bool] = lambda: False) -> dict[str, float]:
     """Patch-level scores (:func:`~metastasis.metrics.classification_scores`) plus the mean BCE ``loss``."""
-    probabilities, labels = predict(model, dataset, config, device, abort)
+    return _scores(*predict(model, dataset, config, device, abort), config.threshold)
+
+
+def _scores(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
     if probabilities.size == 0:
         raise UserError("no validation patches to evaluate")
-    scores = classification_scores(probabilities, labels, config.threshold)
+    scores = classification_scores(probabilities, labels, threshold)
     p = np.clip(probabilities, 1e-7, 1 - 1e-7)
     scores["loss"] = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
     return scores
+
+
+#: Columns of the per-patch CSV of :func:`validate_checkpoint` (also how a re-run recognises its earlier output).
+PROBABILITY_COLUMNS = ("image", "y", "x", "label", "probability")
+
+
+def validate_checkpoint(checkpoint: str | Path, patch_list: str | Path, data_root: str | Path | None, split: str,
+                        csv_path: str | Path | None = None, num_workers: int = 2, num_threads: int = 0,
+                        device: str = "auto") -> dict[str, float]:
+    """Score a checkpoint on one split of a patch list (its recipe's threshold, no augmentation) and return the
+    scores; with ``csv_path`` also write each patch's probability (``image, y, x, label, probability``), replacing
+    only such a CSV."""
+    if csv_path:
+        check_replaceable(csv_path, "patch probability CSV", first_line_is(",".join(PROBABILITY_COLUMNS)))
+    torch_device = select_device(device)
+    model, meta = load_checkpoint(checkpoint, torch_device)
+    config = TrainConfig.from_dict({**meta.get("train_conf", {}), "num_workers": num_workers, "augment": False})
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    dataset = patch_datasets(read_patch_list(patch_list, data_root, check=True), config)[split]
+    probabilities, labels = predict(model, dataset, config, torch_device)
+    if csv_path:
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(PROBABILITY_COLUMNS)
+        for entry, p in zip(dataset.entries, probabilities):
+            writer.writerow([entry["image"], *entry["location"], entry["label"], f"{p:.6f}"])
+        write_text(csv_path, text.getvalue())
+    return _scores(probabilities, labels, config.threshold)
 
 
 _HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "val_sensitivity",

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
+import openslide
 import torch
 
 from medcore.device import autocast
@@ -130,17 +131,38 @@ def _prefetch(items: Iterator, depth: int = 3) -> Iterator:
                 thread.join(timeout=0.05)
 
 
-@torch.inference_mode()
-def _logits(model: PatchClassifier, rgb: np.ndarray, device: torch.device, amp: bool) -> np.ndarray:
-    # Channels-last tensors take oneDNN's fastest convolution paths on CPU (and tensor cores on GPU).
-    x = to_input(rgb).to(device).contiguous(memory_format=torch.channels_last)
-    with autocast(device, amp):
-        out = model(x)
-    return torch.sigmoid(out.float()).cpu().numpy()
+@dataclasses.dataclass(frozen=True)
+class _MapRun:
+    """What both map modes work from: an open slide, the model and the map pixels to compute.
+
+    Attributes:
+        todo: boolean (rows, cols) map of the pixels whose window centre is on tissue.
+        on_progress: called with (units done, units total) after each tile or batch.
+    """
+
+    slide: openslide.OpenSlide
+    path: Path
+    model: PatchClassifier
+    geometry: MapGeometry
+    todo: np.ndarray
+    device: torch.device
+    amp: bool
+    on_progress: Callable[[int, int], None]
+
+    @torch.inference_mode()
+    def probabilities(self, rgb: np.ndarray) -> np.ndarray:
+        """Tumour probabilities of an RGB batch (N, H, W, 3): (N, 1, h, w), one per 32-pixel output."""
+        # Channels-last tensors take oneDNN's fastest convolution paths on CPU (and tensor cores on GPU).
+        x = to_input(rgb).to(self.device).contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp):
+            out = self.model(x)
+        return torch.sigmoid(out.float()).cpu().numpy()
 
 
-def _patch_mode(slide, path, model, geometry, todo, device, amp, batch_size, progress_every, on_progress):
-    rows, cols = np.nonzero(todo)
+def _patch_mode(run: _MapRun, batch_size: int) -> np.ndarray:
+    """Every tissue window read and classified on its own, ``batch_size`` at a time (the reference)."""
+    geometry = run.geometry
+    rows, cols = np.nonzero(run.todo)
     xs, ys = geometry.centres(rows, cols)
     half = geometry.patch_size // 2
     size = (geometry.patch_size, geometry.patch_size)
@@ -148,18 +170,20 @@ def _patch_mode(slide, path, model, geometry, todo, device, amp, batch_size, pro
     def batches():
         for start in range(0, len(rows), batch_size):
             stop = min(start + batch_size, len(rows))
-            patches = np.stack([read_rgb(slide, (int(x) - half, int(y) - half), 0, size, path, pad_outside=True)
-                                for x, y in zip(xs[start:stop], ys[start:stop])])
+            patches = np.stack([read_rgb(run.slide, (int(x) - half, int(y) - half), 0, size, run.path,
+                                         pad_outside=True) for x, y in zip(xs[start:stop], ys[start:stop])])
             yield start, stop, patches
 
     out = np.zeros(geometry.shape, np.float32)
     for start, stop, patches in _prefetch(batches()):
-        out[rows[start:stop], cols[start:stop]] = _logits(model, patches, device, amp).reshape(-1)
-        on_progress(stop, len(rows))
+        out[rows[start:stop], cols[start:stop]] = run.probabilities(patches).reshape(-1)
+        run.on_progress(stop, len(rows))
     return out
 
 
-def _tiled_mode(slide, path, model, geometry, todo, device, amp, tile_outputs, on_progress):
+def _tiled_mode(run: _MapRun, tile_outputs: int) -> np.ndarray:
+    """Fully convolutional tiles of up to ``tile_outputs`` x ``tile_outputs`` map pixels, shrunk to their tissue."""
+    geometry, todo = run.geometry, run.todo
     k = geometry.stride // OUTPUT_STRIDE
     n_rows, n_cols = geometry.shape
     tiles = []
@@ -178,13 +202,13 @@ def _tiled_mode(slide, path, model, geometry, todo, device, amp, tile_outputs, o
             size = (geometry.patch_size + OUTPUT_STRIDE * k * (w - 1), geometry.patch_size + OUTPUT_STRIDE * k * (h - 1))
             x = int(ox + j0 * geometry.stride) - half
             y = int(oy + i0 * geometry.stride) - half
-            yield i0, j0, h, w, read_rgb(slide, (x, y), 0, size, path, pad_outside=True)
+            yield i0, j0, h, w, read_rgb(run.slide, (x, y), 0, size, run.path, pad_outside=True)
 
     out = np.zeros(geometry.shape, np.float32)
     for done, (i0, j0, h, w, rgb) in enumerate(_prefetch(reads()), start=1):
-        probs = _logits(model, rgb[None], device, amp)[0, 0][::k, ::k]
+        probs = run.probabilities(rgb[None])[0, 0][::k, ::k]
         out[i0:i0 + h, j0:j0 + w] = probs[:h, :w]
-        on_progress(done, len(tiles))
+        run.on_progress(done, len(tiles))
     return out * todo
 
 
@@ -219,11 +243,12 @@ def probability_map(slide_path: str | Path, model: PatchClassifier, stride: int 
             raise UserError(f"{slide_path}: the tissue mask is for a {tissue.level0_size} slide, the slide is "
                              f"{geometry.level0_size}")
         todo = _tissue_map(geometry, tissue)
+        run = _MapRun(slide, slide_path, model, geometry, todo, device, amp, on_progress)
         start = time.perf_counter()
         if mode == "tiled":
-            probs = _tiled_mode(slide, slide_path, model, geometry, todo, device, amp, tile_outputs, on_progress)
+            probs = _tiled_mode(run, tile_outputs)
         else:
-            probs = _patch_mode(slide, slide_path, model, geometry, todo, device, amp, batch_size, 0, on_progress)
+            probs = _patch_mode(run, batch_size)
         seconds = time.perf_counter() - start
     finally:
         slide.close()

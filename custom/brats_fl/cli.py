@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from medcore.command import (command_parser, device_option, existing_dir, existing_file, non_empty, number,
+from medcore.command import (add_compute_options, command_parser, existing_dir, existing_file, non_empty, number,
                              output_dir, output_file, run_command)
 from medcore.errors import UserError
 from medflare.cli import add_deploy_parser, add_make_job_parser, add_report_parser, add_ship_code_parser
@@ -127,10 +127,7 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                         help=f"sliding-window overlap in [0, 1) (default: {defaults.val_overlap})")
     parser.add_argument("--sw-batch-size", type=number(int, minimum=1), default=1,
                         help="windows per forward pass (default: 1)")
-    parser.add_argument("--device", type=device_option, default="auto",
-                        help="auto (CUDA if available, else CPU), cpu or cuda[:n]")
-    parser.add_argument("--no-amp", action="store_true",
-                        help="run in float32 instead of mixed precision (fp16 on CUDA, bf16 on CPU)")
+    add_compute_options(parser, threads=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ from .progress import configure_logging
 from .settings import out_of_range
 
 __all__ = ["CommandParser", "command_parser", "run_command", "number", "non_empty", "existing_file", "existing_dir",
-           "existing_path", "output_file", "output_dir", "device_option", "parse_setting"]
+           "existing_path", "output_file", "output_dir", "device_option", "add_compute_options", "parse_setting"]
 
 #: File-system errors that come from the user's files and folders (permissions, space, wrong kind of path), not
 #: from the code; reported like user errors even when the OS does not name the file.
@@ -189,6 +189,18 @@ def output_dir(text: str) -> Path:
         return path
     _check_creatable(path, text)
     return path
+
+
+def add_compute_options(parser: argparse.ArgumentParser, amp: bool = True, threads: bool = True) -> None:
+    """``--device`` and, as asked, ``--no-amp`` and ``--num-threads``: where and how a command computes."""
+    parser.add_argument("--device", type=device_option, default="auto",
+                        help="auto (CUDA if available, else CPU), cpu or cuda[:n] (default: auto)")
+    if amp:
+        parser.add_argument("--no-amp", action="store_true",
+                            help="run in float32 instead of mixed precision (fp16 on CUDA, bf16 on CPU)")
+    if threads:
+        parser.add_argument("--num-threads", type=number(int, minimum=0), default=0,
+                            help="PyTorch CPU threads, 0: PyTorch's default (default: 0)")
 
 
 def device_option(text: str) -> str:

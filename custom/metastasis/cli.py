@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from medcore.command import (command_parser, device_option, existing_dir, existing_file, existing_path, non_empty,
+from medcore.command import (add_compute_options, command_parser, existing_dir, existing_file, existing_path, non_empty,
                              number, output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
 from medcore.files import check_replaceable, claim_output_dir, input_files
@@ -328,9 +328,7 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
                           "is such a CSV)")
     val.add_argument("--num-workers", type=number(int, minimum=0), default=2,
                      help="DataLoader processes reading patches (default: 2)")
-    val.add_argument("--num-threads", type=number(int, minimum=0), default=0,
-                     help="PyTorch CPU threads, 0: default (default: 0)")
-    val.add_argument("--device", type=device_option, default="auto", help="auto, cpu or cuda[:n] (default: auto)")
+    add_compute_options(val, amp=False)
     val.set_defaults(func=_validate)
 
     job = add_make_job_parser(
@@ -366,10 +364,7 @@ def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
     infer.add_argument("--batch-size", type=number(int, minimum=1), default=32,
                        help="patch mode: windows per batch (default: 32)")
     infer.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
-    infer.add_argument("--no-amp", action="store_true", help="full float32 (default: fp16 on CUDA, bf16 on CPU)")
-    infer.add_argument("--num-threads", type=number(int, minimum=0), default=0,
-                       help="PyTorch CPU threads, 0: default (default: 0)")
-    infer.add_argument("--device", type=device_option, default="auto", help="auto, cpu or cuda[:n] (default: auto)")
+    add_compute_options(infer)
     infer.set_defaults(func=_infer)
 
     detect = sub.add_parser(

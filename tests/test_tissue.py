@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 
 from metastasis import cli
-from metastasis import tissue as tissue_module
+from metastasis import slide as slide_module
 from metastasis.slide import SlideError, open_slide
-from metastasis.tissue import TissueMask, compute_tissue_mask, prepare_tissue_masks, read_downsampled, tissue_mask
+from metastasis.slide import read_downsampled
+from metastasis.tissue import TissueMask, compute_tissue_mask, prepare_tissue_masks, tissue_mask
 
 
 def _saturation(rgb):
@@ -71,7 +72,7 @@ class _FakeSlide:
 
 
 def test_read_downsampled_averages_in_bounded_blocks(monkeypatch):
-    monkeypatch.setattr(tissue_module, "_BLOCK", 32)
+    monkeypatch.setattr(slide_module, "_BLOCK", 32)
     rgb = np.random.default_rng(1).integers(0, 256, (100, 150, 3)).astype(np.uint8)
     slide = _FakeSlide(rgb)
     out, downsample, level = read_downsampled(slide, 8)

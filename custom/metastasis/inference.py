@@ -43,8 +43,8 @@ from medcore.files import atomic_path, claim_output_dir, read_json, write_json
 from medcore.progress import Progress
 
 from .model import OUTPUT_STRIDE, PatchClassifier
-from .slide import open_slide, read_rgb
-from .tissue import TissueMask, compute_tissue_mask, read_downsampled
+from .slide import Slide, open_slide, opened, read_rgb
+from .tissue import TissueMask, compute_tissue_mask
 from .transforms import to_input
 
 __all__ = ["MODES", "MapGeometry", "probability_map", "load_map", "write_heatmap", "infer_slides"]
@@ -212,13 +212,14 @@ def _tiled_mode(run: _MapRun, tile_outputs: int) -> np.ndarray:
     return out * todo
 
 
-def probability_map(slide_path: str | Path, model: PatchClassifier, stride: int = 32,
+def probability_map(slide: str | Path | Slide, model: PatchClassifier, stride: int = 32,
                     tissue: TissueMask | None = None, mode: str = "tiled", device: torch.device | None = None,
                     amp: bool = True, tile_outputs: int = 48, batch_size: int = 32,
                     on_progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[np.ndarray, dict]:
     """The tumour probability map of one slide and its description (geometry, mode, counts).
 
     Args:
+        slide: a slide file, or an open :class:`~metastasis.slide.Slide` (whose thumbnail the tissue mask reuses).
         tissue: the slide's tissue mask; computed (1/32) when not given.
         mode: ``tiled`` (fully convolutional tiles of ``tile_outputs`` x ``tile_outputs`` outputs) or ``patch``
             (``batch_size`` windows at a time).
@@ -233,25 +234,22 @@ def probability_map(slide_path: str | Path, model: PatchClassifier, stride: int 
         raise UserError("tile_outputs and batch_size must be positive")
     device = device or next(model.parameters()).device
     model.eval().to(memory_format=torch.channels_last)
-    slide_path = Path(slide_path)
-    if tissue is None:
-        tissue = compute_tissue_mask(slide_path)[0]
-    slide = open_slide(slide_path)
-    try:
-        geometry = MapGeometry(stride, model.patch_size, tuple(slide.dimensions))
+    with opened(slide) as slide:
+        if tissue is None:
+            tissue = compute_tissue_mask(slide)[0]
+        geometry = MapGeometry(stride, model.patch_size, slide.dimensions)
         if tuple(tissue.level0_size) != geometry.level0_size:
-            raise UserError(f"{slide_path}: the tissue mask is for a {tissue.level0_size} slide, the slide is "
-                             f"{geometry.level0_size}")
+            raise UserError(f"{slide.path}: the tissue mask is for a {tissue.level0_size} slide, the slide is "
+                            f"{geometry.level0_size}")
         todo = _tissue_map(geometry, tissue)
-        run = _MapRun(slide, slide_path, model, geometry, todo, device, amp, on_progress)
+        run = _MapRun(slide.handle, slide.path, model, geometry, todo, device, amp, on_progress)
         start = time.perf_counter()
         if mode == "tiled":
             probs = _tiled_mode(run, tile_outputs)
         else:
             probs = _patch_mode(run, batch_size)
         seconds = time.perf_counter() - start
-    finally:
-        slide.close()
+        slide_path = slide.path
     info = {"slide": str(slide_path), "mode": mode, **geometry.to_dict(), "tissue_outputs": int(todo.sum()),
             "seconds": round(seconds, 3), "outputs_per_second": round(int(todo.sum()) / max(seconds, 1e-9), 1)}
     return probs, info
@@ -295,16 +293,14 @@ _MAP_FIELDS = {
 }
 
 
-def write_heatmap(slide_path: str | Path, probs: np.ndarray, stride: int, path: str | Path,
+def write_heatmap(slide: str | Path | Slide, probs: np.ndarray, stride: int, path: str | Path,
                   alpha: float = 0.6) -> Path:
-    """PNG of the probability map (jet colours where it is above 0) over the slide's thumbnail at 1/stride."""
+    """PNG of the probability map (jet colours where it is above 0) over the slide's thumbnail at 1/stride
+    (``slide``: a file, or an open :class:`~metastasis.slide.Slide` whose thumbnail is reused)."""
     import matplotlib
 
-    slide = open_slide(slide_path)
-    try:
-        rgb, _, _ = read_downsampled(slide, stride, slide_path)
-    finally:
-        slide.close()
+    with opened(slide) as slide:
+        rgb = slide.downsampled(stride)[0]
     h, w = min(rgb.shape[0], probs.shape[0]), min(rgb.shape[1], probs.shape[1])
     out = rgb[:h, :w].astype(np.float32)
     colours = matplotlib.colormaps["jet"](probs[:h, :w])[..., :3] * 255
@@ -369,11 +365,12 @@ def infer_slides(slides: Sequence[str | Path], model: PatchClassifier, out_dir: 
                 logger.info("%s: %d/%d %s", name, done, total, "tiles" if mode == "tiled" else "patches")
                 last_log[0] = time.perf_counter()
 
-        probs, info = probability_map(path, model, stride, tissue, mode, device, amp, tile_outputs, batch_size,
-                                      on_progress=report)
-        with atomic_path(npy) as tmp:
-            np.save(tmp, probs)
-        write_heatmap(path, probs, stride, out_dir / f"{path.stem}_heatmap.png")
+        with Slide(path) as slide:  # opened once: the tissue mask, the map and the heatmap share its thumbnail
+            probs, info = probability_map(slide, model, stride, tissue, mode, device, amp, tile_outputs,
+                                          batch_size, on_progress=report)
+            with atomic_path(npy) as tmp:
+                np.save(tmp, probs)
+            write_heatmap(slide, probs, stride, out_dir / f"{path.stem}_heatmap.png")
         write_json(npy.with_suffix(".json"), {**info, "checkpoint": checkpoint, "max_probability":
                                               float(probs.max()) if probs.size else 0.0})
         progress.step(f"{path.name}: {info['tissue_outputs']} outputs in {info['seconds']:.1f} s "

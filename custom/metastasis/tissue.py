@@ -30,14 +30,13 @@ from medcore.errors import UserError
 from medcore.files import atomic_path, claim_output_dir, write_json
 from medcore.progress import Progress
 
-from .slide import open_slide, read_rgb, slide_mpp
+from .slide import Slide, open_slide, opened
 
-__all__ = ["TissueMask", "read_downsampled", "tissue_mask", "compute_tissue_mask", "write_overlay",
+__all__ = ["TissueMask", "tissue_mask", "compute_tissue_mask", "write_overlay",
            "mask_paths", "prepare_tissue_masks"]
 
 logger = logging.getLogger(__name__)
 
-_BLOCK = 4096  # level pixels per side read at once: at most 64 MB of RGBA, whatever the slide size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,35 +116,6 @@ class TissueMask:
             raise UserError(f"{png}: {err}") from err
 
 
-def read_downsampled(slide, downsample: float, path: str | Path = "") -> tuple[np.ndarray, float, int]:
-    """The whole slide as an RGB array at ``1/downsample`` of level 0, read in bounded memory.
-
-    Reads the pyramid level closest below ``downsample`` in blocks and averages ``factor x factor`` pixels so
-    that a slide without the right level (or with level 0 only) never needs a whole level in memory.
-    Returns ``(rgb, effective_downsample, level)``; the effective downsample is the level's times the integer
-    averaging factor (equal to ``downsample`` on a power-of-two pyramid).
-    """
-    if downsample < 1:
-        raise UserError(f"downsample must be at least 1, got {downsample}")
-    level = slide.get_best_level_for_downsample(downsample)
-    level_ds = float(slide.level_downsamples[level])
-    factor = max(1, int(round(downsample / level_ds)))
-    level_w, level_h = slide.level_dimensions[level]
-    out = np.empty((math.ceil(level_h / factor), math.ceil(level_w / factor), 3), np.uint8)
-    block = max(factor, _BLOCK // factor * factor)
-    for top in range(0, level_h, block):
-        for left in range(0, level_w, block):
-            w, h = min(block, level_w - left), min(block, level_h - top)
-            rgb = read_rgb(slide, (int(round(left * level_ds)), int(round(top * level_ds))), level, (w, h), path)
-            if factor > 1:  # edge-pad to whole blocks, then average each factor x factor block
-                ph, pw = -h % factor, -w % factor
-                rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge").astype(np.float32)
-                rgb = rgb.reshape(rgb.shape[0] // factor, factor, rgb.shape[1] // factor, factor, 3).mean((1, 3))
-                rgb = np.round(rgb).astype(np.uint8)
-            out[top // factor: top // factor + rgb.shape[0], left // factor: left // factor + rgb.shape[1]] = rgb
-    return out, level_ds * factor, level
-
-
 def tissue_mask(rgb: np.ndarray, pixel_um: float, min_saturation: float = 0.07, min_tissue_um2: float = 10_000.0,
                 max_hole_um2: float = 20_000.0) -> tuple[np.ndarray, float]:
     """Boolean tissue mask of an RGB image (H, W, 3) uint8 whose pixels are ``pixel_um`` microns wide.
@@ -166,17 +136,14 @@ def tissue_mask(rgb: np.ndarray, pixel_um: float, min_saturation: float = 0.07, 
     return mask, threshold
 
 
-def compute_tissue_mask(slide_path: str | Path, downsample: float = 32.0, **options: float) -> tuple[TissueMask, np.ndarray]:
-    """Tissue mask of a slide file and the RGB thumbnail it was computed from (``options``: see :func:`tissue_mask`)."""
-    slide_path = Path(slide_path)
-    slide = open_slide(slide_path)
-    try:
-        mpp = slide_mpp(slide, slide_path)
-        rgb, effective, level = read_downsampled(slide, downsample, slide_path)
-        mask, threshold = tissue_mask(rgb, mpp * effective, **options)
-        return TissueMask(mask, effective, tuple(slide.dimensions), level, threshold, str(slide_path)), rgb
-    finally:
-        slide.close()
+def compute_tissue_mask(slide: str | Path | Slide, downsample: float = 32.0,
+                        **options: float) -> tuple[TissueMask, np.ndarray]:
+    """Tissue mask of a slide (a file, or an open :class:`~metastasis.slide.Slide` whose thumbnail is reused) and
+    the RGB thumbnail it was computed from (``options``: see :func:`tissue_mask`)."""
+    with opened(slide) as slide:
+        rgb, effective, level = slide.downsampled(downsample)
+        mask, threshold = tissue_mask(rgb, slide.mpp * effective, **options)
+        return TissueMask(mask, effective, slide.dimensions, level, threshold, str(slide.path)), rgb
 
 
 def write_overlay(rgb: np.ndarray, mask: np.ndarray, path: str | Path, color=(0, 200, 0), alpha: float = 0.4) -> Path:

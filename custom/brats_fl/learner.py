@@ -12,11 +12,9 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
 
-from medcore.device import select_device
 from medcore.errors import UserError
 from medcore.files import write_json
 from medflare.learner import EngineLearner, resolve_path
@@ -67,13 +65,7 @@ class BratsLearner(EngineLearner):
         self.splits = self._checked_splits(datalist, root)
         self.log_info(fl_ctx, f"{self.site}: {datalist} with "
                               + ", ".join(f"{len(v)} {k}" for k, v in self.splits.items()) + f" cases under {root}")
-        self.device = select_device(self.config.device)
-        if self.config.num_threads:
-            torch.set_num_threads(self.config.num_threads)
-        torch.manual_seed(self.config.seed)
-        self.model = BratsSegResNet(vae=self.config.vae, crop=self.config.crop)
-        self.trainer = Trainer(self.model, self.config, self.device)
-        self.local_epochs = self.config.local_epochs
+        self.start_engine(lambda: BratsSegResNet(vae=self.config.vae, crop=self.config.crop), Trainer)
         self._datasets: dict[str, Any] = {}
 
     def _checked_splits(self, datalist: Path, root: Path) -> dict:
@@ -114,6 +106,3 @@ class BratsLearner(EngineLearner):
 
     def initial_metrics(self, summary: dict) -> dict[str, float]:
         return {KEY_METRIC: summary["mean"], **{f"val_dice_{r}": summary[r] for r in REGIONS}}
-
-    def train_config(self) -> dict:
-        return self.config.to_dict()

@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateType
 
+from medcore.device import select_device
 from medcore.errors import UserError
 from medcore.files import atomic_path, load_torch
 from medcore.training import EpochStats, EpochTrainer
@@ -58,11 +59,12 @@ class EngineLearner(Learner):
 
     * :attr:`key_metric`: name of the score the server selects the global best model on (in ``initial_metrics``);
     * :attr:`cross_site_split`: the split other sites' models are scored on in cross-site validation;
-    * :meth:`setup`: read the site's data, build ``self.model`` and ``self.trainer`` and ``self.local_epochs``;
+    * :meth:`setup`: read the site's data, then call :meth:`start_engine` with the model and its trainer;
     * :meth:`score_split`: a summary dict of the current model on a split (:meth:`key_score` picks the
       :attr:`key_metric` out of it);
     * :meth:`format_scores`: one log line for such a summary;
-    * :meth:`train_config`: the recipe stored with the local best model.
+    * ``self.config``: the site's recipe (a :class:`~medcore.settings.Settings` with ``device``, ``num_threads``,
+      ``seed`` and ``local_epochs``), stored with the local best model (:meth:`train_config`).
 
     Args:
         analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
@@ -96,7 +98,19 @@ class EngineLearner(Learner):
         return f"{self.key_metric} {self.key_score(summary):.4f}"
 
     def train_config(self) -> dict:
-        return {}
+        """The recipe stored with the local best model."""
+        return self.config.to_dict()
+
+    def start_engine(self, build_model: Callable[[], torch.nn.Module],
+                     trainer: Callable[[torch.nn.Module, Any, torch.device], EpochTrainer]) -> None:
+        """Device, CPU threads and seed from ``self.config``, then the model and its trainer (in :meth:`setup`)."""
+        self.device = select_device(self.config.device)
+        if self.config.num_threads:
+            torch.set_num_threads(self.config.num_threads)
+        torch.manual_seed(self.config.seed)
+        self.model = build_model()
+        self.trainer = trainer(self.model, self.config, self.device)
+        self.local_epochs = self.config.local_epochs
 
     def train_epoch(self, abort_signal: Signal) -> EpochStats:
         """One local epoch; the default trains on :meth:`dataset` ``("training")``."""

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import torch
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
 
-from medcore.device import select_device
 from medcore.errors import UserError
 from medflare.learner import EngineLearner, resolve_path
 
@@ -64,12 +62,7 @@ class MetastasisLearner(EngineLearner):
             f"{len(d)} {k} patches" for k, d in self.datasets.items()) + f" under {root}")
         if not len(self.datasets["training"]) or not len(self.datasets["validation"]):
             raise UserError(f"{patch_list}: the site needs training and validation patches")
-        self.device = select_device(self.config.device)
-        if self.config.num_threads:
-            torch.set_num_threads(self.config.num_threads)
-        self.model = build_model(self.config)
-        self.trainer = Trainer(self.model, self.config, self.device)
-        self.local_epochs = self.config.local_epochs
+        self.start_engine(lambda: build_model(self.config), Trainer)
 
     def dataset(self, split: str):
         return self.datasets[split]
@@ -87,6 +80,3 @@ class MetastasisLearner(EngineLearner):
 
     def initial_metrics(self, summary: dict) -> dict[str, float]:
         return {KEY_METRIC: summary[KEY_METRIC], "val_auc": summary["val_auc"], "val_loss": summary["val_loss"]}
-
-    def train_config(self) -> dict:
-        return self.config.to_dict()

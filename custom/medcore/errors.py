@@ -12,7 +12,7 @@ Anything else that escapes a command is a bug, however ordinary its type: a ``Va
 
 from __future__ import annotations
 
-__all__ = ["UserError", "SettingError"]
+__all__ = ["UserError", "SettingError", "first_line"]
 
 
 class UserError(ValueError):
@@ -32,3 +32,12 @@ class UserError(ValueError):
 
 class SettingError(UserError):
     """A recipe setting (``--set KEY=VALUE``, a job's ``train`` block) with an unknown name or a bad value."""
+
+
+def first_line(err: BaseException, empty: str | None = None) -> str:
+    """The first line of ``err``'s message, to quote a library's error inside a one-line message; for an empty
+    message ``empty``, or the exception's type name when ``empty`` is None."""
+    text = str(err).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(err).__name__ if empty is None else empty

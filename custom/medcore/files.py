@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 __all__ = ["OUTPUT_MARKER", "check_replaceable", "first_line_is", "mark_output", "claim_output_dir", "atomic_path",
            "atomic_directory", "write_json", "write_text", "input_files", "read_user_text", "read_json", "load_torch"]
@@ -201,11 +201,17 @@ def input_files(folder: str | os.PathLike, pattern: str, recursive: bool = False
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-def read_user_text(path: str | os.PathLike, what: str = "file", error: type[UserError] = UserError) -> str:
-    """The UTF-8 text of a user's file, or an ``error`` naming it when it is missing or not text."""
+def _existing_file(path: str | os.PathLike, what: str, error: type[UserError] = UserError) -> Path:
+    """``path`` as a Path, or an ``error`` saying ``PATH: <what> missing`` or ``PATH: is not a file``."""
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: {what} missing" if not path.exists() else f"{path}: is not a file")
+    return path
+
+
+def read_user_text(path: str | os.PathLike, what: str = "file", error: type[UserError] = UserError) -> str:
+    """The UTF-8 text of a user's file, or an ``error`` naming it when it is missing or not text."""
+    path = _existing_file(path, what, error)
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -239,9 +245,7 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint", map_location: 
 
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: {what} missing" if not path.exists() else f"{path}: is not a file")
+    path = _existing_file(path, what)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -253,9 +257,4 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint", map_location: 
         raise UserError(f"{path}: {unreadable or f'not a readable PyTorch {what}'} (corrupt, or another format)") \
             from None
     except Exception as err:  # torch raises many types (RuntimeError, EOFError, zipfile errors) for corrupt files
-        raise UserError(f"{path}: {unreadable or f'not a readable PyTorch {what}'} ({_first_line(err)})") from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+        raise UserError(f"{path}: {unreadable or f'not a readable PyTorch {what}'} ({first_line(err)})") from None

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from medcore.errors import UserError
+from medcore.errors import UserError, first_line
 from medcore.files import atomic_directory, check_replaceable, mark_output
 
 __all__ = ["DeploymentError", "Kits", "project_server", "check_workspace", "poc_kits", "provision_kits",
@@ -114,7 +114,7 @@ def project_server(project: str | Path) -> tuple[str, int]:
         name, port = servers[0]["name"], int(servers[0].get("fed_learn_port", 8002))
     except (yaml.YAMLError, UnicodeDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
         raise DeploymentError(f"{project}: not a provisioning project file with a server participant "
-                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+                              f"({type(err).__name__}: {first_line(err, empty='')})") from None
     return str(name), port
 
 

@@ -16,7 +16,7 @@ from monai.data import DataLoader
 from monai.optimizers import Novograd
 
 from medcore.device import autocast, select_device
-from medcore.errors import UserError
+from medcore.errors import UserError, first_line
 from medcore.files import (atomic_path, check_replaceable, claim_output_dir, first_line_is, load_torch, mark_output,
                            write_json, write_text)
 from medcore.training import EpochStats, EpochTrainer
@@ -189,7 +189,7 @@ def train(patches: Mapping, config: TrainConfig, out_dir: str | Path, resume: bo
             history = list(state["history"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise UserError(f"{state_path}: not a training state of this recipe ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''}); pass --restart to start over, or "
+                            f"{first_line(err, empty='')}); pass --restart to start over, or "
                             "choose another --out") from None
         logger.info("resumed from %s after epoch %d", state_path, trainer.epochs)
         mark_output(out_dir, TRAINING_OUTPUT)  # a state this recipe loads is this command's own output

@@ -38,7 +38,7 @@ import openslide
 import torch
 
 from medcore.device import autocast
-from medcore.errors import UserError
+from medcore.errors import UserError, first_line
 from medcore.files import atomic_path, claim_output_dir, read_json, write_json
 from medcore.progress import Progress
 
@@ -249,8 +249,7 @@ def probability_map(slide: str | Path | Slide, model: PatchClassifier, stride: i
         else:
             probs = _patch_mode(run, batch_size)
         seconds = time.perf_counter() - start
-        slide_path = slide.path
-    info = {"slide": str(slide_path), "mode": mode, **geometry.to_dict(), "tissue_outputs": int(todo.sum()),
+    info = {"slide": str(slide.path), "mode": mode, **geometry.to_dict(), "tissue_outputs": int(todo.sum()),
             "seconds": round(seconds, 3), "outputs_per_second": round(int(todo.sum()) / max(seconds, 1e-9), 1)}
     return probs, info
 
@@ -270,7 +269,7 @@ def load_map(npy: str | Path) -> tuple[np.ndarray, dict]:
         probs = np.load(npy, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
         reason = "it holds pickled Python objects, refused for safety" if "pickle" in str(err) else \
-            str(err).splitlines()[0] if str(err) else type(err).__name__
+            first_line(err)
         raise UserError(f"{npy}: cannot read the probability map ({reason})") from None
     if list(probs.shape) != list(meta["shape"]) or probs.ndim != 2:
         raise UserError(f"{npy}: map of shape {probs.shape}, its JSON says {meta.get('shape')}")

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from medcore.errors import UserError
+from medcore.errors import UserError, first_line
 from medcore.files import read_user_text
 
 from .detection import Detections
@@ -36,7 +36,7 @@ def read_mask(path: str | Path) -> np.ndarray:
 
             mask = tifffile.imread(path, key=0)
     except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"{path}: cannot read the mask ({str(err).splitlines()[0] if str(err) else ''})") from err
+        raise UserError(f"{path}: cannot read the mask ({first_line(err, empty='')})") from err
     if mask.ndim == 3 and mask.shape[-1] in (3, 4):
         mask = mask[..., 0]
     if mask.ndim != 2:

@@ -2,8 +2,14 @@ import json
 
 import pytest
 
-from brats_fl.report import ReportError, build_report, find_results, format_markdown, format_text, load_results, \
-    write_report
+from functools import partial
+
+from brats_fl.report import BRATS_REPORT
+from medflare import crosssite
+from medflare.crosssite import ReportError, find_results, format_markdown, format_text, write_report
+
+build_report = partial(crosssite.build_report, spec=BRATS_REPORT)
+load_results = partial(crosssite.load_results, spec=BRATS_REPORT)
 
 # The seed card's cross-site numbers (final global model), as a FLARE results file would hold them.
 RESULTS = {

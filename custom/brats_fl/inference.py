@@ -3,8 +3,6 @@ segmentation of a single case into a BraTS label map in the input's exact geomet
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 from typing import Mapping
@@ -14,7 +12,7 @@ import numpy as np
 
 from medcore.device import select_device
 from medcore.errors import UserError
-from medcore.files import atomic_path, check_replaceable, first_line_is, write_text
+from medcore.files import atomic_path, check_replaceable, first_line_is, write_csv
 
 from .config import TrainConfig
 from .data import MODALITIES, check_files
@@ -58,13 +56,9 @@ def validate_checkpoint(checkpoint: str | Path, datalist: str | Path, data_root:
                         progress_logger=logger)
     summary = summarize(per_case)
     columns = VALIDATION_COLUMNS
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(columns)
-    for case in per_case:
-        writer.writerow([case["name"], *(f"{case[c]:.6f}" for c in columns[1:])])
-    writer.writerow(["MEAN", *(f"{summary[c]:.6f}" for c in columns[1:])])
-    write_text(out_csv, buffer.getvalue())
+    rows = [[case["name"], *(f"{case[c]:.6f}" for c in columns[1:])] for case in per_case]
+    rows.append(["MEAN", *(f"{summary[c]:.6f}" for c in columns[1:])])
+    write_csv(out_csv, rows, header=columns, lineterminator="\r\n")
     return summary
 
 

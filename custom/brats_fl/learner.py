@@ -24,11 +24,12 @@ from .datalist import SEED_SITES, read_datalist
 from .engine import Trainer, eval_dataset, evaluate, summarize, train_dataset
 from .metrics import REGIONS
 from .model import BratsSegResNet
+from .task import TASK
 
 __all__ = ["BratsLearner", "KEY_METRIC"]
 
 #: Name of the validation metric the server's IntimeModelSelector selects on (mean Dice over TC, WT, ET).
-KEY_METRIC = "val_dice"
+KEY_METRIC = TASK.key_metric
 
 
 class BratsLearner(EngineLearner):

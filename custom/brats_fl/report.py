@@ -11,17 +11,11 @@ hold.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Mapping
-
-from medflare import crosssite
-from medflare.crosssite import (SERVER_BEST, SERVER_FINAL, CrossSiteReport, ReportError, ReportSpec, find_results,
-                               format_markdown, format_text, write_report)
+from medflare.crosssite import ReportSpec
 
 from .metrics import REGIONS
 
-__all__ = ["SERVER_FINAL", "SERVER_BEST", "BRATS_REPORT", "ReportError", "CrossSiteReport", "find_results",
-           "load_results", "build_report", "format_text", "format_markdown", "write_report", "plot_curves"]
+__all__ = ["BRATS_REPORT"]
 
 BRATS_REPORT = ReportSpec(
     required=REGIONS, columns=(*REGIONS, "mean"), count_key="n_cases", count_name="test cases",
@@ -30,18 +24,3 @@ BRATS_REPORT = ReportSpec(
             ("val_dice", "validation mean Dice of the global model", "round"),
             ("local_val_dice", "validation mean Dice of the local model", "local epoch")),
 )
-
-
-def load_results(path: str | Path) -> dict:
-    """Read and check a BraTS ``cross_val_results.json`` (every result needs numeric TC, WT and ET)."""
-    return crosssite.load_results(path, BRATS_REPORT)
-
-
-def build_report(results: Mapping, weights: Mapping[str, float] | None = None) -> CrossSiteReport:
-    """Per model and site TC / WT / ET / mean Dice and their weighted AVE (see the module docstring)."""
-    return crosssite.build_report(results, BRATS_REPORT, weights)
-
-
-def plot_curves(path: str | Path, out_png: str | Path) -> Path | None:
-    """Per-site training loss and validation Dice curves (global and local model) as one PNG."""
-    return crosssite.plot_curves(path, out_png, BRATS_REPORT.curves)

@@ -17,4 +17,6 @@ TASK = TaskSpec(
     clients=2,
     recipe=TrainConfig,
     report=BRATS_REPORT,
+    learner="brats_fl.learner.BratsLearner",
+    key_metric="val_dice",  # mean Dice over TC, WT and ET on the site's validation split
 )

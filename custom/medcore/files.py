@@ -12,17 +12,20 @@ Input readers raise :class:`~medcore.errors.UserError` naming the file and the p
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .errors import UserError, first_line
 
 __all__ = ["OUTPUT_MARKER", "check_replaceable", "first_line_is", "mark_output", "claim_output_dir", "atomic_path",
-           "atomic_directory", "write_json", "write_text", "input_files", "read_user_text", "read_json", "load_torch"]
+           "atomic_directory", "write_json", "write_text", "write_csv",
+           "input_files", "read_user_text", "read_json", "load_torch"]
 
 #: A JSON file in each folder this project writes outputs into: ``{"written_by": [kinds], "files": [...]}``. A folder
 #: a command replaces as a whole (a job) lists every file it wrote (``files``): a later run may replace it only while
@@ -189,6 +192,21 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically and return the path."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[Sequence[Any]], header: Sequence[str] | None = None,
+              lineterminator: str = "\n") -> Path:
+    """Write ``header`` (if any) and ``rows`` as CSV to ``path`` atomically and return the path.
+
+    ``lineterminator`` is ``"\n"`` for the pathology tables (the challenge's files use it) and ``"\r\n"``, the
+    ``csv`` module's RFC 4180 default, for the BraTS tables, as each has always been written.
+    """
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator=lineterminator)
+    if header is not None:
+        writer.writerow(header)
+    writer.writerows(rows)
+    return write_text(path, text.getvalue())
 
 
 def input_files(folder: str | os.PathLike, pattern: str, recursive: bool = False) -> list[Path]:

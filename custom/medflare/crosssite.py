@@ -10,9 +10,7 @@ What a job's results hold (metric names, the count to weigh sites by) is a :clas
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -20,7 +18,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from medcore.errors import UserError
-from medcore.files import atomic_path, claim_output_dir, write_json, write_text
+from medcore.files import atomic_path, claim_output_dir, write_csv, write_json, write_text
 
 __all__ = ["SERVER_FINAL", "SERVER_BEST", "ReportError", "ReportSpec", "CrossSiteReport", "find_results",
            "load_results", "build_report", "format_text", "format_markdown", "write_report", "plot_curves",
@@ -196,19 +194,17 @@ def write_report(report: CrossSiteReport, out_dir: str | Path) -> dict[str, Path
     """Write ``report.txt``, ``report.md``, ``report.csv`` and ``report.json`` (atomically) to ``out_dir``."""
     out = Path(out_dir)
     columns = report.spec.columns
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["model", "site", *columns, "weight"])
+    rows = []
     for model in report.models:
         for site in report.sites:
             if site in report.scores[model]:
-                writer.writerow([model, site, *(f"{report.scores[model][site][c]:.6f}" for c in columns),
-                                 report.weights[site]])
-        writer.writerow([model, "AVE", *(f"{report.average[model][c]:.6f}" for c in columns), ""])
+                rows.append([model, site, *(f"{report.scores[model][site][c]:.6f}" for c in columns),
+                             report.weights[site]])
+        rows.append([model, "AVE", *(f"{report.average[model][c]:.6f}" for c in columns), ""])
     return {
         "txt": write_text(out / "report.txt", format_text(report)),
         "md": write_text(out / "report.md", format_markdown(report)),
-        "csv": write_text(out / "report.csv", buffer.getvalue()),
+        "csv": write_csv(out / "report.csv", rows, header=["model", "site", *columns, "weight"], lineterminator="\r\n"),
         "json": write_json(out / "report.json", {
             "weights": report.weights, "weights_source": report.weights_source,
             "models": {m: {"title": report.title(m), "sites": report.scores[m], "AVE": report.average[m]}

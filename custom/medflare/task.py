@@ -2,7 +2,8 @@
 
 Each task package (``brats_fl``, ``metastasis``) has one :class:`TaskSpec` in its ``task`` module: its committed
 job and provisioning project file (inside a checkout of the repository), the packages its job ships to the sites,
-the environment variable through which a site finds its data, its recipe and its report.
+the environment variable through which a site finds its data, its recipe, its report, its learner and the score
+the server selects the best model on.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class TaskSpec:
         clients: clients of the committed job (``nvflare simulator JOB -n clients``).
         recipe: the training recipe (a :class:`~medcore.settings.Settings` dataclass).
         report: what the cross-site results hold.
+        learner: dotted path of the site's FLARE learner, which builds the model, datasets and scorer from the
+            recipe (``learner`` in the job's client configuration).
+        key_metric: the validation score the server selects the global best model on (the ``key_metric`` of the
+            job's ``IntimeModelSelector``, and what the learner sends in ``initial_metrics``).
     """
 
     job: str
@@ -52,6 +57,8 @@ class TaskSpec:
     clients: int
     recipe: type[Settings]
     report: ReportSpec
+    learner: str
+    key_metric: str
 
     def job_template(self) -> Path:
         """The committed job folder."""

@@ -160,7 +160,7 @@ def _infer(args: argparse.Namespace) -> int:
 def _detect(args: argparse.Namespace) -> int:
     from .detection import find_detections, write_detections
     from .inference import load_map
-    from .slide import open_slide, slide_mpp
+    from .slide import Slide
 
     maps = input_files(args.maps, "*.npy") if args.maps.is_dir() else [args.maps]
     if not maps:
@@ -172,9 +172,8 @@ def _detect(args: argparse.Namespace) -> int:
         probs, meta = load_map(npy)
         mpp = args.mpp
         if mpp is None:
-            slide = open_slide(meta["slide"])
-            mpp = slide_mpp(slide, meta["slide"])
-            slide.close()
+            with Slide(meta["slide"]) as slide:
+                mpp = slide.mpp
         found = find_detections(probs, meta["stride"], tuple(meta["origin"]), mpp, args.threshold, args.radius_um)
         out = write_detections(Path(args.out) / f"{npy.stem}.csv", found)
         print(f"{out}: {len(found)} detections")

@@ -18,7 +18,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from medcore.errors import UserError
-from medcore.files import read_user_text, write_text
+from medcore.files import read_user_text, write_csv
 
 __all__ = ["Detections", "find_detections", "write_detections", "read_detections"]
 
@@ -74,11 +74,8 @@ def find_detections(probs: np.ndarray, stride: int, origin: tuple[float, float],
 
 def write_detections(path: str | Path, detections: Detections) -> Path:
     """One ``probability,x,y`` row per detection, no header (atomically)."""
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    for p, x, y in zip(detections.probability, detections.x, detections.y):
-        writer.writerow([f"{p:.6f}", int(x), int(y)])
-    return write_text(path, text.getvalue())
+    return write_csv(path, ([f"{p:.6f}", int(x), int(y)]
+                            for p, x, y in zip(detections.probability, detections.x, detections.y)))
 
 
 def _is_header(row: list[str]) -> bool:

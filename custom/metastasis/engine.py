@@ -3,8 +3,6 @@ the FLARE learner and the benchmarks all call these."""
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 from pathlib import Path
@@ -18,7 +16,7 @@ from monai.optimizers import Novograd
 from medcore.device import autocast, select_device
 from medcore.errors import UserError, first_line
 from medcore.files import (atomic_path, check_replaceable, claim_output_dir, first_line_is, load_torch, mark_output,
-                           write_json, write_text)
+                           write_csv, write_json)
 from medcore.training import EpochStats, EpochTrainer
 
 from .config import TrainConfig
@@ -125,12 +123,8 @@ def validate_checkpoint(checkpoint: str | Path, patch_list: str | Path, data_roo
     dataset = patch_datasets(read_patch_list(patch_list, data_root, check=True), config)[split]
     probabilities, labels = predict(model, dataset, config, torch_device)
     if csv_path:
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(PROBABILITY_COLUMNS)
-        for entry, p in zip(dataset.entries, probabilities):
-            writer.writerow([entry["image"], *entry["location"], entry["label"], f"{p:.6f}"])
-        write_text(csv_path, text.getvalue())
+        write_csv(csv_path, ([entry["image"], *entry["location"], entry["label"], f"{p:.6f}"]
+                             for entry, p in zip(dataset.entries, probabilities)), header=PROBABILITY_COLUMNS)
     return _scores(probabilities, labels, config.threshold)
 
 
@@ -140,11 +134,8 @@ _HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_auc",
 
 def _write_history(out_dir: Path, history: Sequence[dict]) -> None:
     write_json(out_dir / "metrics.json", list(history))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=_HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    write_text(out_dir / "metrics.csv", text.getvalue())
+    write_csv(out_dir / "metrics.csv", ([row.get(f, "") for f in _HISTORY_FIELDS] for row in history),
+              header=_HISTORY_FIELDS)
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, config: TrainConfig, **meta: float | int | str) -> Path:

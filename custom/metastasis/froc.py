@@ -29,9 +29,7 @@ the literal whole-mask computation, kept as the reference).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 from pathlib import Path
 from typing import Sequence
 
@@ -40,7 +38,7 @@ from scipy import ndimage
 from skimage import measure
 
 from medcore.errors import UserError
-from medcore.files import atomic_path, claim_output_dir, write_json, write_text
+from medcore.files import atomic_path, claim_output_dir, write_csv, write_json
 
 from .detection import Detections
 from .metrics import roc_auc
@@ -254,11 +252,7 @@ def write_froc(result: FrocResult, out_dir: str | Path) -> dict[str, Path]:
     import matplotlib.pyplot as plt
 
     out = claim_output_dir(out_dir, "FROC evaluation", ["froc.json", "froc_slides.csv", "froc.png"])
-    text = io.StringIO()
     fields = list(result.slides[0])
-    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(result.slides)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.plot(result.fp_rate[::-1], result.sensitivity[::-1], drawstyle="default", marker=".", ms=3)
     ax.plot(EVAL_FP_RATES, list(result.sensitivities.values()), "o", label="the six FP rates")
@@ -276,4 +270,5 @@ def write_froc(result: FrocResult, out_dir: str | Path) -> dict[str, Path]:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return {"json": write_json(out / "froc.json", result.to_dict()),
-            "csv": write_text(out / "froc_slides.csv", text.getvalue()), "png": png}
+            "csv": write_csv(out / "froc_slides.csv", ([row[f] for f in fields] for row in result.slides),
+                             header=fields), "png": png}

@@ -19,11 +19,12 @@ from medflare.learner import EngineLearner, resolve_path
 from .config import TrainConfig
 from .engine import Trainer, build_model, evaluate, patch_datasets
 from .patches import read_patch_list
+from .task import TASK
 
 __all__ = ["MetastasisLearner", "KEY_METRIC"]
 
 #: Name of the validation metric the server's IntimeModelSelector selects on.
-KEY_METRIC = "val_accuracy"
+KEY_METRIC = TASK.key_metric
 
 
 class MetastasisLearner(EngineLearner):

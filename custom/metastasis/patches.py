@@ -38,7 +38,7 @@ from medcore.errors import UserError
 from medcore.files import input_files, read_json, read_user_text, write_json
 
 from .annotations import Annotation, AnnotationError, read_asap_xml, rasterize
-from .slide import SlideError, open_slide, read_rgb, slide_mpp
+from .slide import Slide, SlideError, open_slide, read_rgb
 from .tissue import TissueMask, mask_paths, prepare_tissue_masks
 from .transforms import normalize, to_unit
 
@@ -128,11 +128,10 @@ def check_patch_list(patches: Mapping, source: str | Path = "patch list") -> Non
         raise PatchListError(f"{source}: slide(s) in both training and validation: {both[:5]}")
     for image in slides:
         try:
-            slide = open_slide(image)
+            with Slide(image) as slide:
+                width, height = slide.dimensions
         except SlideError as err:
             raise PatchListError(f"{source}: {err}") from err
-        width, height = slide.dimensions
-        slide.close()
         for split in SPLITS:
             for i, entry in enumerate(patches.get(split, [])):
                 y, x = entry["location"]
@@ -230,12 +229,8 @@ def find_training_slides(data_root: str | Path, mask_dir: str | Path, annotation
         annotations: list[Annotation] = annotations_of.get(path, [])
         tissue = TissueMask.load(mask_paths(mask_dir, path)[0])
         _check_inside(annotations, tissue.level0_size, xml)
-        slide = open_slide(path)
-        try:
-            mpp = slide_mpp(slide, path)
-        finally:
-            slide.close()
-        sources.append(SlideSource(path, annotations, tissue, mpp))
+        with Slide(path) as slide:
+            sources.append(SlideSource(path, annotations, tissue, slide.mpp))
     return sources
 
 

@@ -18,4 +18,6 @@ TASK = TaskSpec(
     clients=1,
     recipe=TrainConfig,
     report=METASTASIS_REPORT,
+    learner="metastasis.learner.MetastasisLearner",
+    key_metric="val_accuracy",  # patch accuracy on the site's validation patches
 )

@@ -18,7 +18,7 @@ from medcore.files import read_user_text
 from .detection import Detections
 from .froc import EvalCase
 
-__all__ = ["read_mask", "collect_cases"]
+__all__ = ["read_mask", "ground_truth", "collect_cases"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,21 +70,66 @@ def _reference_labels(path: Path) -> dict[str, int]:
     return labels
 
 
+def ground_truth(slide: str | Path, level: int, annotation_dir: str | Path | None = None,
+                 mask_dir: str | Path | None = None) -> tuple[np.ndarray | None, float]:
+    """A slide's tumour mask [y, x] at ``level`` and the mask's microns per pixel.
+
+    From ``annotation_dir/NAME.xml`` (rasterised by the project), else a mask file in ``mask_dir`` (``NAME.npy``,
+    ``NAME.tif`` or ``NAME_mask.tif``, checked to be ``level`` of the slide), else ``None``: a normal slide.
+    """
+    from .annotations import rasterize, read_asap_xml
+    from .slide import Slide
+
+    path = Path(slide)
+    with Slide(path) as opened:
+        width, height = opened.dimensions
+        mpp = opened.mpp
+    scale = 2 ** level
+    size = (-(-width // scale), -(-height // scale))
+    xml = Path(annotation_dir) / f"{path.stem}.xml" if annotation_dir else None
+    if xml is not None and xml.exists() and not xml.is_file():
+        raise UserError(f"{xml}: not a file (expected the slide's ASAP XML annotation)")
+    if xml is not None and xml.is_file():
+        return rasterize(read_asap_xml(xml), (0.0, 0.0), size, scale) > 0, mpp * scale
+    found = _find_mask(Path(mask_dir), path.stem) if mask_dir is not None else None
+    if found is None:
+        return None, mpp * scale
+    mask = read_mask(found)
+    if abs(mask.shape[0] - size[1]) > 1 or abs(mask.shape[1] - size[0]) > 1:
+        raise UserError(f"{found}: mask of shape {mask.shape} is not level {level} of {path} "
+                        f"(expected about {(size[1], size[0])})")
+    return mask, mpp * scale
+
+
+def _detections(detections_dir: Path, name: str) -> Detections:
+    """``detections_dir/NAME.csv``; a missing file means no detections (logged)."""
+    from .detection import read_detections
+
+    path = detections_dir / f"{name}.csv"
+    if path.is_file():
+        return read_detections(path)
+    logger.warning("%s: no detections file, the slide counts with no detections", path)
+    return Detections(np.zeros(0), np.zeros(0), np.zeros(0))
+
+
+def _slide_score(detections: Detections, map_path: Path | None) -> float:
+    """The maximum of the probability map when given, else the highest detection probability (0 for none)."""
+    if map_path is not None:
+        probs = np.load(map_path, mmap_mode="r")
+        return float(probs.max()) if probs.size else 0.0
+    return float(detections.probability.max()) if len(detections) else 0.0
+
+
 def collect_cases(slides: Sequence[str | Path], detections_dir: str | Path, annotation_dir: str | Path | None = None,
                   mask_dir: str | Path | None = None, level: int = 5, map_dir: str | Path | None = None,
                   reference_csv: str | Path | None = None) -> list[EvalCase]:
     """The evaluation cases of a test set.
 
-    Ground truth per slide: ``annotation_dir/NAME.xml`` (rasterised at ``level`` by the project), else a mask file
-    in ``mask_dir`` (``NAME.npy``, ``NAME.tif`` or ``NAME_mask.tif``, indexed [y, x] at ``level``), else the slide
-    is normal. Detections: ``detections_dir/NAME.csv`` (a missing file means no detections). Slide score: the
-    maximum of ``map_dir/NAME.npy`` when given, else the highest detection probability. Slide label: from
-    ``reference_csv`` (``name,Tumor|Normal``) when given, else whether the ground truth has tumour.
+    Ground truth per slide: :func:`ground_truth` at ``level``. Detections: ``detections_dir/NAME.csv`` (a missing
+    file means no detections). Slide score: the maximum of ``map_dir/NAME.npy`` when given, else the highest
+    detection probability. Slide label: from ``reference_csv`` (``name,Tumor|Normal``) when given, else whether the
+    ground truth has tumour.
     """
-    from .annotations import rasterize, read_asap_xml
-    from .detection import read_detections
-    from .slide import open_slide, slide_mpp
-
     slides = [Path(s) for s in slides]
     if not slides:
         raise UserError("no slides to evaluate")
@@ -92,41 +137,14 @@ def collect_cases(slides: Sequence[str | Path], detections_dir: str | Path, anno
     if not detections_dir.is_dir():
         raise UserError(f"{detections_dir}: detections folder missing")
     labels = _reference_labels(Path(reference_csv)) if reference_csv else {}
-    scale = 2 ** level
     cases = []
     for path in slides:
         name = path.stem
-        slide = open_slide(path)
-        try:
-            width, height = slide.dimensions
-            mpp = slide_mpp(slide, path)
-        finally:
-            slide.close()
-        mask = None
-        xml = Path(annotation_dir) / f"{name}.xml" if annotation_dir else None
-        if xml is not None and xml.exists() and not xml.is_file():
-            raise UserError(f"{xml}: not a file (expected the slide's ASAP XML annotation)")
-        if xml is not None and xml.is_file():
-            mask = rasterize(read_asap_xml(xml), (0.0, 0.0), (-(-width // scale), -(-height // scale)), scale) > 0
-        elif mask_dir is not None and (found := _find_mask(Path(mask_dir), name)) is not None:
-            mask = read_mask(found)
-            expected = (-(-height // scale), -(-width // scale))
-            if abs(mask.shape[0] - expected[0]) > 1 or abs(mask.shape[1] - expected[1]) > 1:
-                raise UserError(f"{found}: mask of shape {mask.shape} is not level {level} of {path} "
-                                 f"(expected about {expected})")
-        csv_path = detections_dir / f"{name}.csv"
-        if csv_path.is_file():
-            detections = read_detections(csv_path)
-        else:
-            logger.warning("%s: no detections file, the slide counts with no detections", csv_path)
-            detections = Detections(np.zeros(0), np.zeros(0), np.zeros(0))
-        if map_dir is not None:
-            probs = np.load(Path(map_dir) / f"{name}.npy", mmap_mode="r")
-            slide_score = float(probs.max()) if probs.size else 0.0
-        else:
-            slide_score = float(detections.probability.max()) if len(detections) else 0.0
         if labels and name.lower() not in labels:
             raise UserError(f"{reference_csv}: no row for slide {name}")
+        mask, mask_mpp = ground_truth(path, level, annotation_dir, mask_dir)
+        detections = _detections(detections_dir, name)
+        score = _slide_score(detections, Path(map_dir) / f"{name}.npy" if map_dir is not None else None)
         label = labels[name.lower()] if labels else int(mask is not None and bool(mask.any()))
-        cases.append(EvalCase(name, detections, mask, mpp * scale, slide_score, label))
+        cases.append(EvalCase(name, detections, mask, mask_mpp, score, label))
     return cases

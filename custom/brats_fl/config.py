@@ -9,7 +9,10 @@ from medcore.device import check_device_name
 from medcore.errors import SettingError
 from medcore.settings import Settings, setting
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "VAL_WINDOWS"]
+
+#: How validation covers a volume (``TrainConfig.val_window``).
+VAL_WINDOWS = ("brain", "sliding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +27,13 @@ class TrainConfig(Settings):
         batch_size: crops per training step.
         vae: add the variational auto-encoder regularisation branch of the paper (loss weight ``vae_weight``).
         amp: mixed precision (fp16 + grad scaler on CUDA, bf16 autocast on CPU), chosen automatically.
-        val_overlap, sw_batch_size: sliding-window inference settings for validation and inference.
+        val_window: how validation and inference cover a volume. ``brain``: one window of ``crop`` voxels
+            centred on the brain (the nonzero voxels; BraTS is skull-stripped), nothing predicted outside it, and
+            the sliding windows when the brain does not fit in the crop. On a full-size case it is one pass
+            instead of 8 and scores the Dice of the sliding windows to within 0.003 per region
+            (``benchmarks/results/brats_real_scale.md``). ``sliding``: the seed's sliding windows of ``crop``
+            voxels over the whole volume.
+        val_overlap, sw_batch_size: sliding-window settings.
         cache_rate: share of decoded, normalised cases kept in memory (1.0: every NIfTI is decoded once per run).
         num_workers: DataLoader worker processes for the random augmentation.
         num_threads: CPU threads for this site's PyTorch work; 0 keeps PyTorch's default (all cores). When several
@@ -42,6 +51,7 @@ class TrainConfig(Settings):
     vae: bool = False
     vae_weight: float = setting(0.1, minimum=0)
     amp: bool = True
+    val_window: str = setting("brain", check=lambda v: None if v in VAL_WINDOWS else "brain or sliding")
     val_overlap: float = setting(0.5, minimum=0, below=1)
     sw_batch_size: int = setting(1, minimum=1)
     cache_rate: float = setting(1.0, minimum=0, maximum=1)

@@ -11,6 +11,8 @@ import torch
 from monai.data import CacheDataset, Dataset
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceLoss
+from monai.transforms import Compose
+from torch.utils.data import DataLoader
 
 from medcore.device import autocast, select_device
 from medcore.progress import Progress
@@ -18,29 +20,49 @@ from medcore.training import EpochStats, EpochTrainer
 
 from .config import TrainConfig
 from .metrics import REGIONS, region_scores
-from .transforms import eval_transforms, train_transforms
+from .transforms import (brain_box, compact_transforms, eval_transforms, frame_window, restore_transforms,
+                         train_transforms)
 
-__all__ = ["EpochStats", "Trainer", "train_dataset", "eval_dataset", "predict_regions", "evaluate", "summarize"]
+__all__ = ["EpochStats", "Trainer", "train_dataset", "eval_dataset", "read_ahead", "predict_regions", "evaluate",
+           "summarize"]
 
 logger = logging.getLogger(__name__)
 
 
 def train_dataset(entries: Sequence[dict], config: TrainConfig) -> CacheDataset:
-    """Training cases with the deterministic prefix cached in memory (decoded once), random crops per epoch."""
+    """Training cases cached in compact form (decoded once per run, about 27 MB per full-size case, see
+    :mod:`brats_fl.transforms`), a random crop of ``config.crop`` and the augmentations made per sample."""
     transform = train_transforms(config.crop)
     transform.set_random_state(seed=config.seed)
     return _cached(entries, transform, config.cache_rate)
 
 
-def eval_dataset(entries: Sequence[dict], cache_rate: float = 1.0) -> Dataset:
-    """Whole labelled volumes for validation (cached like training data)."""
-    return _cached(entries, eval_transforms(), cache_rate)
+def eval_dataset(entries: Sequence[dict], cache_rate: float = 1.0, cached: bool = True) -> Dataset:
+    """Whole labelled volumes for validation.
+
+    ``cached``: the cases are kept in compact form (decoded once, for the validation every round) and each whole
+    volume is rebuilt when read; otherwise nothing is kept and cases stream from disk (:func:`read_ahead`
+    overlaps the reading with the work), so memory does not grow with the number of cases.
+    """
+    if not cached:
+        return Dataset(list(entries), transform=eval_transforms())
+    return Dataset(_cached(entries, Compose(compact_transforms()), cache_rate), transform=restore_transforms())
+
+
+def read_ahead(dataset: Dataset) -> DataLoader:
+    """``dataset``'s items in order, each read by a worker process while the one before is worked on (one item
+    ahead, so memory stays at about two items). torch's loader, not MONAI's: items go through uncollated."""
+    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=1, prefetch_factor=1,
+                      persistent_workers=False)
 
 
 def _cached(entries: Sequence[dict], transform, cache_rate: float) -> CacheDataset:
     # One caching thread: MONAI's NibabelReader keeps the file names of its last read on the instance, so
     # threads sharing one LoadImaged mix cases up (seen as a 1-channel image when a label read interleaves).
-    return CacheDataset(list(entries), transform=transform, cache_rate=cache_rate, num_workers=1, progress=False)
+    # No copy of a cached case per access (copy_cache=False): what follows the cached prefix, the crop or the
+    # restore, builds new tensors and never writes into the cached ones.
+    return CacheDataset(list(entries), transform=transform, cache_rate=cache_rate, num_workers=1, progress=False,
+                        copy_cache=False)
 
 
 class Trainer(EpochTrainer):
@@ -71,16 +93,28 @@ class Trainer(EpochTrainer):
 @torch.no_grad()
 def predict_regions(model: torch.nn.Module, image: torch.Tensor, config: TrainConfig,
                     device: torch.device) -> np.ndarray:
-    """Sliding-window prediction of one volume: image (4, X, Y, Z) -> boolean (3, X, Y, Z) TC, WT, ET masks.
+    """Prediction of one volume: image (4, X, Y, Z) -> boolean (3, X, Y, Z) TC, WT, ET masks (sigmoid > 0.5).
 
-    Windows of ``config.crop`` voxels overlapping by ``config.val_overlap`` (Gaussian-free constant blending, as
-    in the seed), sigmoid, threshold 0.5.
+    ``config.val_window`` ``brain``: one window of ``config.crop`` voxels centred on the brain's bounding box
+    (zero beyond the volume), nothing predicted outside it; when the brain does not fit in the crop, and for
+    ``sliding``: windows of ``config.crop`` voxels over the volume overlapping by ``config.val_overlap``
+    (Gaussian-free constant blending, as in the seed).
     """
     model.eval()
-    batch = torch.as_tensor(image)[None].to(device)
+    image = torch.as_tensor(image)
+    if config.val_window == "brain":
+        start, stop = brain_box(image)
+        if all(b - a <= c for a, b, c in zip(start, stop, config.crop)):
+            corner = [(a + b) // 2 - c // 2 for a, b, c in zip(start, stop, config.crop)]
+            window = frame_window(image, (0, 0, 0), corner, config.crop, torch.float32)
+            with autocast(device, config.amp):
+                logits = model(window[None].to(device))
+            regions = (torch.sigmoid(logits.float())[0] > 0.5).cpu()
+            return frame_window(regions, corner, (0, 0, 0), image.shape[1:], torch.bool).numpy()
     with autocast(device, config.amp):
-        logits = sliding_window_inference(batch, roi_size=config.crop, sw_batch_size=config.sw_batch_size,
-                                          predictor=model, overlap=config.val_overlap)
+        logits = sliding_window_inference(image[None].to(device), roi_size=config.crop,
+                                          sw_batch_size=config.sw_batch_size, predictor=model,
+                                          overlap=config.val_overlap)
     return (torch.sigmoid(logits.float())[0] > 0.5).cpu().numpy()
 
 

@@ -17,7 +17,7 @@ from medcore.files import atomic_path, check_replaceable, first_line_is, write_c
 from .config import TrainConfig
 from .data import MODALITIES, check_files
 from .datalist import read_datalist
-from .engine import eval_dataset, evaluate, predict_regions, summarize
+from .engine import eval_dataset, evaluate, predict_regions, read_ahead, summarize
 from .metrics import REGIONS, regions_to_labels
 from .model import load_checkpoint
 from .transforms import infer_transforms
@@ -52,7 +52,8 @@ def validate_checkpoint(checkpoint: str | Path, datalist: str | Path, data_root:
     model, _ = load_checkpoint(checkpoint)
     cases = read_datalist(datalist, data_root, splits=[split])[split]
     model.to(device)
-    per_case = evaluate(model, eval_dataset(cases, config.cache_rate), config, device, spacing=True,
+    # Streamed, one case read ahead: memory does not grow with the number of cases.
+    per_case = evaluate(model, read_ahead(eval_dataset(cases, cached=False)), config, device, spacing=True,
                         progress_logger=logger)
     summary = summarize(per_case)
     columns = VALIDATION_COLUMNS

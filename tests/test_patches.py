@@ -156,3 +156,24 @@ def test_dataset_reads_patches_with_one_handle_per_slide(camelyon_root, camelyon
         assert image.shape == (3, 64, 64) and image.dtype.is_floating_point
         assert label.tolist() == [float(patches["training"][i]["label"])]
     assert set(opened.values()) == {1} and len(opened) == len({e["image"] for e in patches["training"]})
+
+
+def test_a_list_of_the_seeds_size_is_checked_entry_by_entry(camelyon_root, tmp_path):
+    """60,000 entries over 30 slide files (links to one slide): the check passes, shares one path string per
+    slide, and still names the one bad entry deep in a split (the check works per slide on arrays)."""
+    target = (camelyon_root / "training/normal/normal_001.tif").resolve()
+    for i in range(30):
+        (tmp_path / f"s{i:02d}.tif").symlink_to(target)
+    rng = np.random.default_rng(0)
+    centres = zip(rng.integers(32, 2048 - 32, 50_000), rng.integers(32, 3072 - 32, 50_000))
+    entries = [{"image": f"s{i % 24:02d}.tif", "location": [int(y), int(x)], "label": i % 2}
+               for i, (y, x) in enumerate(centres)]
+    validation = [{"image": f"s{24 + i % 6:02d}.tif", "location": [1000, 1500], "label": 0} for i in range(10_000)]
+    data = {"patch_size": 64, "training": entries, "validation": validation}
+    patches = read_patch_list(_write(tmp_path, data), tmp_path)
+    assert len(patches["training"]) == 50_000 and len(patches["validation"]) == 10_000
+    assert len({id(e["image"]) for e in patches["training"]}) == 24
+    entries[41_234] = {"image": "s05.tif", "location": [2040, 700], "label": 1}
+    with pytest.raises(PatchListError, match=r"training\[41234\]: the 64-pixel patch centred at x=700, y=2040 is "
+                                             r"not inside .*s05.tif \(3072x2048\)"):
+        read_patch_list(_write(tmp_path, data), tmp_path)

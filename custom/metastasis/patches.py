@@ -102,12 +102,16 @@ def read_patch_list(path: str | Path, data_root: str | Path | None = None, check
     if data.get("patch_level", 0) != 0:
         raise PatchListError(f"{path}: only level-0 patches are supported, got patch_level {data['patch_level']!r}")
     result: dict = {"patch_size": patch_size, "source": str(path)}
+    resolved: dict[str, str] = {}
     for split in SPLITS:
         entries = data.get(split, [])
         if not isinstance(entries, list):
             raise PatchListError(f"{path}: '{split}' must be a list")
         checked = [_check_entry(e, f"{path} {split}[{i}]") for i, e in enumerate(entries)]
-        result[split] = [{**e, "image": str(_resolve(e["image"], root))} for e in checked]
+        for entry in checked:  # one path string per slide, shared by its entries
+            image = entry["image"]
+            entry["image"] = resolved.get(image) or resolved.setdefault(image, str(_resolve(image, root)))
+        result[split] = checked
     if not result["training"] and not result["validation"]:
         raise PatchListError(f"{path}: the patch list is empty")
     if check:
@@ -116,28 +120,35 @@ def read_patch_list(path: str | Path, data_root: str | Path | None = None, check
 
 
 def check_patch_list(patches: Mapping, source: str | Path = "patch list") -> None:
-    """Open every slide once and check every patch lies inside it; no slide may be on both sides of the split."""
+    """Open every slide once and check every patch lies inside it; no slide may be on both sides of the split.
+
+    Linear in the entries (they are grouped by slide once, and each slide's bounds are checked as one array), so a
+    list of the seed's size (hundreds of thousands of patches over hundreds of slides) checks in seconds.
+    """
     size = int(patches["patch_size"])
     half = size // 2
-    slides: dict[str, set] = {}
+    rows: dict[str, dict[str, list[int]]] = {}  # slide -> split -> entry indices
     for split in SPLITS:
-        for entry in patches.get(split, []):
-            slides.setdefault(entry["image"], set()).add(split)
-    both = sorted(k for k, v in slides.items() if len(v) > 1)
+        for i, entry in enumerate(patches.get(split, [])):
+            rows.setdefault(entry["image"], {}).setdefault(split, []).append(i)
+    both = sorted(k for k, v in rows.items() if len(v) > 1)
     if both:
         raise PatchListError(f"{source}: slide(s) in both training and validation: {both[:5]}")
-    for image in slides:
+    for image, by_split in rows.items():
         try:
             with Slide(image) as slide:
                 width, height = slide.dimensions
         except SlideError as err:
             raise PatchListError(f"{source}: {err}") from err
-        for split in SPLITS:
-            for i, entry in enumerate(patches.get(split, [])):
-                y, x = entry["location"]
-                if entry["image"] == image and not (half <= x <= width - half and half <= y <= height - half):
-                    raise PatchListError(f"{source} {split}[{i}]: the {size}-pixel patch centred at x={x}, y={y} "
-                                         f"is not inside {image} ({width}x{height})")
+        for split, indices in by_split.items():
+            entries = patches[split]
+            yx = np.array([entries[i]["location"] for i in indices], dtype=np.int64).reshape(-1, 2)
+            outside = (yx[:, 1] < half) | (yx[:, 1] > width - half) | (yx[:, 0] < half) | (yx[:, 0] > height - half)
+            if outside.any():
+                i = indices[int(np.argmax(outside))]
+                y, x = entries[i]["location"]
+                raise PatchListError(f"{source} {split}[{i}]: the {size}-pixel patch centred at x={x}, y={y} "
+                                     f"is not inside {image} ({width}x{height})")
 
 
 def read_ncrf_coords(path: str | Path, slide_dir: str | Path, label: int) -> list[dict]:
@@ -175,15 +186,20 @@ def read_ncrf_coords(path: str | Path, slide_dir: str | Path, label: int) -> lis
 def write_patch_list(path: str | Path, patches: Mapping, data_root: str | Path | None = None) -> Path:
     """Write a patch list (image paths made relative to ``data_root`` when they lie under it), atomically."""
     root = Path(data_root).resolve() if data_root is not None else None
+    written: dict[str, str] = {}  # each slide's path is worked out once, not once per patch
+
+    def relative(image: str) -> str:
+        if image not in written:
+            path = Path(image)
+            if root is not None and path.resolve().is_relative_to(root):
+                path = path.resolve().relative_to(root)
+            written[image] = str(path)
+        return written[image]
+
     out: dict = {"patch_size": int(patches["patch_size"]), "patch_level": 0}
     for split in SPLITS:
-        entries = []
-        for e in patches.get(split, []):
-            image = Path(e["image"])
-            if root is not None and image.resolve().is_relative_to(root):
-                image = image.resolve().relative_to(root)
-            entries.append({"image": str(image), "location": list(e["location"]), "label": int(e["label"])})
-        out[split] = entries
+        out[split] = [{"image": relative(str(e["image"])), "location": list(e["location"]), "label": int(e["label"])}
+                      for e in patches.get(split, [])]
     return write_json(path, out)
 
 

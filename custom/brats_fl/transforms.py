@@ -60,7 +60,7 @@ def brain_box(image: torch.Tensor, label: torch.Tensor | None = None) -> tuple[l
 
 class CropToBraind(mt.MapTransform):
     """Crop ``image`` (C, X, Y, Z) and ``label`` (1, X, Y, Z) to the bounding box of the voxels where any channel
-    of either is nonzero, as plain tensors (copies: the whole volume is not kept alive), and add ``box_start``
+    of either is nonzero, as copies (the whole volume is not kept alive), and add ``box_start``
     (3 ints), ``full_shape`` (3 ints) and ``affine`` (4x4 float64) so the box can be put back. A volume with no
     nonzero voxel keeps its whole extent."""
 
@@ -157,6 +157,7 @@ def compact_nbytes(case: Mapping) -> int:
 
 
 def _regions() -> list:
+    """BraTS labels -> TC/WT/ET channels as float32 (a bool label breaks ``DiceLoss(squared_pred=True)``)."""
     return [mt.ConvertToMultiChannelBasedOnBratsClassesd(keys="label"),
             mt.EnsureTyped(keys="label", dtype=torch.float32)]
 

@@ -109,13 +109,17 @@ def predict_regions(model: torch.nn.Module, image: torch.Tensor, config: TrainCo
             window = frame_window(image, (0, 0, 0), corner, config.crop, torch.float32)
             with autocast(device, config.amp):
                 logits = model(window[None].to(device))
-            regions = (torch.sigmoid(logits.float())[0] > 0.5).cpu()
-            return frame_window(regions, corner, (0, 0, 0), image.shape[1:], torch.bool).numpy()
+            return frame_window(_masks(logits), corner, (0, 0, 0), image.shape[1:], torch.bool).numpy()
     with autocast(device, config.amp):
         logits = sliding_window_inference(image[None].to(device), roi_size=config.crop,
                                           sw_batch_size=config.sw_batch_size, predictor=model,
                                           overlap=config.val_overlap)
-    return (torch.sigmoid(logits.float())[0] > 0.5).cpu().numpy()
+    return _masks(logits).numpy()
+
+
+def _masks(logits: torch.Tensor) -> torch.Tensor:
+    """Logits (1, 3, ...) -> boolean TC, WT, ET masks (3, ...) on the CPU: sigmoid > 0.5."""
+    return (torch.sigmoid(logits.float())[0] > 0.5).cpu()
 
 
 def evaluate(model: torch.nn.Module, dataset: Iterable[dict], config: TrainConfig, device: torch.device,

@@ -109,8 +109,9 @@ def read_patch_list(path: str | Path, data_root: str | Path | None = None, check
             raise PatchListError(f"{path}: '{split}' must be a list")
         checked = [_check_entry(e, f"{path} {split}[{i}]") for i, e in enumerate(entries)]
         for entry in checked:  # one path string per slide, shared by its entries
-            image = entry["image"]
-            entry["image"] = resolved.get(image) or resolved.setdefault(image, str(_resolve(image, root)))
+            if entry["image"] not in resolved:
+                resolved[entry["image"]] = str(_resolve(entry["image"], root))
+            entry["image"] = resolved[entry["image"]]
         result[split] = checked
     if not result["training"] and not result["validation"]:
         raise PatchListError(f"{path}: the patch list is empty")

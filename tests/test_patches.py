@@ -141,12 +141,14 @@ def test_bad_annotations_stop_generation(camelyon_root, camelyon_patches, tmp_pa
 
 
 def test_dataset_reads_patches_with_one_handle_per_slide(camelyon_root, camelyon_patches, monkeypatch):
-    opened = Counter()
+    """One handle per slide, all sharing the process's one bounded tile cache (not OpenSlide's 32 MiB each)."""
+    opened, caches = Counter(), set()
     real_open = patches_module.open_slide
 
-    def counting_open(path):
+    def counting_open(path, cache=None):
         opened[path] += 1
-        return real_open(path)
+        caches.add(id(cache))
+        return real_open(path, cache)
 
     monkeypatch.setattr(patches_module, "open_slide", counting_open)
     patches = read_patch_list(camelyon_patches, camelyon_root, check=False)
@@ -156,6 +158,7 @@ def test_dataset_reads_patches_with_one_handle_per_slide(camelyon_root, camelyon
         assert image.shape == (3, 64, 64) and image.dtype.is_floating_point
         assert label.tolist() == [float(patches["training"][i]["label"])]
     assert set(opened.values()) == {1} and len(opened) == len({e["image"] for e in patches["training"]})
+    assert len(caches) == 1 and dataset._cache is not None and len(opened) > 1
 
 
 def test_a_list_of_the_seeds_size_is_checked_entry_by_entry(camelyon_root, tmp_path):

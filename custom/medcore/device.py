@@ -15,7 +15,7 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["DEVICE_NAMES", "check_device_name", "select_device", "autocast", "grad_scaler"]
+__all__ = ["DEVICE_NAMES", "check_device_name", "select_device", "amp_dtype", "autocast", "grad_scaler"]
 
 #: What a device setting or ``--device`` option accepts.
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
@@ -45,12 +45,16 @@ def select_device(preference: str = "auto") -> torch.device:
     return device
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The mixed-precision type of ``device``: float16 on CUDA, bfloat16 on CPU."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
 def autocast(device: torch.device, enabled: bool = True) -> ContextManager:
-    """Mixed-precision context for forward passes: fp16 on CUDA, bf16 on CPU, nothing when disabled."""
+    """Mixed-precision context for forward passes (:func:`amp_dtype`), nothing when disabled."""
     if not enabled:
         return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=amp_dtype(device))
 
 
 def grad_scaler(device: torch.device, enabled: bool = True) -> torch.amp.GradScaler:

@@ -37,17 +37,18 @@ import numpy as np
 import openslide
 import torch
 
-from medcore.device import autocast
+from medcore.device import amp_dtype, autocast
 from medcore.errors import UserError, first_line
 from medcore.files import atomic_path, claim_output_dir, read_json, write_json
+from medcore.memory import release_free_memory
 from medcore.progress import Progress
 
-from .model import OUTPUT_STRIDE, PatchClassifier
+from .model import OUTPUT_STRIDE, PatchClassifier, fold_batchnorm
 from .slide import Slide, open_slide, opened, read_rgb
 from .tissue import TissueMask, compute_tissue_mask
 from .transforms import to_input
 
-__all__ = ["MODES", "MapGeometry", "probability_map", "load_map", "write_heatmap", "infer_slides"]
+__all__ = ["MODES", "MapGeometry", "tile_plan", "probability_map", "load_map", "write_heatmap", "infer_slides"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,15 +149,32 @@ class _MapRun:
     device: torch.device
     amp: bool
     on_progress: Callable[[int, int], None]
+    #: where the time goes: seconds reading (in the reader thread), seconds in the network, pixels read
+    costs: dict = dataclasses.field(default_factory=lambda: {"read_seconds": 0.0, "network_seconds": 0.0,
+                                                             "pixels_read": 0})
+
+    def read(self, location: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+        """A level-0 region (white outside the slide), counted in :attr:`costs`."""
+        start = time.perf_counter()
+        rgb = read_rgb(self.slide, location, 0, size, self.path, pad_outside=True)
+        self.costs["read_seconds"] += time.perf_counter() - start
+        self.costs["pixels_read"] += size[0] * size[1]
+        return rgb
 
     @torch.inference_mode()
     def probabilities(self, rgb: np.ndarray) -> np.ndarray:
         """Tumour probabilities of an RGB batch (N, H, W, 3): (N, 1, h, w), one per 32-pixel output."""
-        # Channels-last tensors take oneDNN's fastest convolution paths on CPU (and tensor cores on GPU).
+        start = time.perf_counter()
+        # Channels-last tensors take oneDNN's fastest convolution paths on CPU (and tensor cores on GPU). Under
+        # mixed precision the first convolution would cast the input anyway: cast it now and drop the float32 copy.
         x = to_input(rgb).to(self.device).contiguous(memory_format=torch.channels_last)
+        if self.amp:
+            x = x.to(amp_dtype(self.device))
         with autocast(self.device, self.amp):
             out = self.model(x)
-        return torch.sigmoid(out.float()).cpu().numpy()
+        probs = torch.sigmoid(out.float()).cpu().numpy()
+        self.costs["network_seconds"] += time.perf_counter() - start
+        return probs
 
 
 def _patch_mode(run: _MapRun, batch_size: int) -> np.ndarray:
@@ -170,8 +188,8 @@ def _patch_mode(run: _MapRun, batch_size: int) -> np.ndarray:
     def batches():
         for start in range(0, len(rows), batch_size):
             stop = min(start + batch_size, len(rows))
-            patches = np.stack([read_rgb(run.slide, (int(x) - half, int(y) - half), 0, size, run.path,
-                                         pad_outside=True) for x, y in zip(xs[start:stop], ys[start:stop])])
+            patches = np.stack([run.read((int(x) - half, int(y) - half), size)
+                                for x, y in zip(xs[start:stop], ys[start:stop])])
             yield start, stop, patches
 
     out = np.zeros(geometry.shape, np.float32)
@@ -181,31 +199,64 @@ def _patch_mode(run: _MapRun, batch_size: int) -> np.ndarray:
     return out
 
 
+def tile_plan(todo: np.ndarray, tile_outputs: int, tile_side: Callable[[int], int],
+              smallest: int = 8) -> list[tuple[int, int, int, int]]:
+    """Boxes ``(row, col, rows, cols)`` of map pixels that cover every ``todo`` pixel, each computed as one tile.
+
+    The map is cut into blocks of ``tile_outputs`` x ``tile_outputs`` pixels. A block is shrunk to its tissue's
+    bounding box, then split into quarters (recursively, down to ``smallest``) when the quarters' tiles, each
+    shrunk to its own tissue, cost fewer input pixels in all: every tile pays a margin of ``patch - 32`` pixels
+    around its outputs, so splitting pays only where it leaves enough glass out. ``tile_side(n)`` is the input side
+    of a tile of ``n`` map pixels. A tile is never larger than a block, which bounds memory.
+    """
+    def cost(box: tuple[int, int, int, int]) -> int:
+        return tile_side(box[2]) * tile_side(box[3])
+
+    def plan(i0: int, j0: int, rows: int, cols: int) -> list[tuple[int, int, int, int]]:
+        block = todo[i0:i0 + rows, j0:j0 + cols]
+        on_rows, on_cols = np.flatnonzero(block.any(1)), np.flatnonzero(block.any(0))
+        if not len(on_rows):
+            return []
+        whole = [(int(i0 + on_rows[0]), int(j0 + on_cols[0]), int(on_rows[-1] - on_rows[0] + 1),
+                  int(on_cols[-1] - on_cols[0] + 1))]
+        if max(rows, cols) <= smallest or block.all():
+            return whole
+        r, c = (rows + 1) // 2, (cols + 1) // 2
+        quarters = ((0, 0, r, c), (0, c, r, cols - c), (r, 0, rows - r, c), (r, c, rows - r, cols - c))
+        parts = [box for di, dj, h, w in quarters if h and w for box in plan(i0 + di, j0 + dj, h, w)]
+        return parts if sum(map(cost, parts)) < cost(whole[0]) else whole
+
+    n_rows, n_cols = todo.shape
+    return [box for i0 in range(0, n_rows, tile_outputs) for j0 in range(0, n_cols, tile_outputs)
+            for box in plan(i0, j0, min(tile_outputs, n_rows - i0), min(tile_outputs, n_cols - j0))]
+
+
 def _tiled_mode(run: _MapRun, tile_outputs: int) -> np.ndarray:
-    """Fully convolutional tiles of up to ``tile_outputs`` x ``tile_outputs`` map pixels, shrunk to their tissue."""
+    """Fully convolutional tiles of up to ``tile_outputs`` x ``tile_outputs`` map pixels over the tissue
+    (:func:`tile_plan`)."""
     geometry, todo = run.geometry, run.todo
     k = geometry.stride // OUTPUT_STRIDE
-    n_rows, n_cols = geometry.shape
-    tiles = []
-    for i0 in range(0, n_rows, tile_outputs):
-        for j0 in range(0, n_cols, tile_outputs):
-            block = todo[i0:i0 + tile_outputs, j0:j0 + tile_outputs]
-            rows, cols = np.flatnonzero(block.any(1)), np.flatnonzero(block.any(0))
-            if len(rows):  # shrink the tile to its tissue's bounding box: no work on the glass around it
-                tiles.append((i0 + rows[0], j0 + cols[0], rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1))
+
+    def side(n: int) -> int:
+        # Fine outputs every 32 px from the first window centre to the last; every k-th is a map pixel.
+        return geometry.patch_size + OUTPUT_STRIDE * k * (n - 1)
+
+    tiles = tile_plan(todo, tile_outputs, side)
     ox, oy = geometry.origin
     half = geometry.patch_size // 2
 
     def reads():
         for i0, j0, h, w in tiles:
-            # Fine outputs every 32 px from the first window centre to the last; every k-th is a map pixel.
-            size = (geometry.patch_size + OUTPUT_STRIDE * k * (w - 1), geometry.patch_size + OUTPUT_STRIDE * k * (h - 1))
             x = int(ox + j0 * geometry.stride) - half
             y = int(oy + i0 * geometry.stride) - half
-            yield i0, j0, h, w, read_rgb(run.slide, (x, y), 0, size, run.path, pad_outside=True)
+            yield i0, j0, h, w, run.read((x, y), (side(w), side(h)))
 
     out = np.zeros(geometry.shape, np.float32)
+    shape = None
     for done, (i0, j0, h, w, rgb) in enumerate(_prefetch(reads()), start=1):
+        if rgb.shape != shape:  # freed blocks of the last shape would not fit this one: give them back
+            release_free_memory()
+            shape = rgb.shape
         probs = run.probabilities(rgb[None])[0, 0][::k, ::k]
         out[i0:i0 + h, j0:j0 + w] = probs[:h, :w]
         run.on_progress(done, len(tiles))
@@ -233,7 +284,9 @@ def probability_map(slide: str | Path | Slide, model: PatchClassifier, stride: i
     if tile_outputs < 1 or batch_size < 1:
         raise UserError("tile_outputs and batch_size must be positive")
     device = device or next(model.parameters()).device
-    model.eval().to(memory_format=torch.channels_last)
+    # Batch norms folded into the convolutions: the same network, faster (any other net runs as given).
+    net = fold_batchnorm(model) if isinstance(model, PatchClassifier) else model.eval()
+    net = net.to(device, memory_format=torch.channels_last)
     with opened(slide) as slide:
         if tissue is None:
             tissue = compute_tissue_mask(slide)[0]
@@ -242,7 +295,7 @@ def probability_map(slide: str | Path | Slide, model: PatchClassifier, stride: i
             raise UserError(f"{slide.path}: the tissue mask is for a {tissue.level0_size} slide, the slide is "
                             f"{geometry.level0_size}")
         todo = _tissue_map(geometry, tissue)
-        run = _MapRun(slide.handle, slide.path, model, geometry, todo, device, amp, on_progress)
+        run = _MapRun(slide.handle, slide.path, net, geometry, todo, device, amp, on_progress)
         start = time.perf_counter()
         if mode == "tiled":
             probs = _tiled_mode(run, tile_outputs)
@@ -250,7 +303,12 @@ def probability_map(slide: str | Path | Slide, model: PatchClassifier, stride: i
             probs = _patch_mode(run, batch_size)
         seconds = time.perf_counter() - start
     info = {"slide": str(slide.path), "mode": mode, **geometry.to_dict(), "tissue_outputs": int(todo.sum()),
-            "seconds": round(seconds, 3), "outputs_per_second": round(int(todo.sum()) / max(seconds, 1e-9), 1)}
+            "seconds": round(seconds, 3), "outputs_per_second": round(int(todo.sum()) / max(seconds, 1e-9), 1),
+            **({"tile_outputs": tile_outputs} if mode == "tiled" else {"batch_size": batch_size}),
+            "read_seconds": round(run.costs["read_seconds"], 3),
+            "network_seconds": round(run.costs["network_seconds"], 3),
+            # level-0 pixels read per tissue output: 1024 would be no overlap and no glass (patch mode: P^2)
+            "pixels_read_per_output": round(run.costs["pixels_read"] / max(int(todo.sum()), 1), 1)}
     return probs, info
 
 
@@ -372,6 +430,7 @@ def infer_slides(slides: Sequence[str | Path], model: PatchClassifier, out_dir: 
             write_heatmap(slide, probs, stride, out_dir / f"{path.stem}_heatmap.png")
         write_json(npy.with_suffix(".json"), {**info, "checkpoint": checkpoint, "max_probability":
                                               float(probs.max()) if probs.size else 0.0})
+        release_free_memory()  # the slide's thumbnail, map and tiles go back before the next slide starts
         progress.step(f"{path.name}: {info['tissue_outputs']} outputs in {info['seconds']:.1f} s "
                       f"({info['outputs_per_second']:.0f}/s, {mode}), max probability {float(probs.max()):.3f}")
     return written

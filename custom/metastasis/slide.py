@@ -22,15 +22,22 @@ class SlideError(UserError):
     """A slide that cannot be opened or a request it cannot serve; the message names the file."""
 
 
-def open_slide(path: str | Path) -> openslide.OpenSlide:
-    """Open a slide with OpenSlide, or raise :class:`SlideError` naming the file and why."""
+def open_slide(path: str | Path, cache: openslide.OpenSlideCache | None = None) -> openslide.OpenSlide:
+    """Open a slide with OpenSlide, or raise :class:`SlideError` naming the file and why.
+
+    ``cache``: a decoded-tile cache shared with other open slides (OpenSlide otherwise gives every handle its own
+    32 MiB cache, so memory grows with the number of slides kept open).
+    """
     path = Path(path)
     if not path.is_file():
         raise SlideError(f"{path}: slide file missing")
     try:
-        return openslide.OpenSlide(str(path))
+        slide = openslide.OpenSlide(str(path))
     except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError) as err:
         raise SlideError(f"{path}: OpenSlide cannot open this file ({err})") from err
+    if cache is not None:
+        slide.set_cache(cache)
+    return slide
 
 
 def slide_mpp(slide: openslide.OpenSlide, path: str | Path = "") -> float:

@@ -42,8 +42,14 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_input(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 RGB (H, W, 3) or (N, H, W, 3) -> network input (3, H, W) or (N, 3, H, W)."""
-    return normalize(to_unit(rgb))
+    """uint8 RGB (H, W, 3) or (N, H, W, 3) -> network input (3, H, W) or (N, 3, H, W), channels last in memory.
+
+    The same values as ``normalize(to_unit(rgb))``, computed in place on the one float32 copy (a whole-slide tile
+    of 4000 x 4000 pixels is 190 MB per copy).
+    """
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return to_unit(rgb).sub_(mean).div_(std)
 
 
 class ColorJitter(Randomizable):

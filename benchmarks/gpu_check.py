@@ -12,6 +12,8 @@ Sections, each timed, each allowed to fail without hiding the others (its traceb
 * ``pathology_train``: ResNet18 patch classifier steps (batch 64, 224 px, fp16 + GradScaler): patches per second.
 * ``pathology_inference``: tiled whole-slide inference at stride 32 on a generated slide: outputs per second,
   projected to slides per hour at Camelyon16's 100,000 x 200,000 pixels with the slide's tissue share.
+* ``pathology_input``: the patch input pipeline with 4, 8 and 16 DataLoader workers (patches per second, memory
+  per worker), written to OUT/patch_reading.json and .md.
 
 Run on a GPU machine:  python benchmarks/gpu_check.py --out DIR   (writes DIR/gpu_check.json and .md)
 ``--quick`` runs every section at toy sizes (a check of the script itself, e.g. on CPU with ``--device cpu``).
@@ -189,9 +191,21 @@ def pathology_inference(device, args) -> dict:
             "projected_slides_per_hour_100k_x_200k": round(3600 * info["outputs_per_second"] / max(outputs, 1), 2)}
 
 
+def pathology_input(device, args) -> dict:
+    """Patches per second of the training input pipeline with 4, 8 and 16 DataLoader workers (a GPU machine's
+    cores), and the memory each worker holds: benchmarks/patch_reading.py, its results beside this check's."""
+    workers = ["0", "2"] if args.quick else ["4", "8", "16"]
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, str(Path(__file__).with_name("patch_reading.py")), "--work", tmp,
+                        "--out", str(args.out), "--label", "gpu machine", "--batches", "3" if args.quick else "40",
+                        "--workers", *workers], check=True, capture_output=True, text=True)
+    return json.loads((args.out / "patch_reading.json").read_text())["gpu machine"]
+
+
 SECTIONS: dict[str, Callable] = {"environment": environment, "brats_train": brats_train,
                                  "brats_validation": brats_validation, "brats_simulator": brats_simulator,
-                                 "pathology_train": pathology_train, "pathology_inference": pathology_inference}
+                                 "pathology_train": pathology_train, "pathology_inference": pathology_inference,
+                                 "pathology_input": pathology_input}
 
 
 def markdown(result: dict) -> str:

@@ -1,17 +1,24 @@
 """Benchmark: whole-slide inference at stride 32, tissue-restricted patch-by-patch vs tiled fully convolutional,
-on the same slide and checkpoint: outputs per second, seconds per slide, peak memory, and how closely the maps agree.
+on the same slide and checkpoint: outputs per second, where the time goes, peak memory, and how closely the maps
+agree; the tiled mode at several tile sizes.
 
-Run (after `make pathology-demo`, whose best global model and test slides it uses by default):
-    .venv/bin/python benchmarks/slide_inference.py [--slide S.tif] [--checkpoint M.pt]
-About 4 minutes on 2 cores (the patch mode is the slow one). Each mode runs in its own process, so each peak
-memory figure is that mode's own; the tiled mode runs twice and reports the second (warm) run, as a folder of
-slides sees it after its first slide. Writes benchmarks/results/slide_inference.json and .md.
+Run (on the pathology demo's first test slide and best global model, or any slide and checkpoint):
+    .venv/bin/python benchmarks/slide_inference.py --slide S.tif --checkpoint M.pt [--tiles 48 64 96] [--label L]
+``--code DIR`` measures another checkout's ``custom/`` (the "before" of a change). About 5 minutes on 2 cores
+(the patch mode is the slow one). Each run is its own process, so each peak memory figure is that run's own; the
+tiled runs go twice and report the second (warm) pass, as a folder of slides sees it after its first slide.
+Merges the run into benchmarks/results/slide_inference.json under its label and writes the .md.
+
+The tiled mode's cost per output is set by the level-0 pixels it reads and convolves per tissue output: 1024
+(32 x 32) would be no overlap and no glass; tiles add the 192-pixel margin every tile needs around its outputs
+and the glass inside each tile's tissue box; the patch mode convolves 224 x 224 = 50,176 pixels per output.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -25,7 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEMO = Path(__file__).resolve().parents[1] / "demo_workspace" / "pathology"
 
 
-def run_mode(slide: str, checkpoint: str, mode: str, stride: int, out: str, threads: int) -> dict:
+def run_mode(slide: str, checkpoint: str, mode: str, stride: int, out: str, threads: int, tile: int) -> dict:
     import torch
 
     from metastasis.inference import probability_map
@@ -35,14 +42,26 @@ def run_mode(slide: str, checkpoint: str, mode: str, stride: int, out: str, thre
     torch.set_num_threads(threads)
     model, _ = load_checkpoint(checkpoint)
     tissue = compute_tissue_mask(slide)[0]
-    probs, info = probability_map(slide, model, stride, tissue, mode)
+    options = {"tile_outputs": tile} if mode == "tiled" else {}
+    probs, info = probability_map(slide, model, stride, tissue, mode, **options)
     if mode == "tiled":  # the first call builds oneDNN kernels for the tile shapes: report a warm run too
         cold = info["seconds"]
-        probs, info = probability_map(slide, model, stride, tissue, mode)
+        probs, info = probability_map(slide, model, stride, tissue, mode, **options)
         info["first_call_seconds"] = cold
     np.save(out, probs)
     info["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return info
+
+
+def agreement_of(tiled: np.ndarray, patch: np.ndarray) -> dict:
+    on = (tiled > 0) | (patch > 0)
+    diff = np.abs(tiled - patch)[on]
+    return {
+        "outputs_compared": int(on.sum()), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+        "p99_abs_diff": float(np.quantile(diff, 0.99)),
+        "correlation": float(np.corrcoef(tiled[on], patch[on])[0, 1]),
+        "same_side_of_0.5": float(((tiled[on] >= 0.5) == (patch[on] >= 0.5)).mean()),
+    }
 
 
 def main() -> None:
@@ -54,60 +73,67 @@ def main() -> None:
                         help="trained checkpoint (default: the pathology demo's best global model)")
     parser.add_argument("--stride", type=int, default=32, help="map stride in level-0 pixels (default: 32)")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch threads (default: 2)")
-    parser.add_argument("--worker", nargs=2, metavar=("MODE", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--tiles", type=int, nargs="+", default=[48], help="tiled mode: map pixels per tile side "
+                        "to measure; the first is compared with the patch mode's map (default: 48)")
+    parser.add_argument("--label", default="current", help="name of this run in the results (default: current)")
+    parser.add_argument("--code", type=Path, help="the custom/ folder to measure (default: the installed code)")
+    parser.add_argument("--worker", nargs=3, metavar=("MODE", "TILE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(run_mode(args.slide, args.checkpoint, args.worker[0], args.stride, args.worker[1],
-                                  args.threads)))
+        mode, tile, out = args.worker
+        print(json.dumps(run_mode(args.slide, args.checkpoint, mode, args.stride, out, args.threads, int(tile))))
         return
     for path in (args.slide, args.checkpoint):
         if not Path(path).is_file():
             sys.exit(f"{path} missing: run `make pathology-demo` first or pass --slide/--checkpoint")
-    infos, maps = {}, {}
+    env = dict(os.environ, **({"PYTHONPATH": str(args.code.resolve())} if args.code else {}))
+    tiled, maps = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in ("tiled", "patch"):
-            out = str(Path(tmp) / f"{mode}.npy")
+        for mode, tile in [("tiled", t) for t in args.tiles] + [("patch", 0)]:  # 0: unused by the patch mode
+            out = str(Path(tmp) / f"{mode}{tile}.npy")
             text = subprocess.run([sys.executable, __file__, "--slide", args.slide, "--checkpoint", args.checkpoint,
                                    "--stride", str(args.stride), "--threads", str(args.threads), "--worker", mode,
-                                   out], capture_output=True, text=True, check=True).stdout
-            infos[mode] = json.loads(text.strip().splitlines()[-1])
-            maps[mode] = np.load(out)
-            print(mode, infos[mode], flush=True)
-    tiled, patch = maps["tiled"], maps["patch"]
-    on = (tiled > 0) | (patch > 0)
-    diff = np.abs(tiled - patch)[on]
-    agreement = {
-        "outputs_compared": int(on.sum()), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-        "p99_abs_diff": float(np.quantile(diff, 0.99)),
-        "correlation": float(np.corrcoef(tiled[on], patch[on])[0, 1]),
-        "same_side_of_0.5": float(((tiled[on] >= 0.5) == (patch[on] >= 0.5)).mean()),
-    }
-    speedup = infos["tiled"]["outputs_per_second"] / infos["patch"]["outputs_per_second"]
+                                   str(tile), out], capture_output=True, text=True, check=True, env=env).stdout
+            info = json.loads(text.strip().splitlines()[-1])
+            if mode == "tiled":
+                tiled[str(tile)] = info
+            else:
+                patch = info
+            maps[mode, tile] = np.load(out)
+            print(mode, tile or "", info, flush=True)
     import torch
 
-    result = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
-              "slide": args.slide, "checkpoint": args.checkpoint, "stride": args.stride, "modes": infos,
-              "speedup": round(speedup, 1), "agreement": agreement}
+    run = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
+           "slide": args.slide, "checkpoint": args.checkpoint, "stride": args.stride, "patch": patch,
+           "tiled": tiled, "speedup": {t: round(i["outputs_per_second"] / patch["outputs_per_second"], 1)
+                                       for t, i in tiled.items()},
+           "agreement": {"tile_outputs": args.tiles[0], **agreement_of(maps["tiled", args.tiles[0]],
+                                                                         maps["patch", 0])}}
+    path = RESULTS / "slide_inference.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    runs = results.get("runs", {})
+    runs[args.label] = run
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "slide_inference.json").write_text(json.dumps(result, indent=2) + "\n")
-    w, h = infos["tiled"]["level0_size"]
-    md = [
-        "# Whole-slide inference: patch by patch vs tiled fully convolutional", "",
-        f"One generated {w}x{h} slide ({Path(args.slide).name}), the pathology demo's best global model, stride "
-        f"{args.stride}, bf16 autocast on {args.threads} CPU threads; torch {torch.__version__}, "
-        f"{platform.platform()}.", "",
-        "| mode | tissue outputs | seconds per slide | outputs/s | peak RSS MB |", "| --- | --- | --- | --- | --- |",
-        *[f"| {m} | {i['tissue_outputs']} | {i['seconds']} | {i['outputs_per_second']} | {i['peak_rss_mb']} |"
-          for m, i in infos.items()], "",
-        f"Tiled is **{result['speedup']}x** the patch-by-patch throughput (the tiled figure is a second run on the "
-        f"slide; the first call in a process took {infos['tiled']['first_call_seconds']} s, building the CPU "
-        f"kernels for the tile shapes, once per process).", "",
-        f"Agreement over {agreement['outputs_compared']} tissue outputs: mean |difference| "
-        f"{agreement['mean_abs_diff']:.4f}, 99th percentile {agreement['p99_abs_diff']:.4f}, max "
-        f"{agreement['max_abs_diff']:.4f}; correlation {agreement['correlation']:.4f}; same side of 0.5 for "
-        f"{100 * agreement['same_side_of_0.5']:.2f}% of outputs. (The modes differ only through the zero padding a "
-        "lone patch sees at its border where a tile has real neighbours.)", "",
-    ]
+    path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    md = ["# Whole-slide inference: patch by patch vs tiled fully convolutional", ""]
+    for label, r in runs.items():
+        w, h = r["patch"]["level0_size"]
+        md += [f"## {label}", "",
+               f"Generated {w}x{h} slide ({Path(r['slide']).name}), stride {r['stride']}, bf16 autocast on "
+               f"{r['machine']['threads']} CPU threads; torch {r['machine']['torch']}, {r['machine']['platform']}.",
+               "", "| mode | tile outputs | tissue outputs | seconds | outputs/s | x patch mode | read s | network s "
+               "| pixels read per output | peak RSS MB |", "| --- " * 10 + "|"]
+        for name, tile, info in [("patch", "", r["patch"])] + [("tiled", t, i) for t, i in r["tiled"].items()]:
+            md.append(f"| {name} | {tile} | {info['tissue_outputs']} | {info['seconds']} | "
+                      f"{info['outputs_per_second']} | {r['speedup'].get(tile, 1.0)} | "
+                      f"{info.get('read_seconds', '')} | {info.get('network_seconds', '')} | "
+                      f"{info.get('pixels_read_per_output', '')} | {info['peak_rss_mb']} |")
+        a = r["agreement"]
+        md += ["", f"Tiled ({a['tile_outputs']} outputs per tile side) vs patch over {a['outputs_compared']} tissue "
+               f"outputs: mean |difference| {a['mean_abs_diff']:.4f}, 99th percentile {a['p99_abs_diff']:.4f}, max "
+               f"{a['max_abs_diff']:.4f}; correlation {a['correlation']:.4f}; same side of 0.5 for "
+               f"{100 * a['same_side_of_0.5']:.2f}% of outputs (the border effect: a lone patch sees zero padding "
+               "where a tile has real neighbours).", ""]
     (RESULTS / "slide_inference.md").write_text("\n".join(md))
     print("\n".join(md))
 

@@ -159,8 +159,9 @@ print(json.dumps(after))
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the RSS from /proc")
 def test_infer_memory_does_not_grow_from_slide_to_slide(camelyon_root, tmp_path):
     """Over four slides whose tissue differs (so do the tile shapes), what the process holds after each slide stays
-    where the first slide left it. Before freed memory was given back on every new tile shape, it grew by about
-    210 MB over these four slides (1.2 GB over eight 12k x 16k slides: benchmarks/results/infer_memory.md)."""
+    where the first slide left it. Before freed memory was given back (before a larger tile, after each slide), it
+    grew by about 210 MB over these four slides (1.1 GB over eight 12k x 16k slides:
+    benchmarks/results/infer_memory.md)."""
     slides = [str(p) for p in sorted(camelyon_root.glob("training/*/*.tif"))]
     run = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(tmp_path / "maps"), *slides],
                          capture_output=True, text=True, check=True)

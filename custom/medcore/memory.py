@@ -1,9 +1,11 @@
 """Giving freed memory back to the operating system between large, differently shaped allocations.
 
-glibc's allocator keeps freed blocks for reuse. When each step allocates tensors of new shapes (tiles of a slide
-shrunk to its tissue, whole volumes of different sizes), those kept blocks no longer fit the next request, so the
-process's resident memory ratchets up with every new shape: tiled inference over a folder of slides grew from
-1.4 GB to 2.7 GB this way (benchmarks/results/infer_memory.md). ``malloc_trim`` returns the free pages at once.
+glibc's allocator keeps freed blocks for reuse. When a step allocates tensors larger than the blocks the last
+step freed (a whole-slide tile larger than the one before it), those blocks do not fit and new memory is taken,
+so the process's resident memory ratchets up: tiled inference over eight 12k x 16k slides grew from 1.4 GB to
+2.5 GB this way (benchmarks/results/infer_memory.md). ``malloc_trim`` returns the free pages. Giving them back
+after every step would cost every step its page faults again (tiles 40% slower on a small slide), so callers do
+it where the next step will not fit in what is kept.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def _malloc_trim():
 
 
 def release_free_memory() -> None:
-    """Return the allocator's free pages to the system (no-op where that is not available). About 1 ms."""
+    """Return the allocator's free pages to the system (no-op where that is not available)."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)

@@ -27,6 +27,7 @@ from medcore.errors import UserError
 from medcore.files import check_replaceable, claim_output_dir, input_files
 from medflare.cli import add_deploy_parser, add_make_job_parser, add_report_parser, add_ship_code_parser
 
+from .config import DEFAULT_TILE_OUTPUTS
 from .task import TASK
 
 _SETTINGS_HELP = ("training setting (patch_size, batch_size, lr, weight_decay, epochs, local_epochs, amp, augment, "
@@ -358,8 +359,9 @@ def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
     infer.add_argument("--mode", choices=("tiled", "patch"), default="tiled",
                        help="tiled: fully convolutional tiles sharing computation; patch: every window on its own "
                             "(default: tiled)")
-    infer.add_argument("--tile-outputs", type=number(int, minimum=1), default=48,
-                       help="tiled mode: map pixels per tile side (tile = patch + 32 (T - 1) pixels; default: 48)")
+    infer.add_argument("--tile-outputs", type=number(int, minimum=1), default=DEFAULT_TILE_OUTPUTS,
+                       help="tiled mode: map pixels per tile side at most (tile = patch + 32 (T - 1) pixels; memory "
+                            f"grows with it; default: {DEFAULT_TILE_OUTPUTS})")
     infer.add_argument("--batch-size", type=number(int, minimum=1), default=32,
                        help="patch mode: windows per batch (default: 32)")
     infer.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")

@@ -9,7 +9,7 @@ from medcore.device import check_device_name
 from medcore.errors import SettingError
 from medcore.settings import Settings, setting
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "DEFAULT_TILE_OUTPUTS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,3 +53,8 @@ class TrainConfig(Settings):
         super().__post_init__()
         if self.patch_size % 32:
             raise SettingError(f"setting patch_size: must be a positive multiple of 32, got {self.patch_size}")
+
+
+#: Map pixels per tile side in whole-slide inference's tiled mode: at 64 (2240-pixel tiles) one slide peaks at
+#: about 1.2 GB on CPU, at 96 at 1.5 GB, for 1% fewer pixels read (benchmarks/results/slide_inference.md).
+DEFAULT_TILE_OUTPUTS = 64

@@ -11,15 +11,18 @@ Two modes compute the same map:
 * ``patch``: every tissue window read and classified on its own (the usual way; the reference);
 * ``tiled``: the network is fully convolutional (average pool + 1x1 convolution head), so one large tile of
   ``patch_size + 32 (T - 1)`` pixels gives T x T outputs at once, neighbouring windows sharing their computation.
-  Tiles advance by ``32 T`` pixels and overlap by ``patch_size - 32``, so the output grid is exact and seamless
-  (``stride`` must be a multiple of 32; for ``stride = 32 k`` every k-th output is kept). Values differ from the
-  ``patch`` mode only through the convolutions' zero padding at a lone patch's border
-  (benchmarks/results/slide_inference.md measures by how much).
+  Tiles overlap by ``patch_size - 32`` pixels, so the output grid is exact and seamless (``stride`` must be a
+  multiple of 32; for ``stride = 32 k`` every k-th output is kept). :func:`tile_plan` lays the tiles over the
+  tissue, at most ``T`` x ``T`` outputs each. Values differ from the ``patch`` mode only through the
+  convolutions' zero padding at a lone patch's border (benchmarks/results/slide_inference.md measures by how much).
 
-A background thread reads (and OpenSlide decodes) the next tiles while the network runs on the current one; a
-bounded queue keeps memory flat whatever the slide size. Outputs per slide, written atomically with the JSON
-last (a slide with its JSON is finished; a re-run skips it): ``NAME.npy`` (float32 map), ``NAME.json`` (geometry,
-mode, checkpoint, timing) and ``NAME_heatmap.png`` (the map over the slide's thumbnail).
+Both modes run the network with its batch norms folded into the convolutions (:func:`~metastasis.model.
+fold_batchnorm`). A background thread reads (and OpenSlide decodes) the next tiles while the network runs on the
+current one; a bounded queue keeps memory flat whatever the slide size, and freed memory goes back to the system
+before a tile larger than the last and after each slide (glibc would keep it, and a folder run's memory would
+ratchet up from slide to slide). Outputs per slide, written atomically with the JSON last (a slide with its JSON
+is finished; a re-run skips it): ``NAME.npy`` (float32 map), ``NAME.json`` (geometry, mode, checkpoint, timing
+and where it went) and ``NAME_heatmap.png`` (the map over the slide's thumbnail).
 """
 
 from __future__ import annotations
@@ -43,12 +46,14 @@ from medcore.files import atomic_path, claim_output_dir, read_json, write_json
 from medcore.memory import release_free_memory
 from medcore.progress import Progress
 
+from .config import DEFAULT_TILE_OUTPUTS
 from .model import OUTPUT_STRIDE, PatchClassifier, fold_batchnorm
 from .slide import Slide, open_slide, opened, read_rgb
 from .tissue import TissueMask, compute_tissue_mask
 from .transforms import to_input
 
-__all__ = ["MODES", "MapGeometry", "tile_plan", "probability_map", "load_map", "write_heatmap", "infer_slides"]
+__all__ = ["MODES", "MapGeometry", "tile_plan", "probability_map", "load_map", "write_heatmap",
+           "infer_slides"]
 
 logger = logging.getLogger(__name__)
 
@@ -252,11 +257,11 @@ def _tiled_mode(run: _MapRun, tile_outputs: int) -> np.ndarray:
             yield i0, j0, h, w, run.read((x, y), (side(w), side(h)))
 
     out = np.zeros(geometry.shape, np.float32)
-    shape = None
+    last_size = 0
     for done, (i0, j0, h, w, rgb) in enumerate(_prefetch(reads()), start=1):
-        if rgb.shape != shape:  # freed blocks of the last shape would not fit this one: give them back
+        if rgb.size > last_size:  # the blocks freed by a smaller tile do not fit this one: give them back first
             release_free_memory()
-            shape = rgb.shape
+        last_size = rgb.size
         probs = run.probabilities(rgb[None])[0, 0][::k, ::k]
         out[i0:i0 + h, j0:j0 + w] = probs[:h, :w]
         run.on_progress(done, len(tiles))
@@ -265,7 +270,7 @@ def _tiled_mode(run: _MapRun, tile_outputs: int) -> np.ndarray:
 
 def probability_map(slide: str | Path | Slide, model: PatchClassifier, stride: int = 32,
                     tissue: TissueMask | None = None, mode: str = "tiled", device: torch.device | None = None,
-                    amp: bool = True, tile_outputs: int = 48, batch_size: int = 32,
+                    amp: bool = True, tile_outputs: int = DEFAULT_TILE_OUTPUTS, batch_size: int = 32,
                     on_progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[np.ndarray, dict]:
     """The tumour probability map of one slide and its description (geometry, mode, counts).
 
@@ -372,8 +377,8 @@ def write_heatmap(slide: str | Path | Slide, probs: np.ndarray, stride: int, pat
 
 def infer_slides(slides: Sequence[str | Path], model: PatchClassifier, out_dir: str | Path, stride: int = 32,
                  mask_dir: str | Path | None = None, mode: str = "tiled", device: torch.device | None = None,
-                 amp: bool = True, tile_outputs: int = 48, batch_size: int = 32, overwrite: bool = False,
-                 checkpoint: str = "") -> list[Path]:
+                 amp: bool = True, tile_outputs: int = DEFAULT_TILE_OUTPUTS, batch_size: int = 32,
+                 overwrite: bool = False, checkpoint: str = "") -> list[Path]:
     """Probability maps of a folder's worth of slides, resumable: a slide whose JSON exists is skipped.
 
     Tissue masks come from ``mask_dir`` (``NAME_tissue.png``, as ``metastasis tissue`` writes them) when given and

@@ -4,8 +4,8 @@ Stages, each run through the ``metastasis`` command line in its own process:
 
 1. ``generate``: ``make-data`` writes the slide (testing layout, one tumour slide, its ASAP XML, reference.csv);
 2. ``tissue``: the 1/32 tissue mask;
-3. ``patches``: a training patch list from the slide, its XML and its mask (the slide linked into a training
-   layout, 2,000 tumour and 2,000 normal patches);
+3. ``patches``: a training patch list from the slide and its XML (the slide linked into a training layout; its
+   tissue mask computed again there; 2,000 tumour and 2,000 normal patches);
 4. ``infer_s32``: tiled inference at stride 32, with the heatmap (``infer_s64``, last: the same at NCRF's stride 64);
 5. ``detect``: detections from the stride-32 map;
 6. ``evaluate``: the Camelyon16 FROC of those detections against the XML.
@@ -52,9 +52,7 @@ def stage_argv(stage: str, work: Path, checkpoint: str) -> list[str]:
         train = work / "train_root"
         for sub, name, target in (("training/tumor", "test_001.tif", slide),
                                   ("training/lesion_annotations", "test_001.xml",
-                                   str(data / "testing/lesion_annotations/test_001.xml")),
-                                  ("tissue_masks", "test_001_tissue.png", str(work / "masks/test_001_tissue.png")),
-                                  ("tissue_masks", "test_001_tissue.json", str(work / "masks/test_001_tissue.json"))):
+                                   str(data / "testing/lesion_annotations/test_001.xml"))):
             (train / sub).mkdir(parents=True, exist_ok=True)
             if not (train / sub / name).exists():
                 (train / sub / name).symlink_to(target)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from metastasis.config import DEFAULT_TILE_OUTPUTS
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DEMO = Path(__file__).resolve().parents[1] / "demo_workspace" / "pathology"
 
@@ -73,8 +75,9 @@ def main() -> None:
                         help="trained checkpoint (default: the pathology demo's best global model)")
     parser.add_argument("--stride", type=int, default=32, help="map stride in level-0 pixels (default: 32)")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch threads (default: 2)")
-    parser.add_argument("--tiles", type=int, nargs="+", default=[48], help="tiled mode: map pixels per tile side "
-                        "to measure; the first is compared with the patch mode's map (default: 48)")
+    parser.add_argument("--tiles", type=int, nargs="+", default=[DEFAULT_TILE_OUTPUTS], help="tiled mode: map "
+                        "pixels per tile side to measure; the first is compared with the patch mode's map (default: "
+                        f"{DEFAULT_TILE_OUTPUTS}, the command's)")
     parser.add_argument("--label", default="current", help="name of this run in the results (default: current)")
     parser.add_argument("--code", type=Path, help="the custom/ folder to measure (default: the installed code)")
     parser.add_argument("--worker", nargs=3, metavar=("MODE", "TILE", "OUT"), help=argparse.SUPPRESS)

@@ -9,7 +9,15 @@ from medcore.device import check_device_name
 from medcore.errors import SettingError
 from medcore.settings import Settings, setting
 
-__all__ = ["TrainConfig", "DEFAULT_TILE_OUTPUTS"]
+__all__ = ["TrainConfig", "DEFAULT_TILE_OUTPUTS", "STAIN_NORMALIZATIONS"]
+
+
+#: Values of the recipe's ``stain_normalization``.
+STAIN_NORMALIZATIONS = ("none", "macenko")
+
+
+def _normalization(value: str) -> str | None:
+    return None if value in STAIN_NORMALIZATIONS else " or ".join(STAIN_NORMALIZATIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +32,12 @@ class TrainConfig(Settings):
         local_epochs: epochs per federated round (the seed's single-client job: 1).
         amp: mixed precision (fp16 + grad scaler on CUDA, bf16 autocast on CPU), chosen automatically.
         augment: the seed's training augmentations (colour jitter, flips, 90-degree rotations, zoom, intensity
-            scaling); off gives plain patches (for benchmarks).
+            scaling) and the HED jitter; off gives plain patches (for benchmarks).
+        hed_jitter: strength of the stain augmentation in HED colour space (:class:`~metastasis.stain.HEDJitter`:
+            each stain scaled by up to +-s and shifted by up to +-s; 0.05 is Tellez et al.'s "HED-light"; 0: off).
+        stain_normalization: ``none``, or ``macenko``: every slide's pixels mapped to a reference H&E stain
+            (:class:`~metastasis.stain.StainNormalizer`, vectors estimated once per slide), in training and, read from
+            the checkpoint, in inference.
         threshold: probability at or above which a patch counts as tumour for accuracy.
         num_workers: DataLoader processes reading and augmenting patches (each keeps its own slide handles).
         num_threads: CPU threads for PyTorch; 0 keeps PyTorch's default.
@@ -42,6 +55,8 @@ class TrainConfig(Settings):
     local_epochs: int = setting(1, minimum=1)
     amp: bool = True
     augment: bool = True
+    hed_jitter: float = setting(0.05, minimum=0, maximum=1)
+    stain_normalization: str = setting("none", check=_normalization)
     threshold: float = setting(0.5, above=0, below=1)
     num_workers: int = setting(2, minimum=0)
     num_threads: int = setting(0, minimum=0)

@@ -43,14 +43,17 @@ def build_model(config: TrainConfig) -> PatchClassifier:
 
 
 def patch_datasets(patches: Mapping, config: TrainConfig) -> dict[str, PatchDataset]:
-    """Training (augmented when ``config.augment``) and validation datasets of a patch list."""
+    """Training (augmented when ``config.augment``) and validation datasets of a patch list (both stain-normalised
+    when the recipe says so)."""
     if int(patches.get("patch_size", config.patch_size)) != config.patch_size:
         raise UserError(f"{patches.get('source', 'the patch list')}: the patch list was made for "
                         f"{patches['patch_size']}-pixel patches, the recipe trains on {config.patch_size} "
                         f"(set patch_size={patches['patch_size']})")
-    augment = train_augmentation(config.seed) if config.augment else None
-    return {"training": PatchDataset(patches.get("training", []), config.patch_size, augment),
-            "validation": PatchDataset(patches.get("validation", []), config.patch_size)}
+    augment = train_augmentation(config.seed, config.hed_jitter) if config.augment else None
+    normalize = config.stain_normalization == "macenko"
+    return {"training": PatchDataset(patches.get("training", []), config.patch_size, augment,
+                                     normalize_stains=normalize),
+            "validation": PatchDataset(patches.get("validation", []), config.patch_size, normalize_stains=normalize)}
 
 
 class Trainer(EpochTrainer):

@@ -27,6 +27,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from medcore.errors import UserError
 from medcore.files import load_torch
 
+from .config import STAIN_NORMALIZATIONS
+
 __all__ = ["OUTPUT_STRIDE", "PatchClassifier", "fold_batchnorm", "load_pretrained", "load_checkpoint"]
 
 #: Input pixels per output pixel when the network runs fully convolutionally.
@@ -124,10 +126,15 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     path = Path(path)
     checkpoint = load_torch(path, "checkpoint", unreadable="cannot read checkpoint")
     meta = {k: v for k, v in checkpoint.items() if k != "model"} if isinstance(checkpoint, dict) else {}
-    train_conf = meta.get("train_conf", {})
+    train_conf = meta.setdefault("train_conf", {})
     patch_size = train_conf.get("patch_size", 224) if isinstance(train_conf, dict) else None
     if not isinstance(patch_size, int) or patch_size < OUTPUT_STRIDE or patch_size % OUTPUT_STRIDE:
         raise UserError(f"{path}: its train_conf has no valid patch_size (got {patch_size!r})")
+    # Checkpoints from before stain normalisation existed were trained without it.
+    stain = train_conf.setdefault("stain_normalization", "none")
+    if stain not in STAIN_NORMALIZATIONS:
+        raise UserError(f"{path}: its train_conf has an unknown stain_normalization {stain!r} (known: "
+                        f"{', '.join(STAIN_NORMALIZATIONS)})")
     model = PatchClassifier(patch_size)
     try:
         model.load_state_dict(_state_dict_of(checkpoint, path))

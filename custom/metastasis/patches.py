@@ -40,6 +40,7 @@ from medcore.files import input_files, read_json, read_user_text, write_json
 
 from .annotations import Annotation, AnnotationError, read_asap_xml, rasterize
 from .slide import Slide, SlideError, open_slide, read_rgb
+from .stain import StainNormalizer, slide_stain_vectors
 from .tissue import TissueMask, mask_paths, prepare_tissue_masks
 from .transforms import normalize, to_unit
 
@@ -374,19 +375,23 @@ class PatchDataset(torch.utils.data.Dataset):
     The open slides of a process share one decoded-tile cache of ``cache_mb`` MiB (``None``: OpenSlide's own
     32 MiB per slide, which over 64 open slides is 2 GiB per worker; shuffled patches seldom hit a cache anyway).
     ``transform`` maps a [0, 1] (3, P, P) tensor to another (e.g. the training augmentation); the result is
-    normalised with :func:`~metastasis.transforms.normalize`.
+    normalised with :func:`~metastasis.transforms.normalize`. With ``normalize_stains``, each patch is first
+    Macenko-normalised with its slide's stain vectors (:func:`~metastasis.stain.slide_stain_vectors`, estimated
+    once per slide and process), as whole-slide inference does.
     """
 
     def __init__(self, entries: Sequence[Mapping], patch_size: int,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, max_open: int = 64,
-                 cache_mb: int | None = 32) -> None:
+                 cache_mb: int | None = 32, normalize_stains: bool = False) -> None:
         self.entries = list(entries)
+        self.normalize_stains = normalize_stains
         self.patch_size = int(patch_size)
         self.transform = transform
         self.max_open = max_open
         self.cache_mb = cache_mb
         self._slides: OrderedDict = OrderedDict()
         self._cache: openslide.OpenSlideCache | None = None
+        self._normalizers: dict[str, StainNormalizer] = {}  # a few floats per slide: kept for every slide
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -413,8 +418,17 @@ class PatchDataset(torch.utils.data.Dataset):
         return read_rgb(self._slide(entry["image"]), (x - half, y - half), 0, (self.patch_size, self.patch_size),
                         entry["image"])
 
+    def normalizer(self, image: str) -> StainNormalizer:
+        """The stain normaliser of slide ``image`` (its vectors estimated on first use)."""
+        if image not in self._normalizers:
+            self._normalizers[image] = StainNormalizer(slide_stain_vectors(self._slide(image), image))
+        return self._normalizers[image]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = to_unit(self.read(index))
+        rgb = self.read(index)
+        if self.normalize_stains:
+            rgb = self.normalizer(self.entries[index]["image"])(rgb)
+        image = to_unit(rgb)
         if self.transform is not None:
             image = torch.as_tensor(self.transform(image)).clamp(0, 1)
             image = image.as_tensor() if hasattr(image, "as_tensor") else image

@@ -4,7 +4,8 @@ Convention: the network takes RGB patches as float tensors (3, H, W), scaled to 
 the ImageNet mean and standard deviation (so torchvision's ImageNet ResNet18 weights start from the statistics
 they were trained on). :func:`to_input` is the one place this happens, for training, validation and inference.
 
-Training augmentations (the seed's list): colour jitter, random flips, random 90-degree rotations, random zoom,
+Training augmentations: stain jitter in HED colour space (:class:`~metastasis.stain.HEDJitter`, for slides from
+other centres), then the seed's list: colour jitter, random flips, random 90-degree rotations, random zoom,
 random intensity scaling. Spatial and intensity steps are MONAI transforms; the colour jitter (MONAI has none for
 RGB) follows torchvision's ``ColorJitter`` definitions for brightness, contrast and saturation, and turns hue by a
 rotation in YIQ colour space.
@@ -15,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from monai.transforms import Compose, RandFlip, RandRotate90, RandScaleIntensity, RandZoom, Randomizable
+
+from .stain import HEDJitter
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "to_unit", "normalize", "to_input", "ColorJitter", "train_augmentation"]
 
@@ -92,9 +95,11 @@ class ColorJitter(Randomizable):
         return x
 
 
-def train_augmentation(seed: int = 0) -> Compose:
-    """The training chain for (3, H, W) float images in [0, 1], before :func:`to_input`'s normalisation."""
+def train_augmentation(seed: int = 0, hed_jitter: float = 0.05) -> Compose:
+    """The training chain for (3, H, W) float images in [0, 1], before :func:`to_input`'s normalisation: the stain
+    jitter in HED space (``hed_jitter``: its strength, 0 leaves it out), then the seed's augmentations."""
     chain = Compose([
+        *([HEDJitter(hed_jitter)] if hed_jitter else []),
         ColorJitter(),
         RandFlip(prob=0.5, spatial_axis=0),
         RandFlip(prob=0.5, spatial_axis=1),

@@ -1,0 +1,191 @@
+"""Stain colour: HED augmentation for training and Macenko normalisation for training and inference.
+
+Slides from two hospitals differ in the hue and strength of their haematoxylin (H, nuclei) and eosin (E,
+cytoplasm) and in their scanners' colour; a classifier that has seen one centre's colours may fail on the other's.
+Two standard answers, both configurable in the recipe (:class:`~metastasis.config.TrainConfig`) and recorded in the
+checkpoint so that inference applies what training applied:
+
+* :class:`HEDJitter` (augmentation): the image in the haematoxylin-eosin-DAB colour space of Ruifrok & Johnston
+  (2001), each stain's concentration scaled by a factor in ``[1 - s, 1 + s]`` and shifted by ``[-s, s]`` (Tellez et
+  al., 2018; ``s = 0.05`` is their "HED-light"). It uses scikit-image's convention (optical density
+  ``log(rgb) / log(1e-6)``, ``rgb`` in [0, 1]), without clipping negative concentrations, so that zero strength is
+  the identity.
+* :class:`StainNormalizer` (Macenko et al., 2009): every pixel's optical density is deconvolved into H and E
+  concentrations with the *slide's* stain vectors, the concentrations scaled so that their 99th percentiles match
+  the target's, and recomposed with the target's vectors. The slide's vectors are estimated once
+  (:func:`slide_stain_vectors`: MONAI's ``ExtractHEStains`` on tissue regions sampled over the slide at level 0),
+  not per patch or tile: all of a slide's tiles then get the same linear map in optical density, so tiles join
+  without seams and a training patch looks as it does in the whole-slide map. The map is one 3 x 3 matrix per slide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import Randomizable
+
+from .slide import SlideError, read_downsampled, read_rgb
+
+__all__ = ["RGB_FROM_HED", "HEDJitter", "StainVectors", "MACENKO_TARGET", "estimate_stain_vectors",
+           "slide_stain_vectors", "StainNormalizer"]
+
+#: Stain optical densities (rows H, E, DAB; columns R, G, B) of Ruifrok & Johnston, as in scikit-image.
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+_HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+_LOG_ADJUST = float(np.log(1e-6))  # scikit-image's scale: optical density log(rgb) / log(1e-6)
+
+_TLI = 240.0  # transmitted light intensity of Macenko's optical density (MONAI's and HEnorm_python's default)
+# Optical density below which a pixel counts as glass (in all three channels). Macenko's 0.15 drops eosin-only
+# pixels, which absorb little red (red OD about 0.07 in pale cytoplasm), and then eosin cannot be found; with the
+# glass white-balanced to read 240, glass stays well below 0.05.
+_BETA = 0.05
+
+
+class HEDJitter(Randomizable):
+    """Random H, E and DAB concentration scale and shift of a (3, H, W) RGB image in [0, 1].
+
+    Per image, factors ``alpha ~ U(1 - strength, 1 + strength)`` and shifts ``beta ~ U(-strength, strength)``
+    per stain channel: ``stains' = alpha * stains + beta``. Output clipped to [0, 1]. ``strength = 0`` returns the
+    image unchanged.
+    """
+
+    def __init__(self, strength: float = 0.05) -> None:
+        if strength < 0:
+            raise ValueError(f"HED jitter strength must be >= 0, got {strength}")
+        self.strength = strength
+        self.alpha = np.ones(3)
+        self.beta = np.zeros(3)
+
+    def randomize(self, data: object = None) -> None:
+        s = self.strength
+        self.alpha = self.R.uniform(1 - s, 1 + s, 3)
+        self.beta = self.R.uniform(-s, s, 3)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        self.randomize()
+        x = torch.as_tensor(image).float()
+        if self.strength == 0:
+            return x
+        return self.apply(x, self.alpha, self.beta)
+
+    @staticmethod
+    def apply(image: torch.Tensor, alpha: np.ndarray, beta: np.ndarray) -> torch.Tensor:
+        """``image`` (3, H, W) in [0, 1] with stain factors ``alpha`` (3,) and shifts ``beta`` (3,) applied.
+
+        One linear map of optical density: ``od' = od @ (HED_FROM_RGB diag(alpha) RGB_FROM_HED) + beta @ RGB_FROM_HED``
+        (row vectors), the same as converting to HED, scaling and shifting, and converting back.
+        """
+        matrix = _HED_FROM_RGB @ np.diag(alpha) @ RGB_FROM_HED
+        offset = np.asarray(beta) @ RGB_FROM_HED
+        od = torch.log(image.clamp(min=1e-6)) / _LOG_ADJUST
+        od = torch.einsum("ij,ihw->jhw", torch.as_tensor(matrix, dtype=od.dtype), od)
+        od += torch.as_tensor(offset, dtype=od.dtype).view(3, 1, 1)
+        return torch.exp(od * _LOG_ADJUST).clamp(0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class StainVectors:
+    """A slide's (or the target's) H and E optical-density unit vectors and their 99th-percentile concentrations.
+
+    Attributes:
+        he: (3, 2): column 0 haematoxylin, column 1 eosin; rows R, G, B.
+        max_concentration: (2,) the 99th percentile of each stain's concentration over the sampled pixels.
+        background: (3,) RGB of the slide's glass, which optical densities are relative to (scanners differ in
+            white balance; Macenko's fixed 240 would count a tinted glass as stain).
+    """
+
+    he: np.ndarray
+    max_concentration: np.ndarray
+    background: np.ndarray = dataclasses.field(default_factory=lambda: np.full(3, _TLI))
+
+    def to_dict(self) -> dict:
+        return {"he": np.round(self.he, 4).tolist(), "max_concentration": np.round(self.max_concentration, 4).tolist(),
+                "background": np.round(self.background, 1).tolist()}
+
+
+#: The reference of Macenko's method in HEnorm_python and MONAI's ``NormalizeHEStains``.
+MACENKO_TARGET = StainVectors(np.array([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]]),
+                              np.array([1.9705, 1.0308]))
+
+
+def _optical_density(rgb: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
+    """Macenko's optical density (N, 3) of RGB pixels (N, 3): ``-ln(min(rgb + 1, tli) / tli)``, the pixels first
+    white-balanced so that ``background`` (glass) reads ``tli``."""
+    rgb = np.asarray(rgb, dtype=np.float32)
+    if background is not None:
+        rgb = rgb * (_TLI / np.asarray(background, dtype=np.float32))
+    return -np.log(np.minimum(rgb + 1.0, _TLI) / _TLI)
+
+
+def estimate_stain_vectors(pixels: np.ndarray, background: np.ndarray | None = None) -> StainVectors:
+    """Macenko stain vectors of uint8 RGB ``pixels`` (..., 3) (MONAI's ``ExtractHEStains``) and the 99th-percentile
+    concentrations (least squares on every pixel, as MONAI's ``NormalizeHEStains`` does), with optical densities
+    relative to ``background`` (the glass RGB; None: Macenko's 240 grey).
+
+    Raises ``ValueError`` when no pixel is stained above the glass threshold.
+    """
+    from monai.apps.pathology.transforms import ExtractHEStains  # here: monai.apps costs seconds to import
+
+    background = np.full(3, _TLI) if background is None else np.asarray(background, dtype=np.float64)
+    balanced = np.clip(np.asarray(pixels, dtype=np.float64).reshape(-1, 1, 3) * (_TLI / background), 0, 255)
+    he = ExtractHEStains(tli=_TLI, beta=_BETA)(balanced.astype(np.float32)).astype(np.float64)
+    # MONAI 1.6 orders the two vectors by red/blue ratio the other way round from its own target (for H&E like the
+    # target's it returns eosin first); order them as Macenko's reference code does: haematoxylin absorbs more red.
+    if he[0, 0] < he[0, 1]:
+        he = he[:, ::-1].copy()
+    od = _optical_density(np.asarray(pixels).reshape(-1, 3), background).T.astype(np.float64)
+    concentration = np.linalg.lstsq(he, od, rcond=None)[0]
+    return StainVectors(he, np.percentile(concentration, 99, axis=1), background)
+
+
+def slide_stain_vectors(slide, path: str | Path = "", regions: int = 32, size: int = 256) -> StainVectors:
+    """A slide's stain vectors from ``regions`` level-0 windows of ``size`` pixels spread over its tissue.
+
+    On an overview (longest side about 1024 pixels), the glass colour is the median of the brightest 2% of pixels
+    and tissue the pixels stained above the glass threshold in all three channels; the windows are centred on
+    evenly spaced tissue pixels (in row-major order), so the estimate is deterministic, does not depend on how the
+    slide is tiled, and reads about 2 megapixels whatever the slide's size.
+    """
+    width, height = slide.dimensions
+    overview, downsample, _ = read_downsampled(slide, max(1.0, max(width, height) / 1024), path)
+    pixels = overview.reshape(-1, 3).astype(np.float64)
+    brightness = pixels.mean(axis=1)
+    background = np.median(pixels[brightness >= np.percentile(brightness, 98)], axis=0)
+    stained = (_optical_density(pixels, background) > _BETA).all(axis=1)
+    stained = np.argwhere(stained.reshape(overview.shape[:2]))
+    if not len(stained):
+        raise SlideError(f"{path}: no stained tissue found to estimate the stain vectors from")
+    picks = stained[np.unique(np.linspace(0, len(stained) - 1, regions).round().astype(int))]
+    windows = [read_rgb(slide, (int((col + 0.5) * downsample) - size // 2, int((row + 0.5) * downsample) - size // 2),
+                        0, (size, size), path, pad_outside=True) for row, col in picks]
+    try:
+        return estimate_stain_vectors(np.stack(windows), background)
+    except ValueError as err:
+        raise SlideError(f"{path}: cannot estimate the stain vectors ({err})") from None
+
+
+class StainNormalizer:
+    """Macenko normalisation of a slide's pixels to ``target``, one linear map of optical density.
+
+    ``od' = target.he @ diag(target.max / source.max) @ pinv(source.he) @ od`` (``od`` relative to the source's
+    glass), then ``rgb' = tli * exp(-od')``, rounded and clipped to uint8: for a source with Macenko's 240 grey
+    glass, what MONAI's ``NormalizeHEStains`` computes for a patch whose own estimate were ``source`` (it
+    estimates per image; this estimates per slide).
+    """
+
+    def __init__(self, source: StainVectors, target: StainVectors = MACENKO_TARGET) -> None:
+        self.source, self.target = source, target
+        scale = np.asarray(target.max_concentration) / np.asarray(source.max_concentration)
+        self.matrix = np.asarray(target.he) @ np.diag(scale) @ np.linalg.pinv(np.asarray(source.he))
+        self.balance = torch.as_tensor(_TLI / np.asarray(source.background), dtype=torch.float32)
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 RGB (..., 3) -> normalised uint8 RGB of the same shape (computed in float32 with torch's threads)."""
+        x = torch.from_numpy(np.array(rgb, dtype=np.float32, copy=True))
+        x.mul_(self.balance).add_(1.0).clamp_(max=_TLI).div_(_TLI).log_()  # -od
+        x = x @ torch.as_tensor(self.matrix.T, dtype=torch.float32)  # -od'
+        x.exp_().mul_(_TLI).round_().clamp_(0, 255)
+        return x.to(torch.uint8).numpy()

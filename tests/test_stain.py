@@ -1,0 +1,147 @@
+"""Stain colour: HED jitter against hand-computed HED values, Macenko estimation and normalisation against known
+stain vectors, per-slide normalisation in training patches and in both whole-slide inference modes."""
+
+import numpy as np
+import pytest
+import torch
+
+from medcore.errors import SettingError
+from metastasis.config import TrainConfig
+from metastasis.patches import PatchDataset, read_patch_list
+from metastasis.stain import (MACENKO_TARGET, RGB_FROM_HED, HEDJitter, StainNormalizer, estimate_stain_vectors,
+                              slide_stain_vectors)
+from metastasis.synthetic import make_scene, write_slide
+from metastasis.slide import SlideError, open_slide
+
+LOG_1E6 = np.log(1e-6)
+
+
+def hed_image(concentrations: np.ndarray) -> np.ndarray:
+    """RGB in [0, 1] (H, W, 3) of HED concentrations (H, W, 3), scikit-image's convention, by hand."""
+    return np.exp((concentrations @ RGB_FROM_HED) * LOG_1E6)
+
+
+def test_hed_jitter_is_the_identity_at_zero_strength():
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.05
+    assert torch.equal(HEDJitter(0.0)(image), image)
+    same = HEDJitter.apply(image, np.ones(3), np.zeros(3))
+    assert torch.allclose(same, image, atol=1e-5)
+
+
+def test_hed_jitter_scales_and_shifts_each_stain_as_defined():
+    rng = np.random.default_rng(0)
+    hed = rng.uniform(0.0, 0.08, (16, 16, 3))
+    alpha, beta = np.array([1.04, 0.97, 1.02]), np.array([0.01, -0.005, 0.002])
+    image = torch.tensor(hed_image(hed), dtype=torch.float32).permute(2, 0, 1)
+    expected = hed_image(hed * alpha + beta)
+    out = HEDJitter.apply(image, alpha, beta).permute(1, 2, 0).numpy()
+    assert np.abs(out - expected).max() < 1e-4
+
+
+def test_hed_jitter_keeps_a_valid_image():
+    jitter = HEDJitter(0.2)
+    jitter.set_random_state(seed=3)
+    image = torch.rand(3, 40, 24, generator=torch.Generator().manual_seed(1))
+    outs = [jitter(image) for _ in range(5)]
+    for out in outs:
+        assert out.shape == image.shape and out.dtype == torch.float32
+        assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    assert not torch.equal(outs[0], outs[1])  # a new draw per call
+    with pytest.raises(ValueError):
+        HEDJitter(-0.1)
+
+
+def stained(he: np.ndarray, seed: int = 0, size: int = 64) -> np.ndarray:
+    """uint8 RGB of nuclei (haematoxylin), cytoplasm (eosin) and glass, made with stain vectors ``he`` (3, 2)."""
+    rng = np.random.default_rng(seed)
+    kind = rng.integers(0, 3, size * size)
+    conc = np.zeros((2, size * size))
+    conc[0] = np.where(kind == 0, rng.uniform(0.3, 1.5, kind.size), rng.uniform(0, 0.1, kind.size))
+    conc[1] = np.where(kind == 1, rng.uniform(0.3, 1.0, kind.size), rng.uniform(0, 0.1, kind.size))
+    od = (he / np.linalg.norm(he, axis=0) @ conc).T
+    return np.clip(240 * np.exp(-od) - 1, 0, 255).round().astype(np.uint8).reshape(size, size, 3)
+
+
+@pytest.mark.parametrize("he", [MACENKO_TARGET.he, np.array([[0.45, 0.15], [0.80, 0.85], [0.40, 0.50]]),
+                                np.array([[0.70, 0.30], [0.65, 0.85], [0.30, 0.45]])])
+def test_macenko_recovers_the_stain_vectors_and_normalises_them_to_the_target(he):
+    image = stained(he)
+    estimate = estimate_stain_vectors(image)
+    assert np.abs(estimate.he - he / np.linalg.norm(he, axis=0)).max() < 0.02  # haematoxylin first
+    normalised = StainNormalizer(estimate)(image)
+    assert normalised.shape == image.shape and normalised.dtype == np.uint8
+    after = estimate_stain_vectors(normalised)
+    assert np.abs(after.he - MACENKO_TARGET.he).max() < 0.02
+    assert np.allclose(after.max_concentration, MACENKO_TARGET.max_concentration, rtol=0.05)
+
+
+def test_normaliser_maps_a_pure_stain_pixel_by_hand():
+    source = estimate_stain_vectors(stained(np.array([[0.45, 0.15], [0.80, 0.85], [0.40, 0.50]])))
+    c = 0.8  # haematoxylin only: od = c * h_source  ->  c * (target max / source max) * h_target
+    od = c * source.he[:, 0]
+    pixel = np.clip(240 * np.exp(-od) - 1, 0, 255).round().astype(np.uint8)
+    od_in = -np.log((pixel.astype(float) + 1) / 240)  # what the uint8 pixel holds
+    amounts = np.linalg.pinv(source.he) @ od_in
+    expected = 240 * np.exp(-(MACENKO_TARGET.he @ (amounts * MACENKO_TARGET.max_concentration
+                                                   / source.max_concentration)))
+    out = StainNormalizer(source)(pixel[None, None])[0, 0]
+    assert np.abs(out.astype(float) - np.clip(expected, 0, 255)).max() <= 1.0
+
+
+def test_no_stain_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError):
+        estimate_stain_vectors(np.full((8, 8, 3), 250, np.uint8))
+    scene = make_scene("glass", 512, 512, False, 0, 0)
+    scene.tissue_field[:] = -1.0  # no tissue: glass only
+    path = write_slide(scene, tmp_path / "glass.tif")
+    with pytest.raises(SlideError, match="glass.tif: no stained tissue"):
+        slide_stain_vectors(open_slide(path), path)
+
+
+@pytest.fixture(scope="module")
+def centre_slides(tmp_path_factory):
+    root = tmp_path_factory.mktemp("centres")
+    return {c: write_slide(make_scene(f"slide_{c}", 2048, 1536, False, 4, 0, centre=c), root / f"{c}.tif")
+            for c in ("A", "B")}
+
+
+def test_slide_estimates_differ_by_centre_and_normalisation_maps_them_to_the_target(centre_slides):
+    slides = {c: open_slide(p) for c, p in centre_slides.items()}
+    vectors = {c: slide_stain_vectors(s, centre_slides[c]) for c, s in slides.items()}
+    again = slide_stain_vectors(slides["A"], centre_slides["A"])
+    assert np.array_equal(again.he, vectors["A"].he)  # deterministic
+    assert np.abs(vectors["A"].he - vectors["B"].he).max() > 0.03
+    whole = {c: np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB")) for c, s in slides.items()}
+    normalised = {c: StainNormalizer(vectors[c])(whole[c]) for c in whole}
+    for c in whole:  # each slide, normalised with its own vectors, has the target's vectors
+        after = estimate_stain_vectors(normalised[c])
+        assert np.abs(after.he - MACENKO_TARGET.he).max() < 0.03, c
+    # The same tissue design seen through both centres: normalised, the mean tissue colours agree far better
+    # (not exactly: each centre stains unevenly in its own pattern).
+    tissue = whole["A"].astype(float).mean(axis=-1) < 215
+
+    def gap(images):
+        return np.abs(images["A"][tissue].astype(float).mean(0) - images["B"][tissue].astype(float).mean(0)).max()
+
+    assert gap(normalised) < gap(whole) / 2
+
+
+def test_recipe_setting():
+    assert TrainConfig().stain_normalization == "none" and TrainConfig().hed_jitter == 0.05
+    with pytest.raises(SettingError, match="stain_normalization"):
+        TrainConfig.from_dict({"stain_normalization": "reinhard"})
+
+
+def test_patch_dataset_normalises_with_its_slides_vectors(camelyon_root, camelyon_patches):
+    patches = read_patch_list(camelyon_patches, camelyon_root)
+    entries = patches["training"][:4]
+    plain = PatchDataset(entries, 64)
+    normalised = PatchDataset(entries, 64, normalize_stains=True)
+    raw = plain.read(0)
+    expected = normalised.normalizer(entries[0]["image"])(raw)
+    assert not np.array_equal(expected, raw)
+    image, _ = normalised[0]
+    reference, _ = PatchDataset(entries, 64)[0]
+    assert not torch.allclose(image, reference)
+    from metastasis.transforms import to_input
+    assert torch.allclose(image, to_input(expected), atol=1e-6)

@@ -64,6 +64,20 @@ def test_tiled_and_patch_modes_compute_the_same_exact_grid(slide_and_tissue, str
     assert tiled[i, j] == pytest.approx(float(torch.sigmoid(torch.tensor(red.mean() * 4.0))), abs=1e-5)
 
 
+def test_stain_normalisation_applies_the_slides_vectors_alike_in_both_modes(slide_and_tissue):
+    path, tissue = slide_and_tissue
+    model = WindowMean(64)
+    plain, _ = probability_map(path, model, 64, tissue, "tiled", amp=False, tile_outputs=6)
+    tiled, info = probability_map(path, model, 64, tissue, "tiled", amp=False, tile_outputs=6,
+                                  stain_normalization="macenko")
+    patch, _ = probability_map(path, model, 64, tissue, "patch", amp=False, stain_normalization="macenko")
+    assert np.abs(tiled - patch).max() < 1e-5 and np.abs(tiled - plain).max() > 1e-3
+    assert info["stain_normalization"] == "macenko" and len(info["stain_vectors"]["he"]) == 3
+    assert info["stain_seconds"] >= 0
+    with pytest.raises(ValueError, match="stain_normalization must be one of"):
+        probability_map(path, model, 64, tissue, stain_normalization="reinhard")
+
+
 def test_tile_plan_covers_the_tissue_once_within_the_block_size_and_cheaper_than_bounding_boxes():
     """Two tissue pieces and a thin strand in one block: the plan covers every tissue pixel exactly once, no tile
     exceeds the block, and splitting leaves glass out (fewer input pixels than one box per block)."""
@@ -132,6 +146,21 @@ def test_command_chain(camelyon_root, tmp_path, capsys):
         == {"0.25", "0.5", "1", "2", "4", "8"}
     assert cli.main(["evaluate", slides, "--detections", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
     assert "detections folder missing" in capsys.readouterr().err
+
+
+def test_infer_applies_the_checkpoints_stain_normalisation(camelyon_root, tmp_path, capsys):
+    from metastasis.model import PatchClassifier
+
+    slide = str(camelyon_root / "training/tumor/tumor_001.tif")
+    for value, code in (("macenko", 0), ("reinhard", 2)):
+        checkpoint = tmp_path / f"{value}.pt"
+        torch.save({"model": PatchClassifier(64).state_dict(),
+                    "train_conf": {"patch_size": 64, "stain_normalization": value}}, checkpoint)
+        assert cli.main(["infer", slide, "--checkpoint", str(checkpoint), "--out", str(tmp_path / value),
+                         "--stride", "64"]) == code
+    meta = json.loads((tmp_path / "macenko/tumor_001.json").read_text())
+    assert meta["stain_normalization"] == "macenko" and "stain_vectors" in meta
+    assert "reinhard.pt: its train_conf has an unknown stain_normalization 'reinhard'" in capsys.readouterr().err
 
 
 _MEMORY_PROBE = """

@@ -17,6 +17,7 @@ The data preparation and training path, each step a file a user can open::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -27,12 +28,13 @@ from medcore.errors import UserError
 from medcore.files import check_replaceable, claim_output_dir, input_files
 from medflare.cli import add_deploy_parser, add_make_job_parser, add_report_parser, add_ship_code_parser
 
-from .config import DEFAULT_TILE_OUTPUTS
+from .centres import CENTRES
+from .config import DEFAULT_TILE_OUTPUTS, TrainConfig
 from .task import TASK
 
-_SETTINGS_HELP = ("training setting (patch_size, batch_size, lr, weight_decay, epochs, local_epochs, amp, augment, "
-                  "threshold, num_workers, num_threads, pretrained, seed, device; see metastasis.config.TrainConfig); "
-                  "values are JSON, e.g. --set lr=5e-4 --set augment=false; repeatable")
+_SETTINGS_HELP = (f"training setting ({', '.join(f.name for f in dataclasses.fields(TrainConfig))}; see "
+                  "metastasis.config.TrainConfig); values are JSON or else text, e.g. --set lr=5e-4 "
+                  "--set augment=false --set stain_normalization=macenko; repeatable")
 
 
 def _slides(paths: Sequence[str]) -> list[Path]:
@@ -54,7 +56,8 @@ def _make_data(args: argparse.Namespace) -> int:
     from .synthetic import generate_dataset
 
     paths = generate_dataset(args.out, args.tumor, args.normal, args.width, args.height, seed=args.seed,
-                             split=args.split, tile=args.tile, workers=args.workers, overwrite=args.overwrite)
+                             split=args.split, tile=args.tile, workers=args.workers, overwrite=args.overwrite,
+                             centre=args.centre, difficulty=args.difficulty)
     print(f"{len(paths)} slides under {args.out}/{args.split}")
     return 0
 
@@ -150,10 +153,11 @@ def _infer(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    model, _ = load_checkpoint(args.checkpoint, device)
+    model, meta = load_checkpoint(args.checkpoint, device)
     maps = infer_slides(slides, model, args.out, stride=args.stride, mask_dir=args.masks,
                         mode=args.mode, device=device, amp=not args.no_amp, tile_outputs=args.tile_outputs,
-                        batch_size=args.batch_size, overwrite=args.overwrite, checkpoint=str(args.checkpoint))
+                        batch_size=args.batch_size, overwrite=args.overwrite, checkpoint=str(args.checkpoint),
+                        stain_normalization=meta["train_conf"]["stain_normalization"])
     print(f"{len(maps)} probability maps in {args.out}")
     return 0
 
@@ -200,8 +204,10 @@ def _make_job(args: argparse.Namespace) -> int:
     from .job import make_job
 
     out = make_job(args.out, template=args.template, rounds=args.rounds, train=dict(args.set or []),
-                   data_root=args.data_root, patch_list=args.patch_list, resume_from=args.resume_from)
-    print(f"job written to {out}; run it with: nvflare simulator {out} -n {TASK.clients}")
+                   data_root=args.data_root, patch_list=args.patch_list, resume_from=args.resume_from,
+                   sites=args.sites)
+    sites = args.sites or TASK.clients
+    print(f"job written to {out}; run it with: nvflare simulator {out} -n {sites} -t {sites}")
     return 0
 
 
@@ -231,6 +237,14 @@ def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
     make.add_argument("--workers", type=number(int, minimum=1), default=1, help="processes rendering tiles (default: 1)")
     make.add_argument("--seed", type=number(int, minimum=0), default=0,
                       help="random seed; the same seed gives the same slides (default: 0)")
+    make.add_argument("--centre", choices=sorted(CENTRES),
+                      help="render the slides as this centre's lab and scanner would (stain hue and strength, glass "
+                           "colour, focus, noise, JPEG quality; see metastasis/centres.py); default: the "
+                           "generator's reference look")
+    make.add_argument("--difficulty", type=number(float, minimum=0, maximum=1), default=0.0,
+                      help="0-1: tumour cells closer to lymphocytes, plus benign mimics (germinal centres, "
+                           "histiocyte clusters, sinuses) and artefacts (pen marks, folds, air bubbles, "
+                           "out-of-focus areas), more the higher (default: 0, the easy demo data)")
     make.add_argument("--overwrite", action="store_true",
                       help="regenerate slides that already exist; only slides, annotations and reference.csv this "
                            "command generated are replaced, any other file of the same name stops the run")
@@ -336,7 +350,10 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
                    "settings, and ship the project's code into it. Run it with: nvflare simulator OUT -n 1.",
         _make_job)
     job.add_argument("--patch-list", type=non_empty,
-                     help="the site's patch list (default: $CAMELYON_DATA_ROOT/patches.json)")
+                     help="the site's patch list (default: $CAMELYON_DATA_ROOT/patches.json); {site} in it, and in "
+                          "--data-root, becomes each site's name (site-1, site-2, ...)")
+    job.add_argument("--sites", type=number(int, minimum=1),
+                     help="number of sites, e.g. one per hospital (default: 1, the seed's single-client job)")
 
 
 def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:

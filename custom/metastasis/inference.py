@@ -16,6 +16,9 @@ Two modes compute the same map:
   tissue, at most ``T`` x ``T`` outputs each. Values differ from the ``patch`` mode only through the
   convolutions' zero padding at a lone patch's border (benchmarks/results/slide_inference.md measures by how much).
 
+With a recipe trained on stain-normalised patches (``stain_normalization = macenko``), every pixel read is
+normalised with the slide's stain vectors (:mod:`metastasis.stain`), as its training patches were.
+
 Both modes run the network with its batch norms folded into the convolutions (:func:`~metastasis.model.
 fold_batchnorm`). A background thread reads (and OpenSlide decodes) the next tiles while the network runs on the
 current one; a bounded queue keeps memory flat whatever the slide size, and freed memory goes back to the system
@@ -46,9 +49,10 @@ from medcore.files import atomic_path, claim_output_dir, read_json, write_json
 from medcore.memory import release_free_memory
 from medcore.progress import Progress
 
-from .config import DEFAULT_TILE_OUTPUTS
+from .config import DEFAULT_TILE_OUTPUTS, STAIN_NORMALIZATIONS
 from .model import OUTPUT_STRIDE, PatchClassifier, fold_batchnorm
 from .slide import Slide, open_slide, opened, read_rgb
+from .stain import StainNormalizer, slide_stain_vectors
 from .tissue import TissueMask, compute_tissue_mask
 from .transforms import to_input
 
@@ -154,16 +158,23 @@ class _MapRun:
     device: torch.device
     amp: bool
     on_progress: Callable[[int, int], None]
-    #: where the time goes: seconds reading (in the reader thread), seconds in the network, pixels read
-    costs: dict = dataclasses.field(default_factory=lambda: {"read_seconds": 0.0, "network_seconds": 0.0,
-                                                             "pixels_read": 0})
+    normalizer: StainNormalizer | None = None  # the slide's stain normalisation (the recipe's), None: none
+    #: where the time goes: seconds reading and normalising stains (in the reader thread), seconds in the network,
+    #: pixels read
+    costs: dict = dataclasses.field(default_factory=lambda: {"read_seconds": 0.0, "stain_seconds": 0.0,
+                                                             "network_seconds": 0.0, "pixels_read": 0})
 
     def read(self, location: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-        """A level-0 region (white outside the slide), counted in :attr:`costs`."""
+        """A level-0 region (white outside the slide), stain-normalised when the run says so, counted in
+        :attr:`costs`."""
         start = time.perf_counter()
         rgb = read_rgb(self.slide, location, 0, size, self.path, pad_outside=True)
-        self.costs["read_seconds"] += time.perf_counter() - start
+        read = time.perf_counter()
+        self.costs["read_seconds"] += read - start
         self.costs["pixels_read"] += size[0] * size[1]
+        if self.normalizer is not None:
+            rgb = self.normalizer(rgb)
+            self.costs["stain_seconds"] += time.perf_counter() - read
         return rgb
 
     @torch.inference_mode()
@@ -247,6 +258,7 @@ def _tiled_mode(run: _MapRun, tile_outputs: int) -> np.ndarray:
         return geometry.patch_size + OUTPUT_STRIDE * k * (n - 1)
 
     tiles = tile_plan(todo, tile_outputs, side)
+    run.costs["tiles"] = len(tiles)
     ox, oy = geometry.origin
     half = geometry.patch_size // 2
 
@@ -271,6 +283,7 @@ def _tiled_mode(run: _MapRun, tile_outputs: int) -> np.ndarray:
 def probability_map(slide: str | Path | Slide, model: PatchClassifier, stride: int = 32,
                     tissue: TissueMask | None = None, mode: str = "tiled", device: torch.device | None = None,
                     amp: bool = True, tile_outputs: int = DEFAULT_TILE_OUTPUTS, batch_size: int = 32,
+                    stain_normalization: str = "none",
                     on_progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[np.ndarray, dict]:
     """The tumour probability map of one slide and its description (geometry, mode, counts).
 
@@ -279,8 +292,12 @@ def probability_map(slide: str | Path | Slide, model: PatchClassifier, stride: i
         tissue: the slide's tissue mask; computed (1/32) when not given.
         mode: ``tiled`` (fully convolutional tiles of ``tile_outputs`` x ``tile_outputs`` outputs) or ``patch``
             (``batch_size`` windows at a time).
+        stain_normalization: the recipe's (``none`` or ``macenko``: pixels normalised with the slide's stain
+            vectors, estimated once, as in training; the vectors go into the description).
         on_progress: called with (units done, units total) after each tile or batch.
     """
+    if stain_normalization not in STAIN_NORMALIZATIONS:
+        raise UserError(f"stain_normalization must be one of {STAIN_NORMALIZATIONS}, got {stain_normalization!r}")
     if mode not in MODES:
         raise UserError(f"mode must be one of {MODES}, got {mode!r}")
     if stride < 1 or mode == "tiled" and stride % OUTPUT_STRIDE:
@@ -300,8 +317,10 @@ def probability_map(slide: str | Path | Slide, model: PatchClassifier, stride: i
             raise UserError(f"{slide.path}: the tissue mask is for a {tissue.level0_size} slide, the slide is "
                             f"{geometry.level0_size}")
         todo = _tissue_map(geometry, tissue)
-        run = _MapRun(slide.handle, slide.path, net, geometry, todo, device, amp, on_progress)
         start = time.perf_counter()
+        normalizer = StainNormalizer(slide_stain_vectors(slide.handle, slide.path)) \
+            if stain_normalization == "macenko" else None
+        run = _MapRun(slide.handle, slide.path, net, geometry, todo, device, amp, on_progress, normalizer)
         if mode == "tiled":
             probs = _tiled_mode(run, tile_outputs)
         else:
@@ -309,9 +328,13 @@ def probability_map(slide: str | Path | Slide, model: PatchClassifier, stride: i
         seconds = time.perf_counter() - start
     info = {"slide": str(slide.path), "mode": mode, **geometry.to_dict(), "tissue_outputs": int(todo.sum()),
             "seconds": round(seconds, 3), "outputs_per_second": round(int(todo.sum()) / max(seconds, 1e-9), 1),
-            **({"tile_outputs": tile_outputs} if mode == "tiled" else {"batch_size": batch_size}),
+            **({"tile_outputs": tile_outputs, "tiles": run.costs["tiles"]} if mode == "tiled"
+               else {"batch_size": batch_size}),
             "read_seconds": round(run.costs["read_seconds"], 3),
             "network_seconds": round(run.costs["network_seconds"], 3),
+            "stain_normalization": stain_normalization,
+            **({"stain_vectors": normalizer.source.to_dict(), "stain_seconds": round(run.costs["stain_seconds"], 3)}
+               if normalizer else {}),
             # level-0 pixels read per tissue output: 1024 would be no overlap and no glass (patch mode: P^2)
             "pixels_read_per_output": round(run.costs["pixels_read"] / max(int(todo.sum()), 1), 1)}
     return probs, info
@@ -364,22 +387,26 @@ def write_heatmap(slide: str | Path | Slide, probs: np.ndarray, stride: int, pat
     with opened(slide) as slide:
         rgb = slide.downsampled(stride)[0]
     h, w = min(rgb.shape[0], probs.shape[0]), min(rgb.shape[1], probs.shape[1])
-    out = rgb[:h, :w].astype(np.float32)
-    colours = matplotlib.colormaps["jet"](probs[:h, :w])[..., :3] * 255
+    out = np.ascontiguousarray(rgb[:h, :w])
     shown = probs[:h, :w] > 0
-    out[shown] = (1 - alpha) * out[shown] + alpha * colours[shown]
+    # Colours of the shown pixels only, as bytes: a 100k x 200k slide's map has 20 million pixels, and the
+    # colormap's float64 RGBA of all of them alone would take 625 MB.
+    colours = matplotlib.colormaps["jet"](probs[:h, :w][shown], bytes=True)[:, :3].astype(np.float32)
+    out[shown] = np.rint((1 - alpha) * out[shown].astype(np.float32) + alpha * colours).astype(np.uint8)
     from PIL import Image
 
     with atomic_path(path) as tmp:
-        Image.fromarray(out.astype(np.uint8)).save(tmp, format="PNG")
+        Image.fromarray(out).save(tmp, format="PNG")
     return Path(path)
 
 
 def infer_slides(slides: Sequence[str | Path], model: PatchClassifier, out_dir: str | Path, stride: int = 32,
                  mask_dir: str | Path | None = None, mode: str = "tiled", device: torch.device | None = None,
                  amp: bool = True, tile_outputs: int = DEFAULT_TILE_OUTPUTS, batch_size: int = 32,
-                 overwrite: bool = False, checkpoint: str = "") -> list[Path]:
+                 overwrite: bool = False, checkpoint: str = "", stain_normalization: str = "none") -> list[Path]:
     """Probability maps of a folder's worth of slides, resumable: a slide whose JSON exists is skipped.
+
+    ``stain_normalization`` must be the one the model was trained with (the checkpoint's recipe records it).
 
     Tissue masks come from ``mask_dir`` (``NAME_tissue.png``, as ``metastasis tissue`` writes them) when given and
     present, else are computed. Returns the ``.npy`` paths.
@@ -429,7 +456,7 @@ def infer_slides(slides: Sequence[str | Path], model: PatchClassifier, out_dir: 
 
         with Slide(path) as slide:  # opened once: the tissue mask, the map and the heatmap share its thumbnail
             probs, info = probability_map(slide, model, stride, tissue, mode, device, amp, tile_outputs,
-                                          batch_size, on_progress=report)
+                                          batch_size, stain_normalization, on_progress=report)
             with atomic_path(npy) as tmp:
                 np.save(tmp, probs)
             write_heatmap(slide, probs, stride, out_dir / f"{path.stem}_heatmap.png")

@@ -1,3 +1,4 @@
+import hashlib
 import math
 
 import numpy as np
@@ -135,3 +136,70 @@ def test_pyramid_shapes():
     shapes = pyramid_shapes(100_000, 200_000)
     assert shapes[-1][1] <= 256 and len(shapes) == 11
     assert all(math.ceil(a[0] / 2) == b[0] for a, b in zip(shapes, shapes[1:]))
+
+
+def _digest(scene, origin, size, downsample):
+    return hashlib.sha256(np.round(scene.render(origin, size, downsample), 2).tobytes()).hexdigest()[:16]
+
+
+def test_default_slides_are_unchanged_by_centres_and_difficulty():
+    """Without a centre and at difficulty 0, the generator draws what it drew before centres existed (digests
+    taken from that version), so the demo data and its results stay as they were."""
+    assert _digest(make_scene("s", 3000, 2000, True, 5, 1), (1000, 700), (256, 192), 1) == "a7d1582d6c3daff9"
+    assert _digest(make_scene("s", 3000, 2000, False, 5, 1), (0, 0), (300, 200), 4) == "3b2edda416be523f"
+    assert _digest(make_scene("s", 3000, 2000, True, 5, 1), (0, 0), (200, 150), 16) == "e3e99b74a835d5ea"
+
+
+def test_centres_look_different_and_hard_slides_join_seamlessly():
+    a = make_scene("s", 4096, 3072, True, 7, 0, centre="A", difficulty=1.0)
+    b = make_scene("s", 4096, 3072, True, 7, 0, centre="B", difficulty=1.0)
+    assert all(np.array_equal(x.points, y.points) for x, y in zip(a.annotations, b.annotations))  # same design
+    region = ((0, 0), (256, 192), 16)  # the whole slide
+    assert np.abs(a.render(*region).mean((0, 1)) - b.render(*region).mean((0, 1))).max() > 10
+    again = make_scene("s", 4096, 3072, True, 7, 0, centre="B", difficulty=1.0)
+    assert np.array_equal(b.render(*region), again.render(*region))  # deterministic
+    # Blur (focus, out-of-focus areas) and artefacts need a margin: halves must still join exactly, at every kind
+    # of artefact and mimic, at a lesion, and at several levels.
+    scenes = [b, make_scene("s", 4096, 3072, True, 9, 0, centre="A", difficulty=1.0)]
+    assert {kind for scene in scenes for kind, _, _ in scene.artefacts} == {"pen", "fold", "bubble", "focus"}
+    for scene in scenes:
+        outlines = [(k, o) for k, o, _ in scene.artefacts] + scene.mimics + [("tumour", scene.annotations[0])]
+        for kind, outline in outlines + [(f"{k} edge", o) for k, o in outlines]:
+            at = outline.points[0] if kind.endswith("edge") else outline.points.mean(axis=0)  # on the edge, inside
+            x, y = int(at[0]), int(at[1])
+            for d in (1, 2, 8):
+                whole = scene.render((x - 64 * d, y - 32 * d), (128, 64), d)
+                left = scene.render((x - 64 * d, y - 32 * d), (64, 64), d)
+                right = scene.render((x, y - 32 * d), (64, 64), d)
+                assert np.allclose(whole, np.concatenate([left, right], axis=1), atol=1e-6), (kind, d)
+
+
+def test_difficulty_adds_mimics_and_artefacts_and_tumour_cells_come_closer_to_lymphocytes():
+    easy = make_scene("s", 8192, 6144, True, 3, 0, difficulty=0.0)
+    hard = make_scene("s", 8192, 6144, True, 3, 0, difficulty=1.0)
+    assert not easy.mimics and not easy.artefacts
+    assert {kind for kind, _ in hard.mimics} >= {"germinal_centre", "histiocytes"} and hard.artefacts
+    counts = [len(make_scene("s", 8192, 6144, True, 3, 0, difficulty=d).mimics) for d in (0.25, 1.0)]
+    assert counts[0] < counts[1]
+    gap = [np.abs(s.tumour.nucleus - easy_normal).sum() for s in (easy, hard)
+           for easy_normal in [np.array([72.0, 42.0, 132.0])]]
+    assert gap[1] < 0.5 * gap[0] and hard.tumour.grid.radius[1] < easy.tumour.grid.radius[1]
+    # Mimics are never tumour: the annotations (labels) are the same design whatever the difficulty.
+    assert [a.points.tolist() for a in easy.annotations] == [a.points.tolist() for a in hard.annotations]
+    with pytest.raises(ValueError, match="unknown centre 'C'"):
+        make_scene("s", 1024, 1024, False, 0, 0, centre="C")
+    with pytest.raises(ValueError, match="difficulty must be between 0 and 1"):
+        make_scene("s", 1024, 1024, False, 0, 0, difficulty=1.5)
+
+
+def test_make_data_writes_a_centres_slide_with_its_jpeg_quality(tmp_path):
+    from metastasis import cli
+
+    assert cli.main(["make-data", "--out", str(tmp_path), "--tumor", "0", "--normal", "1", "--width", "1024",
+                     "--height", "768", "--centre", "B", "--difficulty", "0.5"]) == 0
+    path = tmp_path / "training/normal/normal_001.tif"
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].compression == tifffile.COMPRESSION.JPEG
+    slide = open_slide(path)
+    assert slide.level_dimensions[0] == (1024, 768)
+    assert cli.main(["make-data", "--out", str(tmp_path / "x"), "--centre", "Z"]) == 2

@@ -15,6 +15,11 @@ pleomorphic nuclei with nucleoli. Lesions come in several sizes: isolated tumour
 large slides) macro-metastases. Every tile is rendered from the scene on its own (nuclei come from a hash of their
 cell, not from a stored image), so slides of 100k x 200k pixels are written tile by tile in bounded memory, and
 any region can be re-rendered for checks.
+
+Two knobs make harder data (both off by default, which keeps the demo's slides as they were): a *centre*
+(:mod:`metastasis.centres`: one lab's stain and one scanner's colour, focus, noise and JPEG quality) and a
+*difficulty* (tumour cells closer to lymphocytes; benign mimics such as germinal centres, histiocyte clusters and
+sinuses; artefacts such as pen marks, folds, air bubbles and out-of-focus areas).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from medcore.progress import Progress
 from medcore.random_fields import item_rng, smooth_field
 
 from .annotations import Annotation, rasterize, read_asap_xml, write_asap_xml
+from .centres import CENTRES, REFERENCE_GLASS, Appearance, blur_margin, reference_stains
 from .slide import SlideError, open_slide, read_rgb, slide_mpp
 
 __all__ = ["CAMELYON_MPP", "SlideScene", "make_scene", "write_slide", "generate_dataset", "pyramid_shapes"]
@@ -46,7 +52,6 @@ CAMELYON_MPP = 0.243  # um per level-0 pixel of the Radboud / Utrecht scanners
 _DESIGN_STEP = 64  # level-0 pixels per cell of the tissue design grid
 
 # Colours (RGB) of the stains; per-slide factors vary them like stain batches do.
-_GLASS = np.array([242.0, 241.0, 244.0])
 _CYTOPLASM_NORMAL = np.array([222.0, 162.0, 206.0])
 _CYTOPLASM_TUMOUR = np.array([230.0, 168.0, 198.0])
 _NUCLEUS_NORMAL = np.array([72.0, 42.0, 132.0])
@@ -75,6 +80,54 @@ _LYMPHOCYTES = _CellGrid(cell=34.0, radius=(11.0, 15.0), density=0.85, elongatio
 _TUMOUR_CELLS = _CellGrid(cell=80.0, radius=(20.0, 33.0), density=0.95, elongation=0.5, salt=23)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Tissue:
+    """One kind of tissue: its nuclei and its colours (reference stain)."""
+
+    grid: _CellGrid
+    cytoplasm: np.ndarray
+    nucleus: np.ndarray
+    nucleoli: bool = False
+
+
+_NORMAL = _Tissue(_LYMPHOCYTES, _CYTOPLASM_NORMAL, _NUCLEUS_NORMAL)
+
+#: Benign structures of a lymph node that look partly like tumour (the ``difficulty`` knob adds them):
+#: germinal centres (larger, paler, looser nuclei), histiocyte clusters (abundant pale cytoplasm, oval nuclei),
+#: sinuses (sparse cells in pale, nearly empty space).
+_MIMICS = {
+    "germinal_centre": _Tissue(_CellGrid(cell=46.0, radius=(14.0, 19.0), density=0.8, elongation=0.3, salt=31),
+                               np.array([226.0, 170.0, 206.0]), np.array([118.0, 82.0, 166.0])),
+    "histiocytes": _Tissue(_CellGrid(cell=60.0, radius=(10.0, 14.0), density=0.7, elongation=0.7, salt=37),
+                           np.array([236.0, 192.0, 216.0]), np.array([128.0, 94.0, 170.0])),
+    "sinus": _Tissue(_CellGrid(cell=100.0, radius=(10.0, 14.0), density=0.3, elongation=0.3, salt=41),
+                     np.array([240.0, 222.0, 234.0]), np.array([90.0, 60.0, 140.0])),
+}
+
+
+def _tumour_tissue(difficulty: float) -> _Tissue:
+    """Tumour cells, closer to lymphocytes in size, spacing and colour as ``difficulty`` goes from 0 to 1."""
+    if difficulty == 0:
+        return _Tissue(_TUMOUR_CELLS, _CYTOPLASM_TUMOUR, _NUCLEUS_TUMOUR, nucleoli=True)
+    contrast = 1.0 - 0.6 * difficulty
+    grid = dataclasses.replace(_TUMOUR_CELLS, cell=80.0 - 25.0 * difficulty,
+                               radius=(20.0 - 6.0 * difficulty, 33.0 - 10.0 * difficulty))
+    return _Tissue(grid, _CYTOPLASM_NORMAL + contrast * (_CYTOPLASM_TUMOUR - _CYTOPLASM_NORMAL),
+                   _NUCLEUS_NORMAL + contrast * (_NUCLEUS_TUMOUR - _NUCLEUS_NORMAL), nucleoli=True)
+
+
+#: Artefacts of slide making (the ``difficulty`` knob adds them): ink of pen marks (optical density per RGB
+#: channel, on glass and tissue alike), tissue folds (double thickness), air bubbles (thinner mount, dark rim),
+#: out-of-focus areas (blur of this many level-0 pixels).
+_INKS = (np.array([0.7, 0.2, 0.5]), np.array([0.6, 0.45, 0.12]), np.array([0.9, 0.9, 0.85]))  # green, blue, black
+_FOLD_DENSITY = 1.9
+_BUBBLE_DENSITY, _BUBBLE_RIM, _RIM = 0.6, 0.5, 12.0  # density factor inside, rim density, rim width (level-0 px)
+_FOCUS_BLUR = 6.0
+
+_REFERENCE_STAINS = reference_stains(_NUCLEUS_NORMAL, _CYTOPLASM_NORMAL)
+_REFERENCE_LOOK = Appearance("reference", haematoxylin=tuple(_REFERENCE_STAINS[0]), eosin=tuple(_REFERENCE_STAINS[1]))
+
+
 @dataclasses.dataclass
 class SlideScene:
     """Everything that defines one synthetic slide; :meth:`render` draws any region of it at any downsample."""
@@ -87,14 +140,55 @@ class SlideScene:
     annotations: list[Annotation]
     stain: np.ndarray  # (2,) multiplicative factors: hematoxylin, eosin
     mpp: float = CAMELYON_MPP
+    appearance: Appearance | None = None  # a centre's look; None: the reference colours
+    tumour: _Tissue = dataclasses.field(default_factory=lambda: _tumour_tissue(0.0))
+    mimics: list[tuple[str, Annotation]] = dataclasses.field(default_factory=list)  # (kind, outline)
+    artefacts: list[tuple[str, Annotation, int]] = dataclasses.field(default_factory=list)  # (kind, outline, ink)
 
     def render(self, origin: tuple[int, int], size: tuple[int, int], downsample: float) -> np.ndarray:
-        """RGB uint8 (height, width, 3) of the region whose top-left level-0 pixel is ``origin``.
+        """RGB float (height, width, 3) in 0-255 of the region whose top-left level-0 pixel is ``origin``.
 
         Output pixel (i, j) shows level-0 area ``[x0 + j * d, x0 + (j + 1) * d)`` (rows alike). Downsamples of 2
         and 4 are rendered from 2x2 sub-samples per pixel; from 8 on, nuclei are blended in at their mean
-        coverage (they are smaller than a pixel there), which avoids aliasing and keeps the mean colour.
+        coverage (they are smaller than a pixel there), which avoids aliasing and keeps the mean colour. Artefacts
+        and the centre's appearance come last; what blurs is rendered with a margin, so any tiling gives the same
+        pixels.
         """
+        if self.appearance is None and not self.artefacts:
+            return self._tissue_colours(origin, size, downsample)
+        look = self.appearance or _REFERENCE_LOOK
+        focus = [a for kind, a, _ in self.artefacts if kind == "focus"]
+        m = max(look.margin(downsample), blur_margin(_FOCUS_BLUR, downsample) if focus else 0)
+        x0, y0 = origin[0] - m * downsample, origin[1] - m * downsample
+        width, height = int(size[0]) + 2 * m, int(size[1]) + 2 * m
+        rgb = self._tissue_colours((x0, y0), (width, height), downsample)
+        tissue_od = -np.log(np.clip(rgb, 1.0, None) / REFERENCE_GLASS)
+        ink = np.zeros_like(rgb)
+        for kind, outline, colour in self.artefacts:
+            inside = rasterize([outline], (x0, y0), (width, height), downsample).astype(bool)
+            if not inside.any():
+                continue
+            if kind == "pen":
+                ink[inside] += _INKS[colour]
+            elif kind == "fold":
+                tissue_od[inside] *= _FOLD_DENSITY
+            elif kind == "bubble":  # the rim: the outline shrunk by a few microns, drawn geometrically (no seams)
+                centre = outline.points.mean(axis=0)
+                radius = float(np.linalg.norm(outline.points - centre, axis=1).mean())
+                core = Annotation(kind, "Tumor", centre + (outline.points - centre) * max(0.0, 1 - _RIM / radius))
+                rim = inside & ~rasterize([core], (x0, y0), (width, height), downsample).astype(bool)
+                tissue_od[inside] *= _BUBBLE_DENSITY
+                tissue_od[rim] += _BUBBLE_RIM
+        rgb = look.apply(REFERENCE_GLASS * np.exp(-tissue_od), _REFERENCE_STAINS, (x0, y0), downsample, ink)
+        if focus:
+            blurred = rasterize(focus, (x0, y0), (width, height), downsample).astype(bool)
+            if blurred.any():
+                sigma = _FOCUS_BLUR / downsample
+                rgb[blurred] = ndimage.gaussian_filter(rgb, (sigma, sigma, 0), mode="nearest")[blurred]
+        return rgb[m:m + int(size[1]), m:m + int(size[0])]
+
+    def _tissue_colours(self, origin: tuple[float, float], size: tuple[int, int], downsample: float) -> np.ndarray:
+        """The tissue (normal, mimics, tumour) in the reference colours, before artefacts and appearance."""
         width, height = int(size[0]), int(size[1])
         x0, y0 = origin
         sub = 2 if 2 <= downsample < 8 else 1
@@ -106,12 +200,18 @@ class SlideScene:
             mode="nearest",
         ) > 0
         tumour = rasterize(self.annotations, (x0, y0), (width * sub, height * sub), step).astype(bool) & tissue
-        rgb = np.broadcast_to(_GLASS, (*tissue.shape, 3)).copy()
+        kinds = []
+        normal = tissue & ~tumour
+        for name, outline in self.mimics:
+            inside = rasterize([outline], (x0, y0), (width * sub, height * sub), step).astype(bool) & normal
+            if inside.any():
+                kinds.append((_MIMICS[name], inside))
+                normal &= ~inside
+        kinds = [(_NORMAL, normal), *kinds, (self.tumour, tumour)]
+        rgb = np.broadcast_to(REFERENCE_GLASS, (*tissue.shape, 3)).copy()
         hema, eosin = self.stain
-        for grid, in_grid, cyto, nucleus in (
-            (_LYMPHOCYTES, tissue & ~tumour, _CYTOPLASM_NORMAL, _NUCLEUS_NORMAL),
-            (_TUMOUR_CELLS, tumour, _CYTOPLASM_TUMOUR, _NUCLEUS_TUMOUR),
-        ):
+        for kind, in_grid in kinds:
+            grid, cyto, nucleus = kind.grid, kind.cytoplasm, kind.nucleus
             if not in_grid.any():
                 continue
             cyto_c = 255 - (255 - cyto) * eosin
@@ -122,7 +222,7 @@ class SlideScene:
                 continue
             cover, shade, nucleolus = (a[in_grid] for a in self._nuclei(grid, xs, ys))
             colour = nuc_c * shade[:, None]
-            if grid is _TUMOUR_CELLS:
+            if kind.nucleoli:
                 colour = np.where(nucleolus[:, None], 255 - (255 - _NUCLEOLUS) * hema, colour)
             rgb[in_grid] = cover[:, None] * colour + (1 - cover[:, None]) * cyto_c
         if sub > 1:
@@ -187,15 +287,26 @@ def _hash_uniform(cx: np.ndarray, cy: np.ndarray, seed: int, salt: int, count: i
     return out
 
 
-def make_scene(name: str, width: int, height: int, tumour: bool, seed: int, index: int) -> SlideScene:
+def make_scene(name: str, width: int, height: int, tumour: bool, seed: int, index: int, centre: str | None = None,
+               difficulty: float = 0.0) -> SlideScene:
     """Design one slide: tissue sections and, for tumour slides, lesions of several sizes.
 
-    The scene depends only on (width, height, tumour, seed, index). Tumour slides get one or two isolated-tumour-
-    cell clusters (< 200 um), one or two micro-metastases (0.25-2 mm) and, when the tissue is large enough,
-    a macro-metastasis (> 2 mm); some lesions carry a ``_2`` exclusion of normal tissue.
+    The scene depends only on (width, height, tumour, seed, index, centre, difficulty). Tumour slides get one or
+    two isolated-tumour-cell clusters (< 200 um), one or two micro-metastases (0.25-2 mm) and, when the tissue is
+    large enough, a macro-metastasis (> 2 mm); some lesions carry a ``_2`` exclusion of normal tissue.
+
+    ``centre``: a key of :data:`~metastasis.centres.CENTRES` (that centre's stain, scanner colour, focus, noise
+    and JPEG quality), or None for the reference look. ``difficulty`` (0 to 1) makes tumour cells look more like
+    lymphocytes, and adds benign mimics (germinal centres, histiocyte clusters, sinuses) and artefacts (pen marks,
+    folds, air bubbles, out-of-focus areas), more of them the higher it is. At 0 and without a
+    centre, slides are those of earlier versions of the generator, pixel for pixel.
     """
     if width < 512 or height < 512:
         raise UserError(f"slides must be at least 512 x 512 pixels, got {width} x {height}")
+    if centre is not None and centre not in CENTRES:
+        raise UserError(f"unknown centre {centre!r} (known: {', '.join(CENTRES)})")
+    if not 0 <= difficulty <= 1:
+        raise UserError(f"difficulty must be between 0 and 1, got {difficulty}")
     rng = item_rng(seed, 1 if tumour else 0, index)
     rows, cols = math.ceil(height / _DESIGN_STEP) + 1, math.ceil(width / _DESIGN_STEP) + 1
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64) * _DESIGN_STEP
@@ -220,8 +331,74 @@ def make_scene(name: str, width: int, height: int, tumour: bool, seed: int, inde
     if tumour:
         annotations = _lesions(field, width, height, rng)
     stain = rng.uniform(0.92, 1.08, 2)
+    mimics, artefacts = _difficulties(field, width, height, annotations, difficulty, item_rng(seed, 7, index))
     return SlideScene(name=name, width=width, height=height, seed=int(seed) * 100003 + index,
-                      tissue_field=field, annotations=annotations, stain=stain)
+                      tissue_field=field, annotations=annotations, stain=stain,
+                      appearance=CENTRES[centre] if centre else None, tumour=_tumour_tissue(difficulty),
+                      mimics=mimics, artefacts=artefacts)
+
+
+#: Mimics: expected number per mm^2 of tissue at difficulty 1, (kind, rate, diameter range in um, elongation range).
+_MIMIC_RATES = (("germinal_centre", 1.0, (150, 500), (1.0, 1.3)), ("histiocytes", 1.0, (80, 300), (1.0, 1.6)),
+                ("sinus", 0.7, (150, 600), (2.5, 4.0)))
+#: Artefacts: expected number per slide at difficulty 1 (a slide has a few, whatever its size).
+_ARTEFACT_RATES = (("pen", 1.0), ("fold", 0.7), ("bubble", 0.7), ("focus", 1.0))
+
+
+def _difficulties(field: np.ndarray, width: int, height: int, lesions: list[Annotation], difficulty: float,
+                  rng: np.random.Generator) -> tuple[list, list]:
+    """Mimics (on tissue, apart from the lesions) and artefacts of a slide, their numbers drawn (Poisson) from
+    the rates above times ``difficulty`` (mimics: times the tissue area, at least 1 mm^2)."""
+    if difficulty == 0:
+        return [], []
+    um = 1.0 / CAMELYON_MPP
+    side = min(width, height)
+    tissue_mm2 = max(1.0, float((field > 0).sum()) * (_DESIGN_STEP * CAMELYON_MPP / 1000) ** 2)
+    inner = np.argwhere(field > 0.05)
+    lesion_boxes = [(a.points.min(0), a.points.max(0)) for a in lesions if not a.is_exclusion]
+    mimics = []
+    for kind, rate, (d_min, d_max), (e_min, e_max) in _MIMIC_RATES:
+        for _ in range(rng.poisson(rate * difficulty * tissue_mm2)):
+            for _attempt in range(20):
+                i, j = inner[rng.integers(len(inner))]
+                cx, cy = (j + rng.uniform(-0.5, 0.5)) * _DESIGN_STEP, (i + rng.uniform(-0.5, 0.5)) * _DESIGN_STEP
+                radius = rng.uniform(d_min, d_max) * um / 2
+                if all(cx + radius < lo[0] or cx - radius > hi[0] or cy + radius < lo[1] or cy - radius > hi[1]
+                       for lo, hi in lesion_boxes):
+                    outline = _turn(_blob(0.0, 0.0, radius, rng) * (rng.uniform(e_min, e_max), 1.0),
+                                    rng.uniform(0, math.pi)) + (cx, cy)
+                    mimics.append((kind, Annotation(kind, "Tumor", outline)))
+                    break
+    artefacts = []
+    for kind, rate in _ARTEFACT_RATES:
+        for _ in range(rng.poisson(rate * difficulty)):
+            i, j = inner[rng.integers(len(inner))]
+            cx, cy = (j + 0.5) * _DESIGN_STEP, (i + 0.5) * _DESIGN_STEP
+            angle = rng.uniform(0, math.pi)
+            if kind == "pen":  # a stroke a quarter to half the slide's shorter side long, often onto the glass
+                length = rng.uniform(0.25, 0.5) * side
+                thick = length / rng.uniform(5, 8)
+                outline = _turn(_blob(0.0, 0.0, thick / 2, rng) * (length / thick, 1.0), angle) + (cx, cy)
+            elif kind == "fold":  # a narrow band of double thickness 1-3 mm long
+                length, thick = rng.uniform(1000, 3000) * um, rng.uniform(60, 200) * um
+                outline = _turn(_blob(0.0, 0.0, thick / 2, rng) * (length / thick, 1.0), angle) + (cx, cy)
+            elif kind == "bubble":
+                outline = _circle(cx, cy, rng.uniform(150, 700) * um / 2)
+            else:  # focus: an out-of-focus patch 0.3-1.5 mm across
+                outline = _blob(cx, cy, rng.uniform(300, 1500) * um / 2, rng)
+            artefacts.append((kind, Annotation(kind, "Tumor", outline), int(rng.integers(len(_INKS)))))
+    return mimics, artefacts
+
+
+def _turn(points: np.ndarray, angle: float) -> np.ndarray:
+    """Points (N, 2) turned by ``angle`` radians about the origin."""
+    c, s = math.cos(angle), math.sin(angle)
+    return points @ np.array([[c, s], [-s, c]])
+
+
+def _circle(cx: float, cy: float, radius: float) -> np.ndarray:
+    theta = np.linspace(0, 2 * math.pi, int(np.clip(radius / 4, 24, 256)), endpoint=False)
+    return np.stack([cx + radius * np.cos(theta), cy + radius * np.sin(theta)], axis=1)
 
 
 def _lesions(field: np.ndarray, width: int, height: int, rng: np.random.Generator) -> list[Annotation]:
@@ -303,12 +480,16 @@ def _render_tile(args: tuple[int, int, int, int]) -> np.ndarray:
     assert scene is not None
     d = 2 ** level
     rgb = scene.render((x * d, y * d), (tile, tile), d)
-    noise = item_rng(scene.seed, level, x, y).normal(0.0, 3.0, rgb.shape)
+    sigma = scene.appearance.noise if scene.appearance else 3.0
+    noise = item_rng(scene.seed, level, x, y).normal(0.0, sigma, rgb.shape)
     return np.clip(np.rint(rgb + noise), 0, 255).astype(np.uint8)
 
 
-def write_slide(scene: SlideScene, path: str | Path, tile: int = 512, quality: int = 90, workers: int = 1) -> Path:
+def write_slide(scene: SlideScene, path: str | Path, tile: int = 512, quality: int | None = None,
+                workers: int = 1) -> Path:
     """Write ``scene`` as a pyramidal tiled JPEG TIFF at ``path`` (atomically), tile by tile.
+
+    ``quality``: JPEG quality; None: the scene's centre's (90 without a centre).
 
     Each level is its own IFD (level 0 first, then reduced-resolution subfiles), so OpenSlide reads it as a
     ``generic-tiff`` pyramid. Memory stays bounded by a few tiles per worker whatever the slide size.
@@ -319,6 +500,8 @@ def write_slide(scene: SlideScene, path: str | Path, tile: int = 512, quality: i
     n_tiles = sum(math.ceil(w / tile) * math.ceil(h / tile) for w, h in shapes)
     progress_every = max(1, n_tiles // 10)
     res = 1e4 / scene.mpp  # pixels per centimetre
+    if quality is None:
+        quality = scene.appearance.jpeg_quality if scene.appearance else 90
     done = 0
 
     def tiles(level: int, pool) -> Iterator[np.ndarray]:
@@ -399,7 +582,7 @@ def _is_synthetic_xml(path: Path) -> bool:
 
 def generate_dataset(root: str | Path, n_tumour: int, n_normal: int, width: int, height: int, seed: int = 0,
                      split: str = "training", tile: int = 512, workers: int = 1,
-                     overwrite: bool = False) -> list[Path]:
+                     overwrite: bool = False, centre: str | None = None, difficulty: float = 0.0) -> list[Path]:
     """Write Camelyon16-format slides (and annotations) under ``root`` in the release layout; return slide paths.
 
     ``split="training"`` writes ``training/tumor/tumor_NNN.tif``, ``training/normal/normal_NNN.tif`` and
@@ -408,7 +591,8 @@ def generate_dataset(root: str | Path, n_tumour: int, n_normal: int, width: int,
     (``name,class``). Each slide is verified by reading it back with OpenSlide (levels, size, resolution and
     pixels against the scene) before the next one starts. Existing slides are kept unless ``overwrite``. Only
     files this generator wrote are ever replaced: a slide, annotation or ``reference.csv`` of the same name that it
-    did not write (a real data set) stops the run before anything is written.
+    did not write (a real data set) stops the run before anything is written. ``centre`` and ``difficulty``: see
+    :func:`make_scene`.
     """
     if split not in ("training", "testing"):
         raise UserError(f"split must be 'training' or 'testing', got {split!r}")
@@ -435,7 +619,7 @@ def generate_dataset(root: str | Path, n_tumour: int, n_normal: int, width: int,
         if keep:
             progress.step(f"kept existing {path.name}")
             continue
-        scene = make_scene(name, width, height, tumour, seed, index)
+        scene = make_scene(name, width, height, tumour, seed, index, centre, difficulty)
         write_slide(scene, path, tile=tile, workers=workers)  # first: an interrupted slide leaves no orphan XML
         if scene.annotations:
             write_asap_xml(xml, scene.annotations, comment=f"{SYNTHETIC_DESCRIPTION} {name}")

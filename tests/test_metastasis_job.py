@@ -10,6 +10,7 @@ import torch
 
 from medflare.jobs import load_job_configs
 from metastasis import cli
+from metastasis.config import TrainConfig
 from metastasis.job import make_job
 from metastasis.task import TASK
 
@@ -32,6 +33,8 @@ def test_committed_job_is_the_seed_recipe():
     assert selector["args"]["key_metric"] == "val_accuracy"
     persistor = next(c for c in server["components"] if c["id"] == "persistor")
     assert persistor["args"]["model"] == {"path": "metastasis.model.PatchClassifier", "args": {"patch_size": 224}}
+    # The whole recipe, defaults included, on both sides: the global models carry what the sites trained with.
+    assert train == persistor["args"]["train_conf"] == TrainConfig().to_dict()
 
 
 def test_make_job_applies_overrides(tmp_path):
@@ -43,6 +46,15 @@ def test_make_job_applies_overrides(tmp_path):
     assert learner["data_root"] == "/data/c16" and learner["patch_list"] == "/data/c16/patches.json"
     persistor = next(c for c in server["components"] if c["id"] == "persistor")
     assert persistor["args"]["model"]["args"] == {"patch_size": 96}  # the server builds the same network
+    assert persistor["args"]["train_conf"] == learner["train"] and learner["train"]["patch_size"] == 96
+    assert json.loads((out / "meta.json").read_text())["min_clients"] == 1  # the template's
+    two = make_job(tmp_path / "two", sites=2, patch_list="/data/{site}/patches.json")
+    server, client = load_job_configs(two)
+    assert json.loads((two / "meta.json").read_text())["min_clients"] == 2
+    assert server["workflows"][0]["args"]["min_clients"] == 2 and _learner(client)["patch_list"].endswith(
+        "{site}/patches.json")
+    with pytest.raises(ValueError, match="sites must be at least 1"):
+        make_job(tmp_path / "none", sites=0)
     assert (out / "app/custom/metastasis/learner.py").is_file() and (out / "app/custom/medflare/learner.py").is_file()
     with pytest.raises(ValueError, match="unknown training setting"):
         make_job(tmp_path / "bad", train={"learning_rate": 1})
@@ -68,8 +80,9 @@ def test_simulator_end_to_end(camelyon_root, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = ws / "server/simulate_job"
     for name in ("FL_global_model.pt", "best_FL_global_model.pt"):
-        state = torch.load(run / "app_server" / name, weights_only=True)["model"]
-        assert state["fc.weight"].shape == (1, 512, 1, 1)
+        saved = torch.load(run / "app_server" / name, weights_only=True)
+        assert saved["model"]["fc.weight"].shape == (1, 512, 1, 1)
+        assert saved["train_conf"]["patch_size"] == 64  # inference reads the recipe from the global model too
     local = torch.load(ws / "site-1/simulate_job/models/local_best_model.pt", weights_only=True)
     assert local["train_conf"]["patch_size"] == 64 and 0 <= local["val_accuracy"] <= 1
     results = json.loads((run / "cross_site_val/cross_val_results.json").read_text())
@@ -81,6 +94,39 @@ def test_simulator_end_to_end(camelyon_root, tmp_path):
     assert cli.main(["report", str(ws), "--out", str(tmp_path / "report")]) == 0
     assert "Global best model selected via IntimeModelSelector" in (tmp_path / "report/report.txt").read_text()
     assert (tmp_path / "report/training_curves.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_two_sites_each_with_its_own_patch_list(camelyon_root, tmp_path):
+    """One job, two sites (as two hospitals), each reading its own patch list through {site}: 2 rounds in the
+    simulator give the full cross-site matrix (both sites' local models and the server's two models, each scored on
+    both sites' validation patches), and the global models carry the recipe (here with stain normalisation)."""
+    from metastasis.patches import find_training_slides, generate_patch_list, write_patch_list
+
+    sources = find_training_slides(camelyon_root, tmp_path / "masks")
+    n_validation = {}
+    for n, site in enumerate(("site-1", "site-2")):
+        patches = generate_patch_list(sources, tumor_per_slide=10 + 5 * n, patch_size=64, validation_fraction=0.5)
+        write_patch_list(tmp_path / site / "patches.json", patches, camelyon_root)
+        n_validation[site] = len(patches["validation"])
+    assert cli.main(["make-job", "--out", str(tmp_path / "job"), "--rounds", "2", "--sites", "2",
+                     "--data-root", str(camelyon_root), "--patch-list", str(tmp_path / "{site}/patches.json"),
+                     "--set", "patch_size=64", "--set", "num_workers=0", "--set", "batch_size=16",
+                     "--set", "num_threads=1", "--set", "stain_normalization=macenko"]) == 0
+    meta = json.loads((tmp_path / "job/meta.json").read_text())
+    assert meta["min_clients"] == 2
+    ws = tmp_path / "ws"
+    result = subprocess.run([NVFLARE, "simulator", str(tmp_path / "job"), "-w", str(ws), "-n", "2", "-t", "2"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = ws / "server/simulate_job"
+    results = json.loads((run / "cross_site_val/cross_val_results.json").read_text())
+    models = {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", "site-1", "site-2"}
+    assert set(results) == {"site-1", "site-2"} and all(set(results[s]) == models for s in results)
+    assert all(results[s][m]["n"] == n_validation[s] for s in results for m in models)  # each on its own patches
+    best = torch.load(run / "app_server/best_FL_global_model.pt", weights_only=True)
+    assert best["train_conf"]["stain_normalization"] == "macenko" and best["train_conf"]["patch_size"] == 64
+    assert cli.main(["report", str(ws), "--out", str(tmp_path / "report")]) == 0
 
 
 def test_site_set_up_errors_name_the_problem(tmp_path, monkeypatch):
@@ -95,4 +141,8 @@ def test_site_set_up_errors_name_the_problem(tmp_path, monkeypatch):
         learner.setup(None)
     monkeypatch.setenv("CAMELYON_DATA_ROOT", str(tmp_path))
     with pytest.raises(PatchListError, match=f"{tmp_path}/patches.json: patch list missing"):
+        learner.setup(None)
+    learner = MetastasisLearner(data_root="$CAMELYON_DATA_ROOT/{site}", patch_list="$CAMELYON_DATA_ROOT/{site}/p.json")
+    learner.site = "site-2"  # one job, each site its own data
+    with pytest.raises(PatchListError, match=f"{tmp_path}/site-2/p.json: patch list missing"):
         learner.setup(None)

@@ -22,6 +22,9 @@ __all__ = ["SERVER_CONFIG", "CLIENT_CONFIG", "ship_code", "load_job_configs", "f
 
 SERVER_CONFIG = Path("app/config/config_fed_server.json")
 CLIENT_CONFIG = Path("app/config/config_fed_client.json")
+#: The server persistor that stores the job's recipe with the global models (imported by name: nvflare's torch
+#: persistor is not needed to write a job).
+RECIPE_PERSISTOR = "medflare.persistor.RecipeModelPersistor"
 #: What :func:`write_job` marks its output folders as (:func:`medcore.files.mark_output`).
 JOB_OUTPUT = "FLARE job folder"
 
@@ -94,7 +97,7 @@ def set_resume(server: dict, client: dict, job_id: str, job_dir: str | Path,
 
 
 def write_job(out_dir: str | Path, template: str | Path, server: dict, client: dict, packages: Sequence[str],
-              rounds: int | None = None, resume_from: str | None = None) -> Path:
+              rounds: int | None = None, resume_from: str | None = None, sites: int | None = None) -> Path:
     """Write ``template`` with the given configurations and a fresh copy of ``packages`` to ``out_dir``
     (atomically: a failed write leaves no half job).
 
@@ -104,6 +107,8 @@ def write_job(out_dir: str | Path, template: str | Path, server: dict, client: d
     Args:
         rounds: federated rounds (the server's ``num_rounds``), or ``None`` to keep ``server``'s.
         resume_from: id of an interrupted run to go on from (:func:`set_resume`), or ``None``.
+        sites: sites the job waits for (``min_clients`` of the job and of its workflows), or ``None`` to keep
+            the template's.
     """
     out_dir = Path(out_dir)
     check_replaceable(out_dir, JOB_OUTPUT)
@@ -113,9 +118,18 @@ def write_job(out_dir: str | Path, template: str | Path, server: dict, client: d
         server["num_rounds"] = int(rounds)
     if resume_from is not None:
         set_resume(server, client, resume_from, template)
+    meta = read_json(Path(template) / "meta.json", "job meta.json")
+    if sites is not None:
+        if sites < 1:
+            raise UserError(f"sites must be at least 1, got {sites}")
+        meta["min_clients"] = int(sites)
+        for workflow in server.get("workflows", []):
+            if "min_clients" in workflow.get("args", {}):
+                workflow["args"]["min_clients"] = int(sites)
     with atomic_directory(out_dir) as staged:
         shutil.copytree(template, staged, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *packages))
+        write_json(staged / "meta.json", meta)
         write_json(staged / SERVER_CONFIG, server)
         write_json(staged / CLIENT_CONFIG, client)
         ship_code(staged / "app" / "custom", packages)
@@ -127,15 +141,16 @@ def derive_job(out_dir: str | Path, template: str | Path, recipe: type[Settings]
                rounds: int | None = None, train: Mapping[str, Any] | None = None,
                learner_args: Mapping[str, Any] | None = None,
                model_args: Callable[[Settings], Mapping[str, Any]] = lambda config: {},
-               resume_from: str | None = None) -> Path:
+               resume_from: str | None = None, sites: int | None = None) -> Path:
     """Write a copy of job ``template`` to ``out_dir`` with overrides and return ``out_dir``.
 
     Args:
         recipe: the learner's recipe class; the merged ``train`` block (the template's, then ``train``) is checked
             with it before anything is written, and the job keeps exactly that merged block.
         learner_args: other arguments of the ``learner`` component to set (``None`` values are left alone).
-        model_args: the server persistor's model arguments for a recipe, so both sides build the same network.
-        rounds, resume_from: as in :func:`write_job`.
+        model_args: the server persistor's model arguments for a recipe, so both sides build the same network
+            (a :class:`~medflare.persistor.RecipeModelPersistor` also gets the merged ``train`` block).
+        rounds, resume_from, sites: as in :func:`write_job`.
     """
     template = Path(template)
     server, client = load_job_configs(template)
@@ -146,4 +161,7 @@ def derive_job(out_dir: str | Path, template: str | Path, recipe: type[Settings]
     learner.update({k: v for k, v in (learner_args or {}).items() if v is not None})
     persistor = find_component(server, "persistor", template / SERVER_CONFIG)
     persistor.setdefault("args", {}).setdefault("model", {}).setdefault("args", {}).update(model_args(config))
-    return write_job(out_dir, template, server, client, packages, rounds=rounds, resume_from=resume_from)
+    if persistor.get("path") == RECIPE_PERSISTOR:  # the global models carry the sites' recipe
+        persistor["args"]["train_conf"] = learner["train"]
+    return write_job(out_dir, template, server, client, packages, rounds=rounds, resume_from=resume_from,
+                     sites=sites)

@@ -44,9 +44,10 @@ from medcore.training import EpochStats, EpochTrainer
 __all__ = ["resolve_path", "EngineLearner"]
 
 
-def resolve_path(path: str, what: str) -> Path:
-    """Expand ``$VARS`` and ``~``; an unset variable is an error that says which one to set."""
-    expanded = os.path.expanduser(os.path.expandvars(path))
+def resolve_path(path: str, what: str, site: str = "") -> Path:
+    """Expand ``$VARS``, ``~`` and ``{site}`` (the site's name, so that one job can point each site of a
+    simulation or POC federation at its own data); an unset variable is an error that says which one to set."""
+    expanded = os.path.expanduser(os.path.expandvars(path.replace("{site}", site) if site else path))
     if "$" in expanded:
         raise UserError(f"{what} {path!r}: environment variable not set (export it before starting the site)")
     return Path(expanded)

@@ -1,6 +1,7 @@
-"""Derived single-site metastasis jobs: the committed job (``jobs/pathology_metastasis``, the seed's recipe: 20
-rounds of one epoch, Novograd lr 1e-3, 224-pixel patches, batch 32) with other settings and the code shipped into
-it (:func:`medflare.jobs.derive_job`); the CPU-sized demo is such a copy."""
+"""Derived metastasis jobs: the committed single-site job (``jobs/pathology_metastasis``, the seed's recipe: 20
+rounds of one epoch, Novograd lr 1e-3, 224-pixel patches, batch 32) with other settings, more sites (e.g. one per
+hospital, each reading its own patch list through ``{site}`` in the paths) and the code shipped into it
+(:func:`medflare.jobs.derive_job`); the CPU-sized demo is such a copy."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ __all__ = ["make_job"]
 
 def make_job(out_dir: str | Path, template: str | Path | None = None, rounds: int | None = None,
              train: Mapping[str, Any] | None = None, data_root: str | None = None,
-             patch_list: str | None = None, resume_from: str | None = None) -> Path:
+             patch_list: str | None = None, resume_from: str | None = None, sites: int | None = None) -> Path:
     """Write a copy of ``template`` (default: the committed job) to ``out_dir`` with the given overrides.
 
     Args:
@@ -24,10 +25,14 @@ def make_job(out_dir: str | Path, template: str | Path | None = None, rounds: in
         train: :class:`~metastasis.config.TrainConfig` settings to change; the server's model follows
             ``patch_size``.
         data_root, patch_list: where the site finds slides and its patch list (default: the template's,
-            ``$CAMELYON_DATA_ROOT`` and ``$CAMELYON_DATA_ROOT/patches.json``).
+            ``$CAMELYON_DATA_ROOT`` and ``$CAMELYON_DATA_ROOT/patches.json``); ``{site}`` in them becomes each
+            site's name (``site-1``, ``site-2``, ...).
+        sites: number of sites (default: the template's one); cross-site validation then scores every site's and
+            the server's models on every site's validation patches.
         resume_from: id of an interrupted run of this job to go on from (same server and site workspaces;
             :mod:`medflare.workflow`).
     """
     return derive_job(out_dir, template or TASK.job_template(), TASK.recipe, TASK.packages, rounds=rounds,
                       train=train, learner_args={"data_root": data_root, "patch_list": patch_list},
-                      model_args=lambda config: {"patch_size": config.patch_size}, resume_from=resume_from)
+                      model_args=lambda config: {"patch_size": config.patch_size}, resume_from=resume_from,
+                      sites=sites)

@@ -32,8 +32,8 @@ class MetastasisLearner(EngineLearner):
 
     Args:
         data_root: folder the patch list's slide paths are relative to (environment variables are expanded:
-            ``CAMELYON_DATA_ROOT``).
-        patch_list: the site's patch list JSON (``{"training": [...], "validation": [...]}``).
+            ``CAMELYON_DATA_ROOT``; ``{site}`` becomes the site's name).
+        patch_list: the site's patch list JSON (``{"training": [...], "validation": [...]}``; expanded alike).
         train: :class:`~metastasis.config.TrainConfig` settings; defaults are the seed's recipe. A ``pretrained``
             path is resolved on the site (environment variables expanded).
         analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
@@ -52,8 +52,8 @@ class MetastasisLearner(EngineLearner):
         self.config = TrainConfig.from_dict(train)
 
     def setup(self, fl_ctx: FLContext) -> None:
-        root = resolve_path(self.data_root, "data_root")
-        patch_list = resolve_path(self.patch_list, "patch_list")
+        root = resolve_path(self.data_root, "data_root", self.site)
+        patch_list = resolve_path(self.patch_list, "patch_list", self.site)
         if self.config.pretrained:
             self.config = TrainConfig.from_dict({**self.config.to_dict(),
                                                  "pretrained": str(resolve_path(self.config.pretrained, "pretrained"))})

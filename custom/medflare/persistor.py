@@ -1,0 +1,37 @@
+"""The server's model persistor, storing the job's recipe with every global model it saves.
+
+FLARE's ``PTFileModelPersistor`` writes ``{"model": weights, "train_conf": {"train": {"model": CLASS}}}``: the
+global models (``FL_global_model.pt``, ``best_FL_global_model.pt``) do not say how they were trained. Inference needs
+that (the patch size, and the stain normalisation the sites applied to every patch), and the sites' local models
+carry it already. :class:`RecipeModelPersistor` stores the job's ``train`` block (the sites' recipe, written into
+both sides' configuration by :func:`medflare.jobs.derive_job`) as the global models' ``train_conf``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
+
+__all__ = ["RecipeModelPersistor"]
+
+
+class RecipeModelPersistor(PTFileModelPersistor):
+    """``PTFileModelPersistor`` whose saved models carry ``train_conf`` (the job's recipe).
+
+    Args:
+        train_conf: the sites' recipe (the learner's ``train`` block); every other argument is
+            ``PTFileModelPersistor``'s.
+    """
+
+    def __init__(self, *args: Any, train_conf: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recipe = dict(train_conf or {})
+
+    def load_model(self, fl_ctx: FLContext):
+        learnable = super().load_model(fl_ctx)
+        if self.recipe and self.persistence_manager is not None:
+            # The job's recipe, not whatever a restored checkpoint carried: the global model is trained by it now.
+            self.persistence_manager.train_conf = dict(self.recipe)
+        return learnable

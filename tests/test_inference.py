@@ -196,3 +196,13 @@ def test_infer_memory_does_not_grow_from_slide_to_slide(camelyon_root, tmp_path)
                          capture_output=True, text=True, check=True)
     after = json.loads(run.stdout.strip().splitlines()[-1])
     assert len(after) == 4 and max(after) - after[0] < 150, after  # here: +86 MB; before the change +206
+
+
+def test_heatmap_leaves_the_slides_shared_thumbnail_alone(camelyon_root, tmp_path):
+    from metastasis.inference import write_heatmap
+    from metastasis.slide import Slide
+
+    with Slide(camelyon_root / "training/tumor/tumor_001.tif") as slide:
+        before = slide.downsampled(32)[0].copy()
+        write_heatmap(slide, np.full(before.shape[:2], 0.9, np.float32), 32, tmp_path / "heat.png")
+        assert np.array_equal(slide.downsampled(32)[0], before)

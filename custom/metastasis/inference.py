@@ -387,7 +387,7 @@ def write_heatmap(slide: str | Path | Slide, probs: np.ndarray, stride: int, pat
     with opened(slide) as slide:
         rgb = slide.downsampled(stride)[0]
     h, w = min(rgb.shape[0], probs.shape[0]), min(rgb.shape[1], probs.shape[1])
-    out = np.ascontiguousarray(rgb[:h, :w])
+    out = rgb[:h, :w].copy()  # the thumbnail is the open Slide's cached one: paint on a copy
     shown = probs[:h, :w] > 0
     # Colours of the shown pixels only, as bytes: a 100k x 200k slide's map has 20 million pixels, and the
     # colormap's float64 RGBA of all of them alone would take 625 MB.

@@ -51,7 +51,7 @@ def test_make_job_applies_overrides(tmp_path):
     assert custom.is_dir() and not custom.is_symlink() and (custom / "learner.py").is_file()
     assert not list(out.rglob("__pycache__"))
     with pytest.raises(ValueError, match="unknown training setting"):
-        make_job(tmp_path / "bad", train={"epochs": 2})
+        make_job(tmp_path / "bad", train={"rounds": 2})
     assert not (tmp_path / "bad").exists()
     broken = tmp_path / "broken"
     (broken / "app/config").mkdir(parents=True)
@@ -112,3 +112,36 @@ def test_committed_job_without_data_fails_clearly(tmp_path):
     assert "BRATS_DATA_ROOT" in result.stdout + result.stderr
     shipped = ws / "site-1/simulate_job/app_site-1/custom/brats_fl/learner.py"
     assert shipped.is_file() and not shipped.is_symlink()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["fedprox_svt", "fedopt_percentile"])
+def test_simulator_with_federated_algorithms(brats_root, tmp_path, algorithm):
+    """FedProx + SVT, and FedAdam + the percentile filter: 2 rounds in the simulator, with the full cross-site
+    matrix; the sites' logs show the filter at work on what they send."""
+    from medflare.algorithms import FederatedAlgorithm
+
+    lists = write_datalists(brats_root, tmp_path / "lists")
+    train = {"crop": list(TINY_BRATS_SHAPE), "num_workers": 0, "num_threads": 1}
+    if algorithm == "fedprox_svt":
+        train["fedprox_mu"] = 0.01
+        chosen = FederatedAlgorithm(privacy="svt")
+    else:
+        chosen = FederatedAlgorithm(server_opt="adam", privacy="percentile")
+    job = make_job(tmp_path / "job", rounds=2, data_root=str(brats_root), datalist_dir=str(lists["site-1"].parent),
+                   train=train, algorithm=chosen)
+    ws = tmp_path / "ws"
+    result = _simulate(job, ws, 2)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    logs = result.stdout + result.stderr + "".join(p.read_text(errors="replace") for p in ws.rglob("log.txt"))
+    assert ("SVT acceptance completed" if algorithm == "fedprox_svt" else "cutoff:") in logs
+    if algorithm == "fedopt_percentile":
+        assert "FedOpt (torch.optim.Adam" in logs
+    run = ws / "server/simulate_job"
+    results = json.loads((run / "cross_site_val/cross_val_results.json").read_text())
+    assert set(results) == {"site-1", "site-2"}
+    for per_model in results.values():
+        assert set(per_model) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", "site-1", "site-2"}
+        assert all(0 <= m[k] <= 1 for m in per_model.values() for k in ("TC", "WT", "ET", "mean"))
+    final = torch.load(run / "app_server/FL_global_model.pt", weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())

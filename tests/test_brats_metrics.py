@@ -57,3 +57,29 @@ def test_region_scores_mean():
     scores = region_scores(pred, truth)
     assert scores["TC"] == pytest.approx(2 / 3) and scores["WT"] == 1.0 and scores["ET"] == 1.0
     assert scores["mean"] == pytest.approx((2 / 3 + 2) / 3)
+
+
+def test_hd95_equals_monai_on_random_masks_also_at_the_volume_edge():
+    """HD95 works on the masks' bounding box: the same value as MONAI's whole-volume computation, also for masks
+    that touch the volume's faces, with anisotropic voxels."""
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    rng = np.random.default_rng(3)
+    cases = []
+    for _ in range(4):
+        pred = np.zeros((30, 26, 22), bool)
+        truth = np.zeros_like(pred)
+        for mask in (pred, truth):
+            lo = rng.integers(0, 12, 3)
+            hi = lo + rng.integers(3, 14, 3)
+            mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+            mask &= rng.random(mask.shape) > 0.1  # ragged surfaces, holes
+        cases.append((pred, truth))
+    edge = np.zeros((30, 26, 22), bool)
+    edge[:5, 20:, :] = True  # touches three faces
+    cases.append((edge, np.roll(edge, 2, axis=0)))
+    for pred, truth in cases:
+        expected = compute_hausdorff_distance(torch.as_tensor(pred)[None, None], torch.as_tensor(truth)[None, None],
+                                              percentile=95, spacing=(1.0, 1.5, 2.5))
+        assert hd95(pred, truth, spacing=(1.0, 1.5, 2.5)) == pytest.approx(float(expected), rel=1e-6)

@@ -93,3 +93,29 @@ def test_finding_and_bad_files(tmp_path):
     bad.write_text(json.dumps({"site-1": {"SRV_FL_global_model.pt": {"TC": 0.5}}}))
     with pytest.raises(ReportError, match="lacks numeric TC, WT, ET"):
         load_results(bad)
+
+
+def test_hd95_columns_when_every_result_has_them(tmp_path):
+    import copy
+
+    results = copy.deepcopy(RESULTS)
+    for site, per_model in results.items():
+        for i, metrics in enumerate(per_model.values()):
+            metrics.update(HD95_TC=10.0 + i, HD95_WT=5.0, HD95_ET=373.13 if site == "site-2" else 2.0)
+    report = build_report(results)
+    assert report.columns == ("TC", "WT", "ET", "mean", "HD95_TC", "HD95_WT", "HD95_ET")
+    # Weighted like the Dice columns: (30 x 2 + 12 x 373.13) / 42; lower is better.
+    assert report.average["SRV_FL_global_model.pt"]["HD95_ET"] == pytest.approx((30 * 2 + 12 * 373.13) / 42)
+    text = format_text(report)
+    assert "HD95_ET: 108.04" in text and "TC: 0.8790" in text
+    assert "| HD95_TC |" in format_markdown(report).splitlines()[0]
+    write_report(report, tmp_path)
+    assert (tmp_path / "report.csv").read_text().splitlines()[0].endswith("HD95_TC,HD95_WT,HD95_ET,weight")
+    # Results of older runs, or with one model lacking them, show the Dice columns only.
+    del results["site-1"]["site-2"]["HD95_WT"]
+    assert build_report(results).columns == ("TC", "WT", "ET", "mean", "HD95_TC", "HD95_ET")
+    assert build_report(RESULTS).columns == ("TC", "WT", "ET", "mean")
+    results["site-1"]["site-1"]["HD95_TC"] = -1.0
+    (tmp_path / "bad.json").write_text(json.dumps(results))
+    with pytest.raises(ReportError, match="HD95_TC = -1.0, a negative distance"):
+        load_results(tmp_path / "bad.json")

@@ -1,6 +1,7 @@
 """Config, model, engine and the checkpoint commands, on tiny generated volumes."""
 
 import csv
+import json
 
 import nibabel as nib
 import numpy as np
@@ -148,3 +149,71 @@ def test_predict_regions_shape():
     regions = predict_regions(model, torch.zeros(4, 40, 36, 20), TrainConfig(crop=(32, 32, 16)),
                               torch.device("cpu"))
     assert regions.shape == (3, 40, 36, 20) and regions.dtype == bool
+
+
+def test_central_training_pools_sites_keeps_the_best_and_resumes(brats_root, tmp_path, capsys):
+    from brats_fl import cli
+    from brats_fl.engine import pooled_splits, train
+
+    lists = write_datalists(brats_root, tmp_path / "lists")
+    pooled = pooled_splits(list(lists.values()), brats_root)
+    per_site = [read_datalist(p, brats_root) for p in lists.values()]
+    assert {k: len(v) for k, v in pooled.items()} == {k: sum(len(s[k]) for s in per_site) for k in pooled}
+    with pytest.raises(ValueError, match="also in"):
+        pooled_splits([lists["site-1"], lists["site-1"]], brats_root)
+
+    config = TrainConfig(crop=CROP, num_workers=0, epochs=1, lr=1e-3)
+    out = tmp_path / "central"
+    first = train(pooled, config, out)
+    assert first["epoch"] == 1 and 0 <= first["val_dice"] <= 1
+    # Resumed to 2 epochs: one more epoch, the history carries both, the best model is the better one.
+    best = train(pooled, TrainConfig(crop=CROP, num_workers=0, epochs=2, lr=1e-3), out)
+    history = json.loads((out / "metrics.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert best["val_dice"] == max(row["val_dice"] for row in history)
+    saved = torch.load(out / "best_model.pt", weights_only=True)
+    assert saved["epoch"] == best["epoch"] and saved["train_conf"]["crop"] == list(CROP)
+    assert len(list(csv.DictReader((out / "metrics.csv").open()))) == 2
+    assert list((out / "tensorboard").iterdir())
+    # A run that is complete does not train again.
+    state = (out / "trainer_state.pt").stat().st_mtime_ns
+    train(pooled, TrainConfig(crop=CROP, num_workers=0, epochs=2, lr=1e-3), out)
+    assert (out / "trainer_state.pt").stat().st_mtime_ns == state
+    # The checkpoint loads like any other model of the package.
+    model, extras = load_checkpoint(out / "best_model.pt")
+    assert extras["train_conf"]["epochs"] == 2
+
+    # The command line: a user's file of the same name is never replaced; bad settings fail before any work.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/metrics.csv").write_text("my numbers")
+    args = ["train", "--datalist", *map(str, lists.values()), "--data-root", str(brats_root), "--epochs", "1",
+            "--set", f"crop={list(CROP)}", "--set", "num_workers=0"]
+    assert cli.main([*args, "--out", str(tmp_path / "mine")]) == 2
+    assert "metrics.csv: exists and was not written by" in capsys.readouterr().err
+    assert (tmp_path / "mine/metrics.csv").read_text() == "my numbers"
+    assert cli.main([*args, "--out", str(tmp_path / "x"), "--set", "lr=-1"]) == 2
+    assert "setting lr" in capsys.readouterr().err
+
+
+def test_report_adds_an_extra_model_scored_on_every_site(brats_root, tmp_path, capsys):
+    from brats_fl import cli
+
+    lists = write_datalists(brats_root, tmp_path / "lists")
+    ckpt = tmp_path / "central.pt"
+    torch.manual_seed(0)
+    torch.save({"model": BratsSegResNet().state_dict(), "train_conf": TrainConfig(crop=CROP).to_dict()}, ckpt)
+    results = {site: {"SRV_FL_global_model.pt": {"TC": 0.5, "WT": 0.5, "ET": 0.5, "n_cases": 1}}
+               for site in ("site-1", "site-2")}
+    (tmp_path / "cross_val_results.json").write_text(json.dumps(results))
+    assert cli.main(["report", str(tmp_path / "cross_val_results.json"), "--extra", f"central={ckpt}",
+                     "--data-root", str(brats_root), "--datalist-dir", str(tmp_path / "lists"),
+                     "--out", str(tmp_path / "report"), "--no-plot"]) == 0
+    report = json.loads((tmp_path / "report/report.json").read_text())
+    assert list(report["models"]) == ["SRV_FL_global_model.pt", "central"]
+    for site in ("site-1", "site-2"):
+        expected = validate_checkpoint(ckpt, lists[site], brats_root, "testing", tmp_path / f"{site}.csv",
+                                       TrainConfig(crop=CROP))
+        assert report["models"]["central"]["sites"][site]["mean"] == pytest.approx(expected["mean"])
+    assert "not from this federation" in report["models"]["central"]["title"]
+    assert cli.main(["report", str(tmp_path / "cross_val_results.json"), "--extra", f"central={ckpt}"]) == 2
+    assert "--extra: give --data-root" in capsys.readouterr().err

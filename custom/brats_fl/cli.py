@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Sequence
 
 from medcore.command import (add_compute_options, command_parser, existing_dir, existing_file, non_empty, number,
-                             output_dir, output_file, run_command)
+                             output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
-from medflare.cli import add_deploy_parser, add_make_job_parser, add_report_parser, add_ship_code_parser
+from medflare.cli import (add_deploy_parser, add_make_job_parser, add_report_parser, add_ship_code_parser,
+                          job_overrides)
 
 from .config import VAL_WINDOWS, TrainConfig
 from .data import MODALITIES, CaseError, case_files, check_case, find_cases
-from .datalist import SPLITS, write_datalists
+from .datalist import SEED_SITES, SPLITS, write_datalists
 from .synthetic import RELEASE_SHAPE, generate_dataset
 from .task import TASK
 
@@ -56,13 +57,57 @@ def _datalist(args: argparse.Namespace) -> int:
 def _make_job(args: argparse.Namespace) -> int:
     from .job import make_job
 
-    train = dict(args.set or [])
+    train, algorithm = job_overrides(args)
     if args.crop:
         train["crop"] = args.crop
     out = make_job(args.out, template=args.template, rounds=args.rounds, train=train, data_root=args.data_root,
-                   datalist_dir=args.datalist_dir, resume_from=args.resume_from)
+                   datalist_dir=args.datalist_dir, resume_from=args.resume_from, algorithm=algorithm)
     print(f"job written to {out}; run it with: nvflare simulator {out} -n {TASK.clients} -t {TASK.clients}")
     return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .engine import pooled_splits, train
+
+    settings = dict(args.set or [])
+    if args.epochs:
+        settings["epochs"] = args.epochs
+    config = TrainConfig.from_dict(settings)  # a bad setting fails before any case is read
+    splits = pooled_splits(args.datalist, args.data_root)
+    logger.info("pooled %s", ", ".join(f"{len(v)} {k}" for k, v in splits.items()) + " cases")
+    best = train(splits, config, args.out, resume=not args.restart)
+    print(f"best model: epoch {best['epoch']} with validation mean Dice {best['val_dice']:.4f} -> "
+          f"{Path(args.out) / 'best_model.pt'}")
+    return 0
+
+
+def _named_checkpoint(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=CHECKPOINT, got {text!r}")
+    return name, existing_file(path)
+
+
+def _extra_models(args: argparse.Namespace):
+    """The report's scorer of ``--extra`` checkpoints: each on every site's testing split."""
+    if not args.extra:
+        return None
+    if not args.data_root:
+        raise UserError("--extra: give --data-root, the folder the site datalists' paths are relative to")
+    datalist_dir = Path(args.datalist_dir) if args.datalist_dir else Path(args.data_root) / "datalists"
+    datalists = {site.name: datalist_dir / site.datalist for site in SEED_SITES}
+
+    def score(sites: Sequence[str]) -> dict:
+        from .engine import summarize
+        from .inference import score_checkpoint
+
+        unknown = [s for s in sites if s not in datalists]
+        if unknown:
+            raise UserError(f"--extra: no datalist known for site(s) {unknown} (known: {sorted(datalists)})")
+        return {name: {site: summarize(score_checkpoint(checkpoint, datalists[site], args.data_root, "testing"))
+                       for site in sites} for name, checkpoint in args.extra}
+
+    return score
 
 
 def _weight(text: str) -> tuple[str, float]:
@@ -195,9 +240,40 @@ def build_parser() -> argparse.ArgumentParser:
         sub, TASK, "Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a simulator workspace or "
                    "a downloaded job folder) and print, per model, each site's TC/WT/ET Dice and their average "
                    "across sites weighted by the number of test cases.",
-        weights=lambda args: dict(args.weights) if args.weights else None)
+        weights=lambda args: dict(args.weights) if args.weights else None, extra=_extra_models)
     rep.add_argument("--weights", type=_weight, nargs="+", metavar="SITE=W",
                      help="site weights for AVE instead of the test-case counts, e.g. the seed's site-1=30 site-2=12")
+    rep.add_argument("--extra", type=_named_checkpoint, nargs="+", metavar="NAME=CHECKPOINT",
+                     help="further models to score on every site's testing split and add as rows, e.g. the "
+                          "centrally trained baseline: central=RUN/best_model.pt (needs --data-root)")
+    rep.add_argument("--data-root", type=existing_dir,
+                     help="for --extra: the folder the site datalists' paths are relative to")
+    rep.add_argument("--datalist-dir", type=existing_dir,
+                     help="for --extra: folder of the site datalists (default: DATA_ROOT/datalists)")
+
+    tr = sub.add_parser(
+        "train", help="centralised training on the pooled data of several sites (the baseline of FL papers)",
+        description="Train the seed's SegResNet on the pooled training splits of the given site datalists (what a "
+                    "central server would do if the sites could share their data), with the same engine and recipe "
+                    "as a site: one epoch stands for one federated round. After each epoch the model is scored on "
+                    "the pooled validation splits (mean Dice over TC, WT, ET); OUT gets best_model.pt, "
+                    "last_model.pt, metrics.csv/.json, TensorBoard events and trainer_state.pt, from which an "
+                    "interrupted run resumes. Score the result with `validate`, or add it to the cross-site report "
+                    "with `report --extra central=OUT/best_model.pt`.",
+    )
+    tr.add_argument("--datalist", required=True, type=existing_file, nargs="+",
+                    help="site datalist JSON files to pool (e.g. both seg_brats18_datalist_client_*.json)")
+    tr.add_argument("--data-root", required=True, type=existing_dir,
+                    help="folder the datalist paths are relative to")
+    tr.add_argument("--out", required=True, type=output_dir,
+                    help="run folder (created if missing; files of these names that train did not write are "
+                         "never replaced)")
+    tr.add_argument("--epochs", type=number(int, minimum=1), help="epochs to train (default: the recipe's 600)")
+    tr.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE",
+                    help="a training setting (those of make-job's --set, see brats_fl.config.TrainConfig), e.g. "
+                         "--set crop=[64,64,48] --set lr=5e-4; repeatable")
+    tr.add_argument("--restart", action="store_true", help="start afresh even if OUT holds a training state")
+    tr.set_defaults(func=_train)
 
     val = sub.add_parser(
         "validate", help="score a checkpoint on a datalist split: per-case Dice and HD95 to CSV",

@@ -24,6 +24,10 @@ class TrainConfig(Settings):
             Each size must be divisible by 8 (SegResNet downsamples three times).
         lr, weight_decay: Adam optimiser settings.
         local_epochs: passes over the site's training split per federated round.
+        epochs: epochs of centralised training on the pooled data (``brats-fl train``; the seed's 600 rounds);
+            under FLARE the server's rounds count instead.
+        fedprox_mu: FedProx's proximal weight ``mu`` (:class:`~medcore.training.EpochTrainer`): local training
+            minimises the loss plus ``mu / 2 * ||w - w_global||^2``; 0 (the default) is plain FedAvg training.
         batch_size: crops per training step.
         vae: add the variational auto-encoder regularisation branch of the paper (loss weight ``vae_weight``).
         amp: mixed precision (fp16 + grad scaler on CUDA, bf16 autocast on CPU), chosen automatically.
@@ -47,6 +51,8 @@ class TrainConfig(Settings):
     lr: float = setting(1e-4, above=0)
     weight_decay: float = setting(1e-5, minimum=0)
     local_epochs: int = setting(1, minimum=1)
+    epochs: int = setting(600, minimum=1)
+    fedprox_mu: float = setting(0.0, minimum=0)
     batch_size: int = setting(1, minimum=1)
     vae: bool = False
     vae_weight: float = setting(0.1, minimum=0)

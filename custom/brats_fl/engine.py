@@ -1,10 +1,11 @@
-"""Training and evaluation as plain Python (no FLARE): the learner, the ``validate`` and ``infer`` commands and the
-benchmarks all call these."""
+"""Training and evaluation as plain Python (no FLARE): the learner, the ``train``, ``validate`` and ``infer`` commands
+and the benchmarks all call these."""
 
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -15,16 +16,21 @@ from monai.transforms import Compose
 from torch.utils.data import DataLoader
 
 from medcore.device import autocast, select_device
+from medcore.errors import UserError
+from medcore.files import atomic_path
 from medcore.progress import Progress
+from medcore.standalone import fit
 from medcore.training import EpochStats, EpochTrainer
 
 from .config import TrainConfig
+from .datalist import SPLITS, read_datalist
 from .metrics import REGIONS, region_scores
+from .model import BratsSegResNet
 from .transforms import (brain_box, compact_transforms, eval_transforms, frame_window, restore_transforms,
                          train_transforms)
 
 __all__ = ["EpochStats", "Trainer", "train_dataset", "eval_dataset", "read_ahead", "predict_regions", "evaluate",
-           "summarize"]
+           "summarize", "pooled_splits", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +82,7 @@ class Trainer(EpochTrainer):
         device = device or select_device(config.device)
         super().__init__(model, torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay),
                          device, amp=config.amp, batch_size=config.batch_size, num_workers=config.num_workers,
-                         seed=config.seed)
+                         seed=config.seed, proximal_mu=config.fedprox_mu)
         self.config = config
         self.loss_fn = DiceLoss(smooth_nr=0, smooth_dr=1e-5, squared_pred=True, to_onehot_y=False, sigmoid=True)
 
@@ -155,3 +161,66 @@ def summarize(per_case: Sequence[dict]) -> dict[str, float]:
     summary = {k: float(np.mean([case[k] for case in per_case])) for k in keys}
     summary["n_cases"] = len(per_case)
     return summary
+
+
+def pooled_splits(datalists: Sequence[str | Path], root: str | Path, check: bool = True) -> dict[str, list[dict]]:
+    """The splits of several site datalists pooled (the data a central server would hold if the sites shared it),
+    each case checked; the same case named twice is an error (it would be trained on twice, or tested on after
+    training)."""
+    pooled: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    seen: dict[str, str] = {}
+    for datalist in datalists:
+        for split, cases in read_datalist(datalist, root, check=check).items():
+            for case in cases:
+                label = str(Path(case["label"]).resolve())
+                if label in seen:
+                    raise UserError(f"{datalist}: case {case['name']} ({split}) is also in {seen[label]}; pooled "
+                                    "datalists must not share cases")
+                seen[label] = f"{datalist} ({split})"
+                pooled[split].append(case)
+    return pooled
+
+
+#: What :func:`train` marks its folder as (:mod:`medcore.standalone` lists the files).
+TRAINING_OUTPUT = "brats-fl training run"
+_HISTORY_FIELDS = ("epoch", "train_loss", "val_dice", *(f"val_dice_{r}" for r in REGIONS), "seconds",
+                   "data_wait_percent")
+
+
+def train(splits: Mapping[str, Sequence[dict]], config: TrainConfig, out_dir: str | Path,
+          resume: bool = True) -> dict:
+    """Centralised training, the baseline federated results are compared with: ``config.epochs`` epochs over the
+    ``training`` cases, the mean Dice over TC, WT and ET on the ``validation`` cases after each deciding the best
+    model (:func:`medcore.standalone.fit`: ``best_model.pt``, ``last_model.pt``, ``trainer_state.pt``,
+    ``metrics.csv`` / ``.json``, TensorBoard events). The same engine and recipe as a site's training, one epoch
+    standing for one federated round. Returns the best epoch's row."""
+    if not splits.get("training") or not splits.get("validation"):
+        raise UserError("centralised training needs cases in both the training and the validation splits")
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = select_device(config.device)
+    torch.manual_seed(config.seed)
+    model = BratsSegResNet(vae=config.vae, crop=config.crop)
+    trainer = Trainer(model, config, device)
+    training, validation = train_dataset(splits["training"], config), eval_dataset(splits["validation"],
+                                                                                  config.cache_rate)
+
+    def run_epoch() -> dict:
+        stats = trainer.train_epoch(training)
+        scores = summarize(evaluate(model, validation, config, device))
+        return {"epoch": trainer.epochs, "train_loss": stats.loss, "val_dice": scores["mean"],
+                **{f"val_dice_{r}": scores[r] for r in REGIONS}, "seconds": stats.seconds,
+                "data_wait_percent": 100 * stats.data_seconds / max(stats.seconds, 1e-9)}
+
+    def save_model(path: Path, row: dict) -> None:
+        with atomic_path(path) as tmp:
+            torch.save({"model": model.state_dict(), "train_conf": config.to_dict(), "epoch": row["epoch"],
+                        "val_dice": row["val_dice"]}, tmp)
+
+    def describe(row: dict) -> str:
+        return (f"train loss {row['train_loss']:.4f}, validation mean Dice {row['val_dice']:.4f} ("
+                + " ".join(f"{r} {row[f'val_dice_{r}']:.4f}" for r in REGIONS) + f"), {row['seconds']:.1f} s")
+
+    return fit(trainer, config.epochs, run_epoch, out_dir, key="val_dice", save_model=save_model,
+               fields=_HISTORY_FIELDS, output=TRAINING_OUTPUT, scalars=("train_loss", "val_dice"),
+               describe=describe, resume=resume)

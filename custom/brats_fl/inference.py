@@ -22,7 +22,7 @@ from .metrics import REGIONS, regions_to_labels
 from .model import load_checkpoint
 from .transforms import infer_transforms
 
-__all__ = ["VALIDATION_COLUMNS", "LABEL_MAP_DESCRIPTION", "validate_checkpoint", "segment_case"]
+__all__ = ["VALIDATION_COLUMNS", "LABEL_MAP_DESCRIPTION", "score_checkpoint", "validate_checkpoint", "segment_case"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,23 @@ def _is_label_map(path: Path) -> bool:
     return descrip.decode(errors="replace") == LABEL_MAP_DESCRIPTION
 
 
+def score_checkpoint(checkpoint: str | Path, datalist: str | Path, data_root: str | Path, split: str,
+                     config: TrainConfig | None = None) -> list[dict]:
+    """Per-case Dice and HD95 (mm) of ``checkpoint`` on one split of a datalist (:func:`~brats_fl.engine.evaluate`
+    with each case's voxel size). ``config`` ``None``: the window settings the checkpoint was trained with
+    (``crop``, ``val_window``, ``val_overlap`` of its ``train_conf``; the seed's where it has none)."""
+    model, extras = load_checkpoint(checkpoint)
+    if config is None:
+        conf = extras.get("train_conf") if isinstance(extras.get("train_conf"), dict) else {}
+        config = TrainConfig.from_dict({k: conf[k] for k in ("crop", "val_window", "val_overlap") if k in conf})
+    device = select_device(config.device)
+    cases = read_datalist(datalist, data_root, splits=[split])[split]
+    model.to(device)
+    # Streamed, one case read ahead: memory does not grow with the number of cases.
+    return evaluate(model, read_ahead(eval_dataset(cases, cached=False)), config, device, spacing=True,
+                    progress_logger=logger)
+
+
 def validate_checkpoint(checkpoint: str | Path, datalist: str | Path, data_root: str | Path, split: str,
                         out_csv: str | Path, config: TrainConfig) -> dict[str, float]:
     """Score ``checkpoint`` on one split of a datalist, writing per-case Dice and HD95 (mm) to ``out_csv``.
@@ -48,13 +65,7 @@ def validate_checkpoint(checkpoint: str | Path, datalist: str | Path, data_root:
     the means are returned. An existing ``out_csv`` is replaced only if it is such a CSV.
     """
     check_replaceable(out_csv, "validation CSV", first_line_is(",".join(VALIDATION_COLUMNS)))
-    device = select_device(config.device)
-    model, _ = load_checkpoint(checkpoint)
-    cases = read_datalist(datalist, data_root, splits=[split])[split]
-    model.to(device)
-    # Streamed, one case read ahead: memory does not grow with the number of cases.
-    per_case = evaluate(model, read_ahead(eval_dataset(cases, cached=False)), config, device, spacing=True,
-                        progress_logger=logger)
+    per_case = score_checkpoint(checkpoint, datalist, data_root, split, config)
     summary = summarize(per_case)
     columns = VALIDATION_COLUMNS
     rows = [[case["name"], *(f"{case[c]:.6f}" for c in columns[1:])] for case in per_case]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from medflare.algorithms import FederatedAlgorithm
 from medflare.jobs import derive_job
 
 from .task import TASK
@@ -15,7 +16,8 @@ __all__ = ["make_job"]
 
 def make_job(out_dir: str | Path, template: str | Path | None = None, rounds: int | None = None,
              train: Mapping[str, Any] | None = None, data_root: str | None = None,
-             datalist_dir: str | None = None, resume_from: str | None = None) -> Path:
+             datalist_dir: str | None = None, resume_from: str | None = None,
+             algorithm: FederatedAlgorithm | None = None) -> Path:
     """Write a copy of ``template`` (default: the committed job) to ``out_dir`` with the given overrides.
 
     Args:
@@ -25,8 +27,10 @@ def make_job(out_dir: str | Path, template: str | Path | None = None, rounds: in
         data_root, datalist_dir: where the sites find their data (default: the template's, ``$BRATS_DATA_ROOT``).
         resume_from: id of an interrupted run of this job to go on from (same server and site workspaces;
             :mod:`medflare.workflow`).
+        algorithm: FedOpt's server optimiser and a privacy filter (:class:`medflare.algorithms.FederatedAlgorithm`;
+            FedProx is the recipe's ``fedprox_mu``), or ``None`` for FedAvg.
     """
     return derive_job(out_dir, template or TASK.job_template(), TASK.recipe, TASK.packages, rounds=rounds,
                       train=train, learner_args={"data_root": data_root, "datalist_dir": datalist_dir},
                       model_args=lambda config: {"vae": config.vae, "crop": list(config.crop)},
-                      resume_from=resume_from)
+                      resume_from=resume_from, algorithm=algorithm)

@@ -1,7 +1,8 @@
 """The BraTS FLARE client component: :class:`~medflare.learner.EngineLearner` (task handling, state on disk, local
 best model) around the plain-Python SegResNet engine.
 
-Cross-site validation scores every model on the site's ``testing`` split; the server selects the global best
+Cross-site validation scores every model on the site's ``testing`` split (Dice and Hausdorff 95 distance per
+region); the server selects the global best
 model on ``val_dice``, the mean Dice over TC, WT and ET of the received global model on the site's validation
 split.
 """
@@ -44,6 +45,8 @@ class BratsLearner(EngineLearner):
         train: :class:`~brats_fl.config.TrainConfig` settings; defaults are the seed's recipe.
         analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
         resume_from_job: id of an interrupted job whose local state this run takes over (:mod:`medflare.workflow`).
+        send_weight_diff: send a round's result as the change from the global model (for FedOpt and the privacy
+            filters, :mod:`medflare.algorithms`).
     """
 
     key_metric = KEY_METRIC
@@ -51,8 +54,9 @@ class BratsLearner(EngineLearner):
 
     def __init__(self, data_root: str = "$BRATS_DATA_ROOT", datalist_dir: str = "$BRATS_DATA_ROOT/datalists",
                  datalists: Mapping[str, str] | None = None, train: Mapping[str, Any] | None = None,
-                 analytic_sender_id: str = "analytic_sender", resume_from_job: str = "") -> None:
-        super().__init__(analytic_sender_id, resume_from_job)
+                 analytic_sender_id: str = "analytic_sender", resume_from_job: str = "",
+                 send_weight_diff: bool = False) -> None:
+        super().__init__(analytic_sender_id, resume_from_job, send_weight_diff)
         self.data_root = data_root
         self.datalist_dir = datalist_dir
         self.datalists = dict(datalists or {s.name: s.datalist for s in SEED_SITES})
@@ -94,9 +98,13 @@ class BratsLearner(EngineLearner):
                 eval_dataset(entries, self.config.cache_rate)
         return self._datasets[split]
 
-    def score_split(self, split: str, abort_signal: Signal) -> dict:
-        return summarize(evaluate(self.model, self.dataset(split), self.config, self.device,
+    def score_split(self, split: str, abort_signal: Signal, hd95: bool = False) -> dict:
+        return summarize(evaluate(self.model, self.dataset(split), self.config, self.device, spacing=hd95,
                                   abort=lambda: abort_signal.triggered))
+
+    def score_cross_site(self, abort_signal: Signal) -> dict:
+        # HD95 (in mm, each case's voxel size) only here: Dice alone decides the best models round by round.
+        return self.score_split(self.cross_site_split, abort_signal, hd95=True)
 
     def key_score(self, summary: dict) -> float:
         return float(summary["mean"])

@@ -5,7 +5,9 @@ Dice on its testing split and their average across sites weighted by the number 
 split, AVE = (site-1 x 30 + site-2 x 12) / 42. (The seed's card names 30 and 12 "testing" cases while its
 datalists hold 36 and 7 testing cases and 30 / 12 validation cases; our learner reports the number of cases it
 evaluated, ``n_cases``, and the report weights by it. ``weights`` reproduces any other weighting, e.g. the seed's
-``{"site-1": 30, "site-2": 12}``.) The machinery is :mod:`medflare.crosssite`; this module says what BraTS results
+``{"site-1": 30, "site-2": 12}``.) After the Dice columns come the Hausdorff 95 distances per region in mm
+(``HD95_TC``, ``HD95_WT``, ``HD95_ET``, lower is better), the mean over each site's cases, when the results carry
+them. The machinery is :mod:`medflare.crosssite`; this module says what BraTS results
 hold.
 """
 
@@ -19,7 +21,7 @@ __all__ = ["BRATS_REPORT"]
 
 BRATS_REPORT = ReportSpec(
     required=REGIONS, columns=(*REGIONS, "mean"), count_key="n_cases", count_name="test cases",
-    split_name="testing splits",
+    split_name="testing splits", distances=tuple(f"HD95_{r}" for r in REGIONS),
     curves=(("train_loss", "training loss (Dice loss)", "local epoch"),
             ("val_dice", "validation mean Dice of the global model", "round"),
             ("local_val_dice", "validation mean Dice of the local model", "local epoch")),

@@ -1,5 +1,6 @@
 """The optimisation loop both models share: one epoch of optimiser steps over a dataset, with automatic mixed
-precision (:mod:`medcore.device`), seeded shuffling and a record of how long the loop waited for data."""
+precision (:mod:`medcore.device`), seeded shuffling, an optional FedProx proximal term and a record of how long the
+loop waited for data."""
 
 from __future__ import annotations
 
@@ -37,10 +38,14 @@ class EpochTrainer:
         seed: shuffling seed; epoch ``k`` shuffles with ``seed * 1_000_003 + k``, so a resumed run continues the
             same sequence.
         amp: mixed precision as :func:`medcore.device.autocast` chooses it (fp16 + scaler on CUDA, bf16 on CPU).
+        proximal_mu: FedProx's ``mu`` (Li et al. 2020): every step minimises the batch loss plus
+            ``mu / 2 * ||w - w_anchor||^2`` over the trainable parameters, ``w_anchor`` being the weights at the
+            last :meth:`set_anchor` (the global model a federated round starts from). 0: plain training.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-                 amp: bool = True, batch_size: int = 1, num_workers: int = 0, seed: int = 0) -> None:
+                 amp: bool = True, batch_size: int = 1, num_workers: int = 0, seed: int = 0,
+                 proximal_mu: float = 0.0) -> None:
         self.device = device
         self.model = model.to(device)
         self.optimizer = optimizer
@@ -48,13 +53,32 @@ class EpochTrainer:
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.scaler = grad_scaler(device, amp)
         self.epochs = 0  # epochs trained so far
+        self.proximal_mu = float(proximal_mu)
+        self.anchor: list[torch.Tensor] | None = None
+
+    def set_anchor(self) -> None:
+        """Take the model's current trainable weights as the FedProx anchor (call when a round's global model is
+        loaded; without a call the anchor is the weights at the first step)."""
+        self.anchor = [p.detach().clone() for p in self.model.parameters() if p.requires_grad]
+
+    def proximal_term(self) -> torch.Tensor:
+        """``mu / 2 * ||w - w_anchor||^2`` in float32 (0 when ``proximal_mu`` is 0)."""
+        if not self.proximal_mu:
+            return torch.zeros((), device=self.device)
+        if self.anchor is None:
+            self.set_anchor()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return self.proximal_mu / 2 * sum(torch.sum((p.float() - a.float()) ** 2) for p, a in zip(params, self.anchor))
 
     def compute_loss(self, batch: Any) -> tuple[torch.Tensor, int]:
         """Forward pass and loss of one batch (called under autocast); returns (loss, samples in the batch)."""
         raise NotImplementedError
 
     def train_epoch(self, dataset: Dataset, abort: Callable[[], bool] = lambda: False) -> EpochStats:
-        """One pass over ``dataset`` in random order; stops early (returning what was done) when ``abort()``."""
+        """One pass over ``dataset`` in random order; stops early (returning what was done) when ``abort()``.
+
+        The loss recorded is the batch loss alone (without the FedProx term), so curves compare across methods.
+        """
         # MONAI's DataLoader seeds every worker's random transforms differently (a plain one would fork
         # identical augmentation streams into all workers).
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
@@ -70,7 +94,8 @@ class EpochTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             with autocast(self.device, self.amp):
                 loss, n = self.compute_loss(batch)
-            self.scaler.scale(loss).backward()
+            # The proximal term outside autocast: a float32 sum of squared differences, not a bf16 one.
+            self.scaler.scale((loss + self.proximal_term()) if self.proximal_mu else loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             losses.append(float(loss.detach()))

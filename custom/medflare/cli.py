@@ -11,17 +11,19 @@ from typing import Callable
 from medcore.command import existing_dir, existing_file, non_empty, number, output_dir, parse_setting
 from medcore.errors import UserError
 
+from .algorithms import PRIVACY_FILTERS, SERVER_OPTIMIZERS, FederatedAlgorithm
 from .task import TaskSpec
 
-__all__ = ["add_make_job_parser", "add_ship_code_parser", "add_report_parser", "add_deploy_parser"]
+__all__ = ["add_make_job_parser", "job_overrides", "add_ship_code_parser", "add_report_parser", "add_deploy_parser"]
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def add_make_job_parser(sub: argparse._SubParsersAction, task: TaskSpec, description: str,
                         func: Handler) -> argparse.ArgumentParser:
-    """``make-job``: ``--out``, ``--template``, ``--rounds``, ``--data-root``, ``--set`` and ``--resume-from``;
-    returns the parser for the task's own options."""
+    """``make-job``: ``--out``, ``--template``, ``--rounds``, ``--data-root``, ``--set``, ``--resume-from`` and the
+    federated algorithm (FedProx, FedOpt, privacy filters; :func:`job_overrides` reads them); returns the parser for
+    the task's own options."""
     settings = ", ".join(f.name for f in dataclasses.fields(task.recipe))
     job = sub.add_parser("make-job", help=f"write a copy of {task.job} with other rounds, settings or data location",
                          description=description)
@@ -40,8 +42,40 @@ def add_make_job_parser(sub: argparse._SubParsersAction, task: TaskSpec, descrip
                      help="go on from interrupted job JOB_ID (e.g. cut off by a server restart) at the round "
                           "after its last completed one, with its global model, best model and the sites' local "
                           "state; submit the result to the same server and sites, with the same --rounds")
+    algo = job.add_argument_group(
+        "federated algorithm", "FedAvg unless told otherwise; the options combine (e.g. FedProx with SVT). FedOpt "
+        "and the privacy filters make the sites send weight changes instead of weights (see medflare.algorithms)")
+    algo.add_argument("--fedprox-mu", type=number(float, minimum=0), metavar="MU",
+                      help="FedProx: add MU/2 * ||w - w_global||^2 to every site's local loss (the recipe's "
+                           "fedprox_mu; default: 0, plain FedAvg)")
+    algo.add_argument("--server-opt", choices=sorted(SERVER_OPTIMIZERS),
+                      help="FedOpt: the server applies this optimiser to the averaged change of the sites, as a "
+                           "pseudo-gradient: adam (FedAdam: lr 1e-3, betas 0.9/0.99, eps 1e-3) or avgm (FedAvgM: "
+                           "SGD, lr 1.0, momentum 0.6); default: none, the plain average")
+    algo.add_argument("--server-lr", type=number(float, above=0), help="the server optimiser's learning rate")
+    algo.add_argument("--server-momentum", type=number(float, minimum=0, below=1),
+                      help="avgm's momentum in [0, 1)")
+    algo.add_argument("--privacy", choices=sorted(PRIVACY_FILTERS),
+                      help="a privacy filter on every site's update before it leaves the site: svt (sparse vector "
+                           "technique; defaults of NVFlare's BraTS example: fraction 0.9, epsilon 0.001, noise_var "
+                           "1.0, gamma 1e-4) or percentile (share only changes above the 10th percentile, clipped "
+                           "at gamma 0.01). It protects each update, it is not sample-level DP accounting")
+    algo.add_argument("--privacy-set", type=parse_setting, action="append", metavar="KEY=VALUE",
+                      help="a setting of the privacy filter, named as in nvflare's SVTPrivacy or PercentilePrivacy "
+                           "(e.g. --privacy-set epsilon=0.01); repeatable")
     job.set_defaults(func=func)
     return job
+
+
+def job_overrides(args: argparse.Namespace) -> tuple[dict, FederatedAlgorithm | None]:
+    """The recipe settings (``--set``, ``--fedprox-mu``) and the federated algorithm of ``make-job``'s options."""
+    train = dict(args.set or [])
+    if args.fedprox_mu is not None:
+        train["fedprox_mu"] = args.fedprox_mu
+    algorithm = FederatedAlgorithm(server_opt=args.server_opt or "", server_lr=args.server_lr,
+                                   server_momentum=args.server_momentum, privacy=args.privacy or "",
+                                   privacy_args=dict(args.privacy_set or []))
+    return train, algorithm if algorithm != FederatedAlgorithm() else None
 
 
 def add_ship_code_parser(sub: argparse._SubParsersAction, task: TaskSpec) -> None:
@@ -67,16 +101,18 @@ def _ship_code(job: str, task: TaskSpec) -> int:
 
 
 def add_report_parser(sub: argparse._SubParsersAction, task: TaskSpec, description: str,
-                      weights: Callable[[argparse.Namespace], dict | None] = lambda args: None
+                      weights: Callable[[argparse.Namespace], dict | None] = lambda args: None,
+                      extra: Callable[[argparse.Namespace], Callable | None] = lambda args: None
                       ) -> argparse.ArgumentParser:
     """``report``: the cross-site table and training curves (``weights``: the task's site weights from its own
-    options); returns the parser for those options."""
+    options; ``extra``: the scorer of further models from its own options, see
+    :func:`medflare.crosssite.report_command`); returns the parser for those options."""
 
     def run(args: argparse.Namespace) -> int:
         from .crosssite import report_command
 
         return report_command(args.path, task.report, weights=weights(args), markdown=args.markdown, out=args.out,
-                              plot=not args.no_plot)
+                              plot=not args.no_plot, extra=extra(args))
 
     rep = sub.add_parser("report", help="print the cross-site table from cross_val_results.json and plot training "
                                         "curves", description=description)

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from medcore.errors import UserError
 from medcore.files import atomic_path, claim_output_dir, write_csv, write_json, write_text
@@ -43,6 +43,8 @@ class ReportSpec:
         count_name: what those items are, for the report's heading ("test cases", "validation patches").
         split_name: the data the models were scored on ("testing splits").
         curves: TensorBoard scalars to plot: (tag, title, x-axis label).
+        distances: metrics shown after ``columns`` when every result has them (e.g. Hausdorff distances in mm:
+            non-negative, not bounded by 1, lower is better).
     """
 
     required: tuple[str, ...]
@@ -51,6 +53,7 @@ class ReportSpec:
     count_name: str
     split_name: str
     curves: tuple[tuple[str, str, str], ...] = ()
+    distances: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,12 +67,20 @@ class CrossSiteReport:
     weights: dict[str, float]
     weights_source: str
     average: dict[str, dict[str, float]]  # model -> column -> value
+    columns: tuple[str, ...]  # the spec's columns, then the distances every result has
+    extra_models: tuple[str, ...] = ()  # models outside the federation, scored by the report command
+
+    def format(self, column: str, value: float) -> str:
+        """A value as the report shows it: scores to 4 decimals, distances to 2."""
+        return f"{value:.2f}" if column in self.spec.distances else f"{value:.4f}"
 
     def title(self, model: str) -> str:
         if model == SERVER_FINAL:
             return "Global model at the end of federated training"
         if model == SERVER_BEST:
             return "Global best model selected via IntimeModelSelector"
+        if model in self.extra_models:
+            return f"Model {model!r} (not from this federation) scored on the same {self.spec.split_name}"
         return f"{model.capitalize()} best model selected via {model} local validation"
 
 
@@ -109,32 +120,40 @@ def load_results(path: str | Path, spec: ReportSpec) -> dict:
             if wrong:
                 raise ReportError(f"{path}: model {model!r} on site {site!r} has {wrong[0]} = {metrics[wrong[0]]!r}, "
                                   "outside [0, 1]")
+            negative = [c for c in spec.distances if isinstance(metrics.get(c), (int, float)) and metrics[c] < 0]
+            if negative:
+                raise ReportError(f"{path}: model {model!r} on site {site!r} has {negative[0]} = "
+                                  f"{metrics[negative[0]]!r}, a negative distance")
     return results
 
 
-def _model_order(models: set[str]) -> list[str]:
+def _model_order(models: set[str], extra: Sequence[str] = ()) -> list[str]:
     server = [m for m in (SERVER_FINAL, SERVER_BEST) if m in models]
-    return server + sorted(models - set(server))
+    return server + sorted(models - set(server) - set(extra)) + [m for m in extra if m in models]
 
 
 def build_report(results: Mapping[str, Mapping[str, Mapping[str, float]]], spec: ReportSpec,
-                 weights: Mapping[str, float] | None = None) -> CrossSiteReport:
+                 weights: Mapping[str, float] | None = None, extra_models: Sequence[str] = ()) -> CrossSiteReport:
     """Arrange results per model and compute the weighted cross-site average.
 
     Weights: ``weights`` if given (every site needs one), else each site's ``spec.count_key`` (must agree across
-    the models evaluated there), else equal weights.
+    the models evaluated there), else equal weights. ``extra_models``: models in ``results`` that did not come
+    from the federation (e.g. a centrally trained baseline), listed last.
     """
     sites = sorted(results)
-    models = _model_order({m for per_model in results.values() for m in per_model})
+    models = _model_order({m for per_model in results.values() for m in per_model}, extra_models)
+    distances = tuple(c for c in spec.distances
+                      if all(isinstance(m.get(c), (int, float)) for per in results.values() for m in per.values()))
+    columns = (*spec.columns, *distances)
     scores: dict[str, dict[str, dict[str, float]]] = {m: {} for m in models}
     for site in sites:
         for model, metrics in results[site].items():
-            values = {c: float(metrics[c]) for c in spec.required}
+            values = {c: float(metrics[c]) for c in (*spec.required, *distances)}
             for column in spec.columns:
                 if column not in values:
                     values[column] = float(metrics[column]) if column in metrics else \
                         sum(values[c] for c in spec.required) / len(spec.required)
-            scores[model][site] = {c: values[c] for c in spec.columns}
+            scores[model][site] = {c: values[c] for c in columns}
     if weights is not None:
         missing = [s for s in sites if s not in weights]
         if missing:
@@ -156,8 +175,8 @@ def build_report(results: Mapping[str, Mapping[str, Mapping[str, float]]], spec:
         present = [s for s in sites if s in scores[model]]
         total = sum(used[s] for s in present)
         average[model] = {c: (sum(scores[model][s][c] * used[s] for s in present) / total if total else math.nan)
-                          for c in spec.columns}
-    return CrossSiteReport(spec, models, sites, scores, used, source, average)
+                          for c in columns}
+    return CrossSiteReport(spec, models, sites, scores, used, source, average, columns, tuple(extra_models))
 
 
 def _rows(report: CrossSiteReport, model: str) -> list[tuple[str, dict[str, float]]]:
@@ -173,19 +192,19 @@ def format_text(report: CrossSiteReport) -> str:
     for model in report.models:
         lines.append(f"{report.title(model)} [{model}]:")
         for name, values in _rows(report, model):
-            lines.append(f"  {name + ':':8s}" + " ".join(f"{c}: {values[c]:.4f}" for c in report.spec.columns))
+            lines.append(f"  {name + ':':8s}" + " ".join(f"{c}: {report.format(c, values[c])}" for c in report.columns))
         lines.append("")
     return "\n".join(lines)
 
 
 def format_markdown(report: CrossSiteReport) -> str:
     """One Markdown table: a row per model and site (and AVE), a column per metric."""
-    columns = report.spec.columns
+    columns = report.columns
     out = ["| model | site | " + " | ".join(columns) + " |",
            "| --- | --- | " + " | ".join("---" for _ in columns) + " |"]
     for model in report.models:
         for name, values in _rows(report, model):
-            out.append(f"| {report.title(model)} | {name} | " + " | ".join(f"{values[c]:.4f}" for c in columns)
+            out.append(f"| {report.title(model)} | {name} | " + " | ".join(report.format(c, values[c]) for c in columns)
                        + " |")
     return "\n".join(out) + "\n"
 
@@ -193,7 +212,7 @@ def format_markdown(report: CrossSiteReport) -> str:
 def write_report(report: CrossSiteReport, out_dir: str | Path) -> dict[str, Path]:
     """Write ``report.txt``, ``report.md``, ``report.csv`` and ``report.json`` (atomically) to ``out_dir``."""
     out = Path(out_dir)
-    columns = report.spec.columns
+    columns = report.columns
     rows = []
     for model in report.models:
         for site in report.sites:
@@ -255,10 +274,25 @@ def plot_curves(path: str | Path, out_png: str | Path, curves: Sequence[tuple[st
 
 
 def report_command(path: str | Path, spec: ReportSpec, weights: Mapping[str, float] | None = None,
-                   markdown: bool = False, out: str | Path | None = None, plot: bool = True) -> int:
-    """The ``report`` sub-command of both tools: print the report; with ``out`` write its files and the curves."""
+                   markdown: bool = False, out: str | Path | None = None, plot: bool = True,
+                   extra: Callable[[Sequence[str]], Mapping[str, Mapping[str, Mapping[str, float]]]] | None = None
+                   ) -> int:
+    """The ``report`` sub-command of both tools: print the report; with ``out`` write its files and the curves.
+
+    ``extra``: given the results' sites, scores of further models ``{model: {site: metrics}}`` (e.g. a centrally
+    trained baseline scored on each site's data), added as rows of their own.
+    """
     results_path = find_results(path)
-    report = build_report(load_results(results_path, spec), spec, weights=weights)
+    results = load_results(results_path, spec)
+    added = dict(extra(sorted(results))) if extra else {}
+    for model, per_site in added.items():
+        clash = [site for site in per_site if model in results[site]]
+        if clash:
+            raise ReportError(f"{results_path}: a model named {model!r} is in the results already; name the extra "
+                              "model otherwise")
+        for site, metrics in per_site.items():
+            results[site][model] = dict(metrics)
+    report = build_report(results, spec, weights=weights, extra_models=list(added))
     print(format_markdown(report) if markdown else format_text(report))
     if out:
         claim_output_dir(out, "report", [f"report.{e}" for e in ("txt", "md", "csv", "json")] + ["training_curves.png"])

@@ -11,11 +11,14 @@ from __future__ import annotations
 import importlib
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from medcore.errors import UserError
 from medcore.files import atomic_directory, check_replaceable, mark_output, read_json, write_json
 from medcore.settings import Settings
+
+if TYPE_CHECKING:
+    from .algorithms import FederatedAlgorithm
 
 __all__ = ["SERVER_CONFIG", "CLIENT_CONFIG", "ship_code", "load_job_configs", "find_component", "set_resume",
            "write_job", "derive_job"]
@@ -141,7 +144,8 @@ def derive_job(out_dir: str | Path, template: str | Path, recipe: type[Settings]
                rounds: int | None = None, train: Mapping[str, Any] | None = None,
                learner_args: Mapping[str, Any] | None = None,
                model_args: Callable[[Settings], Mapping[str, Any]] = lambda config: {},
-               resume_from: str | None = None, sites: int | None = None) -> Path:
+               resume_from: str | None = None, sites: int | None = None,
+               algorithm: FederatedAlgorithm | None = None) -> Path:
     """Write a copy of job ``template`` to ``out_dir`` with overrides and return ``out_dir``.
 
     Args:
@@ -151,6 +155,8 @@ def derive_job(out_dir: str | Path, template: str | Path, recipe: type[Settings]
         model_args: the server persistor's model arguments for a recipe, so both sides build the same network
             (a :class:`~medflare.persistor.RecipeModelPersistor` also gets the merged ``train`` block).
         rounds, resume_from, sites: as in :func:`write_job`.
+        algorithm: a server optimiser and a privacy filter (:class:`~medflare.algorithms.FederatedAlgorithm`), or
+            ``None`` for the template's FedAvg.
     """
     template = Path(template)
     server, client = load_job_configs(template)
@@ -160,8 +166,13 @@ def derive_job(out_dir: str | Path, template: str | Path, recipe: type[Settings]
     learner["train"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in merged.items()}
     learner.update({k: v for k, v in (learner_args or {}).items() if v is not None})
     persistor = find_component(server, "persistor", template / SERVER_CONFIG)
-    persistor.setdefault("args", {}).setdefault("model", {}).setdefault("args", {}).update(model_args(config))
+    model = persistor.setdefault("args", {}).setdefault("model", {})
+    if isinstance(model, str):  # the model is a component of its own (a FedOpt job as the template)
+        model = find_component(server, model, template / SERVER_CONFIG)
+    model.setdefault("args", {}).update(model_args(config))
     if persistor.get("path") == RECIPE_PERSISTOR:  # the global models carry the sites' recipe
         persistor["args"]["train_conf"] = learner["train"]
+    if algorithm is not None:
+        algorithm.apply(server, client, template)
     return write_job(out_dir, template, server, client, packages, rounds=rounds, resume_from=resume_from,
                      sites=sites)

@@ -71,15 +71,20 @@ class EngineLearner(Learner):
         analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
         resume_from_job: id of an interrupted job whose local state (in this site's workspace) this run takes over,
             or ``""`` (:mod:`medflare.workflow`).
+        send_weight_diff: return a round's result as the change from the received global model (``WEIGHT_DIFF``)
+            instead of the weights themselves. FedOpt's server optimiser and the privacy filters work on changes;
+            the server's aggregator must expect the same kind (:mod:`medflare.algorithms` sets both).
     """
 
     key_metric = "val_metric"
     cross_site_split = "validation"
 
-    def __init__(self, analytic_sender_id: str = "analytic_sender", resume_from_job: str = "") -> None:
+    def __init__(self, analytic_sender_id: str = "analytic_sender", resume_from_job: str = "",
+                 send_weight_diff: bool = False) -> None:
         super().__init__()
         self.analytic_sender_id = analytic_sender_id
         self.resume_from_job = resume_from_job
+        self.send_weight_diff = bool(send_weight_diff)
         self.model: torch.nn.Module | None = None
         self.trainer: EpochTrainer | None = None
         self.local_epochs = 1
@@ -90,6 +95,11 @@ class EngineLearner(Learner):
 
     def score_split(self, split: str, abort_signal: Signal) -> dict:
         raise NotImplementedError
+
+    def score_cross_site(self, abort_signal: Signal) -> dict:
+        """What cross-site validation reports for a model: by default :meth:`score_split` on
+        :attr:`cross_site_split` (a subclass may add metrics too costly for every round's validation)."""
+        return self.score_split(self.cross_site_split, abort_signal)
 
     def key_score(self, summary: dict) -> float:
         """The :attr:`key_metric` value of a :meth:`score_split` summary."""
@@ -154,12 +164,14 @@ class EngineLearner(Learner):
         self.log_info(fl_ctx, f"took over the local state of job {self.resume_from_job} from {old_state_dir}")
 
     # -- weights in and out ------------------------------------------------------------------------------------
-    def _load_weights(self, data: Shareable) -> None:
+    def _load_weights(self, data: Shareable) -> dict[str, np.ndarray]:
+        """Load the task's model into ``self.model``; returns its weights as received."""
         dxo = from_shareable(data)
         if dxo.data_kind != DataKind.WEIGHTS:
             raise ValueError(f"expected model weights, got {dxo.data_kind}")
-        state = {k: torch.as_tensor(np.asarray(v)) for k, v in dxo.data.items()}
-        self.model.load_state_dict(state, strict=True)
+        received = {k: np.asarray(v) for k, v in dxo.data.items()}
+        self.model.load_state_dict({k: torch.as_tensor(v) for k, v in received.items()}, strict=True)
+        return received
 
     def _weights(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
@@ -190,7 +202,8 @@ class EngineLearner(Learner):
         self.log_info(fl_ctx, f"{self.site} timing: {task} {time.perf_counter() - start:.3f} s")
 
     def _train(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
-        self._load_weights(data)
+        received = self._load_weights(data)
+        self.trainer.set_anchor()  # FedProx pulls this round's local training towards the global model
         current_round = data.get_header(AppConstants.CURRENT_ROUND, 0)
         total_rounds = data.get_header(AppConstants.NUM_ROUNDS, 0)
         steps = 0
@@ -218,8 +231,10 @@ class EngineLearner(Learner):
                             self.key_metric: score, "train_conf": self.train_config()}, tmp)
             self.log_info(fl_ctx, f"new local best model ({self.key_metric} {self.best_metric:.4f})")
         self._save_state()
-        dxo = DXO(data_kind=DataKind.WEIGHTS, data=self._weights(), meta={MetaKey.NUM_STEPS_CURRENT_ROUND: steps})
-        return dxo.to_shareable()
+        weights, kind = self._weights(), DataKind.WEIGHTS
+        if self.send_weight_diff:
+            weights, kind = {k: v - received[k].astype(v.dtype) for k, v in weights.items()}, DataKind.WEIGHT_DIFF
+        return DXO(data_kind=kind, data=weights, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: steps}).to_shareable()
 
     def initial_metrics(self, summary: dict) -> dict[str, float]:
         """What goes to the server with a round's result (``initial_metrics``) and to TensorBoard."""
@@ -241,7 +256,7 @@ class EngineLearner(Learner):
                                   + self.format_scores(summary))
             return DXO(data_kind=DataKind.METRICS, data={MetaKey.INITIAL_METRICS: metrics}).to_shareable()
         if validate_type == ValidateType.MODEL_VALIDATE:
-            summary = self.score_split(self.cross_site_split, abort_signal)
+            summary = self.score_cross_site(abort_signal)
             if abort_signal.triggered:
                 return make_reply(ReturnCode.TASK_ABORTED)
             self.log_info(fl_ctx, f"model of {owner} on {self.site} {self.cross_site_split}: "

@@ -85,10 +85,11 @@ def load_round_checkpoint(path: str | Path) -> RoundCheckpoint:
 
 
 #: What this module relies on inside nvflare's ``ScatterAndGather`` (2.9), which has no public way to move the first
-#: round after start-up or to replace the global model: the attributes its ``__init__`` sets for the round range and
-#: the global model. Only the four accessor methods below touch them; ``tests/test_resume.py`` checks them against
-#: the pinned nvflare, so an upgrade that renames them fails there rather than in a federation.
-SCATTER_AND_GATHER_INTERNALS = ("_start_round", "_num_rounds", "_global_weights")
+#: round after start-up or to replace the global model: the attributes its ``__init__`` sets for the round range,
+#: the global model and the shareable generator (FedOpt's holds a model of its own). Only the accessor methods below
+#: touch them; ``tests/test_resume.py`` checks them against the pinned nvflare, so an upgrade that renames them fails
+#: there rather than in a federation.
+SCATTER_AND_GATHER_INTERNALS = ("_start_round", "_num_rounds", "_global_weights", "shareable_gen")
 
 
 class ResumableScatterAndGather(ScatterAndGather):
@@ -120,6 +121,9 @@ class ResumableScatterAndGather(ScatterAndGather):
 
     def _set_global_model(self, learnable) -> None:
         self._global_weights = learnable
+
+    def _generator(self):
+        return self.shareable_gen
 
     # ----------------------------------------------------------------------------------------------------------
     def _end_round(self) -> int:
@@ -162,6 +166,12 @@ class ResumableScatterAndGather(ScatterAndGather):
             if best_name and (old_dir / best_name).is_file():
                 with atomic_path(self._app_dir(fl_ctx, fl_ctx.get_job_id()) / best_name) as tmp:
                     shutil.copyfile(old_dir / best_name, tmp)
+        server_model = getattr(self._generator(), "model", None)
+        if isinstance(server_model, torch.nn.Module):
+            # FedOpt steps its own model object from round to round: it must hold the restored global model. Its
+            # optimiser state (Adam's moments, momentum) is not checkpointed and starts afresh.
+            server_model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in checkpoint.weights.items()})
+            self.log_warning(fl_ctx, "the server optimiser's state (moments, momentum) starts afresh on resume")
         selector = self._selector(fl_ctx)
         if selector is not None and hasattr(selector, "best_val_metric"):
             selector.best_val_metric = checkpoint.best_metric

@@ -26,7 +26,7 @@ from medcore.command import (add_compute_options, command_parser, existing_dir, 
                              number, output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
 from medcore.files import check_replaceable, claim_output_dir, input_files
-from medflare.cli import add_deploy_parser, add_make_job_parser, add_report_parser, add_ship_code_parser
+from medflare.cli import add_deploy_parser, add_make_job_parser, add_report_parser, add_ship_code_parser, job_overrides
 
 from .centres import CENTRES
 from .config import DEFAULT_TILE_OUTPUTS, TrainConfig
@@ -203,9 +203,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _make_job(args: argparse.Namespace) -> int:
     from .job import make_job
 
-    out = make_job(args.out, template=args.template, rounds=args.rounds, train=dict(args.set or []),
-                   data_root=args.data_root, patch_list=args.patch_list, resume_from=args.resume_from,
-                   sites=args.sites)
+    train, algorithm = job_overrides(args)
+    out = make_job(args.out, template=args.template, rounds=args.rounds, train=train, data_root=args.data_root,
+                   patch_list=args.patch_list, resume_from=args.resume_from, sites=args.sites, algorithm=algorithm)
     sites = args.sites or TASK.clients
     print(f"job written to {out}; run it with: nvflare simulator {out} -n {sites} -t {sites}")
     return 0

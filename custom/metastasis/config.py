@@ -30,6 +30,8 @@ class TrainConfig(Settings):
         lr, weight_decay: Novograd settings (the seed: lr 1e-3).
         epochs: epochs of a standalone run (``metastasis train``); under FLARE the server's rounds count instead.
         local_epochs: epochs per federated round (the seed's single-client job: 1).
+        fedprox_mu: FedProx's proximal weight ``mu`` (:class:`~medcore.training.EpochTrainer`): local training
+            minimises the loss plus ``mu / 2 * ||w - w_global||^2``; 0 (the default) is plain FedAvg training.
         amp: mixed precision (fp16 + grad scaler on CUDA, bf16 autocast on CPU), chosen automatically.
         augment: the seed's training augmentations (colour jitter, flips, 90-degree rotations, zoom, intensity
             scaling) and the HED jitter; off gives plain patches (for benchmarks).
@@ -53,6 +55,7 @@ class TrainConfig(Settings):
     weight_decay: float = setting(0.0, minimum=0)
     epochs: int = setting(20, minimum=1)
     local_epochs: int = setting(1, minimum=1)
+    fedprox_mu: float = setting(0.0, minimum=0)
     amp: bool = True
     augment: bool = True
     hed_jitter: float = setting(0.05, minimum=0, maximum=1)

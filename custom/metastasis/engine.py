@@ -4,9 +4,8 @@ the FLARE learner and the benchmarks all call these."""
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -14,9 +13,9 @@ from monai.data import DataLoader
 from monai.optimizers import Novograd
 
 from medcore.device import autocast, select_device
-from medcore.errors import UserError, first_line
-from medcore.files import (atomic_path, check_replaceable, claim_output_dir, first_line_is, load_torch, mark_output,
-                           write_csv, write_json)
+from medcore.errors import UserError
+from medcore.files import atomic_path, check_replaceable, first_line_is, write_csv
+from medcore.standalone import fit
 from medcore.training import EpochStats, EpochTrainer
 
 from .config import TrainConfig
@@ -63,7 +62,7 @@ class Trainer(EpochTrainer):
         device = device or select_device(config.device)
         optimizer = Novograd(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         super().__init__(model, optimizer, device, amp=config.amp, batch_size=config.batch_size,
-                         num_workers=config.num_workers, seed=config.seed)
+                         num_workers=config.num_workers, seed=config.seed, proximal_mu=config.fedprox_mu)
         self.config = config
         self.loss_fn = torch.nn.BCEWithLogitsLoss()
 
@@ -135,12 +134,6 @@ _HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_auc",
                    "val_specificity", "seconds", "patches_per_second", "data_wait_percent")
 
 
-def _write_history(out_dir: Path, history: Sequence[dict]) -> None:
-    write_json(out_dir / "metrics.json", list(history))
-    write_csv(out_dir / "metrics.csv", ([row.get(f, "") for f in _HISTORY_FIELDS] for row in history),
-              header=_HISTORY_FIELDS)
-
-
 def save_checkpoint(path: Path, model: torch.nn.Module, config: TrainConfig, **meta: float | int | str) -> Path:
     """``{"model": state_dict, "train_conf": recipe, **meta}``, written atomically."""
     with atomic_path(path) as tmp:
@@ -148,22 +141,14 @@ def save_checkpoint(path: Path, model: torch.nn.Module, config: TrainConfig, **m
     return path
 
 
-#: What :func:`train` writes into its folder (never over a user's files of these names).
+#: What :func:`train` marks its folder as (:mod:`medcore.standalone` lists the files).
 TRAINING_OUTPUT = "metastasis training run"
-TRAINING_FILES = ("best_model.pt", "last_model.pt", "trainer_state.pt", "metrics.csv", "metrics.json", "tensorboard")
 
 
 def train(patches: Mapping, config: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict:
-    """Standalone training: ``config.epochs`` epochs, validation after each, the best model kept.
-
-    Writes into ``out_dir``: ``best_model.pt`` (highest validation accuracy, ties: the earlier epoch),
-    ``last_model.pt``, ``trainer_state.pt`` (to resume), ``metrics.csv`` / ``metrics.json`` (one row per epoch)
-    and TensorBoard events under ``tensorboard/``. With ``resume``, a run with a ``trainer_state.pt`` continues
-    from it. Returns the best epoch's row.
-    """
-    from torch.utils.tensorboard import SummaryWriter
-
-    out_dir = Path(out_dir)
+    """Standalone training (:func:`medcore.standalone.fit`): ``config.epochs`` epochs, validation accuracy after
+    each deciding the best model; ``best_model.pt``, ``last_model.pt``, ``trainer_state.pt``, ``metrics.csv`` /
+    ``.json`` and TensorBoard events in ``out_dir``. Returns the best epoch's row."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = select_device(config.device)
@@ -173,51 +158,23 @@ def train(patches: Mapping, config: TrainConfig, out_dir: str | Path, resume: bo
         raise UserError(f"{patches.get('source', 'the patch list')}: training needs patches in both 'training' and "
                         "'validation'")
     trainer = Trainer(model, config, device)
-    history: list[dict] = []
-    state_path = out_dir / "trainer_state.pt"
-    if resume and state_path.is_file():
-        state = load_torch(state_path, "training state", map_location=device)
-        try:
-            model.load_state_dict(state["model"])
-            trainer.load_state_dict(state["trainer"])
-            history = list(state["history"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            raise UserError(f"{state_path}: not a training state of this recipe ({type(err).__name__}: "
-                            f"{first_line(err, empty='')}); pass --restart to start over, or "
-                            "choose another --out") from None
-        logger.info("resumed from %s after epoch %d", state_path, trainer.epochs)
-        mark_output(out_dir, TRAINING_OUTPUT)  # a state this recipe loads is this command's own output
-    else:
-        claim_output_dir(out_dir, TRAINING_OUTPUT, TRAINING_FILES)
-    best = max(history, key=lambda row: row["val_accuracy"], default=None)
-    writer = SummaryWriter(str(out_dir / "tensorboard"))
-    try:
-        while trainer.epochs < config.epochs:
-            stats = trainer.train_epoch(datasets["training"])
-            scores = evaluate(model, datasets["validation"], config, device)
-            row = {"epoch": trainer.epochs, "train_loss": stats.loss, "val_loss": scores["loss"],
-                   "val_accuracy": scores["accuracy"], "val_auc": scores["auc"],
-                   "val_sensitivity": scores["sensitivity"], "val_specificity": scores["specificity"],
-                   "seconds": stats.seconds, "patches_per_second": stats.samples / max(stats.seconds, 1e-9),
-                   "data_wait_percent": 100 * stats.data_seconds / max(stats.seconds, 1e-9)}
-            history.append(row)
-            for key in ("train_loss", "val_loss", "val_accuracy", "val_auc"):
-                if not math.isnan(row[key]):
-                    writer.add_scalar(key, row[key], trainer.epochs)
-            logger.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f, val AUC %.4f "
-                        "(%.1f patches/s, %.1f%% waiting for data)", trainer.epochs, config.epochs, stats.loss,
-                        scores["loss"], scores["accuracy"], scores["auc"], row["patches_per_second"],
-                        row["data_wait_percent"])
-            if best is None or row["val_accuracy"] > best["val_accuracy"]:
-                best = row
-                save_checkpoint(out_dir / "best_model.pt", model, config, epoch=trainer.epochs,
-                                val_accuracy=row["val_accuracy"], val_auc=row["val_auc"])
-                logger.info("new best model (val accuracy %.4f)", row["val_accuracy"])
-            save_checkpoint(out_dir / "last_model.pt", model, config, epoch=trainer.epochs,
-                            val_accuracy=row["val_accuracy"], val_auc=row["val_auc"])
-            with atomic_path(state_path) as tmp:
-                torch.save({"model": model.state_dict(), "trainer": trainer.state_dict(), "history": history}, tmp)
-            _write_history(out_dir, history)
-    finally:
-        writer.close()
-    return dict(best or {})
+
+    def run_epoch() -> dict:
+        stats = trainer.train_epoch(datasets["training"])
+        scores = evaluate(model, datasets["validation"], config, device)
+        return {"epoch": trainer.epochs, "train_loss": stats.loss, "val_loss": scores["loss"],
+                "val_accuracy": scores["accuracy"], "val_auc": scores["auc"],
+                "val_sensitivity": scores["sensitivity"], "val_specificity": scores["specificity"],
+                "seconds": stats.seconds, "patches_per_second": stats.samples / max(stats.seconds, 1e-9),
+                "data_wait_percent": 100 * stats.data_seconds / max(stats.seconds, 1e-9)}
+
+    def describe(row: dict) -> str:
+        return (f"train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, val accuracy "
+                f"{row['val_accuracy']:.4f}, val AUC {row['val_auc']:.4f} ({row['patches_per_second']:.1f} "
+                f"patches/s, {row['data_wait_percent']:.1f}% waiting for data)")
+
+    return fit(trainer, config.epochs, run_epoch, out_dir, key="val_accuracy",
+               save_model=lambda path, row: save_checkpoint(path, model, config, epoch=row["epoch"],
+                                                            val_accuracy=row["val_accuracy"], val_auc=row["val_auc"]),
+               fields=_HISTORY_FIELDS, output=TRAINING_OUTPUT,
+               scalars=("train_loss", "val_loss", "val_accuracy", "val_auc"), describe=describe, resume=resume)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from medflare.algorithms import FederatedAlgorithm
 from medflare.jobs import derive_job
 
 from .task import TASK
@@ -17,7 +18,8 @@ __all__ = ["make_job"]
 
 def make_job(out_dir: str | Path, template: str | Path | None = None, rounds: int | None = None,
              train: Mapping[str, Any] | None = None, data_root: str | None = None,
-             patch_list: str | None = None, resume_from: str | None = None, sites: int | None = None) -> Path:
+             patch_list: str | None = None, resume_from: str | None = None, sites: int | None = None,
+             algorithm: FederatedAlgorithm | None = None) -> Path:
     """Write a copy of ``template`` (default: the committed job) to ``out_dir`` with the given overrides.
 
     Args:
@@ -31,8 +33,10 @@ def make_job(out_dir: str | Path, template: str | Path | None = None, rounds: in
             the server's models on every site's validation patches.
         resume_from: id of an interrupted run of this job to go on from (same server and site workspaces;
             :mod:`medflare.workflow`).
+        algorithm: FedOpt's server optimiser and a privacy filter (:class:`medflare.algorithms.FederatedAlgorithm`;
+            FedProx is the recipe's ``fedprox_mu``), or ``None`` for FedAvg.
     """
     return derive_job(out_dir, template or TASK.job_template(), TASK.recipe, TASK.packages, rounds=rounds,
                       train=train, learner_args={"data_root": data_root, "patch_list": patch_list},
                       model_args=lambda config: {"patch_size": config.patch_size}, resume_from=resume_from,
-                      sites=sites)
+                      sites=sites, algorithm=algorithm)

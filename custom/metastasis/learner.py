@@ -38,6 +38,8 @@ class MetastasisLearner(EngineLearner):
             path is resolved on the site (environment variables expanded).
         analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
         resume_from_job: id of an interrupted job whose local state this run takes over (:mod:`medflare.workflow`).
+        send_weight_diff: send a round's result as the change from the global model (for FedOpt and the privacy
+            filters, :mod:`medflare.algorithms`).
     """
 
     key_metric = KEY_METRIC
@@ -45,8 +47,9 @@ class MetastasisLearner(EngineLearner):
 
     def __init__(self, data_root: str = "$CAMELYON_DATA_ROOT", patch_list: str = "$CAMELYON_DATA_ROOT/patches.json",
                  train: Mapping[str, Any] | None = None, analytic_sender_id: str = "analytic_sender",
-                 resume_from_job: str = "") -> None:
-        super().__init__(analytic_sender_id, resume_from_job)
+                 resume_from_job: str = "",
+                 send_weight_diff: bool = False) -> None:
+        super().__init__(analytic_sender_id, resume_from_job, send_weight_diff)
         self.data_root = data_root
         self.patch_list = patch_list
         self.config = TrainConfig.from_dict(train)

@@ -1,0 +1,152 @@
+"""Federated algorithms beyond FedAvg, as rewrites of a job's two configuration files (FLARE's classic format).
+
+* **FedProx** (Li et al. 2020) is client-side: the recipe's ``fedprox_mu`` adds ``mu / 2 * ||w - w_global||^2`` to
+  the local loss (:class:`medcore.training.EpochTrainer`); nothing changes on the server.
+* **FedOpt** (Reddi et al. 2021): the server treats the sites' averaged change as a pseudo-gradient and applies an
+  optimiser to the global model: Adam (``adam``, FedAdam) or SGD with momentum (``avgm``, FedAvgM, Hsu et al.
+  2019). nvflare's ``PTFedOptModelShareableGenerator`` does the step; the optimiser acts on the trainable
+  parameters, buffers (batch-norm statistics) are averaged as in FedAvg.
+* **Privacy filters** on the sites' results (nvflare's ``SVTPrivacy``, the sparse vector technique, and
+  ``PercentilePrivacy``, Shokri and Shmatikov 2015): each site's update is sparsified, clipped and (SVT) noised
+  before it leaves the site. This protects the update a site sends, round by round. It is not sample-level
+  differential privacy of the training: no accounting over rounds bounds what a model reveals about one case.
+
+FedOpt and the filters work on changes of the weights, not the weights themselves: the job then
+makes the sites send ``WEIGHT_DIFF`` (the learner's ``send_weight_diff``) and the aggregator expect it.
+:meth:`FederatedAlgorithm.apply` rewrites the configurations; ``make-job`` of both tools calls it through
+:func:`medflare.jobs.derive_job`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import Any, Mapping
+
+from medcore.errors import UserError
+
+from .jobs import CLIENT_CONFIG, SERVER_CONFIG, find_component
+
+__all__ = ["SERVER_OPTIMIZERS", "PRIVACY_FILTERS", "MODEL_ID", "FederatedAlgorithm", "privacy_filter_class"]
+
+#: Server optimisers for FedOpt: torch optimiser, its default arguments. Adam's betas and epsilon are Reddi et al.'s
+#: (beta2 0.99, tau 1e-3 is their adaptivity floor); FedAvgM's momentum and lr are NVFlare's FedOpt example's.
+SERVER_OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "adam": ("torch.optim.Adam", {"lr": 1e-3, "betas": [0.9, 0.99], "eps": 1e-3}),
+    "avgm": ("torch.optim.SGD", {"lr": 1.0, "momentum": 0.6}),
+}
+
+#: Privacy filters: nvflare class, default arguments. SVT's are those of NVFlare's BraTS 2018 example (fraction 0.9,
+#: epsilon 0.001, noise_var 1.0, gamma 1e-4; tau stays nvflare's 1e-6); the percentile filter's are nvflare's.
+PRIVACY_FILTERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "svt": ("nvflare.app_common.filters.svt_privacy.SVTPrivacy",
+            {"fraction": 0.9, "epsilon": 0.001, "noise_var": 1.0, "gamma": 1e-4}),
+    "percentile": ("nvflare.app_common.filters.percentile_privacy.PercentilePrivacy",
+                   {"percentile": 10, "gamma": 0.01}),
+}
+
+_FEDOPT_GENERATOR = "nvflare.app_opt.pt.fedopt.PTFedOptModelShareableGenerator"
+#: Id of the server's model component that the persistor and the FedOpt optimiser share.
+MODEL_ID = "model"
+
+
+def privacy_filter_class(kind: str) -> type:
+    """The nvflare filter class of a :data:`PRIVACY_FILTERS` kind."""
+    import importlib
+
+    module, _, name = PRIVACY_FILTERS[kind][0].rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclasses.dataclass(frozen=True)
+class FederatedAlgorithm:
+    """The server optimiser and the sites' privacy filter of a job (FedProx lives in the recipe).
+
+    Attributes:
+        server_opt: ``""`` (FedAvg: the global model is the sites' weighted average) or a :data:`SERVER_OPTIMIZERS`
+            key.
+        server_lr, server_momentum: the server optimiser's learning rate and (``avgm``) momentum; ``None`` keeps
+            the defaults of :data:`SERVER_OPTIMIZERS`.
+        privacy: ``""`` or a :data:`PRIVACY_FILTERS` key.
+        privacy_args: the filter's arguments to change (names as in the nvflare class).
+    """
+
+    server_opt: str = ""
+    server_lr: float | None = None
+    server_momentum: float | None = None
+    privacy: str = ""
+    privacy_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.server_opt and self.server_opt not in SERVER_OPTIMIZERS:
+            raise UserError(f"server optimiser {self.server_opt!r}: expected one of {sorted(SERVER_OPTIMIZERS)}")
+        if self.server_lr is not None and not self.server_lr > 0:
+            raise UserError(f"server learning rate must be > 0, got {self.server_lr}")
+        if self.server_momentum is not None and not 0 <= self.server_momentum < 1:
+            raise UserError(f"server momentum must be >= 0 and < 1, got {self.server_momentum}")
+        if (self.server_lr is not None or self.server_momentum is not None) and not self.server_opt:
+            raise UserError("a server learning rate or momentum needs a server optimiser (--server-opt)")
+        if self.server_momentum is not None and self.server_opt != "avgm":
+            raise UserError(f"server momentum applies to avgm, not {self.server_opt}")
+        if self.privacy and self.privacy not in PRIVACY_FILTERS:
+            raise UserError(f"privacy filter {self.privacy!r}: expected one of {sorted(PRIVACY_FILTERS)}")
+        if self.privacy_args and not self.privacy:
+            raise UserError("privacy filter settings need a filter (--privacy)")
+        if self.privacy_args:
+            accepted = set(inspect.signature(privacy_filter_class(self.privacy).__init__).parameters) - {
+                "self", "data_kinds"}
+            unknown = sorted(set(self.privacy_args) - accepted)
+            if unknown:
+                raise UserError(f"privacy filter {self.privacy}: unknown setting(s) {unknown}; known: "
+                                f"{sorted(accepted)}")
+
+    @property
+    def sends_weight_diff(self) -> bool:
+        return bool(self.server_opt or self.privacy)
+
+    def optimizer(self) -> dict[str, Any]:
+        """The FedOpt ``optimizer_args`` (``{"path": ..., "args": ..., "config_type": "dict"}``: FLARE's configuration
+        reader would build a nested ``path`` entry itself, without the ``params`` the generator adds)."""
+        path, defaults = SERVER_OPTIMIZERS[self.server_opt]
+        args = dict(defaults)
+        if self.server_lr is not None:
+            args["lr"] = float(self.server_lr)
+        if self.server_momentum is not None:
+            args["momentum"] = float(self.server_momentum)
+        return {"path": path, "args": args, "config_type": "dict"}
+
+    def privacy_filter(self) -> dict[str, Any]:
+        """The filter component (``{"path": ..., "args": ...}``)."""
+        path, defaults = PRIVACY_FILTERS[self.privacy]
+        return {"path": path, "args": {**defaults, **dict(self.privacy_args)}}
+
+    def apply(self, server: dict, client: dict, job_dir: str | Path) -> None:
+        """Rewrite a job's server and client configurations (in place) for this algorithm.
+
+        The server's ``persistor``, ``shareable_generator`` and ``aggregator`` and the client's ``learner`` must
+        exist (``job_dir`` names the job in errors).
+        """
+        job_dir = Path(job_dir)
+        server_file, client_file = job_dir / SERVER_CONFIG, job_dir / CLIENT_CONFIG
+        if self.sends_weight_diff:
+            find_component(client, "learner", client_file).setdefault("args", {})["send_weight_diff"] = True
+            find_component(server, "aggregator", server_file).setdefault("args", {})["expected_data_kind"] = \
+                "WEIGHT_DIFF"
+        if self.server_opt:
+            persistor = find_component(server, "persistor", server_file).setdefault("args", {})
+            model = persistor.get("model")
+            if isinstance(model, dict):  # one model object for the persistor and the server optimiser
+                server["components"].insert(0, {"id": MODEL_ID, **model})
+                persistor["model"] = MODEL_ID
+            elif model != MODEL_ID:
+                raise UserError(f"{server_file}: the persistor's model is {model!r}; FedOpt needs it as a "
+                                f"{{'path', 'args'}} entry or the component id {MODEL_ID!r}")
+            generator = find_component(server, "shareable_generator", server_file)
+            generator["path"] = _FEDOPT_GENERATOR
+            generator["args"] = {"optimizer_args": self.optimizer(), "source_model": MODEL_ID}
+        if self.privacy:  # replaces a privacy filter the template had
+            ours = {path for path, _ in PRIVACY_FILTERS.values()}
+            chains = [c for c in client.get("task_result_filters", [])
+                      if not any(f.get("path") in ours for f in c.get("filters", []))]
+            client["task_result_filters"] = chains + [{"tasks": ["train"], "filters": [self.privacy_filter()]}]

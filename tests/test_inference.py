@@ -71,7 +71,8 @@ def test_stain_normalisation_applies_the_slides_vectors_alike_in_both_modes(slid
     tiled, info = probability_map(path, model, 64, tissue, "tiled", amp=False, tile_outputs=6,
                                   stain_normalization="macenko")
     patch, _ = probability_map(path, model, 64, tissue, "patch", amp=False, stain_normalization="macenko")
-    assert np.abs(tiled - patch).max() < 1e-5 and np.abs(tiled - plain).max() > 1e-3
+    # float32 arithmetic on differently shaped reads: seen up to 1.2e-5 apart under load, 100x below the effect.
+    assert np.abs(tiled - patch).max() < 5e-5 and np.abs(tiled - plain).max() > 1e-3
     assert info["stain_normalization"] == "macenko" and len(info["stain_vectors"]["he"]) == 3
     assert info["stain_seconds"] >= 0
     with pytest.raises(ValueError, match="stain_normalization must be one of"):
@@ -104,6 +105,18 @@ def test_bad_requests(slide_and_tissue):
         probability_map(path, WindowMean(), 48, tissue, "tiled")
     with pytest.raises(ValueError, match="mode must be one of"):
         probability_map(path, WindowMean(), 32, tissue, "fast")
+
+
+def test_default_tile_keeps_its_pixels_at_any_stride(slide_and_tissue):
+    """The default tile is the measured 2240-pixel one at every stride: its memory is that of its pixels."""
+    from metastasis.config import DEFAULT_TILE_PIXELS, default_tile_outputs
+
+    assert DEFAULT_TILE_PIXELS == 2240
+    assert [default_tile_outputs(s) for s in (32, 64, 128, 4096)] == [64, 32, 16, 1]
+    assert default_tile_outputs(32, patch_size=448) == 57  # 448 + 32 x 56 = 2240
+    path, tissue = slide_and_tissue
+    _, info = probability_map(path, WindowMean(), 64, tissue, "tiled", amp=False)
+    assert info["tile_outputs"] == default_tile_outputs(64, patch_size=64) == 35  # 64 + 64 x 34 = 2240
 
 
 def test_folder_is_resumable_and_outputs_are_complete(camelyon_root, tmp_path, caplog):

@@ -29,7 +29,7 @@ from medcore.files import check_replaceable, claim_output_dir, input_files
 from medflare.cli import add_deploy_parser, add_make_job_parser, add_report_parser, add_ship_code_parser, job_overrides
 
 from .centres import CENTRES
-from .config import DEFAULT_TILE_OUTPUTS, TrainConfig
+from .config import DEFAULT_TILE_OUTPUTS, DEFAULT_TILE_PIXELS, TrainConfig, default_tile_outputs
 from .task import TASK
 
 _SETTINGS_HELP = (f"training setting ({', '.join(f.name for f in dataclasses.fields(TrainConfig))}; see "
@@ -376,9 +376,10 @@ def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
     infer.add_argument("--mode", choices=("tiled", "patch"), default="tiled",
                        help="tiled: fully convolutional tiles sharing computation; patch: every window on its own "
                             "(default: tiled)")
-    infer.add_argument("--tile-outputs", type=number(int, minimum=1), default=DEFAULT_TILE_OUTPUTS,
-                       help="tiled mode: map pixels per tile side at most (tile = patch + 32 (T - 1) pixels; memory "
-                            f"grows with it; default: {DEFAULT_TILE_OUTPUTS})")
+    infer.add_argument("--tile-outputs", type=number(int, minimum=1),
+                       help="tiled mode: map pixels per tile side at most (tile = patch + stride x (T - 1) pixels; "
+                            f"memory grows with it; default: as many as fit {DEFAULT_TILE_PIXELS} pixels, "
+                            f"{DEFAULT_TILE_OUTPUTS} at stride 32, {default_tile_outputs(64)} at stride 64)")
     infer.add_argument("--batch-size", type=number(int, minimum=1), default=32,
                        help="patch mode: windows per batch (default: 32)")
     infer.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")

@@ -9,7 +9,7 @@ from medcore.device import check_device_name
 from medcore.errors import SettingError
 from medcore.settings import Settings, setting
 
-__all__ = ["TrainConfig", "DEFAULT_TILE_OUTPUTS", "STAIN_NORMALIZATIONS"]
+__all__ = ["TrainConfig", "DEFAULT_TILE_OUTPUTS", "DEFAULT_TILE_PIXELS", "default_tile_outputs", "STAIN_NORMALIZATIONS"]
 
 
 #: Values of the recipe's ``stain_normalization``.
@@ -73,6 +73,17 @@ class TrainConfig(Settings):
             raise SettingError(f"setting patch_size: must be a positive multiple of 32, got {self.patch_size}")
 
 
-#: Map pixels per tile side in whole-slide inference's tiled mode. Measured on CPU over a 12k x 16k slide: 64
-#: (2240-pixel tiles) peaked at 1.17 GB, 96 at 1.5 GB for 1% fewer pixels read, 48 reads 4% more.
+#: Map pixels per tile side in whole-slide inference's tiled mode at stride 32 with 224-pixel patches. Measured on CPU
+#: over a 12k x 16k slide: 64 (2240-pixel tiles) peaked at 1.17 GB, 96 at 1.5 GB for 1% fewer pixels read, 48 reads
+#: 4% more.
 DEFAULT_TILE_OUTPUTS = 64
+#: The level-0 side of that tile. A tile's memory is that of its pixels (the network's activations grow with them),
+#: so other strides and patch sizes get as many outputs as fit this side (:func:`default_tile_outputs`): at stride 64,
+#: 64 outputs would make 4256-pixel tiles, and the 100k x 200k slide's map peaked at 2.7 GB with them.
+DEFAULT_TILE_PIXELS = 224 + 32 * (DEFAULT_TILE_OUTPUTS - 1)
+
+
+def default_tile_outputs(stride: int, patch_size: int = 224) -> int:
+    """Map pixels per tile side whose tile (``patch_size + stride * (n - 1)`` pixels) fits :data:`DEFAULT_TILE_PIXELS`
+    (at least 1): 64 at stride 32, 32 at stride 64, with 224-pixel patches."""
+    return max(1, 1 + (DEFAULT_TILE_PIXELS - patch_size) // stride)

@@ -49,7 +49,7 @@ from medcore.files import atomic_path, claim_output_dir, read_json, write_json
 from medcore.memory import release_free_memory
 from medcore.progress import Progress
 
-from .config import DEFAULT_TILE_OUTPUTS, STAIN_NORMALIZATIONS
+from .config import STAIN_NORMALIZATIONS, default_tile_outputs
 from .model import OUTPUT_STRIDE, PatchClassifier, fold_batchnorm
 from .slide import Slide, open_slide, opened, read_rgb
 from .stain import StainNormalizer, slide_stain_vectors
@@ -282,7 +282,7 @@ def _tiled_mode(run: _MapRun, tile_outputs: int) -> np.ndarray:
 
 def probability_map(slide: str | Path | Slide, model: PatchClassifier, stride: int = 32,
                     tissue: TissueMask | None = None, mode: str = "tiled", device: torch.device | None = None,
-                    amp: bool = True, tile_outputs: int = DEFAULT_TILE_OUTPUTS, batch_size: int = 32,
+                    amp: bool = True, tile_outputs: int | None = None, batch_size: int = 32,
                     stain_normalization: str = "none",
                     on_progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[np.ndarray, dict]:
     """The tumour probability map of one slide and its description (geometry, mode, counts).
@@ -290,8 +290,9 @@ def probability_map(slide: str | Path | Slide, model: PatchClassifier, stride: i
     Args:
         slide: a slide file, or an open :class:`~metastasis.slide.Slide` (whose thumbnail the tissue mask reuses).
         tissue: the slide's tissue mask; computed (1/32) when not given.
-        mode: ``tiled`` (fully convolutional tiles of ``tile_outputs`` x ``tile_outputs`` outputs) or ``patch``
-            (``batch_size`` windows at a time).
+        mode: ``tiled`` (fully convolutional tiles of ``tile_outputs`` x ``tile_outputs`` outputs; ``None``: as
+            many as fit the measured default tile of 2240 pixels, :func:`~metastasis.config.default_tile_outputs`)
+            or ``patch`` (``batch_size`` windows at a time).
         stain_normalization: the recipe's (``none`` or ``macenko``: pixels normalised with the slide's stain
             vectors, estimated once, as in training; the vectors go into the description).
         on_progress: called with (units done, units total) after each tile or batch.
@@ -303,6 +304,8 @@ def probability_map(slide: str | Path | Slide, model: PatchClassifier, stride: i
     if stride < 1 or mode == "tiled" and stride % OUTPUT_STRIDE:
         raise UserError(f"the tiled mode needs a stride that is a multiple of {OUTPUT_STRIDE}, got {stride} "
                          "(use mode 'patch' for other strides)")
+    if tile_outputs is None:
+        tile_outputs = default_tile_outputs(stride, model.patch_size)
     if tile_outputs < 1 or batch_size < 1:
         raise UserError("tile_outputs and batch_size must be positive")
     device = device or next(model.parameters()).device
@@ -402,7 +405,7 @@ def write_heatmap(slide: str | Path | Slide, probs: np.ndarray, stride: int, pat
 
 def infer_slides(slides: Sequence[str | Path], model: PatchClassifier, out_dir: str | Path, stride: int = 32,
                  mask_dir: str | Path | None = None, mode: str = "tiled", device: torch.device | None = None,
-                 amp: bool = True, tile_outputs: int = DEFAULT_TILE_OUTPUTS, batch_size: int = 32,
+                 amp: bool = True, tile_outputs: int | None = None, batch_size: int = 32,
                  overwrite: bool = False, checkpoint: str = "", stain_normalization: str = "none") -> list[Path]:
     """Probability maps of a folder's worth of slides, resumable: a slide whose JSON exists is skipped.
 

@@ -68,7 +68,8 @@ def main() -> int:
              f"| HD95 on the masks' bounding box (brats_fl.metrics.hd95) | {per_case['bounding_box_s']:.2f} |",
              f"| Dice, for comparison | {per_case['dice_s']:.3f} |", "",
              "Both HD95 computations gave the same distances on every region. Per region:", "",
-             "| case | region | voxels | HD95 mm | whole volume s | bounding box s |", "| --- | --- | --- | --- | --- | --- |"]
+             "| case | region | voxels | HD95 mm | whole volume s | bounding box s |",
+             "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['case']} | {r['region']} | {r['voxels']} | {r['hd95_mm']:.2f} | {r['whole_volume_s']:.2f} | "
               f"{r['bounding_box_s']:.3f} |" for r in rows]
     (RESULTS / "hd95_cost.md").write_text("\n".join(lines) + "\n")

@@ -15,6 +15,7 @@ from brats_fl import cli
 from brats_fl.datalist import write_datalists
 from brats_fl.job import make_job
 from brats_fl.task import TASK
+from medflare.algorithms import FederatedAlgorithm
 from medflare.deploy import DeploymentError, Federation, Kits, poc_kits
 from medflare.workflow import CHECKPOINT_NAME, load_round_checkpoint
 
@@ -40,11 +41,11 @@ def _running(pattern: str) -> list[str]:
     return [line for line in out.splitlines() if pattern in line and "ps -eo" not in line]
 
 
-def _tiny_job(brats_root, tmp_path, rounds=2, name="job", resume_from=None):
+def _tiny_job(brats_root, tmp_path, rounds=2, name="job", resume_from=None, algorithm=None, **train):
     lists = write_datalists(brats_root, tmp_path / "lists")
     return make_job(tmp_path / name, rounds=rounds, data_root=str(brats_root), datalist_dir=str(lists["site-1"].parent),
-                    train={"crop": list(TINY_BRATS_SHAPE), "num_workers": 0, "num_threads": 1},
-                    resume_from=resume_from)
+                    train={"crop": list(TINY_BRATS_SHAPE), "num_workers": 0, "num_threads": 1, **train},
+                    resume_from=resume_from, algorithm=algorithm)
 
 
 def _wait_for(path: Path, text: str, timeout: float) -> None:
@@ -126,7 +127,10 @@ def test_poc_loop_and_a_failing_job(brats_root, tmp_path):
 
 @pytest.mark.slow
 def test_provisioned_tls_deployment_from_the_command_line(brats_root, tmp_path, capsys):
-    job = _tiny_job(brats_root, tmp_path)
+    """Provisioned mutual-TLS kits with the class allow-list of a real deployment, and a job that uses every
+    federated variant at once: FedProx on the sites, FedAdam on the server, the SVT filter on the sites' updates."""
+    job = _tiny_job(brats_root, tmp_path, fedprox_mu=0.01,
+                    algorithm=FederatedAlgorithm(server_opt="adam", privacy="svt"))
     workspace = tmp_path / "kits"
     assert cli.main(["deploy", str(job), "--kits", "provision", "--project", str(_project(tmp_path)),
                      "--workspace", str(workspace), "--timeout", "600", "--out", str(tmp_path / "report")]) == 0
@@ -135,6 +139,8 @@ def test_provisioned_tls_deployment_from_the_command_line(brats_root, tmp_path, 
     assert (tmp_path / "report/report.csv").is_file()
     server = json.loads(next(workspace.rglob("localhost/startup/fed_server.json")).read_text())["servers"][0]
     assert server["connection_security"] == "mtls"
+    logs = "".join(p.read_text(errors="replace") for p in workspace.rglob("log.txt"))
+    assert "SVT acceptance completed" in logs and "FedOpt (torch.optim.Adam" in logs
     assert _running(str(workspace)) == []
 
 

@@ -2,9 +2,8 @@
 best model) around the plain-Python SegResNet engine.
 
 Cross-site validation scores every model on the site's ``testing`` split (Dice and Hausdorff 95 distance per
-region); the server selects the global best
-model on ``val_dice``, the mean Dice over TC, WT and ET of the received global model on the site's validation
-split.
+region); the server selects the global best model on ``val_dice``, the mean Dice over TC, WT and ET of the received
+global model on the site's validation split.
 """
 
 from __future__ import annotations

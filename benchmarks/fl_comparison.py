@@ -1,0 +1,185 @@
+"""Benchmark: central training against FedAvg, FedProx, FedOpt and FedAvg with the SVT privacy filter, on the same
+data and budget, the way NVFlare's BraTS 2018 example compares central, FedAvg and FedAvg + SVT.
+
+Data: the demo's (``make demo``: 28 HGG + 28 LGG synthetic cases of 96x96x64, site-1 HGG, site-2 LGG, the seed's
+split proportions). Recipe: the demo's (whole-volume crop, lr 5e-4, one PyTorch thread per site). Each federated
+run is ``brats-fl make-job`` with its options and ``nvflare simulator -n 2 -t 2`` for ROUNDS rounds of one local
+epoch; central training is ``brats-fl train`` on the pooled training splits for ROUNDS epochs with 2 threads (one
+epoch stands for one round, the same number of passes over every case and the same cores).
+
+Every run is scored the same way: its best model (the global best by in-time selection, or central training's best
+validation epoch) on each site's testing split, the sites averaged weighted by their test cases (the cross-site
+report's AVE). Per run the results keep per-site and AVE TC/WT/ET/mean Dice and HD95, ``ave_mean_dice``, the wall
+time and the curves PNG.
+
+Run: .venv/bin/python benchmarks/fl_comparison.py --work DIR [--rounds 12] [--seeds 0 1] [--runs ...]
+(about 8 minutes per run at 12 rounds on 2 cores). Runs already done in DIR are kept and skipped. Writes
+benchmarks/results/fl_comparison.json and .md, and the curves under benchmarks/results/fl_comparison/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BIN = Path(sys.executable).parent
+DEMO = {"hgg": 28, "lgg": 28, "shape": [96, 96, 64]}
+SETTINGS = ["--set", "num_workers=0", "--set", "num_threads=1", "--set", "lr=5e-4"]
+#: Run name -> make-job options (central: none, it is not a federation).
+RUNS: dict[str, list[str]] = {
+    "central": [],
+    "fedavg": [],
+    "fedprox": ["--fedprox-mu", "0.01"],
+    "fedopt": ["--server-opt", "avgm"],
+    "fedavg_svt": ["--privacy", "svt"],
+}
+SERVER_BEST = "SRV_best_FL_global_model.pt"
+
+
+def _run(cmd: list[str], log: Path) -> float:
+    """Run a command with its output in ``log``; returns its wall time (raises with the log's tail on failure)."""
+    start = time.perf_counter()
+    with log.open("w") as out:
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+    seconds = time.perf_counter() - start
+    if code:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({code}); last lines of {log}:\n"
+                           + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
+    return seconds
+
+
+def _data(work: Path) -> Path:
+    root = work / "brats"
+    if not (root / "datalists").is_dir():
+        _run([str(BIN / "brats-fl"), "make-data", "--out", str(root), "--hgg", str(DEMO["hgg"]), "--lgg",
+              str(DEMO["lgg"]), "--shape", *map(str, DEMO["shape"])], work / "make_data.log")
+        _run([str(BIN / "brats-fl"), "datalist", str(root)], work / "datalist.log")
+    return root
+
+
+def _scores(report_json: Path, model: str) -> dict:
+    report = json.loads(report_json.read_text())["models"][model]
+    return {"sites": report["sites"], "ave": report["AVE"], "ave_mean_dice": report["AVE"]["mean"]}
+
+
+def federated(name: str, options: list[str], root: Path, run_dir: Path, rounds: int, seed: int) -> dict:
+    job, ws = run_dir / "job", run_dir / "simulation"
+    _run([str(BIN / "brats-fl"), "make-job", "--out", str(job), "--rounds", str(rounds), "--crop",
+          *map(str, DEMO["shape"]), "--data-root", str(root), "--datalist-dir", str(root / "datalists"),
+          *SETTINGS, "--set", f"seed={seed}", *options], run_dir / "make_job.log")
+    shutil.rmtree(ws, ignore_errors=True)
+    seconds = _run([str(BIN / "nvflare"), "simulator", str(job), "-w", str(ws), "-n", "2", "-t", "2"],
+                   run_dir / "simulator.log")
+    _run([str(BIN / "brats-fl"), "report", str(ws), "--out", str(run_dir / "report")], run_dir / "report.log")
+    return {**_scores(run_dir / "report/report.json", SERVER_BEST), "seconds": round(seconds, 1),
+            "model": SERVER_BEST, "options": options, "curves": run_dir / "report/training_curves.png"}
+
+
+def central(root: Path, run_dir: Path, rounds: int, seed: int, fedavg_dir: Path) -> dict:
+    """Pooled training, then its best model scored as an extra row of the FedAvg run's report (the same sites,
+    splits and weights)."""
+    lists = sorted((root / "datalists").glob("seg_brats18_datalist_client_*.json"))
+    seconds = _run([str(BIN / "brats-fl"), "train", "--datalist", *map(str, lists), "--data-root", str(root),
+                    "--out", str(run_dir / "train"), "--epochs", str(rounds), "--set",
+                    f"crop={json.dumps(DEMO['shape'])}", "--set", "num_workers=0", "--set", "num_threads=2",
+                    "--set", "lr=5e-4", "--set", f"seed={seed}"], run_dir / "train.log")
+    _run([str(BIN / "brats-fl"), "report", str(fedavg_dir / "simulation"), "--extra",
+          f"central={run_dir / 'train/best_model.pt'}", "--data-root", str(root), "--out", str(run_dir / "report"),
+          "--no-plot"], run_dir / "report.log")
+    return {**_scores(run_dir / "report/report.json", "central"), "seconds": round(seconds, 1),
+            "model": "train/best_model.pt", "options": [], "curves": central_curves(run_dir)}
+
+
+def central_curves(run_dir: Path) -> Path | None:
+    """The central run's TensorBoard scalars plotted like a federation's (one "site" named central)."""
+    from brats_fl.report import BRATS_REPORT
+    from medflare.crosssite import plot_curves
+
+    events = run_dir / "curves/tb_events"
+    events.mkdir(parents=True, exist_ok=True)
+    if not (events / "central").exists():
+        (events / "central").symlink_to((run_dir / "train/tensorboard").resolve())
+    return plot_curves(events, run_dir / "report/training_curves.png", BRATS_REPORT.curves)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def write_results(runs: dict, rounds: int, seeds: list[int]) -> None:
+    out_dir = RESULTS / "fl_comparison"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = {}
+    for name, per_seed in runs.items():
+        for seed, result in per_seed.items():
+            if result.get("curves"):
+                shutil.copyfile(result["curves"], out_dir / f"{name}_seed{seed}.png")
+                result["curves"] = f"fl_comparison/{name}_seed{seed}.png"
+        table[name] = {"ave_mean_dice": _mean([r["ave_mean_dice"] for r in per_seed.values()]),
+                       "ave": {k: _mean([r["ave"][k] for r in per_seed.values()]) for k in
+                               next(iter(per_seed.values()))["ave"]},
+                       "seconds": _mean([r["seconds"] for r in per_seed.values()]),
+                       "seeds": {str(s): r for s, r in per_seed.items()}}
+    meta = {"data": {**DEMO, "sites": "site-1 HGG, site-2 LGG (brats-fl datalist)"}, "rounds": rounds,
+            "seeds": seeds, "local_epochs": 1, "settings": SETTINGS, "runs_options": RUNS,
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU",
+            "scoring": "best model of each run on each site's testing split; AVE weighted by test cases"}
+    (RESULTS / "fl_comparison.json").write_text(json.dumps({"runs": table, **meta}, indent=1, default=str) + "\n")
+    lines = [f"# Central vs federated, {rounds} rounds (epochs for central), seeds {seeds}", "",
+             f"Demo data ({DEMO['hgg']} HGG + {DEMO['lgg']} LGG cases of {'x'.join(map(str, DEMO['shape']))}), "
+             "best model of each run scored on each site's testing split, AVE weighted by test cases.", "",
+             "| run | options | site-1 mean Dice | site-2 mean Dice | AVE TC | AVE WT | AVE ET | AVE mean Dice | "
+             "AVE HD95 WT (mm) | wall time (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, row in table.items():
+        first = next(iter(row["seeds"].values()))
+        sites = {s: _mean([r["sites"][s]["mean"] for r in row["seeds"].values()]) for s in first["sites"]}
+        hd = row["ave"].get("HD95_WT", float("nan"))
+        lines.append(f"| {name} | {' '.join(first['options']) or '-'} | {sites.get('site-1', float('nan')):.4f} | "
+                     f"{sites.get('site-2', float('nan')):.4f} | {row['ave']['TC']:.4f} | {row['ave']['WT']:.4f} | "
+                     f"{row['ave']['ET']:.4f} | **{row['ave_mean_dice']:.4f}** | {hd:.2f} | {row['seconds']:.0f} |")
+    (RESULTS / "fl_comparison.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", required=True, type=Path, help="working folder (data, jobs, runs)")
+    parser.add_argument("--rounds", type=int, default=12, help="rounds, and epochs of central training (default 12)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="runs (default: all)")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    root = _data(args.work)
+    done_file = args.work / "runs.json"
+    done = json.loads(done_file.read_text()) if done_file.is_file() else {}
+    order = ["fedavg"] + [r for r in args.runs if r != "fedavg"]  # central is scored against FedAvg's report
+    for seed in args.seeds:
+        for name in order:
+            key = f"{name}/r{args.rounds}/s{seed}"
+            if key in done:
+                continue
+            run_dir = args.work / f"{name}_r{args.rounds}_s{seed}"
+            run_dir.mkdir(exist_ok=True)
+            print(f"[{time.strftime('%H:%M:%S')}] {key}", flush=True)
+            fedavg_dir = args.work / f"fedavg_r{args.rounds}_s{seed}"
+            result = central(root, run_dir, args.rounds, seed, fedavg_dir) if name == "central" else \
+                federated(name, RUNS[name], root, run_dir, args.rounds, seed)
+            done[key] = {**result, "curves": str(result["curves"]) if result["curves"] else None}
+            done_file.write_text(json.dumps(done, indent=1))
+            print(f"  AVE mean Dice {result['ave_mean_dice']:.4f} in {result['seconds']:.0f} s", flush=True)
+    runs = {name: {seed: done[f"{name}/r{args.rounds}/s{seed}"] for seed in args.seeds} for name in args.runs}
+    write_results(runs, args.rounds, args.seeds)
+    print((RESULTS / "fl_comparison.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

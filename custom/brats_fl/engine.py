@@ -17,9 +17,8 @@ from torch.utils.data import DataLoader
 
 from medcore.device import autocast, select_device
 from medcore.errors import UserError
-from medcore.files import atomic_path
 from medcore.progress import Progress
-from medcore.standalone import fit
+from medcore.standalone import fit, save_checkpoint
 from medcore.training import EpochStats, EpochTrainer
 
 from .config import TrainConfig
@@ -212,15 +211,12 @@ def train(splits: Mapping[str, Sequence[dict]], config: TrainConfig, out_dir: st
                 **{f"val_dice_{r}": scores[r] for r in REGIONS}, "seconds": stats.seconds,
                 "data_wait_percent": 100 * stats.data_seconds / max(stats.seconds, 1e-9)}
 
-    def save_model(path: Path, row: dict) -> None:
-        with atomic_path(path) as tmp:
-            torch.save({"model": model.state_dict(), "train_conf": config.to_dict(), "epoch": row["epoch"],
-                        "val_dice": row["val_dice"]}, tmp)
-
     def describe(row: dict) -> str:
         return (f"train loss {row['train_loss']:.4f}, validation mean Dice {row['val_dice']:.4f} ("
                 + " ".join(f"{r} {row[f'val_dice_{r}']:.4f}" for r in REGIONS) + f"), {row['seconds']:.1f} s")
 
-    return fit(trainer, config.epochs, run_epoch, out_dir, key="val_dice", save_model=save_model,
+    return fit(trainer, config.epochs, run_epoch, out_dir, key="val_dice",
+               save_model=lambda path, row: save_checkpoint(path, model, config, epoch=row["epoch"],
+                                                            val_dice=row["val_dice"]),
                fields=_HISTORY_FIELDS, output=TRAINING_OUTPUT, scalars=("train_loss", "val_dice"),
                describe=describe, resume=resume)

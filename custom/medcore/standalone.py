@@ -21,14 +21,23 @@ import torch
 
 from .errors import UserError, first_line
 from .files import atomic_path, claim_output_dir, load_torch, mark_output, write_csv, write_json
+from .settings import Settings
 from .training import EpochTrainer
 
-__all__ = ["RUN_FILES", "fit"]
+__all__ = ["RUN_FILES", "save_checkpoint", "fit"]
 
 logger = logging.getLogger(__name__)
 
 #: The files and folders :func:`fit` writes into its run folder.
 RUN_FILES = ("best_model.pt", "last_model.pt", "trainer_state.pt", "metrics.csv", "metrics.json", "tensorboard")
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, config: Settings, **meta: float | int | str) -> Path:
+    """``{"model": state_dict, "train_conf": recipe, **meta}``, written atomically (what ``validate``, ``infer``
+    and the report read the recipe back from)."""
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "train_conf": config.to_dict(), **meta}, tmp)
+    return path
 
 
 def fit(trainer: EpochTrainer, epochs: int, run_epoch: Callable[[], dict], out_dir: str | Path, *, key: str,

@@ -14,8 +14,8 @@ from monai.optimizers import Novograd
 
 from medcore.device import autocast, select_device
 from medcore.errors import UserError
-from medcore.files import atomic_path, check_replaceable, first_line_is, write_csv
-from medcore.standalone import fit
+from medcore.files import check_replaceable, first_line_is, write_csv
+from medcore.standalone import fit, save_checkpoint
 from medcore.training import EpochStats, EpochTrainer
 
 from .config import TrainConfig
@@ -132,13 +132,6 @@ def validate_checkpoint(checkpoint: str | Path, patch_list: str | Path, data_roo
 
 _HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "val_sensitivity",
                    "val_specificity", "seconds", "patches_per_second", "data_wait_percent")
-
-
-def save_checkpoint(path: Path, model: torch.nn.Module, config: TrainConfig, **meta: float | int | str) -> Path:
-    """``{"model": state_dict, "train_conf": recipe, **meta}``, written atomically."""
-    with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "train_conf": config.to_dict(), **meta}, tmp)
-    return path
 
 
 #: What :func:`train` marks its folder as (:mod:`medcore.standalone` lists the files).

@@ -5,16 +5,20 @@ the generator (``metastasis make-data --centre A|B --difficulty D``: stain hue a
 noise, JPEG quality; mimics and artefacts), trains the patch classifier with ``metastasis train`` in several
 setups, and scores every model on held-out slides of both centres:
 
-* ``baseline``: trained on centre A with the seed's augmentations only (``hed_jitter=0``);
-* ``hed``: trained on centre A with the HED stain jitter as well (the default recipe);
-* ``macenko``: trained on centre A with Macenko stain normalisation (``stain_normalization=macenko``, no HED
-  jitter; inference normalises each test slide with its own stain vectors, as the checkpoint records);
+* ``baseline``: trained on centre A with the seed's augmentations only (``stain_variation=0``, ``hed_jitter=0``);
+* ``hed``: trained on centre A with Tellez's HED-light stain jitter as well (``hed_jitter=0.05``: the default
+  recipe);
+* ``macenko``: trained on centre A with Macenko stain normalisation (``stain_normalization=macenko``, no stain
+  augmentation; inference normalises each test slide with its own stain vectors, as the checkpoint records);
+* ``variation``: trained on centre A with another centre's look as augmentation (``stain_variation=0.5``) and the
+  HED jitter;
 * ``ab_baseline``: the baseline trained on centres A and B together (what pooling both centres gives);
 * ``fl_ab``: the baseline trained federated, centre A and centre B as two sites of one FLARE job (``metastasis
   make-job --sites 2``, each site reading its own centre's patch list), one local epoch per round, as many rounds
   as the others' epochs; scored with the server's best global model.
 
-Per model and test centre: patch accuracy and AUC on every patch of the test slides (``metastasis validate``),
+For the models trained on centre A alone, a diagnosis of which of B's appearance factors moves them
+(:func:`factor_diagnosis`). Per model and test centre: patch accuracy and AUC on every patch of the test slides (``metastasis validate``),
 and the Camelyon16 FROC and slide-level AUC (``metastasis infer``, ``detect``, ``evaluate``). Every step runs the
 command line in its own process and skips what an earlier run already finished, so an interrupted run resumes.
 
@@ -34,13 +38,18 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CENTRES = ("A", "B")
+# Every setup names all its stain settings, so that the table keeps its meaning when the recipe's defaults change.
+_PLAIN = {"stain_variation": 0.0, "hed_jitter": 0.0, "stain_normalization": "none"}
 SETUPS = {  # name: (training centres, recipe settings)
-    "baseline": (("A",), {"hed_jitter": 0.0}),
-    "hed": (("A",), {}),
-    "macenko": (("A",), {"hed_jitter": 0.0, "stain_normalization": "macenko"}),
-    "ab_baseline": (("A", "B"), {"hed_jitter": 0.0}),
-    "fl_ab": (("A", "B"), {"hed_jitter": 0.0}),
+    "baseline": (("A",), _PLAIN),
+    "hed": (("A",), {**_PLAIN, "hed_jitter": 0.05}),
+    "macenko": (("A",), {**_PLAIN, "stain_normalization": "macenko"}),
+    "ab_baseline": (("A", "B"), _PLAIN),
+    "fl_ab": (("A", "B"), _PLAIN),
+    "variation": (("A",), {**_PLAIN, "stain_variation": 0.5, "hed_jitter": 0.05}),
 }
+#: The setup whose settings are the recipe's defaults (checked at start).
+DEFAULT_SETUP = "hed"
 FEDERATED = {"fl_ab"}
 
 
@@ -159,6 +168,82 @@ def score(work: Path, setup: str, checkpoint: Path, centre: str, args: argparse.
     return result
 
 
+FACTORS = ("none", "stain", "glass", "blur", "noise", "jpeg", "all")
+
+
+def factor_diagnosis(work: Path, setup: str, checkpoint: Path, per_class: int = 200) -> dict:
+    """Which of centre B's differences moves a model trained on centre A: a balanced sample of A's test patches,
+    scored as they are and with one of B's appearance factors at a time applied (its stain vectors and strengths,
+    its glass colour, the extra focus blur, sensor noise and JPEG quality that B has over A), then all of them.
+    The stain and glass change is exact for the generator (:meth:`~metastasis.centres.Appearance.restain`): the
+    same stain amounts seen through B. Setups with stain normalisation are skipped (each slide's own estimate would
+    have to be redone on the changed pixels)."""
+    out = work / "scores" / setup / "factors.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from scipy import ndimage
+
+    from metastasis.centres import CENTRES as LOOKS
+    from metastasis.metrics import classification_scores
+    from metastasis.model import load_checkpoint
+    from metastasis.patches import PatchDataset
+    from metastasis.synthetic import REFERENCE_STAINS
+    from metastasis.transforms import to_input
+
+    model, meta = load_checkpoint(checkpoint)
+    if meta["train_conf"].get("stain_normalization", "none") != "none":
+        return {}
+    model.eval()
+    root = work / "test_A"
+    listed = json.loads((root / "test_patches.json").read_text())["validation"]
+    rng = np.random.default_rng(0)
+    picks = []
+    for label in (1, 0):
+        same = [e for e in listed if e["label"] == label]
+        picks += [{**same[i], "image": str(root / same[i]["image"])}
+                  for i in sorted(rng.choice(len(same), min(per_class, len(same)), replace=False))]
+    patches = PatchDataset(picks, int(meta["train_conf"]["patch_size"]))
+    raw = [patches.read(i).astype(np.float64) for i in range(len(picks))]
+    labels = np.array([e["label"] for e in picks])
+    a, b = LOOKS["A"], LOOKS["B"]
+    noise = np.random.default_rng(1)
+
+    def jpeg(rgb):
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(rgb, 0, 255).round().astype(np.uint8)).save(buffer, "JPEG", quality=b.jpeg_quality)
+        return np.asarray(Image.open(buffer), dtype=np.float64)
+
+    steps = {
+        "stain": lambda x: b.restain(x, a, REFERENCE_STAINS, glass=False),
+        "glass": lambda x: x * (np.asarray(b.background) / np.asarray(a.background)),
+        "blur": lambda x: ndimage.gaussian_filter(x, (np.sqrt(b.blur ** 2 - a.blur ** 2),) * 2 + (0,), mode="nearest"),
+        "noise": lambda x: x + noise.normal(0, np.sqrt(b.noise ** 2 - a.noise ** 2), x.shape),
+        "jpeg": jpeg,
+    }
+    result = {}
+    for factor in FACTORS:
+        chain = [] if factor == "none" else list(steps) if factor == "all" else [factor]
+        images = []
+        for rgb in raw:
+            for step in chain:
+                rgb = steps[step](rgb)
+            images.append(np.clip(rgb, 0, 255).round().astype(np.uint8))
+        with torch.no_grad():
+            probabilities = np.concatenate([torch.sigmoid(model(to_input(np.stack(images[i:i + 64]))).flatten(1))
+                                            .numpy().ravel() for i in range(0, len(images), 64)])
+        scores = classification_scores(probabilities, labels, 0.5)
+        result[factor] = {k: round(float(scores[k]), 4) for k in ("accuracy", "auc", "sensitivity", "specificity")}
+        print(f"[{time.strftime('%H:%M:%S')}] {setup}: A test patches with B's {factor}: {result[factor]}", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def stain_costs(work: Path) -> dict | None:
     """What Macenko normalisation cost in the ``macenko`` setup's tiled inference: seconds per tile (in the reader
     thread) against the network's seconds per tile, over all its test slides' maps."""
@@ -173,7 +258,7 @@ def stain_costs(work: Path) -> dict | None:
             "read_seconds_per_tile": round(sum(m["read_seconds"] for m in maps) / tiles, 4)}
 
 
-def write_results(work: Path, args: argparse.Namespace, runs: dict, seconds: dict) -> None:
+def write_results(work: Path, args: argparse.Namespace, runs: dict, factors: dict, seconds: dict) -> None:
     import torch
 
     record = {
@@ -182,11 +267,12 @@ def write_results(work: Path, args: argparse.Namespace, runs: dict, seconds: dic
                  "train_slides_per_centre": {"tumour": args.train_tumour, "normal": args.train_normal},
                  "test_slides_per_centre": {"tumour": args.test_tumour, "normal": args.test_normal},
                  "tumour_patches_per_slide": args.patches_per_slide, "patch_size": args.patch_size},
-        "training": {"epochs": args.epochs, "seed": args.seed, "setups": {
+        "training": {"epochs": args.epochs, "seed": args.seed, "default_setup": DEFAULT_SETUP, "setups": {
             name: {"centres": list(c), "settings": s, "federated": name in FEDERATED}
             for name, (c, s) in SETUPS.items() if name in runs}},
         "inference_stride": args.stride,
         "runs": runs,
+        "factor_diagnosis": factors,
         "stain_normalization_cost": stain_costs(work),
         "seconds": seconds,
     }
@@ -205,6 +291,15 @@ def write_results(work: Path, args: argparse.Namespace, runs: dict, seconds: dic
         for centre, r in by_centre.items():
             lines.append(f"| {name} | {trained_on} | {centre} | {r['patch_accuracy']:.3f} | {r['patch_auc']:.3f} | "
                          f"{r['froc']:.3f} | {r['slide_auc']:.3f} |")
+    factors = {name: by for name, by in factors.items() if by}
+    if factors:
+        lines += ["", "Which of centre B's differences moves the models trained on A: a balanced sample of A's test "
+                  "patches (200 tumour, 200 normal) as they are and with one of B's factors applied; patch accuracy "
+                  "/ specificity / AUC.", "",
+                  "| setup | " + " | ".join(FACTORS) + " |", "| --- |" + " --- |" * len(FACTORS)]
+        for name, by in factors.items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{by[f]['accuracy']:.2f} / {by[f]['specificity']:.2f} / {by[f]['auc']:.2f}" for f in FACTORS) + " |")
     lines += ["", "FROC gap (A minus B) per setup: " + ", ".join(
         f"{name} {by['A']['froc'] - by['B']['froc']:+.3f}" for name, by in runs.items() if {"A", "B"} <= set(by)),
         "", "Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())]
@@ -246,18 +341,26 @@ def main() -> int:
         seconds.setdefault(stage, round(time.perf_counter() - start, 1))
         seconds_file.write_text(json.dumps(seconds, indent=1))
 
+    from metastasis.config import TrainConfig
+
+    defaults = TrainConfig().to_dict()
+    if any(defaults[k] != v for k, v in SETUPS[DEFAULT_SETUP][1].items()):
+        print(f"note: setup {DEFAULT_SETUP} is no longer the recipe's default", flush=True)
     start = time.perf_counter()
     make_data(work, args)
     timed("data", start)
     runs: dict[str, dict] = {}
+    factors: dict[str, dict] = {}
     for setup in args.setups:
         start = time.perf_counter()
         checkpoint = train(work, setup, args)
         timed(f"train_{setup}", start)
         start = time.perf_counter()
         runs[setup] = {centre: score(work, setup, checkpoint, centre, args) for centre in CENTRES}
+        if SETUPS[setup][0] == ("A",):
+            factors[setup] = factor_diagnosis(work, setup, checkpoint)
         timed(f"score_{setup}", start)
-        write_results(work, args, runs, seconds)  # after every setup: a partial run leaves its numbers
+        write_results(work, args, runs, factors, seconds)  # after every setup: a partial run leaves its numbers
     print((RESULTS / "centre_shift.md").read_text())
     return 0
 

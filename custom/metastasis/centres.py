@@ -96,9 +96,7 @@ class Appearance:
             ys = origin[1] + (np.arange(height) + 0.5) * downsample
             for stain in (0, 1):
                 amounts[..., stain] *= 1.0 + self.unevenness * self._waves(stain, xs, ys)
-        target = np.stack([_unit(self.haematoxylin), _unit(self.eosin), reference[2]])
-        target = target * np.array([[self.strength[0]], [self.strength[1]], [1.0]])
-        od = amounts @ target
+        od = amounts @ self.stain_matrix(reference)
         if extra_density is not None:
             od = od + extra_density
         out = np.asarray(self.background) * np.exp(-od)
@@ -108,6 +106,20 @@ class Appearance:
 
             out = ndimage.gaussian_filter(out, sigma=(sigma, sigma, 0), mode="nearest", truncate=4.0)
         return out
+
+    def stain_matrix(self, reference: np.ndarray) -> np.ndarray:
+        """(3, 3) optical density per unit amount (rows: haematoxylin, eosin, residual): the centre's stain
+        directions times their strengths, and the reference residual."""
+        target = np.stack([_unit(self.haematoxylin), _unit(self.eosin), reference[2]])
+        return target * np.array([[self.strength[0]], [self.strength[1]], [1.0]])
+
+    def restain(self, rgb: np.ndarray, source: "Appearance", reference: np.ndarray, glass: bool = True) -> np.ndarray:
+        """Float RGB (..., 3) of ``source``'s stain and glass (before blur, noise and JPEG) -> this centre's
+        (float, 0-255): the same stain amounts along this centre's stain matrix, seen on this centre's glass
+        (``glass=False`` keeps the source's). Unevenness is not undone: each centre's own field stays."""
+        od = -np.log(np.clip(rgb, 1.0, None) / np.asarray(source.background))
+        od = od @ np.linalg.inv(source.stain_matrix(reference)) @ self.stain_matrix(reference)
+        return np.asarray(self.background if glass else source.background) * np.exp(-od)
 
     def _waves(self, stain: int, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         """A smooth field in [-1, 1] over level-0 coordinates (a pure function of them, so tiles join): eight

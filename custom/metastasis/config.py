@@ -37,6 +37,9 @@ class TrainConfig(Settings):
             scaling) and the HED jitter; off gives plain patches (for benchmarks).
         hed_jitter: strength of the stain augmentation in HED colour space (:class:`~metastasis.stain.HEDJitter`:
             each stain scaled by up to +-s and shifted by up to +-s; 0.05 is Tellez et al.'s "HED-light"; 0: off).
+        stain_variation: strength (0 to 1) of another centre's look in training
+            (:class:`~metastasis.stain.StainVariation`: at 1 each stain's amount scaled by 0.5-2x, its hue tilted,
+            the white balance changed by up to 10%; 0: off). Measured in ``benchmarks/centre_shift.py``.
         stain_normalization: ``none``, or ``macenko``: every slide's pixels mapped to a reference H&E stain
             (:class:`~metastasis.stain.StainNormalizer`, vectors estimated once per slide), in training and, read from
             the checkpoint, in inference.
@@ -59,6 +62,7 @@ class TrainConfig(Settings):
     amp: bool = True
     augment: bool = True
     hed_jitter: float = setting(0.05, minimum=0, maximum=1)
+    stain_variation: float = setting(0.0, minimum=0, maximum=1)
     stain_normalization: str = setting("none", check=_normalization)
     threshold: float = setting(0.5, above=0, below=1)
     num_workers: int = setting(2, minimum=0)

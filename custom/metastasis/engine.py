@@ -48,7 +48,7 @@ def patch_datasets(patches: Mapping, config: TrainConfig) -> dict[str, PatchData
         raise UserError(f"{patches.get('source', 'the patch list')}: the patch list was made for "
                         f"{patches['patch_size']}-pixel patches, the recipe trains on {config.patch_size} "
                         f"(set patch_size={patches['patch_size']})")
-    augment = train_augmentation(config.seed, config.hed_jitter) if config.augment else None
+    augment = train_augmentation(config.seed, config.hed_jitter, config.stain_variation) if config.augment else None
     normalize = config.stain_normalization == "macenko"
     return {"training": PatchDataset(patches.get("training", []), config.patch_size, augment,
                                      normalize_stains=normalize),

@@ -44,7 +44,7 @@ from .annotations import Annotation, rasterize, read_asap_xml, write_asap_xml
 from .centres import CENTRES, REFERENCE_GLASS, Appearance, blur_margin, reference_stains
 from .slide import SlideError, open_slide, read_rgb, slide_mpp
 
-__all__ = ["CAMELYON_MPP", "SlideScene", "make_scene", "write_slide", "generate_dataset", "pyramid_shapes"]
+__all__ = ["CAMELYON_MPP", "REFERENCE_STAINS", "SlideScene", "make_scene", "write_slide", "generate_dataset", "pyramid_shapes"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +124,9 @@ _FOLD_DENSITY = 1.9
 _BUBBLE_DENSITY, _BUBBLE_RIM, _RIM = 0.6, 0.5, 12.0  # density factor inside, rim density, rim width (level-0 px)
 _FOCUS_BLUR = 6.0
 
-_REFERENCE_STAINS = reference_stains(_NUCLEUS_NORMAL, _CYTOPLASM_NORMAL)
-_REFERENCE_LOOK = Appearance("reference", haematoxylin=tuple(_REFERENCE_STAINS[0]), eosin=tuple(_REFERENCE_STAINS[1]))
+#: The generator's reference stain rows (:func:`~metastasis.centres.reference_stains`).
+REFERENCE_STAINS = reference_stains(_NUCLEUS_NORMAL, _CYTOPLASM_NORMAL)
+_REFERENCE_LOOK = Appearance("reference", haematoxylin=tuple(REFERENCE_STAINS[0]), eosin=tuple(REFERENCE_STAINS[1]))
 
 
 @dataclasses.dataclass
@@ -179,7 +180,7 @@ class SlideScene:
                 rim = inside & ~rasterize([core], (x0, y0), (width, height), downsample).astype(bool)
                 tissue_od[inside] *= _BUBBLE_DENSITY
                 tissue_od[rim] += _BUBBLE_RIM
-        rgb = look.apply(REFERENCE_GLASS * np.exp(-tissue_od), _REFERENCE_STAINS, (x0, y0), downsample, ink)
+        rgb = look.apply(REFERENCE_GLASS * np.exp(-tissue_od), REFERENCE_STAINS, (x0, y0), downsample, ink)
         if focus:
             blurred = rasterize(focus, (x0, y0), (width, height), downsample).astype(bool)
             if blurred.any():

@@ -4,8 +4,9 @@ Convention: the network takes RGB patches as float tensors (3, H, W), scaled to 
 the ImageNet mean and standard deviation (so torchvision's ImageNet ResNet18 weights start from the statistics
 they were trained on). :func:`to_input` is the one place this happens, for training, validation and inference.
 
-Training augmentations: stain jitter in HED colour space (:class:`~metastasis.stain.HEDJitter`, for slides from
-other centres), then the seed's list: colour jitter, random flips, random 90-degree rotations, random zoom,
+Training augmentations: another centre's staining and white balance (:class:`~metastasis.stain.StainVariation`)
+and stain jitter in HED colour space (:class:`~metastasis.stain.HEDJitter`), for slides from other centres, then
+the seed's list: colour jitter, random flips, random 90-degree rotations, random zoom,
 random intensity scaling. Spatial and intensity steps are MONAI transforms; the colour jitter (MONAI has none for
 RGB) follows torchvision's ``ColorJitter`` definitions for brightness, contrast and saturation, and turns hue by a
 rotation in YIQ colour space.
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from monai.transforms import Compose, RandFlip, RandRotate90, RandScaleIntensity, RandZoom, Randomizable
 
-from .stain import HEDJitter
+from .stain import HEDJitter, StainVariation
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "to_unit", "normalize", "to_input", "ColorJitter", "train_augmentation"]
 
@@ -95,10 +96,13 @@ class ColorJitter(Randomizable):
         return x
 
 
-def train_augmentation(seed: int = 0, hed_jitter: float = 0.05) -> Compose:
-    """The training chain for (3, H, W) float images in [0, 1], before :func:`to_input`'s normalisation: the stain
-    jitter in HED space (``hed_jitter``: its strength, 0 leaves it out), then the seed's augmentations."""
+def train_augmentation(seed: int = 0, hed_jitter: float = 0.05, stain_variation: float = 0.0) -> Compose:
+    """The training chain for (3, H, W) float images in [0, 1], before :func:`to_input`'s normalisation: another
+    centre's stain and white balance (``stain_variation``: :class:`~metastasis.stain.StainVariation`'s strength),
+    the stain jitter in HED space (``hed_jitter``: its strength), each left out at 0, then the seed's
+    augmentations."""
     chain = Compose([
+        *([StainVariation(stain_variation)] if stain_variation else []),
         *([HEDJitter(hed_jitter)] if hed_jitter else []),
         ColorJitter(),
         RandFlip(prob=0.5, spatial_axis=0),

@@ -28,14 +28,22 @@ def test_hed_jitter_is_the_identity_at_zero_strength():
     assert torch.allclose(same, image, atol=1e-5)
 
 
-def test_hed_jitter_scales_and_shifts_each_stain_as_defined():
-    rng = np.random.default_rng(0)
-    hed = rng.uniform(0.0, 0.08, (16, 16, 3))
-    alpha, beta = np.array([1.04, 0.97, 1.02]), np.array([0.01, -0.005, 0.002])
+_MATRIX = np.array([[1.6, 0.05, -0.02], [-0.08, 0.7, 0.03], [0.01, 0.04, 1.2]])
+
+
+@pytest.mark.parametrize("augmentation, args, by_hand", [
+    # HED jitter: each stain scaled and shifted.
+    (HEDJitter, (np.array([1.04, 0.97, 1.02]), np.array([0.01, -0.005, 0.002])),
+     lambda hed: hed_image(hed * np.array([1.04, 0.97, 1.02]) + np.array([0.01, -0.005, 0.002]))),
+    # Stain variation: stain amounts times the matrix, recomposed along the HED vectors, then the channel gains.
+    (StainVariation, (_MATRIX, np.array([1.05, 0.97, 0.92])),
+     lambda hed: np.clip(hed_image(hed @ _MATRIX) * np.array([1.05, 0.97, 0.92]), 0, 1)),
+])
+def test_stain_augmentations_change_the_stains_as_defined(augmentation, args, by_hand):
+    hed = np.random.default_rng(0).uniform(0.0, 0.08, (16, 16, 3))
     image = torch.tensor(hed_image(hed), dtype=torch.float32).permute(2, 0, 1)
-    expected = hed_image(hed * alpha + beta)
-    out = HEDJitter.apply(image, alpha, beta).permute(1, 2, 0).numpy()
-    assert np.abs(out - expected).max() < 1e-4
+    out = augmentation.apply(image, *args).permute(1, 2, 0).numpy()
+    assert np.abs(out - by_hand(hed)).max() < 1e-4
 
 
 def test_hed_jitter_keeps_a_valid_image():
@@ -55,18 +63,6 @@ def test_stain_variation_is_the_identity_at_zero_strength():
     image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.05
     assert torch.equal(StainVariation(0.0)(image), image)
     assert torch.allclose(StainVariation.apply(image, np.eye(3), np.ones(3)), image, atol=1e-5)
-
-
-def test_stain_variation_restains_and_rebalances_as_defined():
-    """Hand computation: stain amounts times the matrix, recomposed along the HED vectors, then the gains."""
-    rng = np.random.default_rng(1)
-    hed = rng.uniform(0.0, 0.08, (16, 16, 3))
-    matrix = np.array([[1.6, 0.05, -0.02], [-0.08, 0.7, 0.03], [0.01, 0.04, 1.2]])
-    balance = np.array([1.05, 0.97, 0.92])
-    image = torch.tensor(hed_image(hed), dtype=torch.float32).permute(2, 0, 1)
-    expected = np.clip(hed_image(hed @ matrix) * balance, 0, 1)
-    out = StainVariation.apply(image, matrix, balance).permute(1, 2, 0).numpy()
-    assert np.abs(out - expected).max() < 1e-4
 
 
 def test_stain_variation_draws_within_its_ranges_and_keeps_a_valid_image():

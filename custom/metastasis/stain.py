@@ -29,7 +29,7 @@ from monai.transforms import Randomizable
 
 from .slide import SlideError, read_downsampled, read_rgb
 
-__all__ = ["RGB_FROM_HED", "HEDJitter", "StainVariation", "StainVectors", "MACENKO_TARGET", "estimate_stain_vectors",
+__all__ = ["RGB_FROM_HED", "map_stains", "HEDJitter", "StainVariation", "StainVectors", "MACENKO_TARGET", "estimate_stain_vectors",
            "slide_stain_vectors", "StainNormalizer"]
 
 #: Stain optical densities (rows H, E, DAB; columns R, G, B) of Ruifrok & Johnston, as in scikit-image.
@@ -44,7 +44,37 @@ _TLI = 240.0  # transmitted light intensity of Macenko's optical density (MONAI'
 _BETA = 0.05
 
 
-class HEDJitter(Randomizable):
+def map_stains(image: torch.Tensor, matrix: np.ndarray, offset: np.ndarray | None = None) -> torch.Tensor:
+    """``image`` (3, H, W) in [0, 1] with its HED stain amounts ``c`` (rows: pixels; columns: H, E, DAB, scikit-image's
+    convention) replaced by ``c @ matrix + offset``; not clipped.
+
+    One linear map of optical density, ``od' = od @ (HED_FROM_RGB matrix RGB_FROM_HED) + offset @ RGB_FROM_HED``
+    (row vectors), the same as converting to HED, mapping, and converting back, without clipping negative amounts
+    (so the identity matrix returns the image).
+    """
+    od_map = _HED_FROM_RGB @ np.asarray(matrix) @ RGB_FROM_HED
+    od = torch.log(image.clamp(min=1e-6)) / _LOG_ADJUST
+    od = torch.einsum("ij,ihw->jhw", torch.as_tensor(od_map, dtype=od.dtype), od)
+    if offset is not None:
+        od += torch.as_tensor(np.asarray(offset) @ RGB_FROM_HED, dtype=od.dtype).view(3, 1, 1)
+    return torch.exp(od * _LOG_ADJUST)
+
+
+class _StainAugmentation(Randomizable):
+    """A random stain change of (3, H, W) RGB images in [0, 1]: a new draw per call; strength 0 is the identity."""
+
+    strength: float
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        self.randomize()
+        x = torch.as_tensor(image).float()
+        return x if self.strength == 0 else self.apply_drawn(x)
+
+    def apply_drawn(self, image: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class HEDJitter(_StainAugmentation):
     """Random H, E and DAB concentration scale and shift of a (3, H, W) RGB image in [0, 1].
 
     Per image, factors ``alpha ~ U(1 - strength, 1 + strength)`` and shifts ``beta ~ U(-strength, strength)``
@@ -64,29 +94,17 @@ class HEDJitter(Randomizable):
         self.alpha = self.R.uniform(1 - s, 1 + s, 3)
         self.beta = self.R.uniform(-s, s, 3)
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        self.randomize()
-        x = torch.as_tensor(image).float()
-        if self.strength == 0:
-            return x
-        return self.apply(x, self.alpha, self.beta)
+    def apply_drawn(self, image: torch.Tensor) -> torch.Tensor:
+        return self.apply(image, self.alpha, self.beta)
 
     @staticmethod
     def apply(image: torch.Tensor, alpha: np.ndarray, beta: np.ndarray) -> torch.Tensor:
-        """``image`` (3, H, W) in [0, 1] with stain factors ``alpha`` (3,) and shifts ``beta`` (3,) applied.
-
-        One linear map of optical density: ``od' = od @ (HED_FROM_RGB diag(alpha) RGB_FROM_HED) + beta @ RGB_FROM_HED``
-        (row vectors), the same as converting to HED, scaling and shifting, and converting back.
-        """
-        matrix = _HED_FROM_RGB @ np.diag(alpha) @ RGB_FROM_HED
-        offset = np.asarray(beta) @ RGB_FROM_HED
-        od = torch.log(image.clamp(min=1e-6)) / _LOG_ADJUST
-        od = torch.einsum("ij,ihw->jhw", torch.as_tensor(matrix, dtype=od.dtype), od)
-        od += torch.as_tensor(offset, dtype=od.dtype).view(3, 1, 1)
-        return torch.exp(od * _LOG_ADJUST).clamp(0, 1)
+        """``image`` (3, H, W) in [0, 1] with stain factors ``alpha`` (3,) and shifts ``beta`` (3,) applied
+        (:func:`map_stains` with ``diag(alpha)`` and ``beta``), clipped to [0, 1]."""
+        return map_stains(image, np.diag(alpha), beta).clamp(0, 1)
 
 
-class StainVariation(Randomizable):
+class StainVariation(_StainAugmentation):
     """Another lab's staining and another scanner's white balance for a (3, H, W) RGB image in [0, 1].
 
     :class:`HEDJitter` varies each stain's amount by a few per cent; centres differ by more, and in ways a per-stain
@@ -112,22 +130,15 @@ class StainVariation(Randomizable):
         self.matrix = np.diag(scale) + (1 - np.eye(3)) * self.R.uniform(-s / 10, s / 10, (3, 3))
         self.balance = self.R.uniform(1 - s / 10, 1 + s / 10, 3)
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        self.randomize()
-        x = torch.as_tensor(image).float()
-        if self.strength == 0:
-            return x
-        return self.apply(x, self.matrix, self.balance)
+    def apply_drawn(self, image: torch.Tensor) -> torch.Tensor:
+        return self.apply(image, self.matrix, self.balance)
 
     @staticmethod
     def apply(image: torch.Tensor, matrix: np.ndarray, balance: np.ndarray) -> torch.Tensor:
-        """``image`` (3, H, W) in [0, 1] with stain matrix ``matrix`` (3, 3; rows: from H, E, DAB) and channel gains
-        ``balance`` (3,) applied: ``rgb' = balance * exp(log(rgb) @ (HED_FROM_RGB M RGB_FROM_HED))``."""
-        od_map = _HED_FROM_RGB @ np.asarray(matrix) @ RGB_FROM_HED
-        log_rgb = torch.log(image.clamp(min=1e-6))  # scikit-image's log(1e-6) scale cancels in a linear map
-        log_rgb = torch.einsum("ij,ihw->jhw", torch.as_tensor(od_map, dtype=log_rgb.dtype), log_rgb)
-        gains = torch.as_tensor(np.asarray(balance), dtype=log_rgb.dtype).view(3, 1, 1)
-        return (torch.exp(log_rgb) * gains).clamp(0, 1)
+        """``image`` (3, H, W) in [0, 1] with stain matrix ``matrix`` (3, 3; rows: from H, E, DAB; see
+        :func:`map_stains`) and then channel gains ``balance`` (3,) applied, clipped to [0, 1]."""
+        gains = torch.as_tensor(np.asarray(balance), dtype=image.dtype).view(3, 1, 1)
+        return (map_stains(image, matrix) * gains).clamp(0, 1)
 
 
 @dataclasses.dataclass(frozen=True)

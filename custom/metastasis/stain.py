@@ -2,19 +2,23 @@
 
 Slides from two hospitals differ in the hue and strength of their haematoxylin (H, nuclei) and eosin (E,
 cytoplasm) and in their scanners' colour; a classifier that has seen one centre's colours may fail on the other's.
-Two standard answers, both configurable in the recipe (:class:`~metastasis.config.TrainConfig`) and recorded in the
-checkpoint so that inference applies what training applied:
+Two standard answers and a stronger augmentation, all configurable in the recipe
+(:class:`~metastasis.config.TrainConfig`) and recorded in the checkpoint so that inference applies what training
+applied:
 
 * :class:`HEDJitter` (augmentation): the image in the haematoxylin-eosin-DAB colour space of Ruifrok & Johnston
   (2001), each stain's concentration scaled by a factor in ``[1 - s, 1 + s]`` and shifted by ``[-s, s]`` (Tellez et
   al., 2018; ``s = 0.05`` is their "HED-light"). It uses scikit-image's convention (optical density
   ``log(rgb) / log(1e-6)``, ``rgb`` in [0, 1]), without clipping negative concentrations, so that zero strength is
   the identity.
+* :class:`StainVariation` (augmentation): in the same space, each stain's amount scaled by up to 2x, its colour
+  tilted towards the others', and the scanner's white balance changed: another centre rather than another batch.
+  Both augmentations are one linear stain map (:func:`map_stains`).
 * :class:`StainNormalizer` (Macenko et al., 2009): every pixel's optical density is deconvolved into H and E
   concentrations with the *slide's* stain vectors, the concentrations scaled so that their 99th percentiles match
   the target's, and recomposed with the target's vectors. The slide's vectors are estimated once
-  (:func:`slide_stain_vectors`: MONAI's ``ExtractHEStains`` on tissue regions sampled over the slide at level 0),
-  not per patch or tile: all of a slide's tiles then get the same linear map in optical density, so tiles join
+  (:func:`slide_stain_vectors`: MONAI's ``ExtractHEStains`` on tissue windows sampled over the slide at level 0,
+  the windows' medians taken), not per patch or tile: all of a slide's tiles then get the same linear map in optical density, so tiles join
   without seams and a training patch looks as it does in the whole-slide map. The map is one 3 x 3 matrix per slide.
 """
 

@@ -18,11 +18,13 @@ setups, and scores every model on held-out slides of both centres:
   as the others' epochs; scored with the server's best global model.
 
 For the models trained on centre A alone, a diagnosis of which of B's appearance factors moves them
-(:func:`factor_diagnosis`). Per model and test centre: patch accuracy and AUC on every patch of the test slides (``metastasis validate``),
-and the Camelyon16 FROC and slide-level AUC (``metastasis infer``, ``detect``, ``evaluate``). Every step runs the
-command line in its own process and skips what an earlier run already finished, so an interrupted run resumes.
+(:func:`factor_diagnosis`). Per model and test centre: patch accuracy and AUC on every patch of the test slides
+(``metastasis validate``), and the Camelyon16 FROC and slide-level AUC (``metastasis infer``, ``detect``,
+``evaluate``). Every step runs the command line in its own process and skips what an earlier run already finished,
+so an interrupted run resumes.
 
 Run: .venv/bin/python benchmarks/centre_shift.py --work DIR [--difficulty 1.0] [--epochs 5] ...
+(the committed results: ``--patch-size 128 --epochs 12``).
 Writes benchmarks/results/centre_shift.json and .md.
 """
 

@@ -18,8 +18,9 @@ applied:
   concentrations with the *slide's* stain vectors, the concentrations scaled so that their 99th percentiles match
   the target's, and recomposed with the target's vectors. The slide's vectors are estimated once
   (:func:`slide_stain_vectors`: MONAI's ``ExtractHEStains`` on tissue windows sampled over the slide at level 0,
-  the windows' medians taken), not per patch or tile: all of a slide's tiles then get the same linear map in optical density, so tiles join
-  without seams and a training patch looks as it does in the whole-slide map. The map is one 3 x 3 matrix per slide.
+  the windows' medians taken), not per patch or tile: all of a slide's tiles then get the same linear map in
+  optical density, so tiles join without seams and a training patch looks as it does in the whole-slide map. The
+  map is one 3 x 3 matrix per slide.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from monai.transforms import Randomizable
 
 from .slide import SlideError, read_downsampled, read_rgb
 
-__all__ = ["RGB_FROM_HED", "map_stains", "HEDJitter", "StainVariation", "StainVectors", "MACENKO_TARGET", "estimate_stain_vectors",
-           "slide_stain_vectors", "StainNormalizer"]
+__all__ = ["RGB_FROM_HED", "map_stains", "HEDJitter", "StainVariation", "StainVectors", "MACENKO_TARGET",
+           "estimate_stain_vectors", "slide_stain_vectors", "StainNormalizer"]
 
 #: Stain optical densities (rows H, E, DAB; columns R, G, B) of Ruifrok & Johnston, as in scikit-image.
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])

@@ -44,7 +44,8 @@ from .annotations import Annotation, rasterize, read_asap_xml, write_asap_xml
 from .centres import CENTRES, REFERENCE_GLASS, Appearance, blur_margin, reference_stains
 from .slide import SlideError, open_slide, read_rgb, slide_mpp
 
-__all__ = ["CAMELYON_MPP", "REFERENCE_STAINS", "SlideScene", "make_scene", "write_slide", "generate_dataset", "pyramid_shapes"]
+__all__ = ["CAMELYON_MPP", "REFERENCE_STAINS", "SlideScene", "make_scene", "write_slide", "generate_dataset",
+           "pyramid_shapes"]
 
 logger = logging.getLogger(__name__)
 

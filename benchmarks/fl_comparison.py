@@ -114,7 +114,9 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def write_results(runs: dict, rounds: int, seeds: list[int]) -> None:
+def write_results(runs: dict, rounds: int) -> None:
+    """The table of ``runs`` ({name: {seed: result}}): per run, the mean over its seeds (each seed's AVE listed)."""
+    seeds = sorted({seed for per_seed in runs.values() for seed in per_seed})
     out_dir = RESULTS / "fl_comparison"
     out_dir.mkdir(parents=True, exist_ok=True)
     table = {}
@@ -135,17 +137,20 @@ def write_results(runs: dict, rounds: int, seeds: list[int]) -> None:
     (RESULTS / "fl_comparison.json").write_text(json.dumps({"runs": table, **meta}, indent=1, default=str) + "\n")
     lines = [f"# Central vs federated, {rounds} rounds (epochs for central), seeds {seeds}", "",
              f"Demo data ({DEMO['hgg']} HGG + {DEMO['lgg']} LGG cases of {'x'.join(map(str, DEMO['shape']))}), "
-             "best model of each run scored on each site's testing split, AVE weighted by test cases.", "",
-             "| run | options | site-1 mean Dice | site-2 mean Dice | AVE TC | AVE WT | AVE ET | AVE mean Dice | "
-             "AVE HD95 WT (mm) | wall time (s) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "best model of each run scored on each site's testing split, AVE weighted by test cases; each row the "
+             "mean over its seeds.", "",
+             "| run | options | seeds | site-1 mean Dice | site-2 mean Dice | AVE TC | AVE WT | AVE ET | AVE mean Dice "
+             "| per seed | AVE HD95 WT (mm) | wall time (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in table.items():
         first = next(iter(row["seeds"].values()))
         sites = {s: _mean([r["sites"][s]["mean"] for r in row["seeds"].values()]) for s in first["sites"]}
         hd = row["ave"].get("HD95_WT", float("nan"))
-        lines.append(f"| {name} | {' '.join(first['options']) or '-'} | {sites.get('site-1', float('nan')):.4f} | "
-                     f"{sites.get('site-2', float('nan')):.4f} | {row['ave']['TC']:.4f} | {row['ave']['WT']:.4f} | "
-                     f"{row['ave']['ET']:.4f} | **{row['ave_mean_dice']:.4f}** | {hd:.2f} | {row['seconds']:.0f} |")
+        per_seed = " / ".join(f"{r['ave_mean_dice']:.3f}" for r in row["seeds"].values())
+        lines.append(f"| {name} | {' '.join(first['options']) or '-'} | {', '.join(row['seeds'])} | "
+                     f"{sites.get('site-1', float('nan')):.4f} | {sites.get('site-2', float('nan')):.4f} | "
+                     f"{row['ave']['TC']:.4f} | {row['ave']['WT']:.4f} | {row['ave']['ET']:.4f} | "
+                     f"**{row['ave_mean_dice']:.4f}** | {per_seed} | {hd:.2f} | {row['seconds']:.0f} |")
     (RESULTS / "fl_comparison.md").write_text("\n".join(lines) + "\n")
 
 
@@ -175,8 +180,14 @@ def main() -> int:
             done[key] = {**result, "curves": str(result["curves"]) if result["curves"] else None}
             done_file.write_text(json.dumps(done, indent=1))
             print(f"  AVE mean Dice {result['ave_mean_dice']:.4f} in {result['seconds']:.0f} s", flush=True)
-    runs = {name: {seed: done[f"{name}/r{args.rounds}/s{seed}"] for seed in args.seeds} for name in args.runs}
-    write_results(runs, args.rounds, args.seeds)
+    # The table holds every run finished at these rounds in the work folder, whatever this call asked for, so a
+    # later call can add a seed or a run without losing the others.
+    found: dict[str, dict] = {}
+    for key, result in done.items():
+        name, rounds, seed = key.split("/")
+        if rounds == f"r{args.rounds}" and name in RUNS:
+            found.setdefault(name, {})[int(seed[1:])] = result
+    write_results({name: dict(sorted(found[name].items())) for name in RUNS if name in found}, args.rounds)
     print((RESULTS / "fl_comparison.md").read_text())
     return 0
 

@@ -180,6 +180,19 @@ def _optical_density(rgb: np.ndarray, background: np.ndarray | None = None) -> n
     return -np.log(np.minimum(rgb + 1.0, _TLI) / _TLI)
 
 
+def _macenko_vectors(pixels: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """(3, 2) Macenko H and E unit vectors (haematoxylin first) of uint8 RGB ``pixels`` (..., 3), optical densities
+    relative to the glass RGB ``background``; ``ValueError`` when no pixel is stained."""
+    from monai.apps.pathology.transforms import ExtractHEStains  # here: monai.apps costs seconds to import
+
+    background = np.asarray(background, dtype=np.float64)
+    balanced = np.clip(np.asarray(pixels, dtype=np.float64).reshape(-1, 1, 3) * (_TLI / background), 0, 255)
+    he = ExtractHEStains(tli=_TLI, beta=_BETA)(balanced.astype(np.float32)).astype(np.float64)
+    # MONAI 1.6 orders the two vectors by red/blue ratio the other way round from its own target (for H&E like the
+    # target's it returns eosin first); order them as Macenko's reference code does: haematoxylin absorbs more red.
+    return he[:, ::-1].copy() if he[0, 0] < he[0, 1] else he
+
+
 def estimate_stain_vectors(pixels: np.ndarray, background: np.ndarray | None = None) -> StainVectors:
     """Macenko stain vectors of uint8 RGB ``pixels`` (..., 3) (MONAI's ``ExtractHEStains``) and the 99th-percentile
     concentrations (least squares on every pixel, as MONAI's ``NormalizeHEStains`` does), with optical densities
@@ -187,15 +200,8 @@ def estimate_stain_vectors(pixels: np.ndarray, background: np.ndarray | None = N
 
     Raises ``ValueError`` when no pixel is stained above the glass threshold.
     """
-    from monai.apps.pathology.transforms import ExtractHEStains  # here: monai.apps costs seconds to import
-
     background = np.full(3, _TLI) if background is None else np.asarray(background, dtype=np.float64)
-    balanced = np.clip(np.asarray(pixels, dtype=np.float64).reshape(-1, 1, 3) * (_TLI / background), 0, 255)
-    he = ExtractHEStains(tli=_TLI, beta=_BETA)(balanced.astype(np.float32)).astype(np.float64)
-    # MONAI 1.6 orders the two vectors by red/blue ratio the other way round from its own target (for H&E like the
-    # target's it returns eosin first); order them as Macenko's reference code does: haematoxylin absorbs more red.
-    if he[0, 0] < he[0, 1]:
-        he = he[:, ::-1].copy()
+    he = _macenko_vectors(pixels, background)
     od = _optical_density(np.asarray(pixels).reshape(-1, 3), background).T.astype(np.float64)
     concentration = np.linalg.lstsq(he, od, rcond=None)[0]
     return StainVectors(he, np.percentile(concentration, 99, axis=1), background)
@@ -231,7 +237,7 @@ def slide_stain_vectors(slide, path: str | Path = "", regions: int = 32, size: i
     vectors = []
     for window in windows:
         try:
-            he = estimate_stain_vectors(window, background).he
+            he = _macenko_vectors(window, background)
         except ValueError:  # a window on glass or a tissue edge: the others decide
             continue
         if np.isfinite(he).all():

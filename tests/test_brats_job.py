@@ -31,7 +31,7 @@ def test_committed_job_is_the_seed_recipe():
     assert learner["datalists"] == {"site-1": "seg_brats18_datalist_client_a.json",
                                     "site-2": "seg_brats18_datalist_client_b.json"}
     persistor = next(c for c in server["components"] if c["id"] == "persistor")["args"]["model"]
-    assert persistor == {"path": "brats_fl.model.BratsSegResNet", "args": {"vae": False, "crop": [224, 224, 144]}}
+    assert persistor == {"path": "brats_fl.model.BratsSegResNet", "args": {"vae": False, "crop": [224, 224, 144], "seed": 0}}
     # The job ships the project's code (bring-your-own-code) so sites need only nvflare and the dependencies.
     for package in ("brats_fl", "medcore"):
         assert (TASK.job_template() / "app/custom" / package / "__init__.py").is_file()
@@ -46,7 +46,7 @@ def test_make_job_applies_overrides(tmp_path):
     assert learner["train"]["crop"] == [64, 64, 48] and learner["train"]["lr"] == 3e-4
     assert learner["data_root"] == "/data/brats" and learner["datalist_dir"] == "$BRATS_DATA_ROOT/datalists"
     model_args = next(c for c in server["components"] if c["id"] == "persistor")["args"]["model"]["args"]
-    assert model_args == {"vae": True, "crop": [64, 64, 48]}  # server builds what clients train
+    assert model_args == {"vae": True, "crop": [64, 64, 48], "seed": 0}  # server builds what clients train
     custom = out / "app/custom/brats_fl"
     assert custom.is_dir() and not custom.is_symlink() and (custom / "learner.py").is_file()
     assert not list(out.rglob("__pycache__"))
@@ -66,14 +66,20 @@ def _simulate(job, workspace, threads, env=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("threads", [2, None])
-def test_simulator_end_to_end(brats_root, tmp_path, threads):
-    """2 clients, 2 rounds, tiny volumes: global, best and local models exist and every model x site pair
-    has finite Dice in cross_val_results.json. Without -t the simulator rebuilds clients for every task."""
+def test_simulator_end_to_end_and_reproducible(brats_root, tmp_path):
+    """2 clients, 2 rounds, tiny volumes, with -t 2 and without -t (the simulator then rebuilds the clients for
+    every task): global, best and local models exist, every model x site pair has finite Dice in
+    cross_val_results.json, and both runs end with bit-identical global models (the seed fixes the first global
+    model and every epoch's draws; the local training state outlives a rebuilt client)."""
     lists = write_datalists(brats_root, tmp_path / "lists")
     job = make_job(tmp_path / "job", rounds=2, data_root=str(brats_root), datalist_dir=str(lists["site-1"].parent),
                    train={"crop": list(TINY_BRATS_SHAPE), "num_workers": 0, "num_threads": 1})
-    ws = tmp_path / "ws"
+    finals = [_check_simulation(job, tmp_path / f"threads_{threads}", threads) for threads in (2, None)]
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
+
+
+def _check_simulation(job, out, threads) -> dict:
+    ws = out / "ws"
     result = _simulate(job, ws, threads)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = ws / "server/simulate_job"
@@ -95,9 +101,10 @@ def test_simulator_end_to_end(brats_root, tmp_path, threads):
             assert all(0 <= metrics[k] <= 1 for k in ("TC", "WT", "ET", "mean")) and metrics["n_cases"] == 1
     # TensorBoard events streamed to the server; the report command reads all of it.
     assert {p.name for p in (run / "tb_events").iterdir()} == {"site-1", "site-2"}
-    assert cli.main(["report", str(ws), "--out", str(tmp_path / "report")]) == 0
-    assert (tmp_path / "report/training_curves.png").stat().st_size > 10_000
-    assert "AVE" in (tmp_path / "report/report.txt").read_text()
+    assert cli.main(["report", str(ws), "--out", str(out / "report")]) == 0
+    assert (out / "report/training_curves.png").stat().st_size > 10_000
+    assert "AVE" in (out / "report/report.txt").read_text()
+    return final
 
 
 @pytest.mark.slow

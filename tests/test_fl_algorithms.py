@@ -116,8 +116,8 @@ def test_fedavgm_uses_sgd_with_momentum(tmp_path):
     server, _ = load_job_configs(job)
     args = find_component(server, "shareable_generator", job)["args"]["optimizer_args"]
     assert args == {"path": "torch.optim.SGD", "args": {"lr": 1.0, "momentum": 0.9}, "config_type": "dict"}
-    # The recipe persistor keeps the sites' recipe, and the model component the patch size.
-    assert find_component(server, MODEL_ID, job)["args"] == {"patch_size": 224}
+    # The recipe persistor keeps the sites' recipe, and the model component the patch size and the seed.
+    assert find_component(server, MODEL_ID, job)["args"] == {"patch_size": 224, "seed": 0}
 
 
 def _filter(job):

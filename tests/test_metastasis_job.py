@@ -32,7 +32,7 @@ def test_committed_job_is_the_seed_recipe():
     selector = next(c for c in server["components"] if c["id"] == "model_selector")
     assert selector["args"]["key_metric"] == "val_accuracy"
     persistor = next(c for c in server["components"] if c["id"] == "persistor")
-    assert persistor["args"]["model"] == {"path": "metastasis.model.PatchClassifier", "args": {"patch_size": 224}}
+    assert persistor["args"]["model"] == {"path": "metastasis.model.PatchClassifier", "args": {"patch_size": 224, "seed": 0}}
     # The whole recipe, defaults included, on both sides: the global models carry what the sites trained with.
     assert train == persistor["args"]["train_conf"] == TrainConfig().to_dict()
 
@@ -45,7 +45,7 @@ def test_make_job_applies_overrides(tmp_path):
     assert server["num_rounds"] == 3 and learner["train"]["lr"] == 5e-4
     assert learner["data_root"] == "/data/c16" and learner["patch_list"] == "/data/c16/patches.json"
     persistor = next(c for c in server["components"] if c["id"] == "persistor")
-    assert persistor["args"]["model"]["args"] == {"patch_size": 96}  # the server builds the same network
+    assert persistor["args"]["model"]["args"] == {"patch_size": 96, "seed": 0}  # the server builds the same network
     assert persistor["args"]["train_conf"] == learner["train"] and learner["train"]["patch_size"] == 96
     assert json.loads((out / "meta.json").read_text())["min_clients"] == 1  # the template's
     two = make_job(tmp_path / "two", sites=2, patch_list="/data/{site}/patches.json")

@@ -43,7 +43,8 @@ class TrainConfig(Settings):
         num_threads: CPU threads for this site's PyTorch work; 0 keeps PyTorch's default (all cores). When several
             clients share one machine (the simulator with ``-t``, a POC), give each ``cores / clients``:
             oversubscribed OpenMP threads spin against each other and slow training down by 10x and more.
-        seed: seed for the crops and augmentations of this site.
+        seed: seed of the initial weights (in a federation: the first global model, which the server builds) and of
+            every epoch's shuffling, crops, augmentations and dropout (:mod:`medcore.seeding`).
         device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:n]``.
     """
 

@@ -198,8 +198,7 @@ def train(splits: Mapping[str, Sequence[dict]], config: TrainConfig, out_dir: st
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = select_device(config.device)
-    torch.manual_seed(config.seed)
-    model = BratsSegResNet(vae=config.vae, crop=config.crop)
+    model = BratsSegResNet(vae=config.vae, crop=config.crop, seed=config.seed)
     trainer = Trainer(model, config, device)
     training, validation = train_dataset(splits["training"], config), eval_dataset(splits["validation"],
                                                                                   config.cache_rate)

@@ -32,5 +32,5 @@ def make_job(out_dir: str | Path, template: str | Path | None = None, rounds: in
     """
     return derive_job(out_dir, template or TASK.job_template(), TASK.recipe, TASK.packages, rounds=rounds,
                       train=train, learner_args={"data_root": data_root, "datalist_dir": datalist_dir},
-                      model_args=lambda config: {"vae": config.vae, "crop": list(config.crop)},
+                      model_args=lambda config: {"vae": config.vae, "crop": list(config.crop), "seed": config.seed},
                       resume_from=resume_from, algorithm=algorithm)

@@ -12,6 +12,7 @@ from monai.networks.nets import SegResNet, SegResNetVAE
 
 from medcore.errors import UserError
 from medcore.files import load_torch
+from medcore.seeding import seeded
 
 __all__ = ["BratsSegResNet", "load_checkpoint"]
 
@@ -22,17 +23,20 @@ class BratsSegResNet(torch.nn.Module):
     ``forward(x)`` takes (B, 4, X, Y, Z) with X, Y, Z divisible by 8 and returns the (B, 3, X, Y, Z) logits. With
     ``vae=True`` the branch reconstructs the input from a 256-d latent while training; :attr:`vae_loss` then holds
     the last forward's VAE loss (reconstruction L2 + KL), and the input must have the size ``crop``.
-    The constructor takes plain values so FLARE's persistor can build it from the job configuration.
+    The constructor takes plain values so FLARE's persistor can build it from the job configuration; ``seed``
+    makes the initial weights a function of it alone (:func:`medcore.seeding.seeded`; ``None``: torch's global
+    generator).
     """
 
     def __init__(self, vae: bool = False, crop: Sequence[int] = (224, 224, 144), init_filters: int = 16,
-                 dropout: float = 0.2) -> None:
+                 dropout: float = 0.2, seed: int | None = None) -> None:
         super().__init__()
         common = dict(spatial_dims=3, init_filters=init_filters, in_channels=4, out_channels=3,
                       dropout_prob=dropout, blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1))
         self.vae = vae
-        self.net = SegResNetVAE(input_image_size=tuple(crop), vae_estimate_std=False, vae_default_std=0.3,
-                                vae_nz=256, **common) if vae else SegResNet(**common)
+        with seeded(seed):
+            self.net = SegResNetVAE(input_image_size=tuple(crop), vae_estimate_std=False, vae_default_std=0.3,
+                                    vae_nz=256, **common) if vae else SegResNet(**common)
         self.vae_loss: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 * :mod:`medcore.errors`, :mod:`medcore.command`: the error policy and the command-line conventions;
 * :mod:`medcore.files`: safe input (JSON, text, tensors-only checkpoints) and atomic, owned output;
 * :mod:`medcore.settings`: typed recipes; :mod:`medcore.device`: device and mixed-precision choice;
-* :mod:`medcore.training`: the epoch loop both models train with; :mod:`medcore.progress`: logging;
+* :mod:`medcore.training`: the epoch loop both models train with; :mod:`medcore.seeding`: reproducible draws;
+* :mod:`medcore.progress`: logging;
 * :mod:`medcore.memory`: freed memory given back to the system between differently shaped steps;
 * :mod:`medcore.random_fields`: the noise the synthetic-data generators are built from.
 """

@@ -1,6 +1,6 @@
 """The optimisation loop both models share: one epoch of optimiser steps over a dataset, with automatic mixed
-precision (:mod:`medcore.device`), seeded shuffling, an optional FedProx proximal term and a record of how long the
-loop waited for data."""
+precision (:mod:`medcore.device`), seeded draws (:mod:`medcore.seeding`), an optional FedProx proximal term and a
+record of how long the loop waited for data."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from monai.data import DataLoader
 from torch.utils.data import Dataset
 
 from .device import autocast, grad_scaler
+from .seeding import epoch_seed
 
 __all__ = ["EpochStats", "EpochTrainer"]
 
@@ -35,8 +36,8 @@ class EpochTrainer:
 
     Args:
         batch_size, num_workers: DataLoader settings (``num_workers`` processes prepare batches in parallel).
-        seed: shuffling seed; epoch ``k`` shuffles with ``seed * 1_000_003 + k``, so a resumed run continues the
-            same sequence.
+        seed: epoch ``k``'s shuffling, augmentations and dropout are drawn from
+            :func:`~medcore.seeding.epoch_seed` ``(seed, k)``, so a resumed run continues the same sequence.
         amp: mixed precision as :func:`medcore.device.autocast` chooses it (fp16 + scaler on CUDA, bf16 on CPU).
         proximal_mu: FedProx's ``mu`` (Li et al. 2020): every step minimises the batch loss plus
             ``mu / 2 * ||w - w_anchor||^2`` over the trainable parameters, ``w_anchor`` being the weights at the
@@ -79,10 +80,12 @@ class EpochTrainer:
 
         The loss recorded is the batch loss alone (without the FedProx term), so curves compare across methods.
         """
-        # MONAI's DataLoader seeds every worker's random transforms differently (a plain one would fork
-        # identical augmentation streams into all workers).
+        seed = epoch_seed(self.seed, self.epochs)
+        # MONAI's DataLoader seeds the dataset's random transforms from this generator (every worker's differently;
+        # a plain one would fork identical augmentation streams into all workers).
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epochs))
+                            generator=torch.Generator().manual_seed(seed))
+        torch.manual_seed(seed)  # dropout draws from torch's global generators
         self.model.train()
         start = time.perf_counter()
         data_seconds, losses, samples = 0.0, [], 0

@@ -114,11 +114,10 @@ class EngineLearner(Learner):
 
     def start_engine(self, build_model: Callable[[], torch.nn.Module],
                      trainer: Callable[[torch.nn.Module, Any, torch.device], EpochTrainer]) -> None:
-        """Device, CPU threads and seed from ``self.config``, then the model and its trainer (in :meth:`setup`)."""
+        """Device and CPU threads from ``self.config``, then the model and its trainer (in :meth:`setup`)."""
         self.device = select_device(self.config.device)
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
-        torch.manual_seed(self.config.seed)
         self.model = build_model()
         self.trainer = trainer(self.model, self.config, self.device)
         self.local_epochs = self.config.local_epochs

@@ -48,7 +48,8 @@ class TrainConfig(Settings):
         num_threads: CPU threads for PyTorch; 0 keeps PyTorch's default.
         pretrained: optional local file with ResNet18 weights (torchvision's ImageNet ``resnet18-*.pth`` layout)
             to start from; empty: random initialisation.
-        seed: seed for initialisation, shuffling and augmentation.
+        seed: seed of the initial weights (in a federation: the first global model, which the server builds) and of
+            every epoch's shuffling and augmentations (:mod:`medcore.seeding`).
         device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:n]``.
     """
 

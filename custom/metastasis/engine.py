@@ -32,8 +32,7 @@ logger = logging.getLogger(__name__)
 
 def build_model(config: TrainConfig) -> PatchClassifier:
     """The network for ``config``, seeded, with the pretrained backbone when ``config.pretrained`` names one."""
-    torch.manual_seed(config.seed)
-    model = PatchClassifier(config.patch_size)
+    model = PatchClassifier(config.patch_size, seed=config.seed)
     if config.pretrained:
         skipped = load_pretrained(model, config.pretrained)
         logger.info("loaded pretrained weights from %s%s", config.pretrained,

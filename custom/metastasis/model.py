@@ -26,6 +26,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from medcore.errors import UserError
 from medcore.files import load_torch
+from medcore.seeding import seeded
 
 from .config import STAIN_NORMALIZATIONS
 
@@ -40,17 +41,20 @@ class PatchClassifier(ResNet):
 
     Args:
         patch_size: training patch size in pixels (a multiple of 32, at least 32); sets the average-pool window.
+        seed: the initial weights are a function of it alone (:func:`medcore.seeding.seeded`; ``None``: torch's
+            global generator).
     """
 
-    def __init__(self, patch_size: int = 224) -> None:
+    def __init__(self, patch_size: int = 224, seed: int | None = None) -> None:
         if patch_size < OUTPUT_STRIDE or patch_size % OUTPUT_STRIDE:
             raise ValueError(f"patch_size must be a positive multiple of {OUTPUT_STRIDE}, got {patch_size}")
-        super().__init__(block=ResNetBlock, layers=[2, 2, 2, 2], block_inplanes=[64, 128, 256, 512], spatial_dims=2,
-                         n_input_channels=3, conv1_t_size=7, conv1_t_stride=2, shortcut_type="B",
-                         bias_downsample=False, num_classes=1, feed_forward=False)
+        with seeded(seed):
+            super().__init__(block=ResNetBlock, layers=[2, 2, 2, 2], block_inplanes=[64, 128, 256, 512],
+                             spatial_dims=2, n_input_channels=3, conv1_t_size=7, conv1_t_stride=2, shortcut_type="B",
+                             bias_downsample=False, num_classes=1, feed_forward=False)
+            self.fc = nn.Conv2d(512, 1, kernel_size=1)
         self.patch_size = patch_size
         self.avgpool = nn.AvgPool2d(patch_size // OUTPUT_STRIDE, stride=1)
-        self.fc = nn.Conv2d(512, 1, kernel_size=1)
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

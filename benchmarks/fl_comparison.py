@@ -110,6 +110,12 @@ def central_curves(run_dir: Path) -> Path | None:
     return plot_curves(events, run_dir / "report/training_curves.png", BRATS_REPORT.curves)
 
 
+def _commit() -> str:
+    """The project's commit a run was made with (runs of several sessions share one table)."""
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS.parent, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
@@ -177,7 +183,8 @@ def main() -> int:
             fedavg_dir = args.work / f"fedavg_r{args.rounds}_s{seed}"
             result = central(root, run_dir, args.rounds, seed, fedavg_dir) if name == "central" else \
                 federated(name, RUNS[name], root, run_dir, args.rounds, seed)
-            done[key] = {**result, "curves": str(result["curves"]) if result["curves"] else None}
+            done[key] = {**result, "curves": str(result["curves"]) if result["curves"] else None,
+                         "commit": _commit()}
             done_file.write_text(json.dumps(done, indent=1))
             print(f"  AVE mean Dice {result['ave_mean_dice']:.4f} in {result['seconds']:.0f} s", flush=True)
     # The table holds every run finished at these rounds in the work folder, whatever this call asked for, so a

@@ -129,8 +129,8 @@ def write_results(runs: dict, rounds: int) -> None:
     for name, per_seed in runs.items():
         for seed, result in per_seed.items():
             if result.get("curves"):
-                shutil.copyfile(result["curves"], out_dir / f"{name}_seed{seed}.png")
-                result["curves"] = f"fl_comparison/{name}_seed{seed}.png"
+                shutil.copyfile(result["curves"], out_dir / f"{name}_r{rounds}_seed{seed}.png")
+                result["curves"] = f"fl_comparison/{name}_r{rounds}_seed{seed}.png"
         table[name] = {"ave_mean_dice": _mean([r["ave_mean_dice"] for r in per_seed.values()]),
                        "ave": {k: _mean([r["ave"][k] for r in per_seed.values()]) for k in
                                next(iter(per_seed.values()))["ave"]},

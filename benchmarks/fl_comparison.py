@@ -12,9 +12,11 @@ validation epoch) on each site's testing split, the sites averaged weighted by t
 report's AVE). Per run the results keep per-site and AVE TC/WT/ET/mean Dice and HD95, ``ave_mean_dice``, the wall
 time and the curves PNG.
 
-Run: .venv/bin/python benchmarks/fl_comparison.py --work DIR [--rounds 12] [--seeds 0 1] [--runs ...]
-(about 8 minutes per run at 12 rounds on 2 cores). Runs already done in DIR are kept and skipped. Writes
-benchmarks/results/fl_comparison.json and .md, and the curves under benchmarks/results/fl_comparison/.
+Run: .venv/bin/python benchmarks/fl_comparison.py --work DIR [--rounds 30] [--seeds 0 1] [--runs ...]
+(about 30 minutes per federated run at 30 rounds on 2 cores, central training a little longer). Runs already done
+in DIR are kept and skipped, so several sessions can fill one table. A seed fixes a run (:mod:`medcore.seeding`):
+the same seed and code give the same numbers. Writes benchmarks/results/fl_comparison.json and .md, and the curves
+under benchmarks/results/fl_comparison/.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ def write_results(runs: dict, rounds: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, type=Path, help="working folder (data, jobs, runs)")
-    parser.add_argument("--rounds", type=int, default=12, help="rounds, and epochs of central training (default 12)")
+    parser.add_argument("--rounds", type=int, default=30, help="rounds, and epochs of central training (default 30)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="runs (default: all)")
     args = parser.parse_args()

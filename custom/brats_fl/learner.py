@@ -69,7 +69,8 @@ class BratsLearner(EngineLearner):
         self.splits = self._checked_splits(datalist, root)
         self.log_info(fl_ctx, f"{self.site}: {datalist} with "
                               + ", ".join(f"{len(v)} {k}" for k, v in self.splits.items()) + f" cases under {root}")
-        self.start_engine(lambda: BratsSegResNet(vae=self.config.vae, crop=self.config.crop, seed=self.config.seed), Trainer)
+        config = self.config
+        self.start_engine(lambda: BratsSegResNet(vae=config.vae, crop=config.crop, seed=config.seed), Trainer)
         self._datasets: dict[str, Any] = {}
 
     def _checked_splits(self, datalist: Path, root: Path) -> dict:

@@ -38,5 +38,5 @@ def make_job(out_dir: str | Path, template: str | Path | None = None, rounds: in
     """
     return derive_job(out_dir, template or TASK.job_template(), TASK.recipe, TASK.packages, rounds=rounds,
                       train=train, learner_args={"data_root": data_root, "patch_list": patch_list},
-                      model_args=lambda config: {"patch_size": config.patch_size, "seed": config.seed}, resume_from=resume_from,
-                      sites=sites, algorithm=algorithm)
+                      model_args=lambda config: {"patch_size": config.patch_size, "seed": config.seed},
+                      resume_from=resume_from, sites=sites, algorithm=algorithm)

@@ -31,7 +31,8 @@ def test_committed_job_is_the_seed_recipe():
     assert learner["datalists"] == {"site-1": "seg_brats18_datalist_client_a.json",
                                     "site-2": "seg_brats18_datalist_client_b.json"}
     persistor = next(c for c in server["components"] if c["id"] == "persistor")["args"]["model"]
-    assert persistor == {"path": "brats_fl.model.BratsSegResNet", "args": {"vae": False, "crop": [224, 224, 144], "seed": 0}}
+    assert persistor == {"path": "brats_fl.model.BratsSegResNet",
+                         "args": {"vae": False, "crop": [224, 224, 144], "seed": 0}}
     # The job ships the project's code (bring-your-own-code) so sites need only nvflare and the dependencies.
     for package in ("brats_fl", "medcore"):
         assert (TASK.job_template() / "app/custom" / package / "__init__.py").is_file()

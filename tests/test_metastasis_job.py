@@ -32,7 +32,8 @@ def test_committed_job_is_the_seed_recipe():
     selector = next(c for c in server["components"] if c["id"] == "model_selector")
     assert selector["args"]["key_metric"] == "val_accuracy"
     persistor = next(c for c in server["components"] if c["id"] == "persistor")
-    assert persistor["args"]["model"] == {"path": "metastasis.model.PatchClassifier", "args": {"patch_size": 224, "seed": 0}}
+    assert persistor["args"]["model"] == {"path": "metastasis.model.PatchClassifier",
+                                          "args": {"patch_size": 224, "seed": 0}}
     # The whole recipe, defaults included, on both sides: the global models carry what the sites trained with.
     assert train == persistor["args"]["train_conf"] == TrainConfig().to_dict()
 

@@ -182,11 +182,12 @@ def main() -> int:
             run_dir = args.work / f"{name}_r{args.rounds}_s{seed}"
             run_dir.mkdir(exist_ok=True)
             print(f"[{time.strftime('%H:%M:%S')}] {key}", flush=True)
+            commit = _commit()
             fedavg_dir = args.work / f"fedavg_r{args.rounds}_s{seed}"
             result = central(root, run_dir, args.rounds, seed, fedavg_dir) if name == "central" else \
                 federated(name, RUNS[name], root, run_dir, args.rounds, seed)
             done[key] = {**result, "curves": str(result["curves"]) if result["curves"] else None,
-                         "commit": _commit()}
+                         "commit": commit}
             done_file.write_text(json.dumps(done, indent=1))
             print(f"  AVE mean Dice {result['ave_mean_dice']:.4f} in {result['seconds']:.0f} s", flush=True)
     # The table holds every run finished at these rounds in the work folder, whatever this call asked for, so a

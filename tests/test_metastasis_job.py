@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from nvflare.fuel.utils.class_utils import instantiate_class
 
 from medflare.jobs import load_job_configs
 from metastasis import cli
 from metastasis.config import TrainConfig
 from metastasis.job import make_job
+from metastasis.model import PatchClassifier
 from metastasis.task import TASK
 
 NVFLARE = str(Path(sys.executable).parent / "nvflare")
@@ -64,22 +66,41 @@ def test_make_job_applies_overrides(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_first_global_model_starts_from_pretrained_weights(tmp_path):
+    """With ``pretrained`` the server's persistor builds the first global model from the file (as FLARE's
+    component builder does), so round 1 sends the sites those weights."""
+    weights = tmp_path / "resnet18.pth"
+    state = PatchClassifier(seed=5).state_dict()
+    torch.save(state, weights)
+    server, _ = load_job_configs(make_job(tmp_path / "job", train={"pretrained": str(weights)}))
+    model = next(c for c in server["components"] if c["id"] == "persistor")["args"]["model"]
+    assert model["args"] == {"patch_size": 224, "seed": 0, "pretrained": str(weights)}
+    built = instantiate_class(model["path"], model["args"])
+    assert all(torch.equal(v, state[k]) for k, v in built.state_dict().items())
+
+
 @pytest.mark.slow
 def test_simulator_end_to_end(camelyon_root, tmp_path):
-    """Data preparation by the CLI, then 2 rounds of the job on 64-pixel patches: global, best and local models
-    exist, cross_val_results.json scores all three on the site's validation patches, and the report reads it."""
+    """Data preparation by the CLI, then 2 rounds of the job on 64-pixel patches, starting from pretrained weights:
+    global, best and local models exist, cross_val_results.json scores all three on the site's validation patches,
+    and the report reads it."""
     masks, patch_list = tmp_path / "masks", tmp_path / "patches.json"
     assert cli.main(["tissue", str(camelyon_root / "training"), "--out", str(masks)]) == 0
     assert cli.main(["patches", "--data-root", str(camelyon_root), "--masks", str(masks), "--out", str(patch_list),
                      "--tumor-per-slide", "20", "--patch-size", "64", "--validation-fraction", "0.5"]) == 0
+    weights = tmp_path / "resnet18.pth"  # the first global model starts from these
+    torch.save(PatchClassifier(64, seed=5).state_dict(), weights)
     assert cli.main(["make-job", "--out", str(tmp_path / "job"), "--rounds", "2", "--data-root", str(camelyon_root),
                      "--patch-list", str(patch_list), "--set", "patch_size=64", "--set", "num_workers=1",
-                     "--set", "batch_size=16"]) == 0
+                     "--set", "batch_size=16", "--set", f"pretrained={weights}"]) == 0
     ws = tmp_path / "ws"
     result = subprocess.run([NVFLARE, "simulator", str(tmp_path / "job"), "-w", str(ws), "-n", "1", "-t", "1"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = ws / "server/simulate_job"
+    # The server built the first global model from the weights; the site did not read them.
+    assert f"loaded pretrained weights from {weights}" in (ws / "server/log.txt").read_text()
+    assert "loaded pretrained weights" not in (ws / "site-1/log.txt").read_text()
     for name in ("FL_global_model.pt", "best_FL_global_model.pt"):
         saved = torch.load(run / "app_server" / name, weights_only=True)
         assert saved["model"]["fc.weight"].shape == (1, 512, 1, 1)

@@ -64,6 +64,19 @@ def test_load_pretrained_imagenet_weights(tmp_path):
     assert torch.equal(model.fc.weight.flatten(), one["fc.weight"].flatten())
 
 
+def test_pretrained_weights_at_construction(tmp_path, monkeypatch):
+    """How the server builds a job's first global model (metastasis.job): the file's backbone over the seeded
+    initialisation, the path's $VARS expanded; a head that does not fit keeps its initialisation."""
+    state = _imagenet_like_state()
+    torch.save(state, tmp_path / "resnet18.pth")
+    monkeypatch.setenv("WEIGHTS_DIR", str(tmp_path))
+    model = PatchClassifier(224, seed=3, pretrained="$WEIGHTS_DIR/resnet18.pth")
+    assert torch.equal(model.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
+    assert torch.equal(model.fc.weight, PatchClassifier(224, seed=3).fc.weight)
+    with pytest.raises(ValueError, match="weights file missing"):
+        PatchClassifier(pretrained=tmp_path / "none.pth")
+
+
 def test_load_pretrained_errors(tmp_path):
     with pytest.raises(ValueError, match="weights file missing"):
         load_pretrained(PatchClassifier(), tmp_path / "none.pth")

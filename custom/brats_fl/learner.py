@@ -16,8 +16,8 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
 
 from medcore.errors import UserError
-from medcore.files import write_json
-from medflare.learner import EngineLearner, resolve_path
+from medcore.files import resolve_path, write_json
+from medflare.learner import EngineLearner
 
 from .config import TrainConfig
 from .datalist import SEED_SITES, read_datalist

@@ -25,7 +25,7 @@ from .errors import UserError, first_line
 
 __all__ = ["OUTPUT_MARKER", "check_replaceable", "first_line_is", "mark_output", "claim_output_dir", "atomic_path",
            "atomic_directory", "write_json", "write_text", "write_csv",
-           "input_files", "read_user_text", "read_json", "load_torch"]
+           "input_files", "resolve_path", "read_user_text", "read_json", "load_torch"]
 
 #: A JSON file in each folder this project writes outputs into: ``{"written_by": [kinds], "files": [...]}``. A folder
 #: a command replaces as a whole (a job) lists every file it wrote (``files``): a later run may replace it only while
@@ -217,6 +217,15 @@ def input_files(folder: str | os.PathLike, pattern: str, recursive: bool = False
     found = folder.rglob(pattern) if recursive else folder.glob(pattern)
     return sorted(p for p in found if p.is_file()
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def resolve_path(path: str, what: str, site: str = "") -> Path:
+    """Expand ``$VARS``, ``~`` and ``{site}`` (the site's name, so that one job can point each site of a
+    simulation or POC federation at its own data); an unset variable is an error that says which one to set."""
+    expanded = os.path.expanduser(os.path.expandvars(path.replace("{site}", site) if site else path))
+    if "$" in expanded:
+        raise UserError(f"{what} {path!r}: environment variable not set (export it before starting the site)")
+    return Path(expanded)
 
 
 def _existing_file(path: str | os.PathLike, what: str, error: type[UserError] = UserError) -> Path:

@@ -20,7 +20,6 @@ A subclass builds its model and trainer in :meth:`setup` and says how to train a
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -37,20 +36,10 @@ from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateType
 
 from medcore.device import select_device
-from medcore.errors import UserError
 from medcore.files import atomic_path, load_torch
 from medcore.training import EpochStats, EpochTrainer
 
-__all__ = ["resolve_path", "EngineLearner"]
-
-
-def resolve_path(path: str, what: str, site: str = "") -> Path:
-    """Expand ``$VARS``, ``~`` and ``{site}`` (the site's name, so that one job can point each site of a
-    simulation or POC federation at its own data); an unset variable is an error that says which one to set."""
-    expanded = os.path.expanduser(os.path.expandvars(path.replace("{site}", site) if site else path))
-    if "$" in expanded:
-        raise UserError(f"{what} {path!r}: environment variable not set (export it before starting the site)")
-    return Path(expanded)
+__all__ = ["EngineLearner"]
 
 
 class EngineLearner(Learner):

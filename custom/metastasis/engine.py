@@ -3,7 +3,6 @@ the FLARE learner and the benchmarks all call these."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -20,24 +19,17 @@ from medcore.training import EpochStats, EpochTrainer
 
 from .config import TrainConfig
 from .metrics import classification_scores
-from .model import PatchClassifier, load_checkpoint, load_pretrained
+from .model import PatchClassifier, load_checkpoint
 from .patches import PatchDataset, read_patch_list
 from .transforms import train_augmentation
 
 __all__ = ["EpochStats", "Trainer", "build_model", "patch_datasets", "predict", "evaluate", "PROBABILITY_COLUMNS",
            "validate_checkpoint", "train"]
 
-logger = logging.getLogger(__name__)
-
 
 def build_model(config: TrainConfig) -> PatchClassifier:
     """The network for ``config``, seeded, with the pretrained backbone when ``config.pretrained`` names one."""
-    model = PatchClassifier(config.patch_size, seed=config.seed)
-    if config.pretrained:
-        skipped = load_pretrained(model, config.pretrained)
-        logger.info("loaded pretrained weights from %s%s", config.pretrained,
-                    f" (kept the new head: {skipped})" if skipped else "")
-    return model
+    return PatchClassifier(config.patch_size, seed=config.seed, pretrained=config.pretrained)
 
 
 def patch_datasets(patches: Mapping, config: TrainConfig) -> dict[str, PatchDataset]:

@@ -25,7 +25,7 @@ def make_job(out_dir: str | Path, template: str | Path | None = None, rounds: in
     Args:
         rounds: federated rounds (ScatterAndGather ``num_rounds``), one local epoch each by default.
         train: :class:`~metastasis.config.TrainConfig` settings to change; the server's model follows
-            ``patch_size``.
+            ``patch_size``, ``seed`` and ``pretrained`` (the first global model starts from those weights).
         data_root, patch_list: where the site finds slides and its patch list (default: the template's,
             ``$CAMELYON_DATA_ROOT`` and ``$CAMELYON_DATA_ROOT/patches.json``); ``{site}`` in them becomes each
             site's name (``site-1``, ``site-2``, ...).
@@ -38,5 +38,6 @@ def make_job(out_dir: str | Path, template: str | Path | None = None, rounds: in
     """
     return derive_job(out_dir, template or TASK.job_template(), TASK.recipe, TASK.packages, rounds=rounds,
                       train=train, learner_args={"data_root": data_root, "patch_list": patch_list},
-                      model_args=lambda config: {"patch_size": config.patch_size, "seed": config.seed},
+                      model_args=lambda config: {"patch_size": config.patch_size, "seed": config.seed,
+                                                 **({"pretrained": config.pretrained} if config.pretrained else {})},
                       resume_from=resume_from, sites=sites, algorithm=algorithm)

@@ -14,10 +14,12 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
 
 from medcore.errors import UserError
-from medflare.learner import EngineLearner, resolve_path
+from medcore.files import resolve_path
+from medflare.learner import EngineLearner
 
 from .config import TrainConfig
-from .engine import Trainer, build_model, evaluate, patch_datasets
+from .engine import Trainer, evaluate, patch_datasets
+from .model import PatchClassifier
 from .patches import read_patch_list
 from .task import TASK
 
@@ -34,8 +36,8 @@ class MetastasisLearner(EngineLearner):
         data_root: folder the patch list's slide paths are relative to (environment variables are expanded:
             ``CAMELYON_DATA_ROOT``; ``{site}`` becomes the site's name).
         patch_list: the site's patch list JSON (``{"training": [...], "validation": [...]}``; expanded alike).
-        train: :class:`~metastasis.config.TrainConfig` settings; defaults are the seed's recipe. A ``pretrained``
-            path is resolved on the site (environment variables expanded).
+        train: :class:`~metastasis.config.TrainConfig` settings; defaults are the seed's recipe. ``pretrained`` is
+            not read here: the server's first global model carries those weights.
         analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
         resume_from_job: id of an interrupted job whose local state this run takes over (:mod:`medflare.workflow`).
         send_weight_diff: send a round's result as the change from the global model (for FedOpt and the privacy
@@ -57,16 +59,15 @@ class MetastasisLearner(EngineLearner):
     def setup(self, fl_ctx: FLContext) -> None:
         root = resolve_path(self.data_root, "data_root", self.site)
         patch_list = resolve_path(self.patch_list, "patch_list", self.site)
-        if self.config.pretrained:
-            self.config = TrainConfig.from_dict({**self.config.to_dict(),
-                                                 "pretrained": str(resolve_path(self.config.pretrained, "pretrained"))})
         patches = read_patch_list(patch_list, root, check=True)
         self.datasets = patch_datasets(patches, self.config)
         self.log_info(fl_ctx, f"{self.site}: {patch_list} with " + ", ".join(
             f"{len(d)} {k} patches" for k, d in self.datasets.items()) + f" under {root}")
         if not len(self.datasets["training"]) or not len(self.datasets["validation"]):
             raise UserError(f"{patch_list}: the site needs training and validation patches")
-        self.start_engine(lambda: build_model(self.config), Trainer)
+        # No pretrained weights here: the server builds the first global model with them (metastasis.job), and it
+        # replaces these initial weights before any training, so the sites need not hold the file.
+        self.start_engine(lambda: PatchClassifier(self.config.patch_size, seed=self.config.seed), Trainer)
 
     def dataset(self, split: str):
         return self.datasets[split]

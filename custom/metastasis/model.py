@@ -15,9 +15,9 @@ sees the convolutions' zero padding.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import copy
+import logging
+from pathlib import Path
 
 import torch
 from monai.networks.nets.resnet import ResNet, ResNetBlock
@@ -25,12 +25,14 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from medcore.errors import UserError
-from medcore.files import load_torch
+from medcore.files import load_torch, resolve_path
 from medcore.seeding import seeded
 
 from .config import STAIN_NORMALIZATIONS
 
 __all__ = ["OUTPUT_STRIDE", "PatchClassifier", "fold_batchnorm", "load_pretrained", "load_checkpoint"]
+
+logger = logging.getLogger(__name__)
 
 #: Input pixels per output pixel when the network runs fully convolutionally.
 OUTPUT_STRIDE = 32
@@ -43,9 +45,12 @@ class PatchClassifier(ResNet):
         patch_size: training patch size in pixels (a multiple of 32, at least 32); sets the average-pool window.
         seed: the initial weights are a function of it alone (:func:`medcore.seeding.seeded`; ``None``: torch's
             global generator).
+        pretrained: a local file of ResNet18 weights (``$VARS`` and ``~`` expanded) loaded over the initial weights
+            by :func:`load_pretrained`; empty: none. In a FLARE job the server builds the first global model this
+            way, so the file must be on the server.
     """
 
-    def __init__(self, patch_size: int = 224, seed: int | None = None) -> None:
+    def __init__(self, patch_size: int = 224, seed: int | None = None, pretrained: str | Path = "") -> None:
         if patch_size < OUTPUT_STRIDE or patch_size % OUTPUT_STRIDE:
             raise ValueError(f"patch_size must be a positive multiple of {OUTPUT_STRIDE}, got {patch_size}")
         with seeded(seed):
@@ -56,6 +61,11 @@ class PatchClassifier(ResNet):
         self.patch_size = patch_size
         self.avgpool = nn.AvgPool2d(patch_size // OUTPUT_STRIDE, stride=1)
         nn.init.zeros_(self.fc.bias)
+        if pretrained:
+            path = resolve_path(str(pretrained), "pretrained")
+            skipped = load_pretrained(self, path)
+            logger.info("loaded pretrained weights from %s%s", path,
+                        f" (kept the new head: {skipped})" if skipped else "")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] < self.patch_size or x.shape[-2] < self.patch_size:

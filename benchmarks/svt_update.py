@@ -52,7 +52,7 @@ def site_update(model: BratsSegResNet, config: TrainConfig, cases: list[dict]) -
     """One local epoch from ``model``'s weights: the update as the learner sends it ({name: local - global}, float32
     numpy), its optimiser steps and seconds."""
     before = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
-    trainer = Trainer(model, config, torch.device("cpu"))
+    trainer = Trainer(model, config)  # the recipe's device (auto)
     stats = trainer.train_epoch(train_dataset(cases, config))
     after = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     return {k: after[k] - before[k].astype(after[k].dtype) for k in after}, stats.steps, stats.seconds

@@ -125,7 +125,10 @@ def main() -> int:
     config = TrainConfig.from_dict({"crop": [96, 96, 64], "lr": 5e-4, "num_workers": 0, "num_threads": 1,
                                     "seed": args.seed})
     torch.set_num_threads(1)
-    datalist = sorted((args.data / "datalists").glob("*.json"))[0]
+    datalists = sorted((args.data / "datalists").glob("*.json"))
+    if not datalists:
+        parser.error(f"{args.data / 'datalists'}: no datalist JSON files (run brats-fl make-data and datalist)")
+    datalist = datalists[0]
     cases = read_datalist(datalist, args.data)["training"]
     print(f"[{time.strftime('%H:%M:%S')}] {datalist.name}: {len(cases)} training cases", flush=True)
     results = [measure("round 1 (seeded first global model)",

@@ -5,27 +5,31 @@ the generator (``metastasis make-data --centre A|B --difficulty D``: stain hue a
 noise, JPEG quality; mimics and artefacts), trains the patch classifier with ``metastasis train`` in several
 setups, and scores every model on held-out slides of both centres:
 
-* ``baseline``: trained on centre A with the seed's augmentations only (``stain_variation=0``, ``hed_jitter=0``);
-* ``hed``: trained on centre A with Tellez's HED-light stain jitter as well (``hed_jitter=0.05``: the default
+* ``baseline``: trained on one centre (A, or ``--train-centre B``) with the seed's augmentations only
+  (``stain_variation=0``, ``hed_jitter=0``);
+* ``hed``: trained on that centre with Tellez's HED-light stain jitter as well (``hed_jitter=0.05``: the default
   recipe);
-* ``macenko``: trained on centre A with Macenko stain normalisation (``stain_normalization=macenko``, no stain
+* ``macenko``: trained on that centre with Macenko stain normalisation (``stain_normalization=macenko``, no stain
   augmentation; inference normalises each test slide with its own stain vectors, as the checkpoint records);
-* ``variation``: trained on centre A with another centre's look as augmentation (``stain_variation=0.5``) and the
-  HED jitter;
+* ``variation``: trained on that centre with another centre's look as augmentation (``stain_variation=0.5``) and
+  the HED jitter;
 * ``ab_baseline``: the baseline trained on centres A and B together (what pooling both centres gives);
 * ``fl_ab``: the baseline trained federated, centre A and centre B as two sites of one FLARE job (``metastasis
   make-job --sites 2``, each site reading its own centre's patch list), one local epoch per round, as many rounds
   as the others' epochs; scored with the server's best global model.
 
-For the models trained on centre A alone, a diagnosis of which of B's appearance factors moves them
-(:func:`factor_diagnosis`). Per model and test centre: patch accuracy and AUC on every patch of the test slides
-(``metastasis validate``), and the Camelyon16 FROC and slide-level AUC (``metastasis infer``, ``detect``,
+Every setup is trained once per training seed (``--seeds``); the table gives each number's mean over the seeds
+and its range. For the models trained on centre A alone, seed 0, a diagnosis of which of B's appearance factors
+moves them (:func:`factor_diagnosis`). Per model and test centre: patch accuracy and AUC on every patch of the test
+slides (``metastasis validate``), and the Camelyon16 FROC and slide-level AUC (``metastasis infer``, ``detect``,
 ``evaluate``). Every step runs the command line in its own process and skips what an earlier run already finished,
 so an interrupted run resumes.
 
 Run: .venv/bin/python benchmarks/centre_shift.py --work DIR [--difficulty 1.0] [--epochs 5] ...
-(the committed results: ``--patch-size 128 --epochs 12``).
-Writes benchmarks/results/centre_shift.json and .md.
+The committed results: ``centre_shift`` (``--patch-size 128 --epochs 12 --test-tumour 5 --test-normal 5 --seeds 0 1
+--setups baseline hed variation``) and the check on settings not tuned on, ``centre_shift_untuned``
+(``--train-centre B --difficulty 0.6 --data-seed 100``, otherwise the same, ``--setups baseline hed``).
+Writes benchmarks/results/NAME.json and .md (``--name``, default ``centre_shift``).
 """
 
 from __future__ import annotations
@@ -42,13 +46,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CENTRES = ("A", "B")
 # Every setup names all its stain settings, so that the table keeps its meaning when the recipe's defaults change.
 _PLAIN = {"stain_variation": 0.0, "hed_jitter": 0.0, "stain_normalization": "none"}
+ONE, BOTH = "one", "both"  # trained on the training centre alone, or on both centres
 SETUPS = {  # name: (training centres, recipe settings)
-    "baseline": (("A",), _PLAIN),
-    "hed": (("A",), {**_PLAIN, "hed_jitter": 0.05}),
-    "macenko": (("A",), {**_PLAIN, "stain_normalization": "macenko"}),
-    "ab_baseline": (("A", "B"), _PLAIN),
-    "fl_ab": (("A", "B"), _PLAIN),
-    "variation": (("A",), {**_PLAIN, "stain_variation": 0.5, "hed_jitter": 0.05}),
+    "baseline": (ONE, _PLAIN),
+    "hed": (ONE, {**_PLAIN, "hed_jitter": 0.05}),
+    "macenko": (ONE, {**_PLAIN, "stain_normalization": "macenko"}),
+    "ab_baseline": (BOTH, _PLAIN),
+    "fl_ab": (BOTH, _PLAIN),
+    "variation": (ONE, {**_PLAIN, "stain_variation": 0.5, "hed_jitter": 0.05}),
 }
 #: The setup whose settings are the recipe's defaults (checked at start).
 DEFAULT_SETUP = "hed"
@@ -62,12 +67,19 @@ def cli(*argv: str) -> None:
                     *argv], check=True)
 
 
+def training_centres(setup: str, args: argparse.Namespace) -> tuple[str, ...]:
+    """The centres a setup trains on: the training centre, or both (the training centre first)."""
+    if SETUPS[setup][0] == ONE:
+        return (args.train_centre,)
+    return (args.train_centre, *[c for c in CENTRES if c != args.train_centre])
+
+
 def make_data(work: Path, args: argparse.Namespace) -> None:
     """Per centre: a training set and a test set (other seed), in the training layout (slides, XML), with
     tissue masks and patch lists; the test list holds every patch of its slides under 'validation'."""
     for centre in CENTRES:
-        for split, seed, tumour, normal in (("train", 10, args.train_tumour, args.train_normal),
-                                            ("test", 20, args.test_tumour, args.test_normal)):
+        for split, seed, tumour, normal in (("train", args.data_seed + 10, args.train_tumour, args.train_normal),
+                                            ("test", args.data_seed + 20, args.test_tumour, args.test_normal)):
             root = work / f"{split}_{centre}"
             common = ["--width", str(args.size[0]), "--height", str(args.size[1]), "--centre", centre,
                       "--difficulty", str(args.difficulty), "--workers", "2"]
@@ -104,10 +116,14 @@ def pooled_patches(work: Path, centres: tuple[str, ...]) -> Path:
     return out
 
 
-def train(work: Path, setup: str, args: argparse.Namespace) -> Path:
-    centres, settings = SETUPS[setup]
-    out = work / "models" / setup
-    sets = [f"{k}={v}" for k, v in {"patch_size": args.patch_size, "num_workers": 0, "seed": args.seed,
+def run_name(setup: str, seed: int) -> str:
+    return f"{setup}/seed{seed}"
+
+
+def train(work: Path, setup: str, seed: int, args: argparse.Namespace) -> Path:
+    centres, settings = training_centres(setup, args), SETUPS[setup][1]
+    out = work / "models" / run_name(setup, seed)
+    sets = [f"{k}={v}" for k, v in {"patch_size": args.patch_size, "num_workers": 0, "seed": seed,
                                      **settings}.items()]
     if setup in FEDERATED:
         return train_federated(work, out, centres, sets, args)
@@ -123,7 +139,7 @@ def train_federated(work: Path, out: Path, centres: tuple[str, ...], sets: list[
     best = out / "simulation/server/simulate_job/app_server/best_FL_global_model.pt"
     if (out / "done").is_file():
         return best
-    sites = work / "sites"
+    sites = work / f"sites_{''.join(centres)}"
     sites.mkdir(exist_ok=True)
     for index, centre in enumerate(centres, start=1):
         link = sites / f"site-{index}"
@@ -139,10 +155,10 @@ def train_federated(work: Path, out: Path, centres: tuple[str, ...], sets: list[
     return best
 
 
-def score(work: Path, setup: str, checkpoint: Path, centre: str, args: argparse.Namespace) -> dict:
+def score(work: Path, run: str, checkpoint: Path, centre: str, args: argparse.Namespace) -> dict:
     """Patch accuracy / AUC on every test patch of ``centre``, and the FROC and slide AUC on its test slides."""
     root = work / f"test_{centre}"
-    out = work / "scores" / setup / centre
+    out = work / "scores" / run / centre
     result_file = out / "scores.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
@@ -173,14 +189,14 @@ def score(work: Path, setup: str, checkpoint: Path, centre: str, args: argparse.
 FACTORS = ("none", "stain", "glass", "blur", "noise", "jpeg", "all")
 
 
-def factor_diagnosis(work: Path, setup: str, checkpoint: Path, per_class: int = 200) -> dict:
+def factor_diagnosis(work: Path, run: str, checkpoint: Path, per_class: int = 200) -> dict:
     """Which of centre B's differences moves a model trained on centre A: a balanced sample of A's test patches,
     scored as they are and with one of B's appearance factors at a time applied (its stain vectors and strengths,
     its glass colour, the extra focus blur, sensor noise and JPEG quality that B has over A), then all of them.
     The stain and glass change is exact for the generator (:meth:`~metastasis.centres.Appearance.restain`): the
     same stain amounts seen through B. Setups with stain normalisation are skipped (each slide's own estimate would
     have to be redone on the changed pixels)."""
-    out = work / "scores" / setup / "factors.json"
+    out = work / "scores" / run / "factors.json"
     if out.is_file():
         return json.loads(out.read_text())
     import io
@@ -240,7 +256,7 @@ def factor_diagnosis(work: Path, setup: str, checkpoint: Path, per_class: int = 
                                             .numpy().ravel() for i in range(0, len(images), 64)])
         scores = classification_scores(probabilities, labels, 0.5)
         result[factor] = {k: round(float(scores[k]), 4) for k in ("accuracy", "auc", "sensitivity", "specificity")}
-        print(f"[{time.strftime('%H:%M:%S')}] {setup}: A test patches with B's {factor}: {result[factor]}", flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {run}: A test patches with B's {factor}: {result[factor]}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     return result
@@ -249,7 +265,7 @@ def factor_diagnosis(work: Path, setup: str, checkpoint: Path, per_class: int = 
 def stain_costs(work: Path) -> dict | None:
     """What Macenko normalisation cost in the ``macenko`` setup's tiled inference: seconds per tile (in the reader
     thread) against the network's seconds per tile, over all its test slides' maps."""
-    maps = [json.loads(p.read_text()) for p in sorted((work / "scores" / "macenko").glob("*/maps/*.json"))]
+    maps = [json.loads(p.read_text()) for p in sorted((work / "scores" / "macenko").glob("*/*/maps/*.json"))]
     maps = [m for m in maps if "stain_seconds" in m and m.get("tiles")]
     if not maps:
         return None
@@ -260,50 +276,83 @@ def stain_costs(work: Path) -> dict | None:
             "read_seconds_per_tile": round(sum(m["read_seconds"] for m in maps) / tiles, 4)}
 
 
+METRICS = ("patch_accuracy", "patch_auc", "froc", "slide_auc")
+
+
+def summarise(by_seed: dict[str, dict]) -> dict:
+    """One setup's scores at one test centre over its seeds: each metric's mean, minimum and maximum."""
+    out = {}
+    for metric in METRICS:
+        values = [r[metric] for r in by_seed.values()]
+        out[metric] = {"mean": round(sum(values) / len(values), 4), "min": round(min(values), 4),
+                       "max": round(max(values), 4)}
+    return out
+
+
 def write_results(work: Path, args: argparse.Namespace, runs: dict, factors: dict, seconds: dict) -> None:
+    """``runs``: {setup: {seed: {test centre: scores}}}; the JSON keeps every seed's scores, the table their means
+    and ranges."""
     import torch
 
+    other = next(c for c in CENTRES if c != args.train_centre)
+    summary = {name: {centre: summarise({seed: by_centre[centre] for seed, by_centre in by_seed.items()})
+                      for centre in (args.train_centre, other)} for name, by_seed in runs.items()}
     record = {
         "machine": f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.platform()}",
         "data": {"centres": list(CENTRES), "difficulty": args.difficulty, "slide_size": list(args.size),
+                 "data_seed": args.data_seed,
                  "train_slides_per_centre": {"tumour": args.train_tumour, "normal": args.train_normal},
                  "test_slides_per_centre": {"tumour": args.test_tumour, "normal": args.test_normal},
                  "tumour_patches_per_slide": args.patches_per_slide, "patch_size": args.patch_size},
-        "training": {"epochs": args.epochs, "seed": args.seed, "default_setup": DEFAULT_SETUP, "setups": {
-            name: {"centres": list(c), "settings": s, "federated": name in FEDERATED}
-            for name, (c, s) in SETUPS.items() if name in runs}},
+        "training": {"epochs": args.epochs, "seeds": args.seeds, "train_centre": args.train_centre,
+                     "default_setup": DEFAULT_SETUP, "setups": {
+                         name: {"centres": list(training_centres(name, args)), "settings": SETUPS[name][1],
+                                "federated": name in FEDERATED} for name in runs}},
         "inference_stride": args.stride,
         "runs": runs,
+        "summary": summary,
         "factor_diagnosis": factors,
         "stain_normalization_cost": stain_costs(work),
         "seconds": seconds,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "centre_shift.json").write_text(json.dumps(record, indent=1) + "\n")
-    lines = ["# Centre shift: trained on centre A (or A+B), tested on held-out slides of A and B", "",
-             f"{record['machine']}. Generated data at difficulty {args.difficulty}: {args.train_tumour} tumour + "
-             f"{args.train_normal} normal training slides and {args.test_tumour} + {args.test_normal} test slides "
-             f"per centre, {args.size[0]}x{args.size[1]} pixels; {args.patch_size}-pixel patches, "
-             f"{args.patches_per_slide} tumour patches per tumour slide; {args.epochs} epochs, seed {args.seed}; "
-             f"FROC from tiled inference at stride {args.stride}.", "",
-             "| setup | trained on | test centre | patch accuracy | patch AUC | FROC | slide AUC |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, by_centre in runs.items():
-        trained_on = "+".join(SETUPS[name][0]) + (" (FL)" if name in FEDERATED else "")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    seeds = ", ".join(map(str, args.seeds))
+    lines = [f"# Centre shift: trained on centre {args.train_centre} (or both), tested on held-out slides of both",
+             "",
+             f"{record['machine']}. Generated data at difficulty {args.difficulty} (data seed {args.data_seed}): "
+             f"{args.train_tumour} tumour + {args.train_normal} normal training slides and {args.test_tumour} + "
+             f"{args.test_normal} test slides per centre, {args.size[0]}x{args.size[1]} pixels; {args.patch_size}-pixel "
+             f"patches, {args.patches_per_slide} tumour patches per tumour slide; {args.epochs} epochs, training seeds "
+             f"{seeds}; FROC (all slides, challenge rules) from tiled inference at stride {args.stride}. Each cell: "
+             "the mean over the seeds, and in brackets the lowest and highest seed.", "",
+             "| setup | trained on | test centre | seeds | patch accuracy | patch AUC | FROC | slide AUC |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, by_centre in summary.items():
+        trained_on = "+".join(training_centres(name, args)) + (" (FL)" if name in FEDERATED else "")
         for centre, r in by_centre.items():
-            lines.append(f"| {name} | {trained_on} | {centre} | {r['patch_accuracy']:.3f} | {r['patch_auc']:.3f} | "
-                         f"{r['froc']:.3f} | {r['slide_auc']:.3f} |")
+            cells = [f"{r[m]['mean']:.3f} [{r[m]['min']:.3f}, {r[m]['max']:.3f}]" if r[m]["min"] != r[m]["max"]
+                     else f"{r[m]['mean']:.3f}" for m in METRICS]
+            lines.append(f"| {name} | {trained_on} | {centre} | {len(runs[name])} | " + " | ".join(cells) + " |")
+    lines += ["", "Per seed (patch accuracy / patch AUC / FROC / slide AUC):", "",
+              "| setup | seed | " + " | ".join(f"test centre {c}" for c in (args.train_centre, other)) + " |",
+              "| --- | --- | --- | --- |"]
+    for name, by_seed in runs.items():
+        for seed, by_centre in by_seed.items():
+            lines.append(f"| {name} | {seed} | " + " | ".join(
+                " / ".join(f"{by_centre[c][m]:.3f}" for m in METRICS) for c in (args.train_centre, other)) + " |")
     factors = {name: by for name, by in factors.items() if by}
     if factors:
-        lines += ["", "Which of centre B's differences moves the models trained on A: a balanced sample of A's test "
-                  "patches (200 tumour, 200 normal) as they are and with one of B's factors applied; patch accuracy "
-                  "/ specificity / AUC.", "",
+        lines += ["", "Which of centre B's differences moves the models trained on A (seed 0): a balanced sample of "
+                  "A's test patches (200 tumour, 200 normal) as they are and with one of B's factors applied; patch "
+                  "accuracy / specificity / AUC.", "",
                   "| setup | " + " | ".join(FACTORS) + " |", "| --- |" + " --- |" * len(FACTORS)]
         for name, by in factors.items():
             lines.append(f"| {name} | " + " | ".join(
                 f"{by[f]['accuracy']:.2f} / {by[f]['specificity']:.2f} / {by[f]['auc']:.2f}" for f in FACTORS) + " |")
-    lines += ["", "FROC gap (A minus B) per setup: " + ", ".join(
-        f"{name} {by['A']['froc'] - by['B']['froc']:+.3f}" for name, by in runs.items() if {"A", "B"} <= set(by)),
+    lines += ["", f"FROC gap ({args.train_centre} minus {other}, mean over seeds) per setup: " + ", ".join(
+        f"{name} {by[args.train_centre]['froc']['mean'] - by[other]['froc']['mean']:+.3f}"
+        for name, by in summary.items()),
         "", "Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())]
     cost = record["stain_normalization_cost"]
     if cost:
@@ -311,24 +360,31 @@ def write_results(work: Path, args: argparse.Namespace, runs: dict, factors: dic
                   f"{cost['tile_outputs']} outputs a side): {cost['stain_seconds_per_tile']:.3f} s per tile in the "
                   f"reader thread, next to {cost['read_seconds_per_tile']:.3f} s reading and "
                   f"{cost['network_seconds_per_tile']:.3f} s in the network."]
-    (RESULTS / "centre_shift.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="working folder (data, models, maps)")
+    parser.add_argument("--name", default="centre_shift",
+                        help="results file name in benchmarks/results (default: centre_shift)")
     parser.add_argument("--difficulty", type=float, default=1.0, help="the generator's difficulty (default: 1)")
+    parser.add_argument("--data-seed", type=int, default=0,
+                        help="offset of the generator's seeds (training slides: 10 + it, test slides: 20 + it, "
+                             "centre B one more; default: 0)")
+    parser.add_argument("--train-centre", choices=CENTRES, default="A",
+                        help="the centre the one-centre setups train on (default: A)")
     parser.add_argument("--size", type=int, nargs=2, default=(8192, 6144), metavar=("W", "H"),
                         help="slide size in pixels (default: 8192 6144)")
     parser.add_argument("--train-tumour", type=int, default=4, help="training tumour slides per centre (default: 4)")
     parser.add_argument("--train-normal", type=int, default=2, help="training normal slides per centre (default: 2)")
-    parser.add_argument("--test-tumour", type=int, default=3, help="test tumour slides per centre (default: 3)")
-    parser.add_argument("--test-normal", type=int, default=3, help="test normal slides per centre (default: 3)")
+    parser.add_argument("--test-tumour", type=int, default=5, help="test tumour slides per centre (default: 5)")
+    parser.add_argument("--test-normal", type=int, default=5, help="test normal slides per centre (default: 5)")
     parser.add_argument("--patches-per-slide", type=int, default=200,
                         help="tumour patches per tumour slide (as many normal ones; default: 200)")
     parser.add_argument("--patch-size", type=int, default=224, help="patch size (default: the seed's 224)")
     parser.add_argument("--epochs", type=int, default=5, help="training epochs per setup (default: 5)")
-    parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: 0 1)")
     parser.add_argument("--stride", type=int, default=64, help="inference stride (default: 64, NCRF's)")
     parser.add_argument("--setups", nargs="+", choices=sorted(SETUPS), default=list(SETUPS),
                         help="setups to train and score (default: all)")
@@ -353,17 +409,20 @@ def main() -> int:
     timed("data", start)
     runs: dict[str, dict] = {}
     factors: dict[str, dict] = {}
-    for setup in args.setups:
-        start = time.perf_counter()
-        checkpoint = train(work, setup, args)
-        timed(f"train_{setup}", start)
-        start = time.perf_counter()
-        runs[setup] = {centre: score(work, setup, checkpoint, centre, args) for centre in CENTRES}
-        if SETUPS[setup][0] == ("A",):
-            factors[setup] = factor_diagnosis(work, setup, checkpoint)
-        timed(f"score_{setup}", start)
-        write_results(work, args, runs, factors, seconds)  # after every setup: a partial run leaves its numbers
-    print((RESULTS / "centre_shift.md").read_text())
+    for seed in args.seeds:  # every setup at the first seed before any at the next: a partial run compares setups
+        for setup in args.setups:
+            run = run_name(setup, seed)
+            start = time.perf_counter()
+            checkpoint = train(work, setup, seed, args)
+            timed(f"train_{run}", start)
+            start = time.perf_counter()
+            runs.setdefault(setup, {})[str(seed)] = {centre: score(work, run, checkpoint, centre, args)
+                                                     for centre in CENTRES}
+            if seed == args.seeds[0] and training_centres(setup, args) == ("A",):
+                factors[setup] = factor_diagnosis(work, run, checkpoint)
+            timed(f"score_{run}", start)
+            write_results(work, args, runs, factors, seconds)  # after every run: a partial run leaves its numbers
+    print((RESULTS / f"{args.name}.md").read_text())
     return 0
 
 

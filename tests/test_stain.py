@@ -9,41 +9,68 @@ from medcore.errors import SettingError
 from metastasis.config import TrainConfig
 from metastasis.patches import PatchDataset, read_patch_list
 from metastasis.stain import (MACENKO_TARGET, RGB_FROM_HED, HEDJitter, StainNormalizer, StainVariation,
-                              estimate_stain_vectors, slide_stain_vectors)
+                              estimate_stain_vectors, slide_stain_vectors, tissue_weight)
 from metastasis.synthetic import make_scene, write_slide
 from metastasis.slide import SlideError, open_slide
 
-LOG_1E6 = np.log(1e-6)
-
-
 def hed_image(concentrations: np.ndarray) -> np.ndarray:
-    """RGB in [0, 1] (H, W, 3) of HED concentrations (H, W, 3), scikit-image's convention, by hand."""
-    return np.exp((concentrations @ RGB_FROM_HED) * LOG_1E6)
+    """RGB in [0, 1] (H, W, 3) of HED amounts (H, W, 3) in optical density (``-ln rgb``), by hand."""
+    return np.exp(-(concentrations @ RGB_FROM_HED))
+
+
+def hed_amounts(rgb: np.ndarray) -> np.ndarray:
+    """HED amounts (H, W, 3) of RGB in [0, 1] (H, W, 3), by hand: Ruifrok's deconvolution of ``-ln rgb``."""
+    return -np.log(rgb) @ np.linalg.inv(RGB_FROM_HED)
 
 
 def test_hed_jitter_is_the_identity_at_zero_strength():
     image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.05
     assert torch.equal(HEDJitter(0.0)(image), image)
-    same = HEDJitter.apply(image, np.ones(3), np.zeros(3))
+    same = HEDJitter.apply(image, np.ones(2), np.zeros(2))
     assert torch.allclose(same, image, atol=1e-5)
 
 
-_MATRIX = np.array([[1.6, 0.05, -0.02], [-0.08, 0.7, 0.03], [0.01, 0.04, 1.2]])
+_MATRIX = np.array([[1.6, 0.05], [-0.08, 0.7]])
+
+
+def _tissue_weight_by_hand(rgb: np.ndarray) -> np.ndarray:
+    """0 where the mean optical density is at most 0.1, 1 from 0.2 on, linear between."""
+    return np.clip((-np.log(rgb).mean(axis=-1) - 0.1) / 0.1, 0, 1)
 
 
 @pytest.mark.parametrize("augmentation, args, by_hand", [
-    # HED jitter: each stain scaled and shifted.
-    (HEDJitter, (np.array([1.04, 0.97, 1.02]), np.array([0.01, -0.005, 0.002])),
-     lambda hed: hed_image(hed * np.array([1.04, 0.97, 1.02]) + np.array([0.01, -0.005, 0.002]))),
-    # Stain variation: stain amounts times the matrix, recomposed along the HED vectors, then the channel gains.
+    # HED jitter: H and E scaled, and shifted in proportion to the pixel's tissue weight; DAB as it was.
+    (HEDJitter, (np.array([1.04, 0.97]), np.array([0.03, -0.02])),
+     lambda hed, w: hed_image(hed * np.array([1.04, 0.97, 1.0]) + w[..., None] * np.array([0.03, -0.02, 0.0]))),
+    # Stain variation: H and E amounts times the matrix (DAB as it was), then the channel gains.
     (StainVariation, (_MATRIX, np.array([1.05, 0.97, 0.92])),
-     lambda hed: np.clip(hed_image(hed @ _MATRIX) * np.array([1.05, 0.97, 0.92]), 0, 1)),
+     lambda hed, w: np.clip(hed_image(np.concatenate([hed[..., :2] @ _MATRIX, hed[..., 2:]], axis=-1))
+                            * np.array([1.05, 0.97, 0.92]), 0, 1)),
 ])
 def test_stain_augmentations_change_the_stains_as_defined(augmentation, args, by_hand):
-    hed = np.random.default_rng(0).uniform(0.0, 0.08, (16, 16, 3))
-    image = torch.tensor(hed_image(hed), dtype=torch.float32).permute(2, 0, 1)
+    # Amounts from glass (0) to mid tissue, so that pixels fall below, on and above the tissue weight's ramp.
+    hed = np.random.default_rng(0).uniform(0.0, 0.3, (16, 16, 3)) * np.array([1.0, 1.0, 0.1])
+    rgb = hed_image(hed)
+    weight = _tissue_weight_by_hand(rgb)
+    assert (weight == 0).any() and (weight == 1).any() and ((weight > 0) & (weight < 1)).any()
+    image = torch.tensor(rgb, dtype=torch.float32).permute(2, 0, 1)
+    assert np.abs(tissue_weight(image).numpy() - weight).max() < 1e-4
     out = augmentation.apply(image, *args).permute(1, 2, 0).numpy()
-    assert np.abs(out - by_hand(hed)).max() < 1e-4
+    assert np.abs(out - by_hand(hed, weight)).max() < 1e-4
+
+
+@pytest.mark.parametrize("augmentation", [HEDJitter(0.2), StainVariation(1.0)])
+def test_stain_augmentations_leave_dab_alone(augmentation):
+    """H&E slides have no DAB: what Ruifrok's deconvolution puts there is kept as it is, whatever the draw."""
+    # Tissue amounts, so that no channel is clipped at 1 by the white balance.
+    hed = np.random.default_rng(1).uniform(0.3, 1.0, (8, 8, 3)) * np.array([1.0, 1.0, 0.2])
+    image = torch.tensor(hed_image(hed), dtype=torch.float32).permute(2, 0, 1)
+    augmentation.set_random_state(seed=2)
+    for _ in range(5):
+        drawn = augmentation(image).permute(1, 2, 0).double().numpy()
+        if isinstance(augmentation, StainVariation):
+            drawn = drawn / augmentation.balance  # the white balance is not a stain change
+        assert np.abs(hed_amounts(drawn)[..., 2] - hed[..., 2]).max() < 1e-3
 
 
 def test_hed_jitter_keeps_a_valid_image():
@@ -59,10 +86,40 @@ def test_hed_jitter_keeps_a_valid_image():
         HEDJitter(-0.1)
 
 
+@pytest.fixture(scope="module")
+def he_patches() -> list[torch.Tensor]:
+    """224-pixel H&E patches of both generated centres, each on a tissue border (tissue and glass)."""
+    out = []
+    for centre in ("A", "B"):
+        scene = make_scene(f"he_{centre}", 8192, 6144, True, 0, 0, centre=centre, difficulty=0.5)
+        out += [torch.as_tensor(np.clip(rgb, 0, 255) / 255.0, dtype=torch.float32).permute(2, 0, 1)
+                for rgb in scene.border_patches(3)]
+    assert len(out) == 6
+    return out
+
+
+def test_default_hed_jitter_changes_tissue_by_a_few_per_cent_and_leaves_glass(he_patches):
+    """The recipe's default (HED-light, 0.05) on generated H&E patches: tissue pixels change by a few per cent of
+    the 0-1 scale (the old jitter, in scikit-image's units and with a shift on glass, changed them by 0.11 in the
+    median and turned glass grey or white), glass pixels by well under one per cent."""
+    jitter = HEDJitter(TrainConfig().hed_jitter)
+    jitter.set_random_state(seed=0)
+    tissue_changes, glass_worst = [], 0.0
+    for draw in range(60):
+        image = he_patches[draw % len(he_patches)]
+        od = -torch.log(image.clamp(min=1e-6)).mean(dim=0)
+        change = (jitter(image) - image).abs()
+        tissue, glass = od > 0.25, od < 0.08
+        tissue_changes.append(float(change[:, tissue].median()))
+        glass_worst = max(glass_worst, float(change[:, glass].max()))
+    assert 0.002 < np.median(tissue_changes) < 0.03 and max(tissue_changes) < 0.05
+    assert glass_worst < 0.01
+
+
 def test_stain_variation_is_the_identity_at_zero_strength():
     image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.05
     assert torch.equal(StainVariation(0.0)(image), image)
-    assert torch.allclose(StainVariation.apply(image, np.eye(3), np.ones(3)), image, atol=1e-5)
+    assert torch.allclose(StainVariation.apply(image, np.eye(2), np.ones(3)), image, atol=1e-5)
 
 
 def test_stain_variation_draws_within_its_ranges_and_keeps_a_valid_image():

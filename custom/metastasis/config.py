@@ -36,7 +36,8 @@ class TrainConfig(Settings):
         augment: the seed's training augmentations (colour jitter, flips, 90-degree rotations, zoom, intensity
             scaling) and the HED jitter; off gives plain patches (for benchmarks).
         hed_jitter: strength of the stain augmentation in HED colour space (:class:`~metastasis.stain.HEDJitter`:
-            each stain scaled by up to +-s and shifted by up to +-s; 0.05 is Tellez et al.'s "HED-light"; 0: off).
+            H and E each scaled by up to +-s and, on tissue, shifted by up to +-s optical density; glass and DAB
+            untouched; 0.05 is Tellez et al.'s "HED-light", about 1% change on tissue pixels; 0: off).
         stain_variation: strength (0 to 1) of another centre's look in training
             (:class:`~metastasis.stain.StainVariation`: at 1 each stain's amount scaled by 0.5-2x, its hue tilted,
             the white balance changed by up to 10%; 0: off). Measured in ``benchmarks/centre_shift.py``.

@@ -189,6 +189,28 @@ class SlideScene:
                 rgb[blurred] = ndimage.gaussian_filter(rgb, (sigma, sigma, 0), mode="nearest")[blurred]
         return rgb[m:m + int(size[1]), m:m + int(size[0])]
 
+    def border_patches(self, count: int, size: int = 224, min_pixels: int = 1000) -> list[np.ndarray]:
+        """Up to ``count`` level-0 RGB patches (size, size, 3) in 0-255 centred on the tissue's border, each
+        holding at least ``min_pixels`` pixels of tissue (mean optical density above 0.25) and of glass (below
+        0.08): for measuring what a colour change does to each. Taken at evenly spaced border points of a 1/32
+        overview, so the same scene gives the same patches."""
+        def mean_od(rgb: np.ndarray) -> np.ndarray:
+            return -np.log(np.clip(rgb, 1, 255) / 255).mean(axis=2)
+
+        tissue = mean_od(self.render((0, 0), (self.width // 32, self.height // 32), 32.0)) > 0.25
+        inner = tissue & np.roll(tissue, 2, 0) & np.roll(tissue, -2, 0) & np.roll(tissue, 2, 1) & np.roll(tissue, -2, 1)
+        rows, cols = np.nonzero(tissue & ~inner)
+        patches = []
+        for i in np.linspace(0, len(rows) - 1, min(len(rows), 4 * count)).astype(int):
+            rgb = self.render((int(cols[i]) * 32 + 16 - size // 2, int(rows[i]) * 32 + 16 - size // 2), (size, size),
+                              1.0)
+            od = mean_od(rgb)
+            if (od > 0.25).sum() >= min_pixels and (od < 0.08).sum() >= min_pixels:  # some borders are pale tissue
+                patches.append(rgb)
+                if len(patches) == count:
+                    break
+        return patches
+
     def _tissue_colours(self, origin: tuple[float, float], size: tuple[int, int], downsample: float) -> np.ndarray:
         """The tissue (normal, mimics, tumour) in the reference colours, before artefacts and appearance."""
         width, height = int(size[0]), int(size[1])

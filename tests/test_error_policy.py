@@ -88,6 +88,12 @@ def ws(tmp_path_factory, brats_root, camelyon_root):
     assert brats_cli.main(["make-job", "--out", str(ws / "job_with_notes"), "--rounds", "1"]) == 0
     (ws / "job_with_notes/NOTES.md").write_text("my notes\n")
     (ws / "job_with_notes/app/custom/medcore/my_patch.py").write_text("# mine\n")
+    # a job whose only foreign files are named like Python's byte-code caches (they are still the user's)
+    for folder, name in (("job_with_pyc", "mine.pyc"), ("job_with_cache_notes", "app/custom/__pycache__/notes.txt"),
+                         ("job_with_fake_cache", "app/custom/medcore/__pycache__/nosuchmodule.cpython-311.pyc")):
+        assert brats_cli.main(["make-job", "--out", str(ws / folder), "--rounds", "1"]) == 0
+        (ws / folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (ws / folder / name).write_bytes(b"the user's own bytes")
     assert brats_cli.main(["make-data", "--out", str(ws / "gen_brats"), "--hgg", "1", "--lgg", "0", "--shape",
                            "32", "32", "24"]) == 0
     (next((ws / "gen_brats/HGG").iterdir()) / "my_review.txt").write_text("reviewed\n")
@@ -231,6 +237,12 @@ BRATS_CASES = [
     ("ship-code to a non-job", ["ship-code", "{ws}/data"], "{ws}/data: not a job folder"),
     ("make-job over its job holding a user's file", ["make-job", "--out", "{ws}/job_with_notes"],
      "not written by this project, inside the FLARE job folder"),
+    ("make-job over its job holding a user's .pyc", ["make-job", "--out", "{ws}/job_with_pyc"],
+     "{ws}/job_with_pyc/mine.pyc: not written by this project"),
+    ("make-job over its job holding a note in __pycache__", ["make-job", "--out", "{ws}/job_with_cache_notes"],
+     "{ws}/job_with_cache_notes/app/custom/__pycache__/notes.txt: not written by this project"),
+    ("make-job over its job holding a cache of no module", ["make-job", "--out", "{ws}/job_with_fake_cache"],
+     "nosuchmodule.cpython-311.pyc: not written by this project"),
     ("ship-code over a user's module", ["ship-code", "{ws}/job_with_notes"],
      "app/custom/medcore/my_patch.py: not written by this project, inside the copy of the medcore package"),
     ("make-data over a generated case holding a user's file", ["make-data", "--out", "{ws}/gen_brats", "--hgg", "1",

@@ -19,11 +19,11 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 
 from .errors import UserError, first_line
 
-__all__ = ["OUTPUT_MARKER", "check_replaceable", "first_line_is", "mark_output", "claim_output_dir", "atomic_path",
+__all__ = ["OUTPUT_MARKER", "is_byte_code_cache", "check_replaceable", "first_line_is", "mark_output", "claim_output_dir", "atomic_path",
            "atomic_directory", "write_json", "write_text", "write_csv",
            "input_files", "resolve_path", "read_user_text", "read_json", "load_torch"]
 
@@ -42,10 +42,45 @@ def _read_marker(folder: Path) -> dict:
     return content if isinstance(content, dict) else {}
 
 
+def _is_own_marker(path: Path) -> bool:
+    """Whether ``path`` is a marker :func:`mark_output` wrote (a user's file of that name is not)."""
+    return path.name == OUTPUT_MARKER and "written_by" in _read_marker(path.parent)
+
+
+def is_byte_code_cache(folder: Path, rel: Path, sources: Collection[str]) -> bool:
+    """Whether ``folder / rel`` is the byte-code cache Python writes on importing one of ``sources`` (paths of
+    ``.py`` files relative to ``folder``): ``DIR/__pycache__/NAME.<this Python's tag>[.opt-N].pyc`` next to a listed
+    ``DIR/NAME.py``, starting with this Python's magic number. Anything else, whatever its name (a ``*.pyc`` of
+    one's own, a note in ``__pycache__``), is not a cache."""
+    import importlib.util
+    import sys
+
+    parts = rel.parts
+    pieces = parts[-1].split(".") if parts else []
+    if (len(parts) < 2 or parts[-2] != "__pycache__" or len(pieces) < 3 or pieces[-1] != "pyc"
+            or pieces[1] != sys.implementation.cache_tag):
+        return False
+    if str(Path(*parts[:-2], pieces[0] + ".py")) not in sources:
+        return False
+    try:
+        with open(folder / rel, "rb") as handle:
+            return handle.read(4) == importlib.util.MAGIC_NUMBER
+    except OSError:
+        return False
+
+
 def _files_below(folder: Path) -> list[str]:
-    """Files under ``folder`` except markers and Python's byte-code caches (written by whoever imports the code)."""
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir()
-                  and p.name != OUTPUT_MARKER and "__pycache__" not in p.parts and p.suffix != ".pyc")
+    """Files under ``folder`` except this project's markers (links and special files count as files)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if (p.is_symlink() or not p.is_dir()) and not _is_own_marker(p))
+
+
+def _foreign_files(folder: Path, listed: Iterable[str]) -> list[str]:
+    """Files under ``folder`` that its manifest ``listed`` does not hold: the user's, except the byte-code caches
+    of listed modules (Python writes them on import)."""
+    listed = set(listed)
+    return [rel for rel in _files_below(folder)
+            if rel not in listed and not is_byte_code_cache(folder, Path(rel), listed)]
 
 
 def check_replaceable(path: str | os.PathLike, what: str,
@@ -68,7 +103,7 @@ def check_replaceable(path: str | os.PathLike, what: str,
         marker = _read_marker(path)
         if what in marker.get("written_by", []):
             listed = marker.get("files")
-            foreign = [] if listed is None else sorted(set(_files_below(path)) - set(listed))
+            foreign = [] if listed is None else _foreign_files(path, listed)
             if not foreign:
                 return
             raise UserError(f"{path / foreign[0]}: not written by this project, inside the {what} {path}; refusing "
@@ -85,7 +120,9 @@ def mark_output(folder: str | os.PathLike, what: str, manifest: bool = False) ->
     folder = Path(folder)
     marker = _read_marker(folder)
     kinds = list(dict.fromkeys([*marker.get("written_by", []), what]))
-    content = {"written_by": kinds, **({"files": _files_below(folder)} if manifest else {})}
+    below = _files_below(folder) if manifest else []
+    files = [rel for rel in below if not is_byte_code_cache(folder, Path(rel), below)]
+    content = {"written_by": kinds, **({"files": files} if manifest else {})}
     return write_json(folder / OUTPUT_MARKER, content)
 
 

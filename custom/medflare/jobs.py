@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from medcore.errors import UserError
-from medcore.files import atomic_directory, check_replaceable, mark_output, read_json, write_json
+from medcore.files import atomic_directory, check_replaceable, is_byte_code_cache, mark_output, read_json, write_json
 from medcore.settings import Settings
 
 if TYPE_CHECKING:
@@ -49,9 +49,10 @@ def ship_code(custom_dir: str | Path, packages: Sequence[str]) -> Path:
 def _only_package_files(copy: Path, source: Path) -> bool:
     """Whether folder ``copy`` (an unmarked copy from before copies were marked) holds nothing but Python modules
     of the package at ``source`` (and caches)."""
+    modules = {str(path.relative_to(copy)) for path in copy.rglob("*.py")}
     for path in copy.rglob("*"):
         rel = path.relative_to(copy)
-        if path.is_dir() or "__pycache__" in rel.parts:
+        if (path.is_dir() and not path.is_symlink()) or is_byte_code_cache(copy, rel, modules):
             continue
         if path.suffix != ".py" or not (source / rel).is_file():
             return False

@@ -75,11 +75,15 @@ def training_centres(setup: str, args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def make_data(work: Path, args: argparse.Namespace) -> None:
-    """Per centre: a training set and a test set (other seed), in the training layout (slides, XML), with
-    tissue masks and patch lists; the test list holds every patch of its slides under 'validation'."""
+    """Per centre: a training set (when a setup trains on it) and a test set (other seed), in the training layout
+    (slides, XML), with tissue masks and patch lists; the test list holds every patch of its slides under
+    'validation'."""
+    trained = {centre for setup in args.setups for centre in training_centres(setup, args)}
     for centre in CENTRES:
         for split, seed, tumour, normal in (("train", args.data_seed + 10, args.train_tumour, args.train_normal),
                                             ("test", args.data_seed + 20, args.test_tumour, args.test_normal)):
+            if split == "train" and centre not in trained:
+                continue
             root = work / f"{split}_{centre}"
             common = ["--width", str(args.size[0]), "--height", str(args.size[1]), "--centre", centre,
                       "--difficulty", str(args.difficulty), "--workers", "2"]
@@ -322,7 +326,8 @@ def write_results(work: Path, args: argparse.Namespace, runs: dict, factors: dic
              "",
              f"{record['machine']}. Generated data at difficulty {args.difficulty} (data seed {args.data_seed}): "
              f"{args.train_tumour} tumour + {args.train_normal} normal training slides and {args.test_tumour} + "
-             f"{args.test_normal} test slides per centre, {args.size[0]}x{args.size[1]} pixels; {args.patch_size}-pixel "
+             f"{args.test_normal} test slides per centre, {args.size[0]}x{args.size[1]} pixels; "
+             f"{args.patch_size}-pixel "
              f"patches, {args.patches_per_slide} tumour patches per tumour slide; {args.epochs} epochs, training seeds "
              f"{seeds}; FROC (all slides, challenge rules) from tiled inference at stride {args.stride}. Each cell: "
              "the mean over the seeds, and in brackets the lowest and highest seed.", "",
@@ -388,6 +393,9 @@ def main() -> int:
     parser.add_argument("--stride", type=int, default=64, help="inference stride (default: 64, NCRF's)")
     parser.add_argument("--setups", nargs="+", choices=sorted(SETUPS), default=list(SETUPS),
                         help="setups to train and score (default: all)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train and score nothing: write the results of the setups and seeds already scored "
+                             "in --work (runs made by calls with other --setups or --seeds together)")
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -404,11 +412,24 @@ def main() -> int:
     defaults = TrainConfig().to_dict()
     if any(defaults[k] != v for k, v in SETUPS[DEFAULT_SETUP][1].items()):
         print(f"note: setup {DEFAULT_SETUP} is no longer the recipe's default", flush=True)
+    runs: dict[str, dict] = {}
+    factors: dict[str, dict] = {}
+    if args.report_only:
+        for setup in args.setups:
+            for seed in args.seeds:
+                files = [work / "scores" / run_name(setup, seed) / centre / "scores.json" for centre in CENTRES]
+                if all(f.is_file() for f in files):
+                    runs.setdefault(setup, {})[str(seed)] = {c: json.loads(f.read_text())
+                                                             for c, f in zip(CENTRES, files)}
+            diagnosis = work / "scores" / run_name(setup, args.seeds[0]) / "factors.json"
+            if diagnosis.is_file():
+                factors[setup] = json.loads(diagnosis.read_text())
+        write_results(work, args, runs, factors, seconds)
+        print((RESULTS / f"{args.name}.md").read_text())
+        return 0
     start = time.perf_counter()
     make_data(work, args)
     timed("data", start)
-    runs: dict[str, dict] = {}
-    factors: dict[str, dict] = {}
     for seed in args.seeds:  # every setup at the first seed before any at the next: a partial run compares setups
         for setup in args.setups:
             run = run_name(setup, seed)

@@ -88,6 +88,11 @@ def ws(tmp_path_factory, brats_root, camelyon_root):
     assert brats_cli.main(["make-job", "--out", str(ws / "job_with_notes"), "--rounds", "1"]) == 0
     (ws / "job_with_notes/NOTES.md").write_text("my notes\n")
     (ws / "job_with_notes/app/custom/medcore/my_patch.py").write_text("# mine\n")
+    # two folders holding slides of one name, in different case (their maps or masks would collide)
+    slide = sorted((camelyon_root / "training/tumor").glob("*.tif"))[0]
+    for folder, name in (("dup_a", "s.tif"), ("dup_b", "S.TIF")):
+        (ws / folder).mkdir()
+        (ws / folder / name).write_bytes(slide.read_bytes())
     # a job whose only foreign files are named like Python's byte-code caches (they are still the user's)
     for folder, name in (("job_with_pyc", "mine.pyc"), ("job_with_cache_notes", "app/custom/__pycache__/notes.txt"),
                          ("job_with_fake_cache", "app/custom/medcore/__pycache__/nosuchmodule.cpython-311.pyc")):
@@ -287,6 +292,11 @@ METASTASIS_CASES = [
      "setting threshold: must be > 0 and < 1"),
     ("setting device", ["train", "--patches", "{ws}/a_file", "--out", "{ws}/new_train", "--set", "device=tpu"],
      "setting device: expected auto, cpu, cuda or cuda:N"),
+    ("infer of two slides of one name", ["infer", "{ws}/dup_a", "{ws}/dup_b", "--checkpoint", "{ws}/patho.pt",
+                                         "--out", "{ws}/new_maps"],
+     "{ws}/dup_a/s.tif and {ws}/dup_b/S.TIF: two slides of one name; their probability maps would overwrite"),
+    ("tissue of two slides of one name", ["tissue", "{ws}/dup_a", "{ws}/dup_b", "--out", "{ws}/new_masks"],
+     "{ws}/dup_a/s.tif and {ws}/dup_b/S.TIF: two slides of one name; their tissue masks would overwrite"),
     ("tissue out under a file", ["tissue", "{slide}", "--out", "{ws}/a_file/x"],
      "argument --out: {ws}/a_file/x: cannot be created"),
     ("tissue missing slide", ["tissue", "{ws}/none.tif", "--out", "{ws}/masks"], "{ws}/none.tif: no such slide"),

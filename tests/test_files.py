@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from medcore.errors import UserError
-from medcore.files import atomic_directory, atomic_path, check_replaceable, mark_output, write_json
+from medcore.files import (atomic_directory, atomic_path, check_distinct_names, check_replaceable, find_named,
+                          input_files, mark_output, write_json)
 
 
 def test_atomic_path_replaces_on_success(tmp_path):
@@ -81,3 +82,22 @@ def test_only_real_byte_code_caches_of_listed_modules_are_the_projects(tmp_path)
             check_replaceable(job, "job")
         (job / name).unlink()
     check_replaceable(job, "job")
+
+
+def test_inputs_are_found_whatever_the_case_of_their_names(tmp_path):
+    """``B.TIF`` is a slide like ``a.tif``; ``TEST_001.csv`` is the detections of ``test_001``; two names that differ
+    only in case, or two inputs whose outputs would share a name, are refused, naming both."""
+    (tmp_path / "sub").mkdir()
+    for name in ("a.tif", "B.TIF", "sub/c.Tif", ".hidden.tif", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    assert [p.name for p in input_files(tmp_path, "*.tif", recursive=True)] == ["B.TIF", "a.tif", "c.Tif"]
+    assert [p.name for p in input_files(tmp_path, "*.tif")] == ["B.TIF", "a.tif"]
+    (tmp_path / "TEST_001.csv").write_text("x")
+    assert find_named(tmp_path, "test_001.csv") == tmp_path / "TEST_001.csv"
+    assert find_named(tmp_path, "test_002.csv") is None and find_named(tmp_path / "none", "a.csv") is None
+    (tmp_path / "test_001.csv").write_text("y")
+    with pytest.raises(UserError, match="TEST_001.csv and test_001.csv differ only in case"):
+        find_named(tmp_path, "test_001.csv")
+    check_distinct_names([tmp_path / "a.tif", tmp_path / "B.TIF"], "slides", "maps")
+    with pytest.raises(UserError, match=r"a.tif and .*sub/A.tif: two slides of one name; their maps"):
+        check_distinct_names([tmp_path / "a.tif", tmp_path / "sub/A.tif"], "slides", "maps")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fnmatch
 import io
 import json
 import os
@@ -23,9 +24,10 @@ from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 
 from .errors import UserError, first_line
 
-__all__ = ["OUTPUT_MARKER", "is_byte_code_cache", "check_replaceable", "first_line_is", "mark_output", "claim_output_dir", "atomic_path",
-           "atomic_directory", "write_json", "write_text", "write_csv",
-           "input_files", "resolve_path", "read_user_text", "read_json", "load_torch"]
+__all__ = ["OUTPUT_MARKER", "is_byte_code_cache", "check_replaceable", "first_line_is", "mark_output",
+           "claim_output_dir", "atomic_path", "atomic_directory", "write_json", "write_text", "write_csv",
+           "input_files", "find_named", "check_distinct_names", "resolve_path", "read_user_text", "read_json",
+           "load_torch"]
 
 #: A JSON file in each folder this project writes outputs into: ``{"written_by": [kinds], "files": [...]}``. A folder
 #: a command replaces as a whole (a job) lists every file it wrote (``files``): a later run may replace it only while
@@ -246,14 +248,46 @@ def write_csv(path: str | os.PathLike, rows: Iterable[Sequence[Any]], header: Se
     return write_text(path, text.getvalue())
 
 
+def _visible(path: Path, folder: Path) -> bool:
+    return not any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
 def input_files(folder: str | os.PathLike, pattern: str, recursive: bool = False) -> list[Path]:
-    """Files matching ``pattern`` in ``folder`` (and below with ``recursive``), sorted, without hidden names:
-    never a ``.NAME.part`` file still being written (or left behind by a killed run), nor anything in a hidden
-    folder."""
+    """Files whose names match ``pattern`` case-insensitively (``*.tif`` finds ``B.TIF``) in ``folder`` (and below
+    with ``recursive``), sorted, without hidden names: never a ``.NAME.part`` file still being written (or left
+    behind by a killed run), nor anything in a hidden folder."""
     folder = Path(folder)
-    found = folder.rglob(pattern) if recursive else folder.glob(pattern)
-    return sorted(p for p in found if p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    pattern = pattern.lower()
+    found = folder.rglob("*") if recursive else folder.glob("*")
+    return sorted(p for p in found if fnmatch.fnmatchcase(p.name.lower(), pattern) and p.is_file()
+                  and _visible(p, folder))
+
+
+def find_named(folder: str | os.PathLike, name: str, what: str = "file") -> Path | None:
+    """The visible entry of ``folder`` named ``name``, its case ignored (``TEST_001.csv`` for ``test_001.csv``), or
+    None; a :class:`UserError` when two entries differ only in case (which one is meant cannot be told)."""
+    folder = Path(folder)
+    try:
+        entries = [e for e in os.listdir(folder) if not e.startswith(".") and e.lower() == name.lower()]
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise UserError(f"{folder}: cannot list the folder ({err.strerror or err})") from None
+    if len(entries) > 1:
+        raise UserError(f"{folder}: {' and '.join(sorted(entries))} differ only in case; keep the one {what} meant "
+                        "for the slide and move the other away")
+    return folder / entries[0] if entries else None
+
+
+def check_distinct_names(paths: Sequence[Path], what: str, outputs: str) -> None:
+    """Refuse inputs whose outputs would be named alike: ``paths`` (files whose stems name the ``outputs``) with
+    the same stem in any case (``a/s.tif`` and ``b/S.tif``), naming them, before anything is written."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        other = seen.setdefault(path.stem.lower(), path)
+        if other != path:
+            raise UserError(f"{other} and {path}: two {what} of one name; their {outputs} would overwrite each "
+                            "other (give them distinct names, or run them into separate output folders)")
 
 
 def resolve_path(path: str, what: str, site: str = "") -> Path:

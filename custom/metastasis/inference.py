@@ -45,7 +45,7 @@ import torch
 
 from medcore.device import amp_dtype, autocast
 from medcore.errors import UserError, first_line
-from medcore.files import atomic_path, claim_output_dir, read_json, write_json
+from medcore.files import atomic_path, check_distinct_names, claim_output_dir, read_json, write_json
 from medcore.memory import release_free_memory
 from medcore.progress import Progress
 
@@ -419,6 +419,7 @@ def infer_slides(slides: Sequence[str | Path], model: PatchClassifier, out_dir: 
     slides = [Path(s) for s in slides]
     if not slides:
         raise UserError("no slides given")
+    check_distinct_names(slides, "slides", "probability maps")
     for path in slides:  # every slide must open before any work starts
         open_slide(path).close()
     out_dir = Path(out_dir)

@@ -35,8 +35,8 @@ from monai.transforms import Randomizable
 
 from .slide import SlideError, read_downsampled, read_rgb
 
-__all__ = ["RGB_FROM_HED", "map_stains", "tissue_weight", "HEDJitter", "StainVariation", "StainVectors", "MACENKO_TARGET",
-           "estimate_stain_vectors", "slide_stain_vectors", "StainNormalizer"]
+__all__ = ["RGB_FROM_HED", "map_stains", "tissue_weight", "HEDJitter", "StainVariation", "StainVectors",
+           "MACENKO_TARGET", "estimate_stain_vectors", "slide_stain_vectors", "StainNormalizer"]
 
 #: Stain optical densities (rows H, E, DAB; columns R, G, B) of Ruifrok & Johnston, as in scikit-image.
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from medcore.errors import UserError, first_line
-from medcore.files import read_user_text
+from medcore.files import check_distinct_names, find_named, read_user_text
 
 from .detection import Detections
 from .froc import EvalCase
@@ -86,7 +86,7 @@ def ground_truth(slide: str | Path, level: int, annotation_dir: str | Path | Non
         mpp = opened.mpp
     scale = 2 ** level
     size = (-(-width // scale), -(-height // scale))
-    xml = Path(annotation_dir) / f"{path.stem}.xml" if annotation_dir else None
+    xml = find_named(annotation_dir, f"{path.stem}.xml", "annotation") if annotation_dir else None
     if xml is not None and xml.exists() and not xml.is_file():
         raise UserError(f"{xml}: not a file (expected the slide's ASAP XML annotation)")
     if xml is not None and xml.is_file():
@@ -105,10 +105,10 @@ def _detections(detections_dir: Path, name: str) -> Detections:
     """``detections_dir/NAME.csv``; a missing file means no detections (logged)."""
     from .detection import read_detections
 
-    path = detections_dir / f"{name}.csv"
-    if path.is_file():
+    path = find_named(detections_dir, f"{name}.csv", "detections file")
+    if path is not None and path.is_file():
         return read_detections(path)
-    logger.warning("%s: no detections file, the slide counts with no detections", path)
+    logger.warning("%s: no detections file, the slide counts with no detections", detections_dir / f"{name}.csv")
     return Detections(np.zeros(0), np.zeros(0), np.zeros(0))
 
 
@@ -133,6 +133,7 @@ def collect_cases(slides: Sequence[str | Path], detections_dir: str | Path, anno
     slides = [Path(s) for s in slides]
     if not slides:
         raise UserError("no slides to evaluate")
+    check_distinct_names(slides, "slides", "detections, maps and rows")
     detections_dir = Path(detections_dir)
     if not detections_dir.is_dir():
         raise UserError(f"{detections_dir}: detections folder missing")
@@ -144,7 +145,9 @@ def collect_cases(slides: Sequence[str | Path], detections_dir: str | Path, anno
             raise UserError(f"{reference_csv}: no row for slide {name}")
         mask, mask_mpp = ground_truth(path, level, annotation_dir, mask_dir)
         detections = _detections(detections_dir, name)
-        score = _slide_score(detections, Path(map_dir) / f"{name}.npy" if map_dir is not None else None)
+        map_path = None if map_dir is None else (find_named(map_dir, f"{name}.npy", "map")
+                                                 or Path(map_dir) / f"{name}.npy")
+        score = _slide_score(detections, map_path)
         label = labels[name.lower()] if labels else int(mask is not None and bool(mask.any()))
         cases.append(EvalCase(name, detections, mask, mask_mpp, score, label))
     return cases

@@ -27,7 +27,7 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_holes, remove_small_objects
 
 from medcore.errors import UserError
-from medcore.files import atomic_path, claim_output_dir, write_json
+from medcore.files import atomic_path, check_distinct_names, claim_output_dir, write_json
 from medcore.progress import Progress
 
 from .slide import Slide, open_slide, opened
@@ -172,10 +172,7 @@ def prepare_tissue_masks(slides: Sequence[str | Path], out_dir: str | Path, down
     slides = [Path(s) for s in slides]
     if not slides:
         raise UserError("no slides given")
-    stems = [s.stem for s in slides]
-    duplicates = sorted({s for s in stems if stems.count(s) > 1})
-    if duplicates:
-        raise UserError(f"several slides share the name(s) {duplicates}; their masks would overwrite each other")
+    check_distinct_names(slides, "slides", "tissue masks")
     for path in slides:
         open_slide(path).close()
 

@@ -54,6 +54,12 @@ def ws(tmp_path_factory, brats_root, camelyon_root):
     (ws / "emptydir").mkdir()
     torch.save({"model": BratsSegResNet().state_dict()}, ws / "brats.pt")
     torch.save({"model": PatchClassifier(64).state_dict(), "train_conf": {"patch_size": 64}}, ws / "patho.pt")
+    diverged = PatchClassifier(64).state_dict()  # weights of a training run that diverged
+    diverged["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save({"model": diverged, "train_conf": {"patch_size": 64}}, ws / "patho_nan.pt")
+    diverged = BratsSegResNet().state_dict()
+    next(v for v in diverged.values() if v.is_floating_point()).fill_(float("inf"))
+    torch.save({"model": diverged}, ws / "brats_inf.pt")
     (ws / "corrupt.pt").write_bytes(b"\x00garbage, not a checkpoint")
     torch.save({"model": {"w": torch.zeros(1)}, "extra": _Evil()}, ws / "evil.pt")
     # a datalist whose first testing entry has no label
@@ -219,6 +225,9 @@ BRATS_CASES = [
      "{ws}/corrupt.pt: not a readable PyTorch checkpoint"),
     ("untrusted checkpoint", ["validate", "--checkpoint", "{ws}/evil.pt", "--datalist", "{datalist}",
                               "--data-root", "{brats}", "--out", "{ws}/v.csv"], "refused for safety"),
+    ("checkpoint with infinite weights", ["validate", "--checkpoint", "{ws}/brats_inf.pt", "--datalist",
+                                          "{datalist}", "--data-root", "{brats}", "--out", "{ws}/v.csv"],
+     "{ws}/brats_inf.pt: the checkpoint holds NaN or infinite values"),
     ("missing checkpoint", ["validate", "--checkpoint", "{ws}/none.pt", "--datalist", "{datalist}",
                             "--data-root", "{brats}", "--out", "{ws}/v.csv"], "argument --checkpoint: {ws}/none.pt"),
     ("datalist entry without label", ["validate", "--checkpoint", "{ws}/brats.pt", "--datalist", "{ws}/nolabel.json",
@@ -292,6 +301,8 @@ METASTASIS_CASES = [
      "setting threshold: must be > 0 and < 1"),
     ("setting device", ["train", "--patches", "{ws}/a_file", "--out", "{ws}/new_train", "--set", "device=tpu"],
      "setting device: expected auto, cpu, cuda or cuda:N"),
+    ("infer with NaN weights", ["infer", "{slide}", "--checkpoint", "{ws}/patho_nan.pt", "--out", "{ws}/new_maps"],
+     "{ws}/patho_nan.pt: the checkpoint holds NaN or infinite values (in model.layer1.0.conv1.weight)"),
     ("infer of two slides of one name", ["infer", "{ws}/dup_a", "{ws}/dup_b", "--checkpoint", "{ws}/patho.pt",
                                          "--out", "{ws}/new_maps"],
      "{ws}/dup_a/s.tif and {ws}/dup_b/S.TIF: two slides of one name; their probability maps would overwrite"),

@@ -336,8 +336,9 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint", map_location: 
         unreadable: how the message for a corrupt file starts (default ``"not a readable PyTorch <what>"``).
 
     Raises:
-        UserError: the file is missing, corrupt or not a PyTorch file, or holds pickled Python objects beyond
-            tensors (refused for safety: unpickling them can run arbitrary code).
+        UserError: the file is missing, corrupt or not a PyTorch file, holds pickled Python objects beyond
+            tensors (refused for safety: unpickling them can run arbitrary code), or holds a floating-point tensor
+            with a NaN or an infinity (weights of a diverged run), named by its key path.
     """
     import pickle
 
@@ -345,7 +346,7 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint", map_location: 
 
     path = _existing_file(path, what)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        content = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         # torch's message for both cases suggests retrying with weights_only=False: never pass that on.
         if "GLOBAL" in str(err):
@@ -356,3 +357,26 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint", map_location: 
             from None
     except Exception as err:  # torch raises many types (RuntimeError, EOFError, zipfile errors) for corrupt files
         raise UserError(f"{path}: {unreadable or f'not a readable PyTorch {what}'} ({first_line(err)})") from None
+    bad = _first_non_finite(content)
+    if bad is not None:  # weights of a diverged run: every map, score and AUC made from them would be NaN
+        raise UserError(f"{path}: the {what} holds NaN or infinite values (in {bad}); the training that wrote it "
+                        "diverged")
+    return content
+
+
+def _first_non_finite(content: Any, where: str = "") -> str | None:
+    """The key path of the first floating-point tensor in ``content`` (nested dicts, lists, tuples) that holds a
+    NaN or an infinity, or None."""
+    import torch
+
+    if isinstance(content, torch.Tensor):
+        if content.is_floating_point() and not bool(torch.isfinite(content).all()):
+            return where or "the tensor"
+        return None
+    items = content.items() if isinstance(content, dict) else enumerate(content) \
+        if isinstance(content, (list, tuple)) else ()
+    for key, value in items:
+        found = _first_non_finite(value, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None

@@ -116,6 +116,16 @@ def ws(tmp_path_factory, brats_root, camelyon_root):
     (ws / "binary.csv").write_bytes(b"\xff\xfe\x00\x81garbage")
     (ws / "det_binary").mkdir()
     (ws / "det_binary/tumor_001.csv").write_bytes(b"\xff\xfe\x00\x81garbage")
+    # detections and annotations that do not fit the 3072 x 2048 slide tumor_001, and a CSV of another format
+    for folder, text in (("det_off_slide", "0.9,5000,100\n"), ("det_far", "0.9,10000000,100\n"),
+                         ("det_huge", "0.9,1e20,1e30\n"), ("det_four_columns", "0.9,100,100,7\n")):
+        (ws / folder).mkdir()
+        (ws / folder / "tumor_001.csv").write_text(text)
+    from metastasis.annotations import Annotation, write_asap_xml
+
+    (ws / "xml_off_slide").mkdir()
+    write_asap_xml(ws / "xml_off_slide/tumor_001.xml",
+                   [Annotation("_0", "Tumor", np.array([[100.0, 100.0], [9000.0, 100.0], [9000.0, 900.0]]))])
     (ws / "ncrf_nan.txt").write_text("tumor_001,nan,inf\n")
     (ws / "maps_seven").mkdir()
     np.save(ws / "maps_seven/tumor_001.npy", np.full((4, 4), 7, np.float32))
@@ -364,6 +374,19 @@ METASTASIS_CASES = [
     ("make-data huge width", ["make-data", "--out", "{ws}/new_data", "--width", "999999999999"], "argument --width"),
     ("infer huge stride", ["infer", "{slide}", "--checkpoint", "{ws}/patho.pt", "--out", "{ws}/maps", "--mode",
                            "patch", "--stride", "99999999"], "argument --stride: must be >= 1 and <= 4096"),
+    ("evaluate a detection off the slide", ["evaluate", "{slide}", "--detections", "{ws}/det_off_slide", "--out",
+                                            "{ws}/froc"],
+     "{ws}/det_off_slide/tumor_001.csv: detection 1 at level-0 (5000, 100) lies outside the 3072x2048 slide"),
+    ("evaluate a detection 10^7 pixels away", ["evaluate", "{slide}", "--detections", "{ws}/det_far", "--out",
+                                               "{ws}/froc"], "{ws}/det_far/tumor_001.csv:1: expected a probability"),
+    ("evaluate detections at 1e20", ["evaluate", "{slide}", "--detections", "{ws}/det_huge", "--out", "{ws}/froc"],
+     "{ws}/det_huge/tumor_001.csv:1: expected a probability in [0, 1] and level-0 coordinates"),
+    ("evaluate detections with a fourth column", ["evaluate", "{slide}", "--detections", "{ws}/det_four_columns",
+                                                  "--out", "{ws}/froc"],
+     "{ws}/det_four_columns/tumor_001.csv:1: expected 'probability,x,y' (three columns)"),
+    ("evaluate annotations off the slide", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--annotations",
+                                            "{ws}/xml_off_slide", "--out", "{ws}/froc"],
+     "{ws}/xml_off_slide/tumor_001.xml: annotation '_0' spans x 100..9000, y 100..900, outside the 3072x2048"),
     ("evaluate binary detections", ["evaluate", "{slide}", "--detections", "{ws}/det_binary", "--out", "{ws}/froc"],
      "{ws}/det_binary/tumor_001.csv: not a text file"),
     ("evaluate binary reference", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--out", "{ws}/froc",

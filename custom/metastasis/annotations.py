@@ -32,6 +32,7 @@ __all__ = [
     "EXCLUSION_GROUPS",
     "AnnotationError",
     "Annotation",
+    "check_inside",
     "read_asap_xml",
     "write_asap_xml",
     "rasterize",
@@ -57,6 +58,18 @@ class Annotation:
     @property
     def is_exclusion(self) -> bool:
         return self.group in EXCLUSION_GROUPS
+
+
+def check_inside(annotations: Sequence[Annotation], size: tuple[int, int], source: str | Path) -> None:
+    """Refuse annotations that do not fit a ``size`` = (width, height) slide (a polygon of another slide, or
+    coordinates at another level), naming ``source`` and the annotation: a region outside the slide could never be
+    found, so it would silently count as missed or not count at all."""
+    width, height = size
+    for ann in annotations:
+        (x0, y0), (x1, y1) = ann.points.min(0), ann.points.max(0)
+        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+            raise AnnotationError(f"{source}: annotation {ann.name!r} spans x {x0:g}..{x1:g}, y {y0:g}..{y1:g}, "
+                                  f"outside the {width}x{height} slide")
 
 
 def read_asap_xml(path: str | Path) -> list[Annotation]:

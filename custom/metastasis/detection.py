@@ -85,6 +85,10 @@ def _is_header(row: list[str]) -> bool:
         and words[2].startswith("y")
 
 
+#: Level-0 coordinates beyond any slide (the largest Camelyon16 slides are about 10^5 x 2 x 10^5 pixels).
+_MAX_COORDINATE = 10 ** 7
+
+
 def read_detections(path: str | Path) -> Detections:
     """Read a Camelyon16 detection CSV (``probability,x,y`` rows; an empty file is no detections; a header line
     is skipped). Errors name the file and line."""
@@ -95,14 +99,17 @@ def read_detections(path: str | Path) -> Detections:
         if not row or not "".join(row).strip():
             continue
         try:
-            p, x, y = (float(v) for v in row[:3])
+            if len(row) != 3:  # a fourth column is another format (or a shifted one): never guess which is which
+                raise ValueError
+            p, x, y = (float(v) for v in row)
         except ValueError:
             if number == 1 and _is_header(row):
                 continue
-            raise UserError(f"{path}:{number}: expected 'probability,x,y', got {','.join(row)!r}") from None
-        if not (math.isfinite(p) and math.isfinite(x) and math.isfinite(y)) or x < 0 or y < 0 or not 0 <= p <= 1:
-            raise UserError(f"{path}:{number}: expected a probability in [0, 1] and non-negative finite "
-                            f"coordinates, got {','.join(row)!r}")
+            raise UserError(f"{path}:{number}: expected 'probability,x,y' (three columns), got {','.join(row)!r}") \
+                from None
+        if not (math.isfinite(p) and 0 <= x < _MAX_COORDINATE and 0 <= y < _MAX_COORDINATE) or not 0 <= p <= 1:
+            raise UserError(f"{path}:{number}: expected a probability in [0, 1] and level-0 coordinates from 0 to "
+                            f"{_MAX_COORDINATE:.0e}, got {','.join(row)!r}")
         probs.append(p)
         xs.append(int(x))
         ys.append(int(y))

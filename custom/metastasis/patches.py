@@ -38,7 +38,7 @@ from scipy import ndimage
 from medcore.errors import UserError
 from medcore.files import input_files, read_json, read_user_text, write_json
 
-from .annotations import Annotation, AnnotationError, read_asap_xml, rasterize
+from .annotations import Annotation, AnnotationError, check_inside, read_asap_xml, rasterize
 from .slide import Slide, SlideError, open_slide, read_rgb
 from .stain import StainNormalizer, slide_stain_vectors
 from .tissue import TissueMask, mask_paths, prepare_tissue_masks
@@ -247,19 +247,10 @@ def find_training_slides(data_root: str | Path, mask_dir: str | Path, annotation
         xml = annotation_dir / f"{path.stem}.xml"
         annotations: list[Annotation] = annotations_of.get(path, [])
         tissue = TissueMask.load(mask_paths(mask_dir, path)[0])
-        _check_inside(annotations, tissue.level0_size, xml)
+        check_inside(annotations, tissue.level0_size, xml)
         with Slide(path) as slide:
             sources.append(SlideSource(path, annotations, tissue, slide.mpp))
     return sources
-
-
-def _check_inside(annotations: Sequence[Annotation], size: tuple[int, int], xml: Path) -> None:
-    width, height = size
-    for ann in annotations:
-        (x0, y0), (x1, y1) = ann.points.min(0), ann.points.max(0)
-        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-            raise AnnotationError(f"{xml}: annotation {ann.name!r} spans x {x0:g}..{x1:g}, y {y0:g}..{y1:g}, "
-                                  f"outside the {width}x{height} slide")
 
 
 def _split_slides(sources: Sequence[SlideSource], validation_fraction: float,

@@ -74,23 +74,35 @@ def ground_truth(slide: str | Path, level: int, annotation_dir: str | Path | Non
                  mask_dir: str | Path | None = None) -> tuple[np.ndarray | None, float]:
     """A slide's tumour mask [y, x] at ``level`` and the mask's microns per pixel.
 
-    From ``annotation_dir/NAME.xml`` (rasterised by the project), else a mask file in ``mask_dir`` (``NAME.npy``,
-    ``NAME.tif`` or ``NAME_mask.tif``, checked to be ``level`` of the slide), else ``None``: a normal slide.
+    From ``annotation_dir/NAME.xml`` (rasterised by the project; every polygon must fit the slide), else a mask
+    file in ``mask_dir`` (``NAME.npy``, ``NAME.tif`` or ``NAME_mask.tif``, checked to be ``level`` of the slide),
+    else ``None``: a normal slide.
     """
-    from .annotations import rasterize, read_asap_xml
+    return _ground_truth(Path(slide), _geometry(Path(slide)), level, annotation_dir, mask_dir)
+
+
+def _geometry(path: Path) -> tuple[tuple[int, int], float]:
+    """A slide's level-0 (width, height) and microns per pixel."""
     from .slide import Slide
 
-    path = Path(slide)
     with Slide(path) as opened:
-        width, height = opened.dimensions
-        mpp = opened.mpp
+        return opened.dimensions, opened.mpp
+
+
+def _ground_truth(path: Path, geometry: tuple[tuple[int, int], float], level: int,
+                  annotation_dir: str | Path | None, mask_dir: str | Path | None) -> tuple[np.ndarray | None, float]:
+    from .annotations import check_inside, rasterize, read_asap_xml
+
+    (width, height), mpp = geometry
     scale = 2 ** level
     size = (-(-width // scale), -(-height // scale))
     xml = find_named(annotation_dir, f"{path.stem}.xml", "annotation") if annotation_dir else None
     if xml is not None and xml.exists() and not xml.is_file():
         raise UserError(f"{xml}: not a file (expected the slide's ASAP XML annotation)")
     if xml is not None and xml.is_file():
-        return rasterize(read_asap_xml(xml), (0.0, 0.0), size, scale) > 0, mpp * scale
+        annotations = read_asap_xml(xml)
+        check_inside(annotations, (width, height), xml)
+        return rasterize(annotations, (0.0, 0.0), size, scale) > 0, mpp * scale
     found = _find_mask(Path(mask_dir), path.stem) if mask_dir is not None else None
     if found is None:
         return None, mpp * scale
@@ -101,15 +113,22 @@ def ground_truth(slide: str | Path, level: int, annotation_dir: str | Path | Non
     return mask, mpp * scale
 
 
-def _detections(detections_dir: Path, name: str) -> Detections:
-    """``detections_dir/NAME.csv``; a missing file means no detections (logged)."""
+def _detections(detections_dir: Path, name: str, size: tuple[int, int]) -> Detections:
+    """``detections_dir/NAME.csv``, every detection inside the ``size`` = (width, height) slide; a missing file
+    means no detections (logged)."""
     from .detection import read_detections
 
     path = find_named(detections_dir, f"{name}.csv", "detections file")
-    if path is not None and path.is_file():
-        return read_detections(path)
-    logger.warning("%s: no detections file, the slide counts with no detections", detections_dir / f"{name}.csv")
-    return Detections(np.zeros(0), np.zeros(0), np.zeros(0))
+    if path is None or not path.is_file():
+        logger.warning("%s: no detections file, the slide counts with no detections", detections_dir / f"{name}.csv")
+        return Detections(np.zeros(0), np.zeros(0), np.zeros(0))
+    detections = read_detections(path)
+    outside = (detections.x >= size[0]) | (detections.y >= size[1])
+    if outside.any():  # a detection off the slide can hit nothing: it would count as a false positive unnoticed
+        i = int(np.argmax(outside))
+        raise UserError(f"{path}: detection {i + 1} at level-0 ({detections.x[i]}, {detections.y[i]}) lies outside "
+                        f"the {size[0]}x{size[1]} slide {name} (coordinates of another slide or level?)")
+    return detections
 
 
 def _slide_score(detections: Detections, map_path: Path | None) -> float:
@@ -143,8 +162,9 @@ def collect_cases(slides: Sequence[str | Path], detections_dir: str | Path, anno
         name = path.stem
         if labels and name.lower() not in labels:
             raise UserError(f"{reference_csv}: no row for slide {name}")
-        mask, mask_mpp = ground_truth(path, level, annotation_dir, mask_dir)
-        detections = _detections(detections_dir, name)
+        geometry = _geometry(path)
+        mask, mask_mpp = _ground_truth(path, geometry, level, annotation_dir, mask_dir)
+        detections = _detections(detections_dir, name, geometry[0])
         map_path = None if map_dir is None else (find_named(map_dir, f"{name}.npy", "map")
                                                  or Path(map_dir) / f"{name}.npy")
         score = _slide_score(detections, map_path)

@@ -121,6 +121,10 @@ def ws(tmp_path_factory, brats_root, camelyon_root):
                          ("det_huge", "0.9,1e20,1e30\n"), ("det_four_columns", "0.9,100,100,7\n")):
         (ws / folder).mkdir()
         (ws / folder / "tumor_001.csv").write_text(text)
+    for name, text in (("ref_twice.csv", "tumor_001,Tumor\nnormal_001,Normal\ntumor_001,Normal\n"),
+                       ("ref_header_only.csv", "name,label\n"), ("ref_empty.csv", ""),
+                       ("ref_normal_with_lesions.csv", "tumor_001,Normal\n")):
+        (ws / name).write_text(text)
     from metastasis.annotations import Annotation, write_asap_xml
 
     (ws / "xml_off_slide").mkdir()
@@ -389,6 +393,19 @@ METASTASIS_CASES = [
      "{ws}/xml_off_slide/tumor_001.xml: annotation '_0' spans x 100..9000, y 100..900, outside the 3072x2048"),
     ("evaluate binary detections", ["evaluate", "{slide}", "--detections", "{ws}/det_binary", "--out", "{ws}/froc"],
      "{ws}/det_binary/tumor_001.csv: not a text file"),
+    ("evaluate a slide listed twice", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--out", "{ws}/froc",
+                                       "--reference", "{ws}/ref_twice.csv"],
+     "{ws}/ref_twice.csv:3: slide tumor_001 is listed again (first on line 1)"),
+    ("evaluate a header-only reference", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--out",
+                                          "{ws}/froc", "--reference", "{ws}/ref_header_only.csv"],
+     "{ws}/ref_header_only.csv: lists no slides"),
+    ("evaluate an empty reference", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--out", "{ws}/froc",
+                                     "--reference", "{ws}/ref_empty.csv"], "{ws}/ref_empty.csv: lists no slides"),
+    ("evaluate a Normal label on a slide with lesions", ["evaluate", "{slide}", "--detections", "{ws}/emptydir",
+                                                         "--annotations", "{camelyon}/training/lesion_annotations",
+                                                         "--out", "{ws}/froc", "--reference",
+                                                         "{ws}/ref_normal_with_lesions.csv"],
+     "slide tumor_001 is labelled Normal, but its ground truth has tumour regions"),
     ("evaluate binary reference", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--out", "{ws}/froc",
                                    "--reference", "{ws}/binary.csv"], "{ws}/binary.csv: not a text file"),
     ("evaluate a mask of 3s", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--out", "{ws}/froc",

@@ -59,14 +59,22 @@ def _find_mask(mask_dir: Path, name: str) -> Path | None:
 
 
 def _reference_labels(path: Path) -> dict[str, int]:
-    labels = {}
+    """``name -> 1 (Tumor) or 0 (Normal)`` from Camelyon16's ``reference.csv`` (``name,Tumor|Normal[,...]``, an
+    optional header); each slide once, and at least one."""
+    labels, lines = {}, {}
     rows = list(csv.reader(io.StringIO(read_user_text(path, "reference file"))))
     for number, row in enumerate(rows, start=1):
-        if not row or number == 1 and row[0].strip().lower() in ("name", "image", "slide"):
+        if not row or not "".join(row).strip() or number == 1 and row[0].strip().lower() in ("name", "image", "slide"):
             continue
         if len(row) < 2 or row[1].strip().lower() not in ("tumor", "normal"):
             raise UserError(f"{path}:{number}: expected 'name,Tumor|Normal', got {','.join(row)!r}")
-        labels[Path(row[0].strip()).stem.lower()] = int(row[1].strip().lower() == "tumor")
+        name = Path(row[0].strip()).stem.lower()
+        if name in lines:
+            raise UserError(f"{path}:{number}: slide {row[0].strip()} is listed again (first on line {lines[name]})")
+        lines[name] = number
+        labels[name] = int(row[1].strip().lower() == "tumor")
+    if not labels:
+        raise UserError(f"{path}: lists no slides")
     return labels
 
 
@@ -168,6 +176,10 @@ def collect_cases(slides: Sequence[str | Path], detections_dir: str | Path, anno
         map_path = None if map_dir is None else (find_named(map_dir, f"{name}.npy", "map")
                                                  or Path(map_dir) / f"{name}.npy")
         score = _slide_score(detections, map_path)
-        label = labels[name.lower()] if labels else int(mask is not None and bool(mask.any()))
+        has_tumour = mask is not None and bool(mask.any())
+        label = labels[name.lower()] if labels else int(has_tumour)
+        if has_tumour and not label:
+            raise UserError(f"{reference_csv}: slide {name} is labelled Normal, but its ground truth has tumour "
+                            "regions (the reference or the annotations belong to another slide)")
         cases.append(EvalCase(name, detections, mask, mask_mpp, score, label))
     return cases

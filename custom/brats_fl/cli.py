@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -59,6 +60,9 @@ def _make_job(args: argparse.Namespace) -> int:
 
     train, algorithm = job_overrides(args)
     if args.crop:
+        if "crop" in train and list(train["crop"]) != list(args.crop):  # two answers: never pick one silently
+            raise UserError(f"--crop {' '.join(map(str, args.crop))} and --set crop={json.dumps(train['crop'])} "
+                            "disagree; give the crop once")
         train["crop"] = args.crop
     out = make_job(args.out, template=args.template, rounds=args.rounds, train=train, data_root=args.data_root,
                    datalist_dir=args.datalist_dir, resume_from=args.resume_from, algorithm=algorithm)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from .errors import SettingError
 
-__all__ = ["Settings", "setting", "out_of_range"]
+__all__ = ["MAX_WHOLE", "Settings", "setting", "out_of_range"]
 
 _S = TypeVar("_S", bound="Settings")
 
@@ -45,6 +45,11 @@ def setting(default: Any, *, above: float | None = None, minimum: float | None =
     return dataclasses.field(default=default, metadata={k: v for k, v in bounds.items() if v is not None})
 
 
+#: The largest whole-number setting, unless the setting says otherwise: 2^31 - 1, so that every seed, count and
+#: size fits the C integers of numpy, PyTorch and the DataLoader (a seed of 10^20 overflowed there).
+MAX_WHOLE = 2 ** 31 - 1
+
+
 def out_of_range(value: float, *, above: float | None = None, minimum: float | None = None,
                  below: float | None = None, maximum: float | None = None) -> str | None:
     """``None`` when ``value`` keeps the bounds, else what they require (``"must be > 0 and <= 1"``)."""
@@ -52,9 +57,12 @@ def out_of_range(value: float, *, above: float | None = None, minimum: float | N
           and (below is None or value < below) and (maximum is None or value <= maximum))
     if ok:
         return None
-    parts = [f"> {above:g}" if above is not None else "", f">= {minimum:g}" if minimum is not None else "",
-             f"< {below:g}" if below is not None else "", f"<= {maximum:g}" if maximum is not None else ""]
-    return "must be " + " and ".join(p for p in parts if p)
+    def shown(bound: float) -> str:
+        return str(bound) if _is_whole(bound) else f"{bound:g}"
+
+    parts = [f"{op} {shown(bound)}" for op, bound in ((">", above), (">=", minimum), ("<", below), ("<=", maximum))
+             if bound is not None]
+    return "must be " + " and ".join(parts)
 
 
 def _shown(value: Any) -> str:
@@ -103,6 +111,8 @@ class Settings:
             meta = field.metadata
             numbers = value if isinstance(value, tuple) else (value,) if isinstance(value, (int, float)) else ()
             bounds = {k: v for k, v in meta.items() if k != "check"}
+            if any(_is_whole(v) for v in numbers) and bounds.get("maximum") is None and bounds.get("below") is None:
+                bounds["maximum"] = MAX_WHOLE  # a whole number must fit every consumer's C integer
             for problem in filter(None, (out_of_range(v, **bounds) for v in numbers)):
                 raise SettingError(f"setting {field.name}: {problem}, got {_shown(value)}")
             if "check" in meta and (accepted := meta["check"](value)) is not None:

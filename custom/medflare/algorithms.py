@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
 from medcore.errors import UserError
+from medcore.settings import out_of_range
 
 from .jobs import CLIENT_CONFIG, SERVER_CONFIG, find_component
 
@@ -44,6 +46,16 @@ PRIVACY_FILTERS: dict[str, tuple[str, dict[str, Any]]] = {
             {"fraction": 0.9, "epsilon": 0.001, "noise_var": 1.0, "gamma": 1e-4}),
     "percentile": ("nvflare.app_common.filters.percentile_privacy.PercentilePrivacy",
                    {"percentile": 10, "gamma": 0.01}),
+}
+
+#: Ranges of the filters' numeric settings (nvflare's docstrings: a fraction of the entries, privacy budgets and
+#: noise that must be positive, a clipping bound gamma > 0, a percentile in 0..100), checked as keyword bounds of
+#: :func:`medcore.settings.out_of_range`; a setting not listed is passed on unchecked.
+_PRIVACY_RANGES: dict[str, dict[str, dict[str, float]]] = {
+    "svt": {"fraction": {"above": 0, "maximum": 1}, "epsilon": {"above": 0}, "noise_var": {"above": 0},
+            "gamma": {"above": 0}, "tau": {"minimum": 0}, "epsilon_threshold": {"above": 0},
+            "epsilon_query": {"above": 0}, "epsilon_release": {"above": 0}},
+    "percentile": {"percentile": {"minimum": 0, "maximum": 100}, "gamma": {"above": 0}},
 }
 
 _FEDOPT_GENERATOR = "nvflare.app_opt.pt.fedopt.PTFedOptModelShareableGenerator"
@@ -100,6 +112,14 @@ class FederatedAlgorithm:
             if unknown:
                 raise UserError(f"privacy filter {self.privacy}: unknown setting(s) {unknown}; known: "
                                 f"{sorted(accepted)}")
+            for name, value in self.privacy_args.items():
+                bounds = _PRIVACY_RANGES[self.privacy].get(name)
+                if bounds is None:
+                    continue
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise UserError(f"privacy filter {self.privacy}: setting {name}: expected a number, got {value!r}")
+                if (problem := out_of_range(value, **bounds)) is not None:
+                    raise UserError(f"privacy filter {self.privacy}: setting {name}: {problem}, got {value!r}")
 
     @property
     def sends_weight_diff(self) -> bool:

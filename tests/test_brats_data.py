@@ -85,3 +85,11 @@ def test_root_errors(tmp_path):
         find_cases(tmp_path / "nope")
     with pytest.raises(CaseError, match="no case folders"):
         find_cases(tmp_path)
+
+
+def test_hidden_folders_are_not_cases(tmp_path):
+    """A killed make-data leaves its case in progress as a hidden .NAME.<hex>.part folder: never a case."""
+    (tmp_path / "HGG/Brats18_A_1").mkdir(parents=True)
+    (tmp_path / "HGG/.Brats18_A_2.0123abcd.part").mkdir()
+    (tmp_path / "LGG/.hidden").mkdir(parents=True)
+    assert find_cases(tmp_path) == {"HGG": [tmp_path / "HGG/Brats18_A_1"], "LGG": []}

@@ -62,7 +62,8 @@ def case_files(case_dir: str | Path) -> dict[str, Path]:
 
 
 def find_cases(root: str | Path) -> dict[str, list[Path]]:
-    """Case folders per grade under a BraTS root, sorted by name: ``{"HGG": [...], "LGG": [...]}``.
+    """Case folders per grade under a BraTS root, sorted by name: ``{"HGG": [...], "LGG": [...]}`` (hidden folders
+    left out).
 
     Raises:
         CaseError: ``root`` is missing or holds neither ``HGG/`` nor ``LGG/``.
@@ -70,8 +71,9 @@ def find_cases(root: str | Path) -> dict[str, list[Path]]:
     root = Path(root)
     if not root.is_dir():
         raise CaseError(f"{root}: BraTS root folder does not exist")
-    found = {grade: sorted(p for p in (root / grade).iterdir() if p.is_dir()) if (root / grade).is_dir() else []
-             for grade in GRADES}
+    # Hidden folders are never cases: a killed make-data leaves its work in progress as .NAME.<hex>.part
+    found = {grade: sorted(p for p in (root / grade).iterdir() if p.is_dir() and not p.name.startswith("."))
+             if (root / grade).is_dir() else [] for grade in GRADES}
     if not any(found.values()):
         raise CaseError(f"{root}: no case folders under {root / 'HGG'} or {root / 'LGG'} (expected the BraTS layout)")
     return found

@@ -184,8 +184,8 @@ class _MapRun:
         # Channels-last tensors take oneDNN's fastest convolution paths on CPU (and tensor cores on GPU). Under
         # mixed precision the first convolution would cast the input anyway: cast it now and drop the float32 copy.
         x = to_input(rgb).to(self.device).contiguous(memory_format=torch.channels_last)
-        if self.amp:
-            x = x.to(amp_dtype(self.device))
+        if self.amp and (dtype := amp_dtype(self.device)) is not None:
+            x = x.to(dtype)
         with autocast(self.device, self.amp):
             out = self.model(x)
         probs = torch.sigmoid(out.float()).cpu().numpy()

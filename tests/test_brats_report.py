@@ -88,7 +88,7 @@ def test_finding_and_bad_files(tmp_path):
         find_results(tmp_path / "missing")
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    with pytest.raises(ReportError, match="cannot read JSON"):
+    with pytest.raises(ReportError, match="not valid JSON"):
         load_results(bad)
     bad.write_text(json.dumps({"site-1": {"SRV_FL_global_model.pt": {"TC": 0.5}}}))
     with pytest.raises(ReportError, match="lacks numeric TC, WT, ET"):

@@ -121,6 +121,7 @@ def ws(tmp_path_factory, brats_root, camelyon_root):
                          ("det_huge", "0.9,1e20,1e30\n"), ("det_four_columns", "0.9,100,100,7\n")):
         (ws / folder).mkdir()
         (ws / folder / "tumor_001.csv").write_text(text)
+    (ws / "deep.json").write_text("[" * 200_000 + "]" * 200_000)  # parses only with a deeper stack than Python's
     for name, text in (("ref_twice.csv", "tumor_001,Tumor\nnormal_001,Normal\ntumor_001,Normal\n"),
                        ("ref_header_only.csv", "name,label\n"), ("ref_empty.csv", ""),
                        ("ref_normal_with_lesions.csv", "tumor_001,Normal\n")):
@@ -259,6 +260,11 @@ BRATS_CASES = [
     ("datalist entry without label", ["validate", "--checkpoint", "{ws}/brats.pt", "--datalist", "{ws}/nolabel.json",
                                       "--data-root", "{brats}", "--out", "{ws}/v.csv"],
      "{ws}/nolabel.json: testing[0] must be"),
+    ("datalist nested 200,000 deep", ["validate", "--checkpoint", "{ws}/brats.pt", "--datalist", "{ws}/deep.json",
+                                      "--data-root", "{brats}", "--out", "{ws}/v.csv"],
+     "{ws}/deep.json: JSON nested too deeply to read"),
+    ("report of JSON nested 200,000 deep", ["report", "{ws}/deep.json", "--out", "{ws}/new_report"],
+     "{ws}/deep.json: JSON nested too deeply to read"),
     ("datalist is not JSON", ["validate", "--checkpoint", "{ws}/brats.pt", "--datalist", "{ws}/a_file",
                               "--data-root", "{brats}", "--out", "{ws}/v.csv"], "{ws}/a_file: not valid JSON"),
     ("validate out is a folder", ["validate", "--checkpoint", "{ws}/brats.pt", "--datalist", "{datalist}",
@@ -327,6 +333,8 @@ METASTASIS_CASES = [
      "setting threshold: must be > 0 and < 1"),
     ("setting device", ["train", "--patches", "{ws}/a_file", "--out", "{ws}/new_train", "--set", "device=tpu"],
      "setting device: expected auto, cpu, cuda or cuda:N"),
+    ("patch list nested 200,000 deep", ["validate", "--checkpoint", "{ws}/patho.pt", "--patches", "{ws}/deep.json"],
+     "{ws}/deep.json: JSON nested too deeply to read"),
     ("infer with NaN weights", ["infer", "{slide}", "--checkpoint", "{ws}/patho_nan.pt", "--out", "{ws}/new_maps"],
      "{ws}/patho_nan.pt: the checkpoint holds NaN or infinite values (in model.layer1.0.conv1.weight)"),
     ("infer of two slides of one name", ["infer", "{ws}/dup_a", "{ws}/dup_b", "--checkpoint", "{ws}/patho.pt",

@@ -115,6 +115,9 @@ def test_bad_inputs(camelyon_root, tmp_path):
         prepare_tissue_masks([], tmp_path)
     png = prepare_tissue_masks([next(camelyon_root.glob("training/tumor/*.tif"))], tmp_path / "m")[0]
     png.with_suffix(".json").write_text("{")
+    with pytest.raises(ValueError, match="_tissue.json: not valid JSON"):
+        TissueMask.load(png)
+    png.with_suffix(".json").write_text("[1]")
     with pytest.raises(ValueError, match="not a tissue mask description"):
         TissueMask.load(png)
     png.with_suffix(".json").write_text(json.dumps({"downsample": 32, "level0_size": [9000, 9000]}))

@@ -27,6 +27,7 @@ from .errors import UserError, first_line
 __all__ = ["OUTPUT_MARKER", "is_byte_code_cache", "check_replaceable", "first_line_is", "mark_output",
            "claim_output_dir", "atomic_path", "atomic_directory", "write_json", "write_text", "write_csv",
            "input_files", "find_named", "check_distinct_names", "resolve_path", "read_user_text", "read_json",
+           "parse_json",
            "load_torch"]
 
 #: A JSON file in each folder this project writes outputs into: ``{"written_by": [kinds], "files": [...]}``. A folder
@@ -320,11 +321,18 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[User
     """The content of a JSON file, or an ``error`` (a :class:`UserError` type) saying ``PATH: <what> missing`` or
     ``PATH: not valid JSON (...)``."""
     path = Path(path)
-    text = read_user_text(path, what, error)
+    return parse_json(read_user_text(path, what, error), str(path), error)
+
+
+def parse_json(text: str, source: str, error: type[UserError] = UserError) -> Any:
+    """``text`` parsed as JSON, or an ``error`` naming ``source``: not JSON, or nested too deeply for Python's
+    parser (200,000 levels of brackets are a few hundred kilobytes)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise error(f"{path}: not valid JSON ({err})") from None
+        raise error(f"{source}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise error(f"{source}: JSON nested too deeply to read") from None
 
 
 def load_torch(path: str | os.PathLike, what: str = "checkpoint", map_location: Any = "cpu",

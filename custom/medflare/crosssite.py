@@ -11,14 +11,13 @@ What a job's results hold (metric names, the count to weigh sites by) is a :clas
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from medcore.errors import UserError
-from medcore.files import atomic_path, claim_output_dir, write_csv, write_json, write_text
+from medcore.files import atomic_path, claim_output_dir, read_json, write_csv, write_json, write_text
 
 __all__ = ["SERVER_FINAL", "SERVER_BEST", "ReportError", "ReportSpec", "CrossSiteReport", "find_results",
            "load_results", "build_report", "format_text", "format_markdown", "write_report", "plot_curves",
@@ -102,10 +101,7 @@ def find_results(path: str | Path) -> Path:
 def load_results(path: str | Path, spec: ReportSpec) -> dict:
     """Read and check a ``cross_val_results.json``."""
     path = Path(path)
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ReportError(f"{path}: cannot read JSON ({err})") from err
+    results = read_json(path, "cross-site results", ReportError)
     if not isinstance(results, dict) or not results or not all(isinstance(v, dict) for v in results.values()):
         raise ReportError(f"{path}: expected {{data_site: {{model_owner: {{metric: value}}}}}}")
     for site, per_model in results.items():

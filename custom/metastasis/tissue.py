@@ -15,7 +15,6 @@ tinted over the thumbnail, for a user to check by eye).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from pathlib import Path
@@ -27,7 +26,7 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_holes, remove_small_objects
 
 from medcore.errors import UserError
-from medcore.files import atomic_path, check_distinct_names, claim_output_dir, write_json
+from medcore.files import atomic_path, check_distinct_names, claim_output_dir, read_json, write_json
 from medcore.progress import Progress
 
 from .slide import Slide, open_slide, opened
@@ -99,10 +98,10 @@ class TissueMask:
         for path in (png, meta_path):
             if not path.is_file():
                 raise UserError(f"{path}: tissue mask file missing")
+        meta = read_json(meta_path, "tissue mask description")
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
             downsample, size = float(meta["downsample"]), tuple(int(v) for v in meta["level0_size"])
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise UserError(f"{meta_path}: not a tissue mask description ({type(err).__name__}: {err})") from None
         try:
             with Image.open(png) as image:

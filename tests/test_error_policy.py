@@ -233,6 +233,8 @@ BRATS_CASES = [
      "setting batch_size: must be >= 1 and <= 2147483647"),
     ("crop given twice", ["make-job", "--out", "{ws}/new_job", "--crop", "64", "64", "48", "--set",
                           "crop=[32,32,32]"], "--crop 64 64 48 and --set crop=[32, 32, 32] disagree"),
+    ("crop given twice, once as a number", ["make-job", "--out", "{ws}/new_job", "--crop", "64", "64", "48", "--set",
+                                            "crop=5"], "--crop 64 64 48 and --set crop=5 disagree"),
     ("seed 10^20", ["make-job", "--out", "{ws}/new_job", "--set", "seed=100000000000000000000"],
      "setting seed: must be >= 0 and <= 2147483647"),
     ("crop not /8", ["make-job", "--out", "{ws}/new_job", "--crop", "100", "96", "96"],

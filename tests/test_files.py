@@ -5,7 +5,7 @@ import pytest
 
 from medcore.errors import UserError
 from medcore.files import (atomic_directory, atomic_path, check_distinct_names, check_replaceable, find_named,
-                          input_files, mark_output, write_json)
+                          input_files, mark_output, read_json, write_json)
 
 
 def test_atomic_path_replaces_on_success(tmp_path):
@@ -101,3 +101,16 @@ def test_inputs_are_found_whatever_the_case_of_their_names(tmp_path):
     check_distinct_names([tmp_path / "a.tif", tmp_path / "B.TIF"], "slides", "maps")
     with pytest.raises(UserError, match=r"a.tif and .*sub/A.tif: two slides of one name; their maps"):
         check_distinct_names([tmp_path / "a.tif", tmp_path / "sub/A.tif"], "slides", "maps")
+
+
+def test_an_unreadable_file_is_one_line_naming_it(tmp_path, monkeypatch):
+    """An I/O error or a missing permission while reading a user's file is the user's problem, named, not a bug."""
+    path = tmp_path / "results.json"
+    path.write_text("{}")
+
+    def failing_read(self, *args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(Path, "read_text", failing_read)
+    with pytest.raises(UserError, match=f"{path}: cannot read the cross-site results \\(Input/output error\\)"):
+        read_json(path, "cross-site results")

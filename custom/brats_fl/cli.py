@@ -60,7 +60,7 @@ def _make_job(args: argparse.Namespace) -> int:
 
     train, algorithm = job_overrides(args)
     if args.crop:
-        if "crop" in train and list(train["crop"]) != list(args.crop):  # two answers: never pick one silently
+        if "crop" in train and train["crop"] != list(args.crop):  # two answers: never pick one silently
             raise UserError(f"--crop {' '.join(map(str, args.crop))} and --set crop={json.dumps(train['crop'])} "
                             "disagree; give the crop once")
         train["crop"] = args.crop

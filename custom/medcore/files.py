@@ -27,8 +27,7 @@ from .errors import UserError, first_line
 __all__ = ["OUTPUT_MARKER", "is_byte_code_cache", "check_replaceable", "first_line_is", "mark_output",
            "claim_output_dir", "atomic_path", "atomic_directory", "write_json", "write_text", "write_csv",
            "input_files", "find_named", "check_distinct_names", "resolve_path", "read_user_text", "read_json",
-           "parse_json",
-           "load_torch"]
+           "parse_json", "load_torch"]
 
 #: A JSON file in each folder this project writes outputs into: ``{"written_by": [kinds], "files": [...]}``. A folder
 #: a command replaces as a whole (a job) lists every file it wrote (``files``): a later run may replace it only while
@@ -123,9 +122,11 @@ def mark_output(folder: str | os.PathLike, what: str, manifest: bool = False) ->
     folder = Path(folder)
     marker = _read_marker(folder)
     kinds = list(dict.fromkeys([*marker.get("written_by", []), what]))
-    below = _files_below(folder) if manifest else []
-    files = [rel for rel in below if not is_byte_code_cache(folder, Path(rel), below)]
-    content = {"written_by": kinds, **({"files": files} if manifest else {})}
+    content: dict[str, Any] = {"written_by": kinds}
+    if manifest:
+        below = _files_below(folder)
+        sources = set(below)
+        content["files"] = [rel for rel in below if not is_byte_code_cache(folder, Path(rel), sources)]
     return write_json(folder / OUTPUT_MARKER, content)
 
 
@@ -309,12 +310,14 @@ def _existing_file(path: str | os.PathLike, what: str, error: type[UserError] = 
 
 
 def read_user_text(path: str | os.PathLike, what: str = "file", error: type[UserError] = UserError) -> str:
-    """The UTF-8 text of a user's file, or an ``error`` naming it when it is missing or not text."""
+    """The UTF-8 text of a user's file, or an ``error`` naming it when it is missing, unreadable or not text."""
     path = _existing_file(path, what, error)
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise error(f"{path}: not a text file (byte {err.start} is not UTF-8)") from None
+    except OSError as err:  # no permission, an I/O error: the user's file, not a bug
+        raise error(f"{path}: cannot read the {what} ({err.strerror or err})") from None
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[UserError] = UserError) -> Any:

@@ -45,10 +45,11 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(BIN)/pip install -c constraints.txt -e '.[test]'
 	touch $@
 
-# FLARE ships a job's app/custom to the sites: copy the project's code into the committed jobs.
-$(SHIPPED): $(STAMP) $(shell find custom -name '*.py')
-	$(BIN)/brats-fl ship-code jobs/brats_fl
-	$(BIN)/metastasis ship-code jobs/pathology_metastasis
+# The committed jobs are their recipes' exports; exporting again adds the project's code to their app/custom
+# (FLARE ships it to the sites; git keeps only the configuration), so `nvflare simulator jobs/brats_fl` runs.
+$(SHIPPED): $(STAMP) $(shell find custom jobs -name '*.py')
+	$(BIN)/python jobs/brats_fl/job.py --export --export-dir jobs
+	$(BIN)/python jobs/pathology_metastasis/job.py --export --export-dir jobs
 	touch $@
 
 demo-data: setup
@@ -66,7 +67,7 @@ federation-demo: demo-data
 	$(BIN)/brats-fl make-job --out $(DEMO_DIR)/deploy_job --rounds $(DEPLOY_ROUNDS) --crop $(DEMO_SHAPE) \
 		--data-root $(abspath $(DEMO_DIR)/brats) --datalist-dir $(abspath $(DEMO_DIR)/brats/datalists) $(DEMO_SETTINGS)
 	$(BIN)/brats-fl deploy $(DEMO_DIR)/deploy_job --kits $(DEPLOY_KITS) --workspace $(DEPLOY_WORKSPACE) \
-		--out $(DEMO_DIR)/deploy_report
+		--project provisioning/brats_project.yml --out $(DEMO_DIR)/deploy_report
 
 # Slides -> tissue masks -> patch list -> single-site FLARE job (train, best model, cross-site validation), then
 # the trained best global model on a generated test set: maps, detections, FROC and slide AUC.

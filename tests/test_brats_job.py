@@ -14,39 +14,73 @@ from brats_fl import cli
 from brats_fl.datalist import write_datalists
 from brats_fl.job import make_job
 from brats_fl.task import TASK
-from medflare.jobs import load_job_configs
+from medflare.recipe import package_dir
 from medflare.workflow import CHECKPOINT_NAME, load_round_checkpoint
+from metastasis.task import TASK as METASTASIS
 
-from conftest import TINY_BRATS_SHAPE
+from conftest import JOBS, TINY_BRATS_SHAPE, component, load_job_configs
 
 NVFLARE = str(Path(sys.executable).parent / "nvflare")
 
 
 def test_committed_job_is_the_seed_recipe():
-    server, client = load_job_configs(TASK.job_template())
-    assert server["num_rounds"] == 600
-    assert json.loads((TASK.job_template() / "meta.json").read_text())["min_clients"] == 2
-    learner = next(c for c in client["components"] if c["id"] == "learner")["args"]
+    server, client = load_job_configs(JOBS / TASK.name)
+    assert component(server, "scatter_and_gather")["args"]["num_rounds"] == 600
+    assert json.loads((JOBS / TASK.name / "meta.json").read_text())["min_clients"] == 2
+    learner = component(client, "learner")["args"]
     assert learner["train"]["crop"] == [224, 224, 144] and learner["train"]["lr"] == 1e-4
     assert learner["datalists"] == {"site-1": "seg_brats18_datalist_client_a.json",
                                     "site-2": "seg_brats18_datalist_client_b.json"}
-    persistor = next(c for c in server["components"] if c["id"] == "persistor")["args"]["model"]
-    assert persistor == {"path": "brats_fl.model.BratsSegResNet",
-                         "args": {"vae": False, "crop": [224, 224, 144], "seed": 0}}
-    # The job ships the project's code (bring-your-own-code) so sites need only nvflare and the dependencies.
-    for package in ("brats_fl", "medcore"):
-        assert (TASK.job_template() / "app/custom" / package / "__init__.py").is_file()
+    assert learner["data_root"] == "$BRATS_DATA_ROOT"
+    persistor = component(server, "persistor")["args"]
+    assert persistor["model"] == {"path": "brats_fl.model.BratsSegResNet",
+                                  "args": {"vae": False, "crop": [224, 224, 144], "seed": 0}}
+    assert persistor["train_conf"] == learner["train"]  # the global models carry the sites' recipe
+
+
+@pytest.mark.parametrize("task", ["brats_fl", "pathology_metastasis"])
+def test_committed_jobs_are_their_exports(task, tmp_path):
+    """`jobs/<task>` is exactly what `job.py --export` writes with the defaults: the same files in git (the
+    configuration), the project's packages in app/custom (build output, not in git) byte for byte; exporting
+    over an earlier export keeps its job.py."""
+    script = JOBS / task / "job.py"
+    result = subprocess.run([sys.executable, str(script), "--export", "--export-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = tmp_path / task
+    files = sorted(str(p.relative_to(exported)) for p in exported.rglob("*") if p.is_file())
+    config = [f for f in files if not f.startswith("app/custom/")]
+    assert config == ["app/config/config_fed_client.json", "app/config/config_fed_server.json", "meta.json"]
+    tracked = subprocess.run(["git", "ls-files", f"jobs/{task}"], capture_output=True, text=True,
+                             cwd=JOBS.parent).stdout.split()
+    for rel in config:  # as git holds it (`make setup` rewrites the working tree's copy with its own export)
+        committed = subprocess.run(["git", "show", f":jobs/{task}/{rel}"], capture_output=True, cwd=JOBS.parent
+                                   ).stdout if tracked else (JOBS / task / rel).read_bytes()
+        assert exported.joinpath(rel).read_bytes() == committed, f"jobs/{task}/{rel} is not its export"
+    if tracked:  # a checkout (CI's clean clone): git holds the configuration and job.py, nothing else
+        assert sorted(str(Path(t).relative_to(f"jobs/{task}")) for t in tracked) == sorted(config + ["job.py"])
+    shipped = [f for f in files if f.startswith("app/custom/")]
+    packages = {"brats_fl": TASK.packages, "pathology_metastasis": METASTASIS.packages}[task]
+    expected = sorted(f"app/custom/{pkg}/{p.relative_to(package_dir(pkg))}" for pkg in packages
+                      for p in package_dir(pkg).rglob("*.py"))
+    assert shipped == expected
+    assert all((exported / f).read_bytes() == (package_dir(f.split("/")[2]) / f.split("/", 3)[3]).read_bytes()
+               for f in shipped)
+    (tmp_path / task / "job.py").write_text("kept")
+    assert subprocess.run([sys.executable, str(script), "--export", "--export-dir", str(tmp_path)],
+                          capture_output=True, timeout=300).returncode == 0
+    assert (tmp_path / task / "job.py").read_text() == "kept"
 
 
 def test_make_job_applies_overrides(tmp_path):
     out = make_job(tmp_path / "job", rounds=3, train={"crop": [64, 64, 48], "vae": True, "lr": 3e-4},
                    data_root="/data/brats")
     server, client = load_job_configs(out)
-    assert server["num_rounds"] == 3
-    learner = next(c for c in client["components"] if c["id"] == "learner")["args"]
+    assert component(server, "scatter_and_gather")["args"]["num_rounds"] == 3
+    learner = component(client, "learner")["args"]
     assert learner["train"]["crop"] == [64, 64, 48] and learner["train"]["lr"] == 3e-4
     assert learner["data_root"] == "/data/brats" and learner["datalist_dir"] == "$BRATS_DATA_ROOT/datalists"
-    model_args = next(c for c in server["components"] if c["id"] == "persistor")["args"]["model"]["args"]
+    model_args = component(server, "persistor")["args"]["model"]["args"]
     assert model_args == {"vae": True, "crop": [64, 64, 48], "seed": 0}  # server builds what clients train
     custom = out / "app/custom/brats_fl"
     assert custom.is_dir() and not custom.is_symlink() and (custom / "learner.py").is_file()
@@ -54,11 +88,6 @@ def test_make_job_applies_overrides(tmp_path):
     with pytest.raises(ValueError, match="unknown training setting"):
         make_job(tmp_path / "bad", train={"rounds": 2})
     assert not (tmp_path / "bad").exists()
-    broken = tmp_path / "broken"
-    (broken / "app/config").mkdir(parents=True)
-    (broken / "app/config/config_fed_server.json").write_text("{")
-    with pytest.raises(ValueError, match="config_fed_server.json: not valid JSON"):
-        make_job(tmp_path / "x", template=broken)
 
 
 def _simulate(job, workspace, threads, env=None):
@@ -114,7 +143,7 @@ def test_committed_job_without_data_fails_clearly(tmp_path):
     data location stops the run with a message that says what to set."""
     env = {k: v for k, v in os.environ.items() if k != "BRATS_DATA_ROOT"}
     ws = tmp_path / "ws"
-    result = subprocess.run([NVFLARE, "simulator", str(TASK.job_template()), "-w", str(ws), "-n", "2", "-t", "2"],
+    result = subprocess.run([NVFLARE, "simulator", str(JOBS / TASK.name), "-w", str(ws), "-n", "2", "-t", "2"],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode != 0
     assert "BRATS_DATA_ROOT" in result.stdout + result.stderr

@@ -94,11 +94,18 @@ def test_readme_quick_start_has_the_two_commands():
     assert "make test" in ci
 
 
-def test_ship_code_needs_a_job_folder(tmp_path, capsys):
-    assert brats_cli.main(["ship-code", str(tmp_path / "nojob")]) == 2
-    assert "not a job folder" in capsys.readouterr().err
-    assert not (tmp_path / "nojob").exists()
-    (tmp_path / "job/app/config").mkdir(parents=True)
-    assert brats_cli.main(["ship-code", str(tmp_path / "job")]) == 0
-    assert (tmp_path / "job/app/custom/brats_fl/learner.py").is_file()
-    assert (tmp_path / "job/app/custom/medcore/files.py").is_file()
+def test_job_export_refuses_a_foreign_folder_and_bad_options(tmp_path, capsys):
+    """`job --export` writes DIR/<job name>; a folder there that an export did not write is left alone."""
+    foreign = tmp_path / "brats_fl"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert brats_cli.main(["job", "--export", "--export-dir", str(tmp_path)]) == 2
+    assert "brats_fl: exists and is not a FLARE job folder" in capsys.readouterr().err
+    assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
+    assert brats_cli.main(["job", "--export", "--export-dir", str(tmp_path / "out"), "--set", "lr=-1"]) == 2
+    assert "lr" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert brats_cli.main(["job", "--env", "prod", "--rounds", "1"]) == 2
+    assert "--startup-kit" in capsys.readouterr().err
+    assert brats_cli.main(["job", "--export", "--export-dir", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out/brats_fl/app/custom/brats_fl/learner.py").is_file()
+    assert (tmp_path / "out/brats_fl/app/custom/medcore/files.py").is_file()

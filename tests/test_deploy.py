@@ -14,12 +14,11 @@ import pytest
 from brats_fl import cli
 from brats_fl.datalist import write_datalists
 from brats_fl.job import make_job
-from brats_fl.task import TASK
 from medflare.algorithms import FederatedAlgorithm
 from medflare.deploy import DeploymentError, Federation, Kits, poc_kits
 from medflare.workflow import CHECKPOINT_NAME, load_round_checkpoint
 
-from conftest import TINY_BRATS_SHAPE
+from conftest import JOBS, TINY_BRATS_SHAPE
 
 
 def _free_port() -> int:
@@ -30,7 +29,7 @@ def _free_port() -> int:
 
 def _project(tmp_path: Path) -> Path:
     """The committed BraTS project file on a free port (tests never use a fixed port)."""
-    text = TASK.project_file().read_text().replace("fed_learn_port: 8002", f"fed_learn_port: {_free_port()}")
+    text = (JOBS.parent / "provisioning/brats_project.yml").read_text().replace("fed_learn_port: 8002", f"fed_learn_port: {_free_port()}")
     path = tmp_path / "project.yml"
     path.write_text(text)
     return path

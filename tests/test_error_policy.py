@@ -93,7 +93,8 @@ def ws(tmp_path_factory, brats_root, camelyon_root):
     # outputs of the project that a user has added files to, and user files named like the project's outputs
     assert brats_cli.main(["make-job", "--out", str(ws / "job_with_notes"), "--rounds", "1"]) == 0
     (ws / "job_with_notes/NOTES.md").write_text("my notes\n")
-    (ws / "job_with_notes/app/custom/medcore/my_patch.py").write_text("# mine\n")
+    assert brats_cli.main(["make-job", "--out", str(ws / "job_with_module"), "--rounds", "1"]) == 0
+    (ws / "job_with_module/app/custom/medcore/my_patch.py").write_text("# mine\n")
     # two folders holding slides of one name, in different case (their maps or masks would collide)
     slide = sorted((camelyon_root / "training/tumor").glob("*.tif"))[0]
     for folder, name in (("dup_a", "s.tif"), ("dup_b", "S.TIF")):
@@ -181,7 +182,8 @@ def _run(module, argv, capsys, monkeypatch) -> tuple[int, str]:
 BRATS_CASES = [
     # never delete what the project did not create
     ("make-job over a data folder", ["make-job", "--out", "{ws}/data"], "{ws}/data: exists and is not a FLARE job"),
-    ("make-job over the committed job", ["make-job", "--out", str(REPO / "jobs/brats_fl")], "not a FLARE job"),
+    ("make-job over the other task's job", ["make-job", "--out", str(REPO / "jobs/pathology_metastasis")],
+     "not a FLARE job"),
     ("make-job out is a file", ["make-job", "--out", "{ws}/a_file"], "argument --out: {ws}/a_file: is a file"),
     ("deploy workspace is a data folder", ["deploy", "{ws}/job", "--workspace", "{ws}/data", "--project",
                                            "{ws}/project.yml"], "{ws}/data: exists and is not a federation"),
@@ -239,8 +241,6 @@ BRATS_CASES = [
      "setting seed: must be >= 0 and <= 2147483647"),
     ("crop not /8", ["make-job", "--out", "{ws}/new_job", "--crop", "100", "96", "96"],
      "argument --crop: must be a multiple of 8, got 100"),
-    ("missing template", ["make-job", "--out", "{ws}/new_job", "--template", "{ws}/nope"],
-     "argument --template: {ws}/nope: no such folder"),
     ("resume id", ["make-job", "--out", "{ws}/new_job", "--resume-from", "../x"], "is not a job id"),
     ("device gpu", ["validate", "--checkpoint", "{ws}/brats.pt", "--datalist", "{datalist}", "--data-root",
                     "{brats}", "--out", "{ws}/v.csv", "--device", "gpu"],
@@ -282,7 +282,6 @@ BRATS_CASES = [
     ("datalist of a missing root", ["datalist", "{ws}/nope"], "{ws}/nope: BraTS root folder does not exist"),
     ("report of a missing path", ["report", "{ws}/nope"], "{ws}/nope"),
     ("report weight", ["report", "{ws}/job", "--weights", "site-1=abc"], "argument --weights"),
-    ("ship-code to a non-job", ["ship-code", "{ws}/data"], "{ws}/data: not a job folder"),
     ("make-job over its job holding a user's file", ["make-job", "--out", "{ws}/job_with_notes"],
      "not written by this project, inside the FLARE job folder"),
     ("make-job over its job holding a user's .pyc", ["make-job", "--out", "{ws}/job_with_pyc"],
@@ -291,8 +290,8 @@ BRATS_CASES = [
      "{ws}/job_with_cache_notes/app/custom/__pycache__/notes.txt: not written by this project"),
     ("make-job over its job holding a cache of no module", ["make-job", "--out", "{ws}/job_with_fake_cache"],
      "nosuchmodule.cpython-311.pyc: not written by this project"),
-    ("ship-code over a user's module", ["ship-code", "{ws}/job_with_notes"],
-     "app/custom/medcore/my_patch.py: not written by this project, inside the copy of the medcore package"),
+    ("make-job over its job holding a user's module", ["make-job", "--out", "{ws}/job_with_module"],
+     "{ws}/job_with_module/app/custom/medcore/my_patch.py: not written by this project, inside the FLARE job"),
     ("make-data over a generated case holding a user's file", ["make-data", "--out", "{ws}/gen_brats", "--hgg", "1",
                                                                 "--lgg", "0", "--shape", "32", "32", "24",
                                                                 "--overwrite"], "is not a synthetic BraTS case"),
@@ -545,7 +544,8 @@ def test_make_job_replaces_its_own_job_only(tmp_path, capsys, monkeypatch):
     out = tmp_path / "job"
     assert _run(brats_cli, ["make-job", "--out", str(out), "--rounds", "2"], capsys, monkeypatch)[0] == 0
     assert _run(brats_cli, ["make-job", "--out", str(out), "--rounds", "3"], capsys, monkeypatch)[0] == 0
-    assert json.loads((out / "app/config/config_fed_server.json").read_text())["num_rounds"] == 3
+    workflow = json.loads((out / "app/config/config_fed_server.json").read_text())["workflows"][0]
+    assert workflow["args"]["num_rounds"] == 3
     assert _run(metastasis_cli, ["make-job", "--out", str(tmp_path / "empty")], capsys, monkeypatch)[0] == 0
     (tmp_path / "data").mkdir()
     (tmp_path / "data/scan.nii.gz").write_bytes(b"precious")

@@ -19,9 +19,10 @@ from brats_fl.job import make_job as make_brats_job
 from medcore.errors import UserError
 from medcore.training import EpochTrainer
 from medflare.algorithms import MODEL_ID, FederatedAlgorithm
-from medflare.jobs import find_component, load_job_configs
 from metastasis import cli as metastasis_cli
 from metastasis.job import make_job as make_metastasis_job
+
+from conftest import JOBS, component, load_job_configs
 
 
 class _SquaredError(EpochTrainer):
@@ -86,12 +87,12 @@ class _Tiny(torch.nn.Module):
 def test_fedopt_server_step_is_a_hand_computed_adam_step(tmp_path):
     job = make_brats_job(tmp_path / "job", algorithm=FederatedAlgorithm(server_opt="adam", server_lr=0.01))
     server, client = load_job_configs(job)
-    spec = find_component(server, "shareable_generator", job)
+    spec = component(server, "shareable_generator")
     assert spec["args"]["source_model"] == MODEL_ID
-    assert find_component(server, "persistor", job)["args"]["model"] == MODEL_ID
-    assert find_component(server, MODEL_ID, job)["path"] == "brats_fl.model.BratsSegResNet"
-    assert find_component(server, "aggregator", job)["args"]["expected_data_kind"] == "WEIGHT_DIFF"
-    assert find_component(client, "learner", job)["args"]["send_weight_diff"] is True
+    assert component(server, "persistor")["args"]["model"] == MODEL_ID
+    assert component(server, MODEL_ID)["path"] == "brats_fl.model.BratsSegResNet"
+    assert component(server, "aggregator")["args"]["expected_data_kind"] == "WEIGHT_DIFF"
+    assert component(client, "learner")["args"]["send_weight_diff"] is True
 
     model = _Tiny()
     generator = instantiate_class(spec["path"], {**spec["args"], "device": "cpu"})
@@ -114,10 +115,10 @@ def test_fedopt_server_step_is_a_hand_computed_adam_step(tmp_path):
 def test_fedavgm_uses_sgd_with_momentum(tmp_path):
     job = make_metastasis_job(tmp_path / "job", algorithm=FederatedAlgorithm(server_opt="avgm", server_momentum=0.9))
     server, _ = load_job_configs(job)
-    args = find_component(server, "shareable_generator", job)["args"]["optimizer_args"]
+    args = component(server, "shareable_generator")["args"]["optimizer_args"]
     assert args == {"path": "torch.optim.SGD", "args": {"lr": 1.0, "momentum": 0.9}, "config_type": "dict"}
     # The recipe persistor keeps the sites' recipe, and the model component the patch size and the seed.
-    assert find_component(server, MODEL_ID, job)["args"] == {"patch_size": 224, "seed": 0}
+    assert component(server, MODEL_ID)["args"] == {"patch_size": 224, "seed": 0}
 
 
 def _filter(job):
@@ -125,6 +126,8 @@ def _filter(job):
     (chain,) = client["task_result_filters"]
     assert chain["tasks"] == ["train"]
     (spec,) = chain["filters"]
+    # data_kinds: the filters' own default, which FLARE's job API writes out
+    assert spec["args"].pop("data_kinds") == ["WEIGHT_DIFF", "WEIGHTS"]
     return spec, instantiate_class(spec["path"], spec["args"])
 
 
@@ -171,23 +174,23 @@ def test_make_job_options_combine_in_both_tools(tmp_path, capsys):
     assert brats_cli.main(["make-job", "--out", str(tmp_path / "b"), "--fedprox-mu", "0.01", "--privacy", "svt",
                            "--privacy-set", "epsilon=0.01", "--server-opt", "avgm", "--server-lr", "0.5"]) == 0
     server, client = load_job_configs(tmp_path / "b")
-    learner = find_component(client, "learner", tmp_path)["args"]
+    learner = component(client, "learner")["args"]
     assert learner["train"]["fedprox_mu"] == 0.01 and learner["send_weight_diff"] is True
     assert client["task_result_filters"][0]["filters"][0]["args"]["epsilon"] == 0.01
-    generator = find_component(server, "shareable_generator", tmp_path)["args"]["optimizer_args"]
+    generator = component(server, "shareable_generator")["args"]["optimizer_args"]
     assert generator["args"] == {"lr": 0.5, "momentum": 0.6}
-    # A FedOpt job as the template of another keeps one model component and one privacy chain.
-    assert brats_cli.main(["make-job", "--out", str(tmp_path / "b2"), "--template", str(tmp_path / "b"),
+    # FedOpt's model component is the network the sites train; one privacy chain.
+    assert brats_cli.main(["make-job", "--out", str(tmp_path / "b2"), "--server-opt", "adam",
                            "--crop", "64", "64", "48", "--privacy", "percentile"]) == 0
     server2, client2 = load_job_configs(tmp_path / "b2")
-    assert find_component(server2, MODEL_ID, tmp_path)["args"]["crop"] == [64, 64, 48]
+    assert component(server2, MODEL_ID)["args"]["crop"] == [64, 64, 48]
     assert [c["filters"][0]["path"].rsplit(".", 1)[1] for c in client2["task_result_filters"]] == ["PercentilePrivacy"]
     # FedAvg stays as it was: weights, no filter.
     assert metastasis_cli.main(["make-job", "--out", str(tmp_path / "m"), "--fedprox-mu", "0.1"]) == 0
     server3, client3 = load_job_configs(tmp_path / "m")
-    assert find_component(client3, "learner", tmp_path)["args"]["train"]["fedprox_mu"] == 0.1
-    assert "send_weight_diff" not in find_component(client3, "learner", tmp_path)["args"]
-    assert find_component(server3, "aggregator", tmp_path)["args"]["expected_data_kind"] == "WEIGHTS"
+    assert component(client3, "learner")["args"]["train"]["fedprox_mu"] == 0.1
+    assert "send_weight_diff" not in component(client3, "learner")["args"]
+    assert component(server3, "aggregator")["args"]["expected_data_kind"] == "WEIGHTS"
     assert not client3.get("task_result_filters")
     assert json.loads((tmp_path / "m/meta.json").read_text())["min_clients"] == 1
 

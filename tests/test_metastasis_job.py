@@ -9,7 +9,6 @@ import pytest
 import torch
 from nvflare.fuel.utils.class_utils import instantiate_class
 
-from medflare.jobs import load_job_configs
 from metastasis import cli
 from metastasis.config import TrainConfig
 from metastasis.job import make_job
@@ -18,19 +17,21 @@ from metastasis.task import TASK
 
 NVFLARE = str(Path(sys.executable).parent / "nvflare")
 
+from conftest import JOBS, component, load_job_configs
+
 
 def _learner(client):
     return next(c for c in client["components"] if c["id"] == "learner")["args"]
 
 
 def test_committed_job_is_the_seed_recipe():
-    server, client = load_job_configs(TASK.job_template())
+    server, client = load_job_configs(JOBS / TASK.name)
     train = _learner(client)["train"]
     assert (train["patch_size"], train["lr"], train["batch_size"], train["local_epochs"]) == (224, 1e-3, 32, 1)
     assert train["amp"] and train["augment"]
-    assert json.loads((TASK.job_template() / "meta.json").read_text())["min_clients"] == 1
+    assert json.loads((JOBS / TASK.name / "meta.json").read_text())["min_clients"] == 1
     workflow = server["workflows"][0]["args"]
-    assert workflow["min_clients"] == 1 and server["num_rounds"] == 20
+    assert workflow["min_clients"] == 1 and component(server, "scatter_and_gather")["args"]["num_rounds"] == 20
     selector = next(c for c in server["components"] if c["id"] == "model_selector")
     assert selector["args"]["key_metric"] == "val_accuracy"
     persistor = next(c for c in server["components"] if c["id"] == "persistor")
@@ -45,12 +46,12 @@ def test_make_job_applies_overrides(tmp_path):
                    patch_list="/data/c16/patches.json")
     server, client = load_job_configs(out)
     learner = _learner(client)
-    assert server["num_rounds"] == 3 and learner["train"]["lr"] == 5e-4
+    assert component(server, "scatter_and_gather")["args"]["num_rounds"] == 3 and learner["train"]["lr"] == 5e-4
     assert learner["data_root"] == "/data/c16" and learner["patch_list"] == "/data/c16/patches.json"
     persistor = next(c for c in server["components"] if c["id"] == "persistor")
     assert persistor["args"]["model"]["args"] == {"patch_size": 96, "seed": 0}  # the server builds the same network
     assert persistor["args"]["train_conf"] == learner["train"] and learner["train"]["patch_size"] == 96
-    assert json.loads((out / "meta.json").read_text())["min_clients"] == 1  # the template's
+    assert json.loads((out / "meta.json").read_text())["min_clients"] == 1  # the seed's
     two = make_job(tmp_path / "two", sites=2, patch_list="/data/{site}/patches.json")
     server, client = load_job_configs(two)
     assert json.loads((two / "meta.json").read_text())["min_clients"] == 2

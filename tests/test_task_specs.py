@@ -1,23 +1,26 @@
 """Each task spec says what its committed job runs: the two must never drift apart."""
 
-import importlib
-
 import pytest
 
+from brats_fl.job import BratsRecipe
+from brats_fl.learner import BratsLearner
 from brats_fl.task import TASK as BRATS
-from medflare.jobs import find_component, load_job_configs
+from metastasis.job import MetastasisRecipe
+from metastasis.learner import MetastasisLearner
 from metastasis.task import TASK as METASTASIS
 
+from conftest import JOBS, component, load_job_configs
 
-@pytest.mark.parametrize("task", [BRATS, METASTASIS], ids=["brats_fl", "metastasis"])
-def test_committed_job_matches_its_task_spec(task):
-    server, client = load_job_configs(task.job_template())
-    assert find_component(client, "learner", "client config")["path"] == task.learner
-    selectors = [c for c in server["components"] if c["path"].endswith("IntimeModelSelector")]
-    assert [c["args"]["key_metric"] for c in selectors] == [task.key_metric]
-    module, _, name = task.learner.rpartition(".")
-    learner = getattr(importlib.import_module(module), name)
+
+@pytest.mark.parametrize("task, recipe, learner", [(BRATS, BratsRecipe, BratsLearner),
+                                                   (METASTASIS, MetastasisRecipe, MetastasisLearner)],
+                         ids=["brats_fl", "metastasis"])
+def test_committed_job_matches_its_task_spec(task, recipe, learner):
+    server, client = load_job_configs(JOBS / task.name)
+    assert component(client, "learner")["path"] == f"{learner.__module__}.{learner.__name__}"
+    assert component(server, "model_selector")["args"]["key_metric"] == task.key_metric
+    assert server["workflows"][0]["args"]["num_rounds"] == task.rounds == recipe().rounds
     assert learner.key_metric == task.key_metric
     assert task.recipe is type(learner().config)
-    assert task.packages[0] == module.split(".")[0]
+    assert task.packages[0] == learner.__module__.split(".")[0]
     assert task.report.curves[1][0] == task.key_metric  # the global model's validation curve is the selected score

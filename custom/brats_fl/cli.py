@@ -12,8 +12,7 @@ from typing import Sequence
 from medcore.command import (add_compute_options, command_parser, existing_dir, existing_file, non_empty, number,
                              output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
-from medflare.cli import (add_deploy_parser, add_make_job_parser, add_report_parser, add_ship_code_parser,
-                          job_overrides)
+from medflare.cli import add_deploy_parser, add_job_parsers, add_report_parser, job_overrides
 
 from .config import VAL_WINDOWS, TrainConfig
 from .data import MODALITIES, CaseError, case_files, check_case, find_cases
@@ -55,8 +54,9 @@ def _datalist(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_job(args: argparse.Namespace) -> int:
-    from .job import make_job
+def _recipe(args: argparse.Namespace):
+    """The BraTS job of ``job`` and ``make-job``'s options (:class:`~brats_fl.job.BratsRecipe`)."""
+    from .job import BratsRecipe
 
     train, algorithm = job_overrides(args)
     if args.crop:
@@ -64,10 +64,16 @@ def _make_job(args: argparse.Namespace) -> int:
             raise UserError(f"--crop {' '.join(map(str, args.crop))} and --set crop={json.dumps(train['crop'])} "
                             "disagree; give the crop once")
         train["crop"] = args.crop
-    out = make_job(args.out, template=args.template, rounds=args.rounds, train=train, data_root=args.data_root,
-                   datalist_dir=args.datalist_dir, resume_from=args.resume_from, algorithm=algorithm)
-    print(f"job written to {out}; run it with: nvflare simulator {out} -n {TASK.clients} -t {TASK.clients}")
-    return 0
+    given = {"rounds": args.rounds, "data_root": args.data_root, "datalist_dir": args.datalist_dir,
+             "resume_from": args.resume_from}
+    return BratsRecipe(train=train, algorithm=algorithm, **{k: v for k, v in given.items() if v is not None})
+
+
+def _job_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--crop", type=number(int, above=0, multiple_of=8), nargs=3, metavar=("X", "Y", "Z"),
+                        help="training crop and validation window in voxels, divisible by 8 (default: 224 224 144)")
+    parser.add_argument("--datalist-dir", type=non_empty,
+                        help="folder of the site datalists (default: $BRATS_DATA_ROOT/datalists)")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -231,15 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--no-check", action="store_true", help="skip reading every case first (not recommended)")
     dl.set_defaults(func=_datalist)
 
-    job = add_make_job_parser(
-        sub, TASK, "Copy the committed job (the seed's recipe) to OUT with overrides, and put the project's code "
-                   "into OUT/app/custom so FLARE can ship it to the sites. Run the result with "
-                   "`nvflare simulator OUT -n 2 -t 2`, or submit it to a POC or provisioned deployment.", _make_job)
-    job.add_argument("--crop", type=number(int, above=0, multiple_of=8), nargs=3, metavar=("X", "Y", "Z"),
-                     help="training crop and validation window in voxels, divisible by 8 (default: 224 224 144)")
-    job.add_argument("--datalist-dir", type=non_empty,
-                     help="folder of the site datalists (default: $BRATS_DATA_ROOT/datalists)")
-    add_ship_code_parser(sub, TASK)
+    add_job_parsers(sub, TASK, _recipe, _job_options)
     rep = add_report_parser(
         sub, TASK, "Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a simulator workspace or "
                    "a downloaded job folder) and print, per model, each site's TC/WT/ET Dice and their average "

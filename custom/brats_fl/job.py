@@ -1,5 +1,9 @@
-"""Derived BraTS jobs: the committed job (``jobs/brats_fl``, the seed's recipe) with other rounds, recipe settings
-or data location, and the code shipped into it (:func:`medflare.jobs.derive_job`; ``make demo`` uses one)."""
+"""The federated BraTS job (:class:`BratsRecipe`): the seed's recipe by default, with other rounds, recipe settings,
+data location or federated algorithm as arguments; :func:`make_job` writes one as a job folder.
+
+``jobs/brats_fl/job.py`` runs it (the simulator, a POC federation or a provisioned one) or exports it; the committed
+``jobs/brats_fl`` is its export with the defaults.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +11,53 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from medflare.algorithms import FederatedAlgorithm
-from medflare.jobs import derive_job
+from medflare.recipe import TaskRecipe, export_job
 
+from .config import TrainConfig
+from .learner import BratsLearner
+from .model import BratsSegResNet
 from .task import TASK
 
-__all__ = ["make_job"]
+__all__ = ["BratsRecipe", "make_job"]
 
 
-def make_job(out_dir: str | Path, template: str | Path | None = None, rounds: int | None = None,
-             train: Mapping[str, Any] | None = None, data_root: str | None = None,
-             datalist_dir: str | None = None, resume_from: str | None = None,
-             algorithm: FederatedAlgorithm | None = None) -> Path:
-    """Write a copy of ``template`` (default: the committed job) to ``out_dir`` with the given overrides.
+class BratsRecipe(TaskRecipe):
+    """Two sites train the seed's SegResNet on their BraTS datalists; ScatterAndGather with in-time selection of the
+    global best model (mean validation Dice), then cross-site validation on every site's testing split.
 
     Args:
-        rounds: federated rounds (ScatterAndGather ``num_rounds``).
+        rounds: federated rounds (default: the seed's 600).
         train: :class:`~brats_fl.config.TrainConfig` settings to change (e.g. ``{"crop": [64, 64, 48]}``); the
-            server's model arguments (``crop``, ``vae``) follow, so both sides build the same network.
-        data_root, datalist_dir: where the sites find their data (default: the template's, ``$BRATS_DATA_ROOT``).
+            server's model follows ``crop``, ``vae`` and ``seed``, so both sides build the same network.
+        data_root, datalist_dir: where the sites find their data (default: ``$BRATS_DATA_ROOT``, expanded on each
+            site, and its ``datalists`` folder).
+        datalists: site name -> datalist file (default: the seed's two).
         resume_from: id of an interrupted run of this job to go on from (same server and site workspaces;
             :mod:`medflare.workflow`).
-        algorithm: FedOpt's server optimiser and a privacy filter (:class:`medflare.algorithms.FederatedAlgorithm`;
-            FedProx is the recipe's ``fedprox_mu``), or ``None`` for FedAvg.
+        algorithm: FedOpt's server optimiser and a privacy filter (FedProx is the recipe's ``fedprox_mu``), or
+            ``None`` for FedAvg.
+        name: the job's name.
     """
-    return derive_job(out_dir, template or TASK.job_template(), TASK.recipe, TASK.packages, rounds=rounds,
-                      train=train, learner_args={"data_root": data_root, "datalist_dir": datalist_dir},
-                      model_args=lambda config: {"vae": config.vae, "crop": list(config.crop), "seed": config.seed},
-                      resume_from=resume_from, algorithm=algorithm)
+
+    def __init__(self, *, rounds: int = TASK.rounds, train: Mapping[str, Any] | None = None,
+                 data_root: str = "$BRATS_DATA_ROOT", datalist_dir: str = "$BRATS_DATA_ROOT/datalists",
+                 datalists: Mapping[str, str] | None = None, resume_from: str = "",
+                 algorithm: FederatedAlgorithm | None = None, name: str = TASK.name) -> None:
+        config = TrainConfig.from_dict(train)
+        algorithm = algorithm or FederatedAlgorithm()
+        learner = BratsLearner(data_root=data_root, datalist_dir=datalist_dir, datalists=datalists,
+                               train=config.to_dict(), resume_from_job=resume_from,
+                               send_weight_diff=algorithm.sends_weight_diff)
+        model = (BratsSegResNet, {"vae": config.vae, "crop": list(config.crop), "seed": config.seed})
+        super().__init__(TASK, learner, model, config.to_dict(), rounds=rounds, sites=len(learner.datalists),
+                         algorithm=algorithm, resume_from=resume_from, name=name)
+
+
+def make_job(out_dir: str | Path, rounds: int | None = None, train: Mapping[str, Any] | None = None,
+             data_root: str | None = None, datalist_dir: str | None = None, resume_from: str | None = None,
+             algorithm: FederatedAlgorithm | None = None) -> Path:
+    """Write a :class:`BratsRecipe` as the job folder ``out_dir`` (:func:`medflare.recipe.export_job`); ``None``
+    keeps a default."""
+    given = {"rounds": rounds, "data_root": data_root, "datalist_dir": datalist_dir, "resume_from": resume_from}
+    recipe = BratsRecipe(train=train, algorithm=algorithm, **{k: v for k, v in given.items() if v is not None})
+    return export_job(recipe, out_dir)

@@ -49,6 +49,8 @@ class BratsLearner(EngineLearner):
     """
 
     key_metric = KEY_METRIC
+    #: Exported by FLARE's job API even when they are the defaults: where the data are is what a site checks first.
+    _always_serialize_args = ("data_root", "datalist_dir")
     cross_site_split = "testing"
 
     def __init__(self, data_root: str = "$BRATS_DATA_ROOT", datalist_dir: str = "$BRATS_DATA_ROOT/datalists",
@@ -60,6 +62,7 @@ class BratsLearner(EngineLearner):
         self.datalist_dir = datalist_dir
         self.datalists = dict(datalists or {s.name: s.datalist for s in SEED_SITES})
         self.config = TrainConfig.from_dict(train)
+        self._train = self.config.to_dict()  # what FLARE's job API exports as ``train``
 
     def setup(self, fl_ctx: FLContext) -> None:
         if self.site not in self.datalists:

@@ -33,7 +33,8 @@ class BratsSegResNet(torch.nn.Module):
         super().__init__()
         common = dict(spatial_dims=3, init_filters=init_filters, in_channels=4, out_channels=3,
                       dropout_prob=dropout, blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1))
-        self.vae = vae
+        # Every argument kept under its own name: FLARE's job API exports a model component from them (FedOpt).
+        self.vae, self.crop, self.init_filters, self.dropout, self.seed = vae, list(crop), init_filters, dropout, seed
         with seeded(seed):
             self.net = SegResNetVAE(input_image_size=tuple(crop), vae_estimate_std=False, vae_default_std=0.3,
                                     vae_nz=256, **common) if vae else SegResNet(**common)

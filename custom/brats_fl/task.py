@@ -10,13 +10,12 @@ from .report import BRATS_REPORT
 __all__ = ["TASK"]
 
 TASK = TaskSpec(
-    job="jobs/brats_fl",
-    project="provisioning/brats_project.yml",
+    name="brats_fl",
     packages=("brats_fl", "medcore", "medflare"),
     data_variable="BRATS_DATA_ROOT",
     clients=2,
+    rounds=600,  # the seed's
     recipe=TrainConfig,
     report=BRATS_REPORT,
-    learner="brats_fl.learner.BratsLearner",
     key_metric="val_dice",  # mean Dice over TC, WT and ET on the site's validation split
 )

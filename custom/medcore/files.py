@@ -24,8 +24,8 @@ from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 
 from .errors import UserError, first_line
 
-__all__ = ["OUTPUT_MARKER", "is_byte_code_cache", "check_replaceable", "first_line_is", "mark_output",
-           "claim_output_dir", "atomic_path", "atomic_directory", "write_json", "write_text", "write_csv",
+__all__ = ["OUTPUT_MARKER", "is_byte_code_cache", "listed_outputs", "check_replaceable", "first_line_is",
+           "mark_output", "claim_output_dir", "atomic_path", "atomic_directory", "write_json", "write_text", "write_csv",
            "input_files", "find_named", "check_distinct_names", "resolve_path", "read_user_text", "read_json",
            "parse_json", "load_torch"]
 
@@ -42,6 +42,13 @@ def _read_marker(folder: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return content if isinstance(content, dict) else {}
+
+
+def listed_outputs(folder: str | os.PathLike) -> set[str]:
+    """The files (relative paths) that ``folder``'s marker (:func:`mark_output` with ``manifest``) lists as its own
+    output; empty for a folder without one."""
+    listed = _read_marker(Path(folder)).get("files")
+    return {str(rel) for rel in listed} if isinstance(listed, list) else set()
 
 
 def _is_own_marker(path: Path) -> bool:

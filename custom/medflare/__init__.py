@@ -3,10 +3,12 @@
 * :mod:`medflare.learner`: :class:`~medflare.learner.EngineLearner`, a thin FLARE ``Learner`` around a plain-Python
   training engine (state on disk, local best model);
 * :mod:`medflare.workflow`: :class:`~medflare.workflow.ResumableScatterAndGather`, round checkpoints and resuming;
-* :mod:`medflare.jobs`: job folders (derive, ship code, resume settings);
+* :mod:`medflare.recipe`: a task's job on FLARE's job API (:class:`~medflare.recipe.TaskRecipe`), exported or run
+  in the simulator, a POC or a provisioned federation;
+* :mod:`medflare.algorithms`: FedOpt's server optimisers and the privacy filters;
 * :mod:`medflare.deploy`: a real local federation from startup kits;
 * :mod:`medflare.crosssite`: the cross-site validation report;
-* :mod:`medflare.cli`: the sub-commands both tools share (make-job, ship-code, report, deploy).
+* :mod:`medflare.cli`: the sub-commands both tools share (job, make-job, report, deploy).
 
 Nothing here names a job: each task package passes what is its own (:class:`medflare.task.TaskSpec`).
 """

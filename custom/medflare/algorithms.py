@@ -1,4 +1,4 @@
-"""Federated algorithms beyond FedAvg, as rewrites of a job's two configuration files (FLARE's classic format).
+"""Federated algorithms beyond FedAvg: what a job's server optimiser and the sites' privacy filter are.
 
 * **FedProx** (Li et al. 2020) is client-side: the recipe's ``fedprox_mu`` adds ``mu / 2 * ||w - w_global||^2`` to
   the local loss (:class:`medcore.training.EpochTrainer`); nothing changes on the server.
@@ -12,23 +12,21 @@
   differential privacy of the training: no accounting over rounds bounds what a model reveals about one case.
 
 FedOpt and the filters work on changes of the weights, not the weights themselves: the job then
-makes the sites send ``WEIGHT_DIFF`` (the learner's ``send_weight_diff``) and the aggregator expect it.
-:meth:`FederatedAlgorithm.apply` rewrites the configurations; ``make-job`` of both tools calls it through
-:func:`medflare.jobs.derive_job`.
+makes the sites send ``WEIGHT_DIFF`` (the learner's ``send_weight_diff``) and the aggregator expect it
+(:class:`medflare.recipe.TaskRecipe` builds the job from a :class:`FederatedAlgorithm`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import math
-from pathlib import Path
 from typing import Any, Mapping
 
 from medcore.errors import UserError
 from medcore.settings import out_of_range
 
-from .jobs import CLIENT_CONFIG, SERVER_CONFIG, find_component
 
 __all__ = ["SERVER_OPTIMIZERS", "PRIVACY_FILTERS", "MODEL_ID", "FederatedAlgorithm", "privacy_filter_class"]
 
@@ -58,15 +56,12 @@ _PRIVACY_RANGES: dict[str, dict[str, dict[str, float]]] = {
     "percentile": {"percentile": {"minimum": 0, "maximum": 100}, "gamma": {"above": 0}},
 }
 
-_FEDOPT_GENERATOR = "nvflare.app_opt.pt.fedopt.PTFedOptModelShareableGenerator"
 #: Id of the server's model component that the persistor and the FedOpt optimiser share.
 MODEL_ID = "model"
 
 
 def privacy_filter_class(kind: str) -> type:
     """The nvflare filter class of a :data:`PRIVACY_FILTERS` kind."""
-    import importlib
-
     module, _, name = PRIVACY_FILTERS[kind][0].rpartition(".")
     return getattr(importlib.import_module(module), name)
 
@@ -136,37 +131,17 @@ class FederatedAlgorithm:
             args["momentum"] = float(self.server_momentum)
         return {"path": path, "args": args, "config_type": "dict"}
 
-    def privacy_filter(self) -> dict[str, Any]:
-        """The filter component (``{"path": ..., "args": ...}``)."""
-        path, defaults = PRIVACY_FILTERS[self.privacy]
-        return {"path": path, "args": {**defaults, **dict(self.privacy_args)}}
+    def shareable_generator(self) -> Any:
+        """FedOpt's server step (nvflare's ``PTFedOptModelShareableGenerator``) on the model component
+        :data:`MODEL_ID`."""
+        from nvflare.app_opt.pt.fedopt import PTFedOptModelShareableGenerator
 
-    def apply(self, server: dict, client: dict, job_dir: str | Path) -> None:
-        """Rewrite a job's server and client configurations (in place) for this algorithm.
+        return PTFedOptModelShareableGenerator(optimizer_args=self.optimizer(), source_model=MODEL_ID)
 
-        The server's ``persistor``, ``shareable_generator`` and ``aggregator`` and the client's ``learner`` must
-        exist (``job_dir`` names the job in errors).
-        """
-        job_dir = Path(job_dir)
-        server_file, client_file = job_dir / SERVER_CONFIG, job_dir / CLIENT_CONFIG
-        if self.sends_weight_diff:
-            find_component(client, "learner", client_file).setdefault("args", {})["send_weight_diff"] = True
-            find_component(server, "aggregator", server_file).setdefault("args", {})["expected_data_kind"] = \
-                "WEIGHT_DIFF"
-        if self.server_opt:
-            persistor = find_component(server, "persistor", server_file).setdefault("args", {})
-            model = persistor.get("model")
-            if isinstance(model, dict):  # one model object for the persistor and the server optimiser
-                server["components"].insert(0, {"id": MODEL_ID, **model})
-                persistor["model"] = MODEL_ID
-            elif model != MODEL_ID:
-                raise UserError(f"{server_file}: the persistor's model is {model!r}; FedOpt needs it as a "
-                                f"{{'path', 'args'}} entry or the component id {MODEL_ID!r}")
-            generator = find_component(server, "shareable_generator", server_file)
-            generator["path"] = _FEDOPT_GENERATOR
-            generator["args"] = {"optimizer_args": self.optimizer(), "source_model": MODEL_ID}
-        if self.privacy:  # replaces a privacy filter the template had
-            ours = {path for path, _ in PRIVACY_FILTERS.values()}
-            chains = [c for c in client.get("task_result_filters", [])
-                      if not any(f.get("path") in ours for f in c.get("filters", []))]
-            client["task_result_filters"] = chains + [{"tasks": ["train"], "filters": [self.privacy_filter()]}]
+    def privacy_settings(self) -> dict[str, Any]:
+        """The privacy filter's arguments: its defaults of :data:`PRIVACY_FILTERS`, then :attr:`privacy_args`."""
+        return {**PRIVACY_FILTERS[self.privacy][1], **dict(self.privacy_args)}
+
+    def privacy_filter(self) -> Any:
+        """The sites' privacy filter (an nvflare ``Filter``) with :meth:`privacy_settings`."""
+        return privacy_filter_class(self.privacy)(**self.privacy_settings())

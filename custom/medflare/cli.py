@@ -1,12 +1,13 @@
 """The sub-commands both command-line tools share, built from a task's :class:`~medflare.task.TaskSpec`:
-``make-job`` (the common options; the task adds its own), ``ship-code``, ``report`` and ``deploy``."""
+``job`` and ``make-job`` (the common options; the task adds its own and builds its recipe), ``report`` and
+``deploy``."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from medcore.command import existing_dir, existing_file, non_empty, number, output_dir, parse_setting
 from medcore.errors import UserError
@@ -14,35 +15,35 @@ from medcore.errors import UserError
 from .algorithms import PRIVACY_FILTERS, SERVER_OPTIMIZERS, FederatedAlgorithm
 from .task import TaskSpec
 
-__all__ = ["add_make_job_parser", "job_overrides", "add_ship_code_parser", "add_report_parser", "add_deploy_parser"]
+__all__ = ["add_job_parsers", "job_overrides", "add_report_parser", "add_deploy_parser"]
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def add_make_job_parser(sub: argparse._SubParsersAction, task: TaskSpec, description: str,
-                        func: Handler) -> argparse.ArgumentParser:
-    """``make-job``: ``--out``, ``--template``, ``--rounds``, ``--data-root``, ``--set``, ``--resume-from`` and the
-    federated algorithm (FedProx, FedOpt, privacy filters; :func:`job_overrides` reads them); returns the parser for
-    the task's own options."""
+def _job_id(text: str) -> str:
+    """A FLARE job id as ``--resume-from`` takes it (argparse type)."""
+    if not text or "/" in text or text.startswith("."):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a job id (the id FLARE gave the interrupted job)")
+    return text
+
+
+def _add_job_options(parser: argparse.ArgumentParser, task: TaskSpec) -> None:
+    """The job's options both ``job`` and ``make-job`` take: rounds, data, recipe settings, the federated
+    algorithm (:func:`job_overrides` reads them)."""
     settings = ", ".join(f.name for f in dataclasses.fields(task.recipe))
-    job = sub.add_parser("make-job", help=f"write a copy of {task.job} with other rounds, settings or data location",
-                         description=description)
-    job.add_argument("--out", required=True, type=output_dir,
-                     help="job folder to write; an existing one is replaced only if it is empty or a job make-job "
-                          "wrote (it carries a .clara-open-output marker), any other folder is refused")
-    job.add_argument("--template", type=existing_dir, help=f"job folder to start from (default: {task.job})")
-    job.add_argument("--rounds", type=number(int, minimum=1), help="federated rounds (default: the template's)")
-    job.add_argument("--data-root", type=non_empty,
-                     help=f"data folder the sites read, e.g. an absolute path (default: ${task.data_variable}, "
-                          "expanded on each site)")
-    job.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE",
-                     help=f"any training setting ({settings}; see {task.recipe.__module__}); values are JSON and "
-                          "typed, e.g. --set lr=2e-4 --set amp=false; repeatable")
-    job.add_argument("--resume-from", metavar="JOB_ID",
-                     help="go on from interrupted job JOB_ID (e.g. cut off by a server restart) at the round "
-                          "after its last completed one, with its global model, best model and the sites' local "
-                          "state; submit the result to the same server and sites, with the same --rounds")
-    algo = job.add_argument_group(
+    parser.add_argument("--rounds", type=number(int, minimum=1),
+                        help=f"federated rounds (default: the seed's {task.rounds})")
+    parser.add_argument("--data-root", type=non_empty,
+                        help=f"data folder the sites read, e.g. an absolute path (default: ${task.data_variable}, "
+                             "expanded on each site)")
+    parser.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE",
+                        help=f"any training setting ({settings}; see {task.recipe.__module__}); values are JSON and "
+                             "typed, e.g. --set lr=2e-4 --set amp=false; repeatable")
+    parser.add_argument("--resume-from", metavar="JOB_ID", type=_job_id,
+                        help="go on from interrupted job JOB_ID (e.g. cut off by a server restart) at the round "
+                             "after its last completed one, with its global model, best model and the sites' local "
+                             "state; run it on the same server and sites, with the same --rounds")
+    algo = parser.add_argument_group(
         "federated algorithm", "FedAvg unless told otherwise; the options combine (e.g. FedProx with SVT). FedOpt "
         "and the privacy filters make the sites send weight changes instead of weights (see medflare.algorithms)")
     algo.add_argument("--fedprox-mu", type=number(float, minimum=0), metavar="MU",
@@ -63,8 +64,90 @@ def add_make_job_parser(sub: argparse._SubParsersAction, task: TaskSpec, descrip
     algo.add_argument("--privacy-set", type=parse_setting, action="append", metavar="KEY=VALUE",
                       help="a setting of the privacy filter, named as in nvflare's SVTPrivacy or PercentilePrivacy "
                            "(e.g. --privacy-set epsilon=0.01); repeatable")
-    job.set_defaults(func=func)
-    return job
+
+
+def add_job_parsers(sub: argparse._SubParsersAction, task: TaskSpec, build: Callable[[argparse.Namespace], Any],
+                    task_options: Callable[[argparse.ArgumentParser], None]) -> None:
+    """``job`` (run the task's job in the simulator, a POC or a provisioned federation, or export it; what
+    ``jobs/<task>/job.py`` calls) and ``make-job`` (export it to ``--out``).
+
+    Args:
+        build: the task's :class:`~medflare.recipe.TaskRecipe` from the parsed options.
+        task_options: adds the task's own job options (its data layout) to a parser.
+    """
+    job = sub.add_parser(
+        "job", help=f"run the {task.name} job (FLARE simulator, POC or provisioned federation) or export it",
+        description=f"Build the {task.name} job (the seed's recipe unless told otherwise) with FLARE's job API and "
+                    "run it: in FLARE's simulator (--env sim, the default; then print the cross-site report), in a "
+                    "POC federation on this machine (--env poc: nvflare poc prepare and start, submit, wait, "
+                    "download) or in a provisioned federation (--env prod: submit with the admin's startup kit). "
+                    "With --export, write the job folder instead (submit it with `nvflare job submit -j FOLDER`, or "
+                    f"run it with `nvflare simulator FOLDER -n {task.clients}`).")
+    # FLARE's recipes reserve --export and --export-dir (nvflare.recipe.spec); they mean the same here.
+    job.add_argument("--export", action="store_true",
+                     help="write the job folder (the project's code included in app/custom) instead of running it")
+    job.add_argument("--export-dir", type=output_dir, default=Path("fl_job"), metavar="DIR",
+                     help="with --export: the folder the job folder is written into, as DIR/<job name>; an existing "
+                          "job folder there is replaced only if it is an earlier export or make-job output of this "
+                          "job (default: fl_job, as FLARE's recipes)")
+    job.add_argument("--env", choices=("sim", "poc", "prod"), default="sim",
+                     help="where to run it: sim (FLARE's simulator, one process per site on this machine), poc "
+                          "(a POC federation, FLARE's PocEnv: it prepares and starts FLARE's POC workspace, "
+                          "$NVFLARE_POC_WORKSPACE, replacing a running one), prod (a provisioned federation, "
+                          "FLARE's ProdEnv); default: sim")
+    job.add_argument("--workspace", type=output_dir, default=Path("workspace"),
+                     help="sim: the simulator's workspace root; the run folder is WORKSPACE/<job name>, replaced "
+                          "if an earlier run wrote it (default: workspace)")
+    job.add_argument("--startup-kit", type=existing_dir,
+                     help="prod: the admin's startup kit folder (from nvflare provision)")
+    job.add_argument("--project", type=existing_file,
+                     help="poc: a project file for nvflare poc prepare, e.g. provisioning/*.yml (default: FLARE's "
+                          "POC project with as many sites as the job)")
+    job.add_argument("--timeout", type=number(float, minimum=0), default=0.0,
+                     help="poc, prod: seconds to wait for the job (default: 0, no limit)")
+    job.add_argument("--report", type=output_dir, metavar="DIR",
+                     help="also write the cross-site report's files (report.txt/.md/.csv/.json, curves) to DIR")
+    _add_job_options(job, task)
+    task_options(job)
+    job.set_defaults(func=lambda args: _job(args, task, build))
+
+    make = sub.add_parser("make-job", help=f"write the {task.name} job folder with other rounds, settings or data "
+                                           "location (as job --export)",
+                          description=f"Write the {task.name} job (the seed's recipe unless told otherwise) as a job "
+                                      "folder OUT, the project's code included, as `job --export` does. Run it with "
+                                      f"`nvflare simulator OUT -n {task.clients} -t {task.clients}`, or submit it "
+                                      "to a POC or provisioned federation.")
+    make.add_argument("--out", required=True, type=output_dir,
+                      help="job folder to write; an existing one is replaced only if it is empty, an earlier "
+                           "export or make-job output of this job; any other folder is refused")
+    _add_job_options(make, task)
+    task_options(make)
+    make.set_defaults(func=lambda args: _make_job(args, build))
+
+
+def _make_job(args: argparse.Namespace, build: Callable[[argparse.Namespace], Any]) -> int:
+    from .recipe import export_job
+
+    recipe = build(args)
+    out = export_job(recipe, args.out)
+    print(f"job written to {out}; run it with: nvflare simulator {out} -n {recipe.sites} -t {recipe.sites}")
+    return 0
+
+
+def _job(args: argparse.Namespace, task: TaskSpec, build: Callable[[argparse.Namespace], Any]) -> int:
+    from .crosssite import report_command
+    from .recipe import export_job, run_recipe
+
+    recipe = build(args)
+    if args.export:
+        out = export_job(recipe, args.export_dir / recipe.name)
+        print(f"job exported to {out}; run it with: nvflare simulator {out} -n {recipe.sites} -t {recipe.sites}, "
+              f"or submit it with: nvflare job submit -j {out}")
+        return 0
+    result = run_recipe(recipe, args.env, workspace=args.workspace, startup_kit=args.startup_kit,
+                        project=args.project, timeout=args.timeout)
+    print(f"{recipe.name}: results in {result}")
+    return report_command(result, task.report, out=args.report)
 
 
 def job_overrides(args: argparse.Namespace) -> tuple[dict, FederatedAlgorithm | None]:
@@ -76,28 +159,6 @@ def job_overrides(args: argparse.Namespace) -> tuple[dict, FederatedAlgorithm | 
                                    server_momentum=args.server_momentum, privacy=args.privacy or "",
                                    privacy_args=dict(args.privacy_set or []))
     return train, algorithm if algorithm != FederatedAlgorithm() else None
-
-
-def add_ship_code_parser(sub: argparse._SubParsersAction, task: TaskSpec) -> None:
-    """``ship-code``: copy the task's packages into a job's ``app/custom``."""
-    ship = sub.add_parser(
-        "ship-code", help=f"copy the project's code into a job's app/custom (make does this for {task.job})",
-        description=f"Copy the {' and '.join(task.packages)} packages into JOB/app/custom, replacing the copies this "
-                    "command wrote before, so FLARE ships them to the sites with the job. Run it after changing "
-                    "the code.",
-    )
-    ship.add_argument("job", help="job folder (holding app/config and app/custom)")
-    ship.set_defaults(func=lambda args: _ship_code(args.job, task))
-
-
-def _ship_code(job: str, task: TaskSpec) -> int:
-    from .jobs import ship_code
-
-    if not (Path(job) / "app" / "config").is_dir():
-        raise UserError(f"{job}: not a job folder (no app/config inside)")
-    out = ship_code(Path(job) / "app" / "custom", task.packages)
-    print(f"project code copied into {out}")
-    return 0
 
 
 def add_report_parser(sub: argparse._SubParsersAction, task: TaskSpec, description: str,
@@ -134,7 +195,7 @@ def add_deploy_parser(sub: argparse._SubParsersAction, task: TaskSpec) -> None:
                              project_server, provision_kits)
 
         # Everything that can be checked is checked before the kits are made (poc prepare replaces a folder).
-        project = args.project or task.project_file()
+        project = args.project
         if not (args.job / "meta.json").is_file():
             raise DeploymentError(f"{args.job}: not a job folder (no meta.json)")
         check_port_free(*project_server(project), where=str(project))
@@ -155,10 +216,11 @@ def add_deploy_parser(sub: argparse._SubParsersAction, task: TaskSpec) -> None:
                     "fails) and print the cross-site report.",
     )
     deploy.add_argument("job", type=existing_dir,
-                        help=f"job folder to run (e.g. one written by make-job from {task.job})")
+                        help="job folder to run (e.g. one written by job --export or make-job)")
     deploy.add_argument("--kits", choices=("poc", "provision"), default="poc",
                         help="poc: nvflare poc prepare; provision: nvflare provision (default: poc)")
-    deploy.add_argument("--project", type=existing_file, help=f"project file (default: {task.project})")
+    deploy.add_argument("--project", type=existing_file, required=True,
+                        help="project file whose server is localhost, e.g. provisioning/*.yml of the repository")
     deploy.add_argument("--workspace", required=True, type=output_dir,
                         help="folder for the startup kits and the sites' workspaces: new, empty, or one an earlier "
                              "deploy made (it is replaced); any other folder is refused")

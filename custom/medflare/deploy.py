@@ -11,6 +11,14 @@ running behind a failed run.
 
 A finished monitor is not success: :meth:`Federation.run_job` checks the job's final status and raises
 :class:`DeploymentError` with the status and the end of the server's log unless it is ``FINISHED:COMPLETED``.
+
+Why not FLARE's ``PocEnv``/``ProdEnv`` (what ``jobs/*/job.py --env poc|prod`` uses, :func:`medflare.recipe.run_recipe`):
+``PocEnv`` stops a running POC and deletes its workspace before it prepares a new one, which a workspace check
+here must refuse for folders the project did not write; it starts the participants through their kits' restart
+loops and keeps no handle on their processes, so a failed run cannot be torn down process by process, nor a
+server or site killed and restarted on purpose (the reliability tests do both); and it waits a fixed time for the
+participants instead of checking that every client has connected. ``ProdEnv`` submits to a federation someone
+else runs; a local one must be started first, which is what this module does.
 """
 
 from __future__ import annotations

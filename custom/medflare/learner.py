@@ -175,7 +175,7 @@ class EngineLearner(Learner):
     # -- tasks -------------------------------------------------------------------------------------------------
     def train(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         start = time.perf_counter()
-        result = self._train(data, fl_ctx, abort_signal)
+        result = self._train_round(data, fl_ctx, abort_signal)
         self._log_timing(fl_ctx, "train", start)
         return result
 
@@ -189,7 +189,7 @@ class EngineLearner(Learner):
         # Machine-readable: benchmarks/flare_overhead.py subtracts this local work from the round time.
         self.log_info(fl_ctx, f"{self.site} timing: {task} {time.perf_counter() - start:.3f} s")
 
-    def _train(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+    def _train_round(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         received = self._load_weights(data)
         self.trainer.set_anchor()  # FedProx pulls this round's local training towards the global model
         current_round = data.get_header(AppConstants.CURRENT_ROUND, 0)

@@ -4,7 +4,7 @@ FLARE's ``PTFileModelPersistor`` writes ``{"model": weights, "train_conf": {"tra
 global models (``FL_global_model.pt``, ``best_FL_global_model.pt``) do not say how they were trained. Inference needs
 that (the patch size, and the stain normalisation the sites applied to every patch), and the sites' local models
 carry it already. :class:`RecipeModelPersistor` stores the job's ``train`` block (the sites' recipe, written into
-both sides' configuration by :func:`medflare.jobs.derive_job`) as the global models' ``train_conf``.
+both sides' configuration by :class:`medflare.recipe.TaskRecipe`) as the global models' ``train_conf``.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ class RecipeModelPersistor(PTFileModelPersistor):
 
     def __init__(self, *args: Any, train_conf: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.recipe = dict(train_conf or {})
+        self.train_conf = dict(train_conf or {})  # under its own name: FLARE's job API exports it
 
     def load_model(self, fl_ctx: FLContext):
         learnable = super().load_model(fl_ctx)
-        if self.recipe and self.persistence_manager is not None:
+        if self.train_conf and self.persistence_manager is not None:
             # The job's recipe, not whatever a restored checkpoint carried: the global model is trained by it now.
-            self.persistence_manager.train_conf = dict(self.recipe)
+            self.persistence_manager.train_conf = dict(self.train_conf)
         return learnable

@@ -13,8 +13,8 @@ survives a crash is the run folders on disk. This module makes them enough to go
   of that job.
 
 A resumed job is the same job submitted again with ``resume_from_job`` set to the interrupted job's id on both
-sides (``make-job --resume-from JOB_ID`` of either tool, :func:`medflare.jobs.set_resume`), run by the same server and
-site workspaces. The resumed run writes round checkpoints of its own, so it can be resumed in turn.
+sides (``--resume-from JOB_ID`` of either tool's ``job`` and ``make-job``, :class:`medflare.recipe.TaskRecipe`), run
+by the same server and site workspaces. The resumed run writes round checkpoints of its own, so it can be resumed in turn.
 """
 
 from __future__ import annotations
@@ -103,8 +103,13 @@ class ResumableScatterAndGather(ScatterAndGather):
         **kwargs: ``ScatterAndGather``'s arguments.
     """
 
-    def __init__(self, *, resume_from_job: str = "", model_selector_id: str = "model_selector", **kwargs) -> None:
-        super().__init__(**kwargs)
+    #: Exported by FLARE's job API even when they are ScatterAndGather's defaults: what a reader of the job looks for.
+    _always_serialize_args = ("min_clients", "num_rounds", "resume_from_job")
+
+    def __init__(self, *args, resume_from_job: str = "", model_selector_id: str = "model_selector", **kwargs) -> None:
+        # ``*args`` as well: FLARE's job API reads ScatterAndGather's parameters only through a (*args, **kwargs)
+        # constructor, and would export none of them otherwise.
+        super().__init__(*args, **kwargs)
         self.resume_from_job = resume_from_job
         self.model_selector_id = model_selector_id
 

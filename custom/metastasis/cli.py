@@ -26,7 +26,7 @@ from medcore.command import (add_compute_options, command_parser, existing_dir, 
                              number, output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
 from medcore.files import check_replaceable, claim_output_dir, input_files
-from medflare.cli import add_deploy_parser, add_make_job_parser, add_report_parser, add_ship_code_parser, job_overrides
+from medflare.cli import add_deploy_parser, add_job_parsers, add_report_parser, job_overrides
 
 from .centres import CENTRES
 from .config import DEFAULT_TILE_OUTPUTS, DEFAULT_TILE_PIXELS, TrainConfig, default_tile_outputs
@@ -200,15 +200,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_job(args: argparse.Namespace) -> int:
-    from .job import make_job
+def _recipe(args: argparse.Namespace):
+    """The metastasis job of ``job`` and ``make-job``'s options (:class:`~metastasis.job.MetastasisRecipe`)."""
+    from .job import MetastasisRecipe
 
     train, algorithm = job_overrides(args)
-    out = make_job(args.out, template=args.template, rounds=args.rounds, train=train, data_root=args.data_root,
-                   patch_list=args.patch_list, resume_from=args.resume_from, sites=args.sites, algorithm=algorithm)
-    sites = args.sites or TASK.clients
-    print(f"job written to {out}; run it with: nvflare simulator {out} -n {sites} -t {sites}")
-    return 0
+    given = {"rounds": args.rounds, "data_root": args.data_root, "patch_list": args.patch_list,
+             "resume_from": args.resume_from, "sites": args.sites}
+    return MetastasisRecipe(train=train, algorithm=algorithm, **{k: v for k, v in given.items() if v is not None})
+
+
+def _job_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--patch-list", type=non_empty,
+                        help="the site's patch list (default: $CAMELYON_DATA_ROOT/patches.json); {site} in it, and "
+                             "in --data-root, becomes each site's name (site-1, site-2, ...)")
+    parser.add_argument("--sites", type=number(int, minimum=1),
+                        help="number of sites, e.g. one per hospital (default: 1, the seed's single-client job)")
 
 
 def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
@@ -345,15 +352,7 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
     add_compute_options(val, amp=False)
     val.set_defaults(func=_validate)
 
-    job = add_make_job_parser(
-        sub, TASK, "Copy the committed single-site FLARE job with other rounds, data location or training "
-                   "settings, and ship the project's code into it. Run it with: nvflare simulator OUT -n 1.",
-        _make_job)
-    job.add_argument("--patch-list", type=non_empty,
-                     help="the site's patch list (default: $CAMELYON_DATA_ROOT/patches.json); {site} in it, and in "
-                          "--data-root, becomes each site's name (site-1, site-2, ...)")
-    job.add_argument("--sites", type=number(int, minimum=1),
-                     help="number of sites, e.g. one per hospital (default: 1, the seed's single-client job)")
+    add_job_parsers(sub, TASK, _recipe, _job_options)
 
 
 def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
@@ -439,7 +438,6 @@ def build_parser() -> argparse.ArgumentParser:
                                  "workspace or a downloaded job folder) and print, per model (final global, best "
                                  "global, the site's local best), validation patch accuracy, AUC, sensitivity and "
                                  "specificity.")
-    add_ship_code_parser(sub, TASK)
     add_deploy_parser(sub, TASK)
     return parser
 

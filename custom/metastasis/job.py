@@ -1,7 +1,11 @@
-"""Derived metastasis jobs: the committed single-site job (``jobs/pathology_metastasis``, the seed's recipe: 20
-rounds of one epoch, Novograd lr 1e-3, 224-pixel patches, batch 32) with other settings, more sites (e.g. one per
-hospital, each reading its own patch list through ``{site}`` in the paths) and the code shipped into it
-(:func:`medflare.jobs.derive_job`); the CPU-sized demo is such a copy."""
+"""The metastasis job (:class:`MetastasisRecipe`): the seed's single-site recipe by default (20 rounds of one epoch,
+Novograd lr 1e-3, 224-pixel patches, batch 32), with other settings, more sites (e.g. one per hospital, each
+reading its own patch list through ``{site}`` in the paths) or a federated algorithm as arguments; :func:`make_job`
+writes one as a job folder (the CPU-sized demo is such a job).
+
+``jobs/pathology_metastasis/job.py`` runs it or exports it; the committed ``jobs/pathology_metastasis`` is its export
+with the defaults.
+"""
 
 from __future__ import annotations
 
@@ -9,35 +13,55 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from medflare.algorithms import FederatedAlgorithm
-from medflare.jobs import derive_job
+from medflare.recipe import TaskRecipe, export_job
 
+from .config import TrainConfig
+from .learner import MetastasisLearner
+from .model import PatchClassifier
 from .task import TASK
 
-__all__ = ["make_job"]
+__all__ = ["MetastasisRecipe", "make_job"]
 
 
-def make_job(out_dir: str | Path, template: str | Path | None = None, rounds: int | None = None,
-             train: Mapping[str, Any] | None = None, data_root: str | None = None,
-             patch_list: str | None = None, resume_from: str | None = None, sites: int | None = None,
-             algorithm: FederatedAlgorithm | None = None) -> Path:
-    """Write a copy of ``template`` (default: the committed job) to ``out_dir`` with the given overrides.
+class MetastasisRecipe(TaskRecipe):
+    """Sites train the seed's ResNet18 patch classifier on their patch lists; ScatterAndGather with in-time selection
+    of the global best model (validation patch accuracy), then cross-site validation on every site's validation
+    patches.
 
     Args:
-        rounds: federated rounds (ScatterAndGather ``num_rounds``), one local epoch each by default.
+        rounds: federated rounds, one local epoch each by default (default: the seed's 20).
         train: :class:`~metastasis.config.TrainConfig` settings to change; the server's model follows
             ``patch_size``, ``seed`` and ``pretrained`` (the first global model starts from those weights).
-        data_root, patch_list: where the site finds slides and its patch list (default: the template's,
-            ``$CAMELYON_DATA_ROOT`` and ``$CAMELYON_DATA_ROOT/patches.json``); ``{site}`` in them becomes each
-            site's name (``site-1``, ``site-2``, ...).
-        sites: number of sites (default: the template's one); cross-site validation then scores every site's and
-            the server's models on every site's validation patches.
-        resume_from: id of an interrupted run of this job to go on from (same server and site workspaces;
-            :mod:`medflare.workflow`).
-        algorithm: FedOpt's server optimiser and a privacy filter (:class:`medflare.algorithms.FederatedAlgorithm`;
-            FedProx is the recipe's ``fedprox_mu``), or ``None`` for FedAvg.
+        data_root, patch_list: where a site finds slides and its patch list (default: ``$CAMELYON_DATA_ROOT`` and
+            its ``patches.json``); ``{site}`` in them becomes each site's name (``site-1``, ``site-2``, ...).
+        sites: number of sites (default: the seed's one); cross-site validation then scores every site's and the
+            server's models on every site's validation patches.
+        resume_from: id of an interrupted run of this job to go on from (:mod:`medflare.workflow`).
+        algorithm: FedOpt's server optimiser and a privacy filter (FedProx is the recipe's ``fedprox_mu``), or
+            ``None`` for FedAvg.
+        name: the job's name.
     """
-    return derive_job(out_dir, template or TASK.job_template(), TASK.recipe, TASK.packages, rounds=rounds,
-                      train=train, learner_args={"data_root": data_root, "patch_list": patch_list},
-                      model_args=lambda config: {"patch_size": config.patch_size, "seed": config.seed,
-                                                 **({"pretrained": config.pretrained} if config.pretrained else {})},
-                      resume_from=resume_from, sites=sites, algorithm=algorithm)
+
+    def __init__(self, *, rounds: int = TASK.rounds, train: Mapping[str, Any] | None = None,
+                 data_root: str = "$CAMELYON_DATA_ROOT", patch_list: str = "$CAMELYON_DATA_ROOT/patches.json",
+                 sites: int = TASK.clients, resume_from: str = "", algorithm: FederatedAlgorithm | None = None,
+                 name: str = TASK.name) -> None:
+        config = TrainConfig.from_dict(train)
+        algorithm = algorithm or FederatedAlgorithm()
+        learner = MetastasisLearner(data_root=data_root, patch_list=patch_list, train=config.to_dict(),
+                                    resume_from_job=resume_from, send_weight_diff=algorithm.sends_weight_diff)
+        model = (PatchClassifier, {"patch_size": config.patch_size, "seed": config.seed,
+                                   **({"pretrained": config.pretrained} if config.pretrained else {})})
+        super().__init__(TASK, learner, model, config.to_dict(), rounds=rounds, sites=sites, algorithm=algorithm,
+                         resume_from=resume_from, name=name)
+
+
+def make_job(out_dir: str | Path, rounds: int | None = None, train: Mapping[str, Any] | None = None,
+             data_root: str | None = None, patch_list: str | None = None, resume_from: str | None = None,
+             sites: int | None = None, algorithm: FederatedAlgorithm | None = None) -> Path:
+    """Write a :class:`MetastasisRecipe` as the job folder ``out_dir`` (:func:`medflare.recipe.export_job`); ``None``
+    keeps a default."""
+    given = {"rounds": rounds, "data_root": data_root, "patch_list": patch_list, "resume_from": resume_from,
+             "sites": sites}
+    recipe = MetastasisRecipe(train=train, algorithm=algorithm, **{k: v for k, v in given.items() if v is not None})
+    return export_job(recipe, out_dir)

@@ -45,6 +45,8 @@ class MetastasisLearner(EngineLearner):
     """
 
     key_metric = KEY_METRIC
+    #: Exported by FLARE's job API even when they are the defaults: where the data are is what a site checks first.
+    _always_serialize_args = ("data_root", "patch_list")
     cross_site_split = "validation"
 
     def __init__(self, data_root: str = "$CAMELYON_DATA_ROOT", patch_list: str = "$CAMELYON_DATA_ROOT/patches.json",
@@ -55,6 +57,7 @@ class MetastasisLearner(EngineLearner):
         self.data_root = data_root
         self.patch_list = patch_list
         self.config = TrainConfig.from_dict(train)
+        self._train = self.config.to_dict()  # what FLARE's job API exports as ``train``
 
     def setup(self, fl_ctx: FLContext) -> None:
         root = resolve_path(self.data_root, "data_root", self.site)

@@ -58,7 +58,8 @@ class PatchClassifier(ResNet):
                              spatial_dims=2, n_input_channels=3, conv1_t_size=7, conv1_t_stride=2, shortcut_type="B",
                              bias_downsample=False, num_classes=1, feed_forward=False)
             self.fc = nn.Conv2d(512, 1, kernel_size=1)
-        self.patch_size = patch_size
+        # Every argument kept under its own name: FLARE's job API exports a model component from them (FedOpt).
+        self.patch_size, self.seed, self.pretrained = patch_size, seed, str(pretrained)
         self.avgpool = nn.AvgPool2d(patch_size // OUTPUT_STRIDE, stride=1)
         nn.init.zeros_(self.fc.bias)
         if pretrained:

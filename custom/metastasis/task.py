@@ -11,13 +11,12 @@ from .report import METASTASIS_REPORT
 __all__ = ["TASK"]
 
 TASK = TaskSpec(
-    job="jobs/pathology_metastasis",
-    project="provisioning/pathology_project.yml",
+    name="pathology_metastasis",
     packages=("metastasis", "medcore", "medflare"),
     data_variable="CAMELYON_DATA_ROOT",
     clients=1,
+    rounds=20,  # the seed's
     recipe=TrainConfig,
     report=METASTASIS_REPORT,
-    learner="metastasis.learner.MetastasisLearner",
     key_metric="val_accuracy",  # patch accuracy on the site's validation patches
 )

@@ -1,0 +1,269 @@
+"""A task's federated training job, defined once in Python on FLARE's job API (``nvflare.job_config.api.FedJob``,
+wrapped in an ``nvflare.recipe.Recipe``).
+
+The job is the seed's: the sites run the task's :class:`~medflare.learner.EngineLearner` under FLARE's
+``LearnerExecutor``; the server runs ScatterAndGather (:class:`~medflare.workflow.ResumableScatterAndGather`) with
+in-time selection of the global best model (``IntimeModelSelector`` on the task's key metric), then cross-site
+validation of every model on every site's data (``CrossSiteModelEval``, whose ``cross_val_results.json``
+:mod:`medflare.crosssite` reports). FedOpt and a privacy filter come from a
+:class:`~medflare.algorithms.FederatedAlgorithm`.
+
+A :class:`TaskRecipe` runs where FLARE's recipes run (``recipe.run(SimEnv(...) | PocEnv(...) | ProdEnv(...))``) and
+:func:`export_job` writes it as a job folder (``meta.json``, ``app/config``, and ``app/custom`` holding the task's
+packages, which FLARE ships to the sites with the job). The committed ``jobs/<task>`` folders are such exports with
+the defaults (``jobs/<task>/job.py --export --export-dir jobs``; a test compares them).
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
+from nvflare.app_common.executors.learner_executor import LearnerExecutor
+from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
+from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
+from nvflare.app_common.widgets.intime_model_selector import IntimeModelSelector
+from nvflare.app_common.widgets.validation_json_generator import ValidationJsonGenerator
+from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
+from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
+from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver
+from nvflare.app_opt.tracking.tb.tb_writer import TBWriter
+from nvflare.job_config.api import FedJob
+from nvflare.job_config.defs import FilterType
+
+# nvflare.recipe.spec strips --export/--export-dir from sys.argv when imported, and warns that it did; our command
+# line has read them already (medflare.cli), with the same meaning.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="NVFlare reserves '--export'", category=UserWarning)
+    from nvflare.recipe.spec import Recipe
+
+from medcore.errors import UserError
+from medcore.files import (OUTPUT_MARKER, atomic_directory, check_replaceable, is_byte_code_cache, listed_outputs,
+                           read_json)
+
+from .algorithms import MODEL_ID, FederatedAlgorithm
+from .persistor import RecipeModelPersistor
+from .task import TaskSpec
+from .workflow import ResumableScatterAndGather
+
+__all__ = ["JOB_OUTPUT", "TASKS", "ModelSpec", "TaskRecipe", "package_dir", "export_job", "run_recipe"]
+
+#: What an exported job folder is called in messages about replacing one.
+JOB_OUTPUT = "FLARE job folder"
+#: The tasks the sites run (``train``: a round; ``validate``: another model on the site's data; ``submit_model``:
+#: the site's local best model for cross-site validation).
+TASKS = ["train", "submit_model", "validate"]
+#: A file next to an exported job that the export keeps (the job's own script, ``jobs/<task>/job.py``).
+JOB_SCRIPT = "job.py"
+
+#: The server's model: ``(class, constructor arguments)``, built by the persistor from ``{"path", "args"}``.
+ModelSpec = tuple[type, Mapping[str, Any]]
+
+
+def _stated(component: Any, *names: str) -> Any:
+    """``component``, whose arguments ``names`` FLARE's job API exports even when they equal the class's defaults
+    (it leaves defaults out otherwise): the settings a reader of the job looks for."""
+    component._always_serialize_args = (*getattr(component, "_always_serialize_args", ()), *names)
+    return component
+
+
+def package_dir(name: str) -> Path:
+    """The folder Python imports package ``name`` from."""
+    return Path(importlib.import_module(name).__file__).parent
+
+
+class TaskRecipe(Recipe):
+    """One task's federated training job (FedAvg by default), as a FLARE recipe.
+
+    Args:
+        task: the task (its packages, key metric, report).
+        learner: the sites' learner, built with the job's recipe (its ``train`` block).
+        model: the server's model class and arguments; the persistor builds the first global model from them
+            (the same network the sites build from the recipe).
+        train_conf: the job's recipe (the learner's ``train`` block), stored with every global model.
+        rounds: federated rounds.
+        sites: sites the job needs (``min_clients``).
+        algorithm: FedOpt and a privacy filter, or ``None`` for FedAvg (FedProx is the recipe's ``fedprox_mu``).
+        resume_from: id of an interrupted run of this job to go on from (:mod:`medflare.workflow`), or ``""``.
+        name: the job's name (``meta.json``; the simulator's run folder).
+    """
+
+    def __init__(self, task: TaskSpec, learner: Any, model: ModelSpec, train_conf: Mapping[str, Any], *,
+                 rounds: int, sites: int, algorithm: FederatedAlgorithm | None = None, resume_from: str = "",
+                 name: str) -> None:
+        if rounds < 1:
+            raise UserError(f"rounds must be at least 1, got {rounds}")
+        if sites < 1:
+            raise UserError(f"sites must be at least 1, got {sites}")
+        if resume_from and ("/" in resume_from or resume_from.startswith(".")):
+            raise UserError(f"resume: {resume_from!r} is not a job id (the id FLARE gave the interrupted job)")
+        algorithm = algorithm or FederatedAlgorithm()
+        self.task, self.name, self.rounds, self.sites = task, name, int(rounds), int(sites)
+        job = FedJob(name=name, min_clients=self.sites)
+        self._add_server(job, model, train_conf, algorithm, resume_from)
+        self._add_clients(job, learner, algorithm)
+        for package in task.packages:  # the whole packages: the sites import more than the job's classes
+            job.add_file_to_clients(str(package_dir(package)), dest_dir=package)
+        super().__init__(job)
+
+    def _add_server(self, job: FedJob, model: ModelSpec, train_conf: Mapping[str, Any],
+                    algorithm: FederatedAlgorithm, resume_from: str) -> None:
+        model_class, model_args = model
+        described = {"path": f"{model_class.__module__}.{model_class.__qualname__}", "args": dict(model_args)}
+        if algorithm.server_opt:  # the persistor and FedOpt's optimiser share one model component
+            job.to_server(_stated(model_class(**model_args), *model_args), id=MODEL_ID)
+            generator = _stated(algorithm.shareable_generator(), "source_model", "optimizer_args")
+        else:
+            generator = FullModelShareableGenerator()
+        job.to_server(RecipeModelPersistor(model=MODEL_ID if algorithm.server_opt else described,
+                                           train_conf=dict(train_conf)), id="persistor")
+        job.to_server(generator, id="shareable_generator")
+        job.to_server(_stated(InTimeAccumulateWeightedAggregator(
+            expected_data_kind="WEIGHT_DIFF" if algorithm.sends_weight_diff else "WEIGHTS"), "expected_data_kind"),
+            id="aggregator")
+        job.to_server(_stated(IntimeModelSelector(key_metric=self.task.key_metric, weigh_by_local_iter=True),
+                              "key_metric"), id="model_selector")
+        job.to_server(PTFileModelLocator(pt_persistor_id="persistor"), id="model_locator")
+        job.to_server(ValidationJsonGenerator(), id="json_generator")
+        job.to_server(TBAnalyticsReceiver(events=["fed.analytix_log_stats"]), id="tb_receiver")
+        job.to_server(ResumableScatterAndGather(
+            min_clients=self.sites, num_rounds=self.rounds, start_round=0, wait_time_after_min_received=0,
+            aggregator_id="aggregator", persistor_id="persistor", shareable_generator_id="shareable_generator",
+            train_task_name="train", train_timeout=0, task_check_period=0.05, resume_from_job=resume_from),
+            id="scatter_and_gather")
+        job.to_server(CrossSiteModelEval(model_locator_id="model_locator", submit_model_timeout=600,
+                                         validation_timeout=6000, task_check_period=0.05, cleanup_models=False),
+                      id="cross_site_model_eval")
+
+    @staticmethod
+    def _add_clients(job: FedJob, learner: Any, algorithm: FederatedAlgorithm) -> None:
+        job.to_clients(LearnerExecutor(learner_id="learner"), tasks=TASKS)
+        job.to_clients(learner, id="learner")
+        job.to_clients(TBWriter(), id="analytic_sender")
+        job.to_clients(ConvertToFedEvent(events_to_convert=["analytix_log_stats"], fed_event_prefix="fed."),
+                       id="event_to_fed")
+        if algorithm.privacy:
+            job.to_clients(_stated(algorithm.privacy_filter(), *algorithm.privacy_settings()),
+                           filter_type=FilterType.TASK_RESULT, tasks=["train"])
+
+
+def _names_job(folder: Path, name: str) -> bool:
+    """Whether ``folder`` is a job folder whose ``meta.json`` names job ``name``."""
+    try:
+        meta = read_json(folder / "meta.json", "job meta.json")
+    except UserError:
+        return False
+    return isinstance(meta, dict) and meta.get("name") == name
+
+
+def _foreign_file(folder: Path, packages: tuple[str, ...]) -> Path | None:
+    """The first file in job folder ``folder`` that an export does not write: anything but ``meta.json``, the two
+    configurations, modules of ``packages`` in ``app/custom`` (or those an older copy listed as its own), byte-code
+    caches of them, markers, and the job's script. The committed ``jobs/<task>`` folders carry no marker: their
+    shape is what makes them replaceable."""
+    allowed = {"meta.json", JOB_SCRIPT, OUTPUT_MARKER, "app/config/config_fed_server.json",
+               "app/config/config_fed_client.json", "app/custom/README.md"}  # the README: older checkouts'
+    sources = {str(p.relative_to(folder)) for p in folder.rglob("*.py")}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_dir() and not path.is_symlink() or str(rel) in allowed or is_byte_code_cache(folder, rel, sources):
+            continue
+        parts = rel.parts
+        if len(parts) > 3 and parts[:2] == ("app", "custom") and parts[2] in packages:
+            inner = Path(*parts[3:])  # a module of the package, or a file an older copy of it listed as its own
+            if inner.suffix == ".py" and (package_dir(parts[2]) / inner).is_file() or inner == Path(OUTPUT_MARKER) \
+                    or str(inner) in listed_outputs(folder / "app" / "custom" / parts[2]):
+                continue
+        return rel
+    return None
+
+
+def export_job(recipe: TaskRecipe, out_dir: str | Path) -> Path:
+    """Write ``recipe`` as the job folder ``out_dir`` (atomically: a failed export leaves the old folder as it was).
+
+    ``out_dir`` may be missing, empty, or an earlier export of the same job (nothing in it but what an export
+    writes, and ``job.py``, which is kept); any other existing path is refused with a
+    :class:`~medcore.errors.UserError` naming the file that is not the project's, before anything is written.
+    Byte-code caches of the shipped packages are left out.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and not out_dir.is_symlink() and _names_job(out_dir, recipe.name):
+        foreign = _foreign_file(out_dir, recipe.task.packages)
+        if foreign is not None:
+            raise UserError(f"{out_dir / foreign}: not written by this project, inside the {JOB_OUTPUT} {out_dir}; "
+                            "refusing to replace the folder (move the file away first)")
+    else:
+        check_replaceable(out_dir, JOB_OUTPUT)
+    script = out_dir / JOB_SCRIPT
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.export-", dir=out_dir.parent) as tmp:
+        recipe.export(tmp)
+        exported = Path(tmp) / recipe.name
+        for cache in sorted(exported.rglob("__pycache__"), reverse=True):
+            shutil.rmtree(cache)
+        with atomic_directory(out_dir) as staged:
+            for child in exported.iterdir():  # not the folder itself: FLARE made it private (mkdtemp)
+                (shutil.copytree if child.is_dir() else shutil.copy2)(child, staged / child.name)
+            if script.is_file():
+                shutil.copy2(script, staged / JOB_SCRIPT)
+    return out_dir
+
+
+#: What :func:`run_recipe` marks a simulation workspace as, so that a later run may replace it.
+SIMULATION_OUTPUT = "FLARE simulation workspace"
+COMPLETED = "FINISHED:COMPLETED"
+
+
+def run_recipe(recipe: TaskRecipe, env: str = "sim", workspace: str | Path = "workspace",
+               startup_kit: str | Path | None = None, project: str | Path | None = None,
+               timeout: float = 0.0) -> Path:
+    """Run ``recipe`` in FLARE's simulator (``sim``), a POC federation (``poc``) or a provisioned one (``prod``) and
+    return the folder holding its results (``cross_site_val/cross_val_results.json`` below it).
+
+    Args:
+        workspace: ``sim``: the simulator's workspace root; the run folder is ``workspace/<job name>``, which may be
+            new or an earlier run's (it is replaced; any other folder is refused before the run).
+        startup_kit: ``prod``: the admin's startup kit folder (``nvflare provision`` output).
+        project: ``poc``: a project file for ``nvflare poc prepare`` (default: FLARE's, ``site-1``...``site-N``).
+        timeout: ``poc``/``prod``: seconds to wait for the job (0: no limit).
+
+    Raises:
+        UserError: a bad option, or the job ended otherwise than ``FINISHED:COMPLETED``.
+    """
+    from nvflare.recipe import PocEnv, ProdEnv, SimEnv
+
+    from medcore.files import mark_output
+
+    if env == "sim":
+        run_dir = Path(workspace) / recipe.name
+        check_replaceable(run_dir, SIMULATION_OUTPUT)
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        mark_output(run_dir, SIMULATION_OUTPUT)
+        try:
+            recipe.run(SimEnv(num_clients=recipe.sites, workspace_root=str(Path(workspace).resolve())))
+        except RuntimeError as err:  # SimEnv's message: the return code and where the logs are
+            raise UserError(f"{recipe.name}: the simulation failed: {err}") from None
+        return run_dir
+    if env == "poc":
+        exec_env = PocEnv(num_clients=recipe.sites, project_conf_path=str(project or ""))
+    elif env == "prod":
+        if not startup_kit:
+            raise UserError("--env prod needs the admin's startup kit (--startup-kit)")
+        exec_env = ProdEnv(startup_kit_location=str(startup_kit))
+    else:
+        raise UserError(f"env {env!r}: expected sim, poc or prod")
+    run = recipe.run(exec_env)
+    # POC: keep FLARE's POC workspace after the run (clean_up=False): the downloaded results live in it.
+    result = run.get_result(timeout=timeout, clean_up=False) if env == "poc" else run.get_result(timeout=timeout)
+    status = run.get_status()
+    if status != COMPLETED or not result:
+        raise UserError(f"job {run.get_job_id()} ({recipe.name}) ended {status or 'with an unknown status'}, not "
+                        f"{COMPLETED}" + (f"; its results: {result}" if result else ""))
+    return Path(result)

@@ -125,6 +125,27 @@ def test_poc_loop_and_a_failing_job(brats_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_job_py_in_a_poc_federation(brats_root, tmp_path):
+    """`jobs/brats_fl/job.py --env poc` as users run it: FLARE's PocEnv prepares a POC federation from the project
+    file (mutual TLS, server on localhost), starts it, submits the job, waits, downloads the results and stops
+    everything; the job ends FINISHED:COMPLETED and the cross-site report is printed."""
+    lists = write_datalists(brats_root, tmp_path / "lists")
+    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HOME": str(tmp_path / "home"),
+           "NVFLARE_POC_WORKSPACE": str(tmp_path / "poc")}  # FLARE's POC config goes to HOME, not the user's
+    result = subprocess.run([sys.executable, str(JOBS / "brats_fl/job.py"), "--env", "poc", "--project",
+                             str(_project(tmp_path)), "--rounds", "1", "--crop", *map(str, TINY_BRATS_SHAPE),
+                             "--data-root", str(brats_root), "--datalist-dir", str(lists["site-1"].parent),
+                             "--set", "num_workers=0", "--set", "num_threads=1", "--timeout", "600"],
+                            capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "AVE:" in result.stdout  # job.py reports only a job that ended FINISHED:COMPLETED
+    downloaded = Path(re.search(r"brats_fl: results in (\S+)", result.stdout).group(1))
+    results = json.loads(next(downloaded.rglob("cross_site_val/cross_val_results.json")).read_text())
+    assert set(results) == {"site-1", "site-2"}
+    assert _running(str(tmp_path / "poc")) == []
+
+
+@pytest.mark.slow
 def test_provisioned_tls_deployment_from_the_command_line(brats_root, tmp_path, capsys):
     """Provisioned mutual-TLS kits with the class allow-list of a real deployment, and a job that uses every
     federated variant at once: FedProx on the sites, FedAdam on the server, the SVT filter on the sites' updates."""

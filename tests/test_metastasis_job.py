@@ -82,22 +82,24 @@ def test_first_global_model_starts_from_pretrained_weights(tmp_path):
 
 @pytest.mark.slow
 def test_simulator_end_to_end(camelyon_root, tmp_path):
-    """Data preparation by the CLI, then 2 rounds of the job on 64-pixel patches, starting from pretrained weights:
-    global, best and local models exist, cross_val_results.json scores all three on the site's validation patches,
-    and the report reads it."""
+    """Data preparation by the CLI, then 2 rounds of the job (``job.py`` in the simulator) on 64-pixel patches,
+    starting from pretrained weights: global, best and local models exist, cross_val_results.json scores all three on
+    the site's validation patches, and the report reads it."""
     masks, patch_list = tmp_path / "masks", tmp_path / "patches.json"
     assert cli.main(["tissue", str(camelyon_root / "training"), "--out", str(masks)]) == 0
     assert cli.main(["patches", "--data-root", str(camelyon_root), "--masks", str(masks), "--out", str(patch_list),
                      "--tumor-per-slide", "20", "--patch-size", "64", "--validation-fraction", "0.5"]) == 0
     weights = tmp_path / "resnet18.pth"  # the first global model starts from these
     torch.save(PatchClassifier(64, seed=5).state_dict(), weights)
-    assert cli.main(["make-job", "--out", str(tmp_path / "job"), "--rounds", "2", "--data-root", str(camelyon_root),
-                     "--patch-list", str(patch_list), "--set", "patch_size=64", "--set", "num_workers=1",
-                     "--set", "batch_size=16", "--set", f"pretrained={weights}"]) == 0
-    ws = tmp_path / "ws"
-    result = subprocess.run([NVFLARE, "simulator", str(tmp_path / "job"), "-w", str(ws), "-n", "1", "-t", "1"],
-                            capture_output=True, text=True, timeout=600)
+    # jobs/pathology_metastasis/job.py as users run it: FLARE's simulator (SimEnv), then the cross-site report
+    ws = tmp_path / "workspace"
+    result = subprocess.run([sys.executable, str(JOBS / TASK.name / "job.py"), "--workspace", str(ws), "--rounds", "2",
+                             "--data-root", str(camelyon_root), "--patch-list", str(patch_list), "--set",
+                             "patch_size=64", "--set", "num_workers=1", "--set", "batch_size=16", "--set",
+                             f"pretrained={weights}"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Global best model selected via IntimeModelSelector" in result.stdout
+    ws = ws / TASK.name  # the run folder
     run = ws / "server/simulate_job"
     # The server built the first global model from the weights; the site did not read them.
     assert f"loaded pretrained weights from {weights}" in (ws / "server/log.txt").read_text()

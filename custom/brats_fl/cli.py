@@ -73,7 +73,7 @@ def _job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop", type=number(int, above=0, multiple_of=8), nargs=3, metavar=("X", "Y", "Z"),
                         help="training crop and validation window in voxels, divisible by 8 (default: 224 224 144)")
     parser.add_argument("--datalist-dir", type=non_empty,
-                        help="folder of the site datalists (default: $BRATS_DATA_ROOT/datalists)")
+                        help="folder of the site datalists (default: the data root's datalists folder)")
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ class BratsRecipe(TaskRecipe):
         train: :class:`~brats_fl.config.TrainConfig` settings to change (e.g. ``{"crop": [64, 64, 48]}``); the
             server's model follows ``crop``, ``vae`` and ``seed``, so both sides build the same network.
         data_root, datalist_dir: where the sites find their data (default: ``$BRATS_DATA_ROOT``, expanded on each
-            site, and its ``datalists`` folder).
+            site) and their datalists (default: ``data_root``'s ``datalists`` folder).
         datalists: site name -> datalist file (default: the seed's two).
         resume_from: id of an interrupted run of this job to go on from (same server and site workspaces;
             :mod:`medflare.workflow`).
@@ -40,12 +40,13 @@ class BratsRecipe(TaskRecipe):
     """
 
     def __init__(self, *, rounds: int = TASK.rounds, train: Mapping[str, Any] | None = None,
-                 data_root: str = "$BRATS_DATA_ROOT", datalist_dir: str = "$BRATS_DATA_ROOT/datalists",
+                 data_root: str = "$BRATS_DATA_ROOT", datalist_dir: str | None = None,
                  datalists: Mapping[str, str] | None = None, resume_from: str = "",
                  algorithm: FederatedAlgorithm | None = None, name: str = TASK.name) -> None:
         config = TrainConfig.from_dict(train)
         algorithm = algorithm or FederatedAlgorithm()
-        learner = BratsLearner(data_root=data_root, datalist_dir=datalist_dir, datalists=datalists,
+        learner = BratsLearner(data_root=data_root, datalist_dir=datalist_dir or f"{data_root}/datalists",
+                               datalists=datalists,
                                train=config.to_dict(), resume_from_job=resume_from,
                                send_weight_diff=algorithm.sends_weight_diff)
         model = (BratsSegResNet, {"vae": config.vae, "crop": list(config.crop), "seed": config.seed})

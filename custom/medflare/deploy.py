@@ -40,7 +40,7 @@ from typing import Mapping, Sequence
 from medcore.errors import UserError, first_line
 from medcore.files import atomic_directory, check_replaceable, mark_output
 
-__all__ = ["DeploymentError", "Kits", "project_server", "check_workspace", "poc_kits", "provision_kits",
+__all__ = ["DeploymentError", "Kits", "ProjectFile", "read_project", "project_server", "check_workspace", "poc_kits", "provision_kits",
            "port_in_use", "check_port_free", "Federation"]
 
 logger = logging.getLogger(__name__)
@@ -109,8 +109,18 @@ def _latest_prod(root: Path) -> Path:
 WORKSPACE_OUTPUT = "federation workspace"
 
 
-def project_server(project: str | Path) -> tuple[str, int]:
-    """The server name and ``fed_learn_port`` of a provisioning project file, with errors naming the file."""
+@dataclasses.dataclass(frozen=True)
+class ProjectFile:
+    """What a provisioning project file names: the server, its ``fed_learn_port``, the clients, the project admin."""
+
+    server: str
+    port: int
+    clients: tuple[str, ...]
+    admin: str
+
+
+def read_project(project: str | Path) -> ProjectFile:
+    """Read a provisioning project file, with errors naming the file."""
     import yaml
 
     project = Path(project)
@@ -118,12 +128,22 @@ def project_server(project: str | Path) -> tuple[str, int]:
         raise DeploymentError(f"{project}: project file missing")
     try:
         content = yaml.safe_load(project.read_text(encoding="utf-8"))
-        servers = [p for p in content["participants"] if p.get("type") == "server"]
-        name, port = servers[0]["name"], int(servers[0].get("fed_learn_port", 8002))
+        kinds = {kind: [p for p in content["participants"] if p.get("type") == kind]
+                 for kind in ("server", "client", "admin")}
+        server = kinds["server"][0]
+        admins = [p["name"] for p in kinds["admin"] if p.get("role") == "project_admin"] or \
+            [p["name"] for p in kinds["admin"]]
+        return ProjectFile(str(server["name"]), int(server.get("fed_learn_port", 8002)),
+                           tuple(str(p["name"]) for p in kinds["client"]), str(admins[0]) if admins else "")
     except (yaml.YAMLError, UnicodeDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
         raise DeploymentError(f"{project}: not a provisioning project file with a server participant "
                               f"({type(err).__name__}: {first_line(err, empty='')})") from None
-    return str(name), port
+
+
+def project_server(project: str | Path) -> tuple[str, int]:
+    """The server name and ``fed_learn_port`` of a provisioning project file, with errors naming the file."""
+    read = read_project(project)
+    return read.server, read.port
 
 
 def _is_poc_workspace(path: Path) -> bool:

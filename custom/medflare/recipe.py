@@ -252,7 +252,16 @@ def run_recipe(recipe: TaskRecipe, env: str = "sim", workspace: str | Path = "wo
             raise UserError(f"{recipe.name}: the simulation failed: {err}") from None
         return run_dir
     if env == "poc":
-        exec_env = PocEnv(num_clients=recipe.sites, project_conf_path=str(project or ""))
+        if project:  # its clients and admin, not FLARE's defaults (site-N, admin@nvidia.com)
+            from .deploy import read_project
+
+            named = read_project(project)
+            if len(named.clients) < recipe.sites or not named.admin:
+                raise UserError(f"{project}: the job needs {recipe.sites} site(s) and an admin; the project file "
+                                f"names clients {list(named.clients)} and admin {named.admin or 'none'}")
+            exec_env = PocEnv(clients=list(named.clients), project_conf_path=str(project), username=named.admin)
+        else:
+            exec_env = PocEnv(num_clients=recipe.sites)
     elif env == "prod":
         if not startup_kit:
             raise UserError("--env prod needs the admin's startup kit (--startup-kit)")
@@ -264,6 +273,7 @@ def run_recipe(recipe: TaskRecipe, env: str = "sim", workspace: str | Path = "wo
     result = run.get_result(timeout=timeout, clean_up=False) if env == "poc" else run.get_result(timeout=timeout)
     status = run.get_status()
     if status != COMPLETED or not result:
+        where = f"; the sites' logs: {exec_env.poc_workspace}/*/prod_00/<site>/log.txt" if env == "poc" else ""
         raise UserError(f"job {run.get_job_id()} ({recipe.name}) ended {status or 'with an unknown status'}, not "
-                        f"{COMPLETED}" + (f"; its results: {result}" if result else ""))
+                        f"{COMPLETED}" + (f"; its results: {result}" if result else "") + where)
     return Path(result)

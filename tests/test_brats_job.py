@@ -138,6 +138,32 @@ def _check_simulation(job, out, threads) -> dict:
 
 
 @pytest.mark.slow
+def test_one_round_job_has_a_best_global_model(brats_root, tmp_path):
+    """In-time selection scores a global model when the sites validate it before the next round, so the last
+    aggregate was never scored and a 1-round job had no best model (nvflare issue 790). The workflow now has the
+    sites score the final model: a 1-round job ends with a best global model and the full cross-site matrix."""
+    lists = write_datalists(brats_root, tmp_path / "lists")
+    job = make_job(tmp_path / "job", rounds=1, data_root=str(brats_root), datalist_dir=str(lists["site-1"].parent),
+                   train={"crop": list(TINY_BRATS_SHAPE), "num_workers": 0, "num_threads": 1})
+    ws = tmp_path / "ws"
+    result = _simulate(job, ws, 2)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = ws / "server/simulate_job"
+    final = torch.load(run / "app_server/FL_global_model.pt", weights_only=True)["model"]
+    best = torch.load(run / "app_server/best_FL_global_model.pt", weights_only=True)["model"]
+    assert all(torch.equal(final[k], best[k]) for k in final)  # the only scored global model is the best
+    server_log = (ws / "server/log.txt").read_text()
+    assert "final global model: val_dice" in server_log
+    for site in ("site-1", "site-2"):
+        assert "final global model on " + site in (ws / site / "log.txt").read_text()
+    checkpoint = load_round_checkpoint(run / "app_server" / CHECKPOINT_NAME)
+    assert checkpoint.round == 0 and 0 <= checkpoint.best_metric <= 1
+    results = json.loads((run / "cross_site_val/cross_val_results.json").read_text())
+    for per_model in results.values():
+        assert set(per_model) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", "site-1", "site-2"}
+
+
+@pytest.mark.slow
 def test_committed_job_without_data_fails_clearly(tmp_path):
     """`nvflare simulator jobs/brats_fl -n 2` as users type it: custom code deploys from the job, and a missing
     data location stops the run with a message that says what to set."""

@@ -29,7 +29,8 @@ def _free_port() -> int:
 
 def _project(tmp_path: Path) -> Path:
     """The committed BraTS project file on a free port (tests never use a fixed port)."""
-    text = (JOBS.parent / "provisioning/brats_project.yml").read_text().replace("fed_learn_port: 8002", f"fed_learn_port: {_free_port()}")
+    text = (JOBS.parent / "provisioning/brats_project.yml").read_text()
+    text = text.replace("fed_learn_port: 8002", f"fed_learn_port: {_free_port()}")
     path = tmp_path / "project.yml"
     path.write_text(text)
     return path

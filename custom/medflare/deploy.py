@@ -40,7 +40,8 @@ from typing import Mapping, Sequence
 from medcore.errors import UserError, first_line
 from medcore.files import atomic_directory, check_replaceable, mark_output
 
-__all__ = ["DeploymentError", "Kits", "ProjectFile", "read_project", "project_server", "check_workspace", "poc_kits", "provision_kits",
+__all__ = ["DeploymentError", "Kits", "ProjectFile", "read_project", "project_server", "check_workspace", "poc_kits",
+           "provision_kits",
            "port_in_use", "check_port_free", "Federation"]
 
 logger = logging.getLogger(__name__)

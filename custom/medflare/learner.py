@@ -39,6 +39,8 @@ from medcore.device import select_device
 from medcore.files import atomic_path, load_torch
 from medcore.training import EpochStats, EpochTrainer
 
+from .workflow import FINAL_MODEL_HEADER
+
 __all__ = ["EngineLearner"]
 
 
@@ -232,7 +234,9 @@ class EngineLearner(Learner):
         validate_type = data.get_header(AppConstants.VALIDATE_TYPE)
         owner = data.get_header(AppConstants.MODEL_OWNER, "global model")
         self._load_weights(data)
-        if validate_type == ValidateType.BEFORE_TRAIN_VALIDATE:
+        # The final global model, scored as every other global model is scored for in-time selection (FLARE's
+        # LearnerExecutor marks every validate task MODEL_VALIDATE, so the workflow says it in a header of its own).
+        if validate_type == ValidateType.BEFORE_TRAIN_VALIDATE or data.get_header(FINAL_MODEL_HEADER):
             summary = self.score_split("validation", abort_signal)
             if abort_signal.triggered:
                 return make_reply(ReturnCode.TASK_ABORTED)
@@ -240,8 +244,9 @@ class EngineLearner(Learner):
             metrics = self.initial_metrics(summary)
             for name, value in metrics.items():
                 self.log_scalar(name, value, current_round)
-            self.log_info(fl_ctx, f"round {current_round + 1}: global model on {self.site} validation: "
-                                  + self.format_scores(summary))
+            which = "final global model" if data.get_header(FINAL_MODEL_HEADER) else \
+                f"round {current_round + 1}: global model"
+            self.log_info(fl_ctx, f"{which} on {self.site} validation: " + self.format_scores(summary))
             return DXO(data_kind=DataKind.METRICS, data={MetaKey.INITIAL_METRICS: metrics}).to_shareable()
         if validate_type == ValidateType.MODEL_VALIDATE:
             summary = self.score_cross_site(abort_signal)

@@ -56,12 +56,11 @@ demo-data: setup
 	$(BIN)/brats-fl make-data --out $(DEMO_DIR)/brats --hgg $(DEMO_HGG) --lgg $(DEMO_LGG) --shape $(DEMO_SHAPE)
 	$(BIN)/brats-fl datalist $(DEMO_DIR)/brats
 
+# The BraTS job as users run it: jobs/brats_fl/job.py in FLARE's simulator (run folder simulation/brats_fl), then
+# the cross-site report, printed and written to report/.
 demo: demo-data
-	$(BIN)/brats-fl make-job --out $(DEMO_DIR)/job --rounds $(DEMO_ROUNDS) --crop $(DEMO_SHAPE) \
-		--data-root $(abspath $(DEMO_DIR)/brats) --datalist-dir $(abspath $(DEMO_DIR)/brats/datalists) $(DEMO_SETTINGS)
-	rm -rf $(DEMO_DIR)/simulation
-	$(BIN)/nvflare simulator $(DEMO_DIR)/job -w $(abspath $(DEMO_DIR)/simulation) -n 2 -t 2
-	$(BIN)/brats-fl report $(DEMO_DIR)/simulation --out $(DEMO_DIR)/report
+	$(BIN)/python jobs/brats_fl/job.py --workspace $(DEMO_DIR)/simulation --rounds $(DEMO_ROUNDS) --crop $(DEMO_SHAPE) \
+		--data-root $(abspath $(DEMO_DIR)/brats) $(DEMO_SETTINGS) --report $(DEMO_DIR)/report
 
 federation-demo: demo-data
 	$(BIN)/brats-fl make-job --out $(DEMO_DIR)/deploy_job --rounds $(DEPLOY_ROUNDS) --crop $(DEMO_SHAPE) \
@@ -77,17 +76,14 @@ pathology-demo: setup
 	$(BIN)/metastasis tissue $(PATHO_DIR)/camelyon16/training --out $(PATHO_DIR)/camelyon16/tissue_masks
 	$(BIN)/metastasis patches --data-root $(PATHO_DIR)/camelyon16 --masks $(PATHO_DIR)/camelyon16/tissue_masks \
 		--tumor-per-slide $(PATHO_PATCHES) --validation-fraction 0.25 --out $(PATHO_DIR)/camelyon16/patches.json
-	$(BIN)/metastasis make-job --out $(PATHO_DIR)/job --rounds $(PATHO_ROUNDS) \
+	$(BIN)/python jobs/pathology_metastasis/job.py --workspace $(PATHO_DIR)/simulation --rounds $(PATHO_ROUNDS) \
 		--data-root $(abspath $(PATHO_DIR)/camelyon16) --patch-list $(abspath $(PATHO_DIR)/camelyon16/patches.json) \
-		$(PATHO_SETTINGS)
-	rm -rf $(PATHO_DIR)/simulation
-	$(BIN)/nvflare simulator $(PATHO_DIR)/job -w $(abspath $(PATHO_DIR)/simulation) -n 1 -t 1
-	$(BIN)/metastasis report $(PATHO_DIR)/simulation --out $(PATHO_DIR)/report
+		$(PATHO_SETTINGS) --report $(PATHO_DIR)/report
 	$(BIN)/metastasis make-data --out $(PATHO_DIR)/camelyon16 --split testing --tumor $(PATHO_TEST_TUMOR) \
 		--normal $(PATHO_TEST_NORMAL) --width $(word 1,$(PATHO_SIZE)) --height $(word 2,$(PATHO_SIZE)) --workers 2 --seed 1
 	$(BIN)/metastasis tissue $(PATHO_DIR)/camelyon16/testing/images --out $(PATHO_DIR)/camelyon16/testing_tissue
 	$(BIN)/metastasis infer $(PATHO_DIR)/camelyon16/testing/images --masks $(PATHO_DIR)/camelyon16/testing_tissue \
-		--checkpoint $(PATHO_DIR)/simulation/server/simulate_job/app_server/best_FL_global_model.pt \
+		--checkpoint $(PATHO_DIR)/simulation/pathology_metastasis/server/simulate_job/app_server/best_FL_global_model.pt \
 		--out $(PATHO_DIR)/maps --overwrite
 	$(BIN)/metastasis detect $(PATHO_DIR)/maps --out $(PATHO_DIR)/detections
 	$(BIN)/metastasis evaluate $(PATHO_DIR)/camelyon16/testing/images --detections $(PATHO_DIR)/detections \

@@ -71,7 +71,8 @@ def main() -> None:
     parser.add_argument("--slide", default=str(DEMO / "camelyon16/testing/images/test_001.tif"),
                         help="slide to run on (default: the pathology demo's test_001)")
     parser.add_argument("--checkpoint",
-                        default=str(DEMO / "simulation/server/simulate_job/app_server/best_FL_global_model.pt"),
+                        default=str(DEMO / "simulation/pathology_metastasis/server/simulate_job/app_server/"
+                                              "best_FL_global_model.pt"),
                         help="trained checkpoint (default: the pathology demo's best global model)")
     parser.add_argument("--stride", type=int, default=32, help="map stride in level-0 pixels (default: 32)")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch threads (default: 2)")

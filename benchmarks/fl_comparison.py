@@ -8,7 +8,9 @@ epoch; central training is ``brats-fl train`` on the pooled training splits for 
 epoch stands for one round, the same number of passes over every case and the same cores).
 
 Every run is scored the same way: its best model (the global best by in-time selection, or central training's best
-validation epoch) on each site's testing split, the sites averaged weighted by their test cases (the cross-site
+validation epoch, sent to the sites by federated evaluation; the committed results scored it with ``report
+--extra``, the same scorer run in one process, which gives the same numbers: tests/test_federated_evaluation.py)
+on each site's testing split, the sites averaged weighted by their test cases (the cross-site
 report's AVE). Per run the results keep per-site and AVE TC/WT/ET/mean Dice and HD95, ``ave_mean_dice``, the wall
 time and the curves PNG.
 
@@ -86,17 +88,20 @@ def federated(name: str, options: list[str], root: Path, run_dir: Path, rounds: 
 
 
 def central(root: Path, run_dir: Path, rounds: int, seed: int, fedavg_dir: Path) -> dict:
-    """Pooled training, then its best model scored as an extra row of the FedAvg run's report (the same sites,
-    splits and weights)."""
+    """Pooled training, then its best model scored at the sites by federated evaluation (``brats-fl fed-eval``, the
+    training recipe's window settings) and added as a row of the FedAvg run's report (the same sites, splits and
+    weights)."""
     lists = sorted((root / "datalists").glob("seg_brats18_datalist_client_*.json"))
+    settings = ["--set", f"crop={json.dumps(DEMO['shape'])}", "--set", "num_workers=0", "--set", "lr=5e-4"]
     seconds = _run([str(BIN / "brats-fl"), "train", "--datalist", *map(str, lists), "--data-root", str(root),
-                    "--out", str(run_dir / "train"), "--epochs", str(rounds), "--set",
-                    f"crop={json.dumps(DEMO['shape'])}", "--set", "num_workers=0", "--set", "num_threads=2",
-                    "--set", "lr=5e-4", "--set", f"seed={seed}"], run_dir / "train.log")
-    _run([str(BIN / "brats-fl"), "report", str(fedavg_dir / "simulation"), "--extra",
-          f"central={run_dir / 'train/best_model.pt'}", "--data-root", str(root), "--out", str(run_dir / "report"),
-          "--no-plot"], run_dir / "report.log")
-    return {**_scores(run_dir / "report/report.json", "central"), "seconds": round(seconds, 1),
+                    "--out", str(run_dir / "train"), "--epochs", str(rounds), *settings, "--set", "num_threads=2",
+                    "--set", f"seed={seed}"], run_dir / "train.log")
+    _run([str(BIN / "brats-fl"), "fed-eval", f"central={run_dir / 'train/best_model.pt'}", "--workspace",
+          str(run_dir / "evaluation"), "--data-root", str(root), *settings, "--set", "num_threads=1"],
+         run_dir / "evaluation.log")
+    _run([str(BIN / "brats-fl"), "report", str(fedavg_dir / "simulation"), "--add", str(run_dir / "evaluation"),
+          "--out", str(run_dir / "report"), "--no-plot"], run_dir / "report.log")
+    return {**_scores(run_dir / "report/report.json", "SRV_central"), "seconds": round(seconds, 1),
             "model": "train/best_model.pt", "options": [], "curves": central_curves(run_dir)}
 
 

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from medcore.command import (add_compute_options, command_parser, existing_dir, existing_file, non_empty, number,
-                             output_dir, output_file, parse_setting, run_command)
+from medcore.command import (add_compute_options, command_parser, existing_dir, existing_file, named_file, non_empty,
+                             number, output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
-from medflare.cli import add_deploy_parser, add_job_parsers, add_report_parser, job_overrides
+from medflare.cli import add_deploy_parser, add_evaluation_parser, add_job_parsers, add_report_parser, job_overrides
 
 from .config import VAL_WINDOWS, TrainConfig
 from .data import MODALITIES, CaseError, case_files, check_case, find_cases
@@ -69,11 +69,24 @@ def _recipe(args: argparse.Namespace):
     return BratsRecipe(train=train, algorithm=algorithm, **{k: v for k, v in given.items() if v is not None})
 
 
+def _evaluation(args: argparse.Namespace):
+    """The federated evaluation of ``fed-eval``'s options (:class:`~brats_fl.job.BratsEvaluation`)."""
+    from .job import BratsEvaluation
+
+    given = {"data_root": args.data_root, "datalist_dir": args.datalist_dir}
+    return BratsEvaluation(args.checkpoints, train=dict(args.set or []),
+                           **{k: v for k, v in given.items() if v is not None})
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--datalist-dir", type=non_empty,
+                        help="folder of the site datalists (default: the data root's datalists folder)")
+
+
 def _job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop", type=number(int, above=0, multiple_of=8), nargs=3, metavar=("X", "Y", "Z"),
                         help="training crop and validation window in voxels, divisible by 8 (default: 224 224 144)")
-    parser.add_argument("--datalist-dir", type=non_empty,
-                        help="folder of the site datalists (default: the data root's datalists folder)")
+    _data_options(parser)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -89,13 +102,6 @@ def _train(args: argparse.Namespace) -> int:
     print(f"best model: epoch {best['epoch']} with validation mean Dice {best['val_dice']:.4f} -> "
           f"{Path(args.out) / 'best_model.pt'}")
     return 0
-
-
-def _named_checkpoint(text: str) -> tuple[str, Path]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=CHECKPOINT, got {text!r}")
-    return name, existing_file(path)
 
 
 def _extra_models(args: argparse.Namespace):
@@ -238,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.set_defaults(func=_datalist)
 
     add_job_parsers(sub, TASK, _recipe, _job_options)
+    add_evaluation_parser(sub, TASK, _evaluation, _data_options)
     rep = add_report_parser(
         sub, TASK, "Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a simulator workspace or "
                    "a downloaded job folder) and print, per model, each site's TC/WT/ET Dice and their average "
@@ -245,9 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
         weights=lambda args: dict(args.weights) if args.weights else None, extra=_extra_models)
     rep.add_argument("--weights", type=_weight, nargs="+", metavar="SITE=W",
                      help="site weights for AVE instead of the test-case counts, e.g. the seed's site-1=30 site-2=12")
-    rep.add_argument("--extra", type=_named_checkpoint, nargs="+", metavar="NAME=CHECKPOINT",
+    rep.add_argument("--extra", type=named_file, nargs="+", metavar="NAME=CHECKPOINT",
                      help="further models to score on every site's testing split and add as rows, e.g. the "
-                          "centrally trained baseline: central=RUN/best_model.pt (needs --data-root)")
+                          "centrally trained baseline: central=RUN/best_model.pt (needs --data-root). It reads "
+                          "every site's data in this process, so it needs all of it on this machine (the "
+                          "simulator's case); at real sites score the model where the data are: fed-eval, then "
+                          "--add its results")
     rep.add_argument("--data-root", type=existing_dir,
                      help="for --extra: the folder the site datalists' paths are relative to")
     rep.add_argument("--datalist-dir", type=existing_dir,

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from medflare.algorithms import FederatedAlgorithm
-from medflare.recipe import TaskRecipe, export_job
+from medflare.recipe import EvaluationRecipe, TaskRecipe, export_job
 
 from .config import TrainConfig
 from .learner import BratsLearner
 from .model import BratsSegResNet
 from .task import TASK
 
-__all__ = ["BratsRecipe", "make_job"]
+__all__ = ["BratsRecipe", "BratsEvaluation", "make_job"]
 
 
 class BratsRecipe(TaskRecipe):
@@ -45,13 +45,37 @@ class BratsRecipe(TaskRecipe):
                  algorithm: FederatedAlgorithm | None = None, name: str = TASK.name) -> None:
         config = TrainConfig.from_dict(train)
         algorithm = algorithm or FederatedAlgorithm()
-        learner = BratsLearner(data_root=data_root, datalist_dir=datalist_dir or f"{data_root}/datalists",
-                               datalists=datalists,
-                               train=config.to_dict(), resume_from_job=resume_from,
-                               send_weight_diff=algorithm.sends_weight_diff)
+        learner = _learner(config, data_root, datalist_dir, datalists, resume_from_job=resume_from,
+                           send_weight_diff=algorithm.sends_weight_diff)
         model = (BratsSegResNet, {"vae": config.vae, "crop": list(config.crop), "seed": config.seed})
         super().__init__(TASK, learner, model, config.to_dict(), rounds=rounds, sites=len(learner.datalists),
                          algorithm=algorithm, resume_from=resume_from, name=name)
+
+
+class BratsEvaluation(EvaluationRecipe):
+    """Federated evaluation of BraTS checkpoints: each is sent to both sites and scored on their testing splits
+    (Dice and HD95 per region, as in cross-site validation), the data never leaving the sites.
+
+    Args:
+        checkpoints: model name -> checkpoint file (e.g. ``{"central": "central/best_model.pt"}``).
+        train: :class:`~brats_fl.config.TrainConfig` settings of the scoring (the validation window and overlap,
+            ``device``, ``num_threads``; default: the seed's).
+        data_root, datalist_dir, datalists: as in :class:`BratsRecipe`.
+        name: the job's name.
+    """
+
+    def __init__(self, checkpoints: Mapping[str, str | Path], *, train: Mapping[str, Any] | None = None,
+                 data_root: str = "$BRATS_DATA_ROOT", datalist_dir: str | None = None,
+                 datalists: Mapping[str, str] | None = None, name: str = f"{TASK.name}_evaluation") -> None:
+        learner = _learner(TrainConfig.from_dict(train), data_root, datalist_dir, datalists)
+        super().__init__(TASK, learner, checkpoints, sites=len(learner.datalists), name=name)
+
+
+def _learner(config: TrainConfig, data_root: str, datalist_dir: str | None, datalists: Mapping[str, str] | None,
+             **kwargs: Any) -> BratsLearner:
+    """The sites' learner; the datalists are in ``data_root``'s ``datalists`` folder unless told otherwise."""
+    return BratsLearner(data_root=data_root, datalist_dir=datalist_dir or f"{data_root}/datalists",
+                        datalists=datalists, train=config.to_dict(), **kwargs)
 
 
 def make_job(out_dir: str | Path, rounds: int | None = None, train: Mapping[str, Any] | None = None,

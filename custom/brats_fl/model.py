@@ -11,7 +11,7 @@ import torch
 from monai.networks.nets import SegResNet, SegResNetVAE
 
 from medcore.errors import UserError
-from medcore.files import load_torch
+from medcore.files import load_torch, state_dict_of
 from medcore.seeding import seeded
 
 __all__ = ["BratsSegResNet", "load_checkpoint"]
@@ -59,9 +59,7 @@ def load_checkpoint(path: str | Path) -> tuple[BratsSegResNet, dict]:
     """
     path = Path(path)
     content = load_torch(path, "checkpoint")
-    state = content.get("model", content) if isinstance(content, dict) else None
-    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise UserError(f"{path}: no model weights found (expected a state dict or {{'model': state_dict}})")
+    state = state_dict_of(content, path)
     vae = any(".vae_" in k for k in state)
     conf = content.get("train_conf") if isinstance(content, dict) else None
     crop = conf["crop"] if isinstance(conf, dict) and "crop" in conf else (224, 224, 144)

@@ -23,8 +23,9 @@ from .errors import UserError
 from .progress import configure_logging
 from .settings import out_of_range
 
-__all__ = ["CommandParser", "command_parser", "run_command", "number", "non_empty", "existing_file", "existing_dir",
-           "existing_path", "output_file", "output_dir", "device_option", "add_compute_options", "parse_setting"]
+__all__ = ["CommandParser", "command_parser", "run_command", "number", "non_empty", "existing_file", "named_file",
+           "existing_dir", "existing_path", "output_file", "output_dir", "device_option", "add_compute_options",
+           "parse_setting"]
 
 #: File-system errors that come from the user's files and folders (permissions, space, wrong kind of path), not
 #: from the code; reported like user errors even when the OS does not name the file.
@@ -135,6 +136,14 @@ def _existing(text: str, kind: str) -> Path:
 def existing_file(text: str) -> Path:
     """An argparse ``type``: a file that exists."""
     return _existing(text, "file")
+
+
+def named_file(text: str) -> tuple[str, Path]:
+    """``NAME=FILE`` with an existing file, e.g. a model's name and its checkpoint (argparse type)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {text!r}")
+    return name, existing_file(path)
 
 
 def existing_dir(text: str) -> Path:

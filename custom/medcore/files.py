@@ -27,7 +27,7 @@ from .errors import UserError, first_line
 __all__ = ["OUTPUT_MARKER", "is_byte_code_cache", "listed_outputs", "check_replaceable", "first_line_is",
            "mark_output", "claim_output_dir", "atomic_path", "atomic_directory", "write_json", "write_text", "write_csv",
            "input_files", "find_named", "check_distinct_names", "resolve_path", "read_user_text", "read_json",
-           "parse_json", "load_torch"]
+           "parse_json", "load_torch", "state_dict_of"]
 
 #: A JSON file in each folder this project writes outputs into: ``{"written_by": [kinds], "files": [...]}``. A folder
 #: a command replaces as a whole (a job) lists every file it wrote (``files``): a later run may replace it only while
@@ -380,6 +380,26 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint", map_location: 
         raise UserError(f"{path}: the {what} holds NaN or infinite values (in {bad}); the training that wrote it "
                         "diverged")
     return content
+
+
+def state_dict_of(content: Any, path: str | os.PathLike) -> dict:
+    """The model weights in a loaded checkpoint (:func:`load_torch`): a bare state dict, or one under ``model``
+    (this project's and FLARE's checkpoints) or ``state_dict``; a ``module.`` prefix (DataParallel) is dropped.
+
+    Raises:
+        UserError: naming ``path`` when there are no weights.
+    """
+    import torch
+
+    if isinstance(content, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(content.get(key), dict):
+                content = content[key]
+                break
+    if not isinstance(content, dict) or not content or not all(torch.is_tensor(v) for v in content.values()):
+        raise UserError(f"{path}: no model weights found (expected a state dict, or one under 'model' or "
+                        "'state_dict')")
+    return {str(k).removeprefix("module."): v for k, v in content.items()}
 
 
 def _first_non_finite(content: Any, where: str = "") -> str | None:

@@ -9,13 +9,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
-from medcore.command import existing_dir, existing_file, non_empty, number, output_dir, parse_setting
+from medcore.command import (existing_dir, existing_file, existing_path, named_file, non_empty, number, output_dir,
+                             parse_setting)
 from medcore.errors import UserError
 
 from .algorithms import PRIVACY_FILTERS, SERVER_OPTIMIZERS, FederatedAlgorithm
 from .task import TaskSpec
 
-__all__ = ["add_job_parsers", "job_overrides", "add_report_parser", "add_deploy_parser"]
+__all__ = ["add_job_parsers", "add_evaluation_parser", "job_overrides", "add_report_parser", "add_deploy_parser"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -83,30 +84,7 @@ def add_job_parsers(sub: argparse._SubParsersAction, task: TaskSpec, build: Call
                     "download) or in a provisioned federation (--env prod: submit with the admin's startup kit). "
                     "With --export, write the job folder instead (submit it with `nvflare job submit -j FOLDER`, or "
                     f"run it with `nvflare simulator FOLDER -n {task.clients}`).")
-    # FLARE's recipes reserve --export and --export-dir (nvflare.recipe.spec); they mean the same here.
-    job.add_argument("--export", action="store_true",
-                     help="write the job folder (the project's code included in app/custom) instead of running it")
-    job.add_argument("--export-dir", type=output_dir, default=Path("fl_job"), metavar="DIR",
-                     help="with --export: the folder the job folder is written into, as DIR/<job name>; an existing "
-                          "job folder there is replaced only if it is an earlier export or make-job output of this "
-                          "job (default: fl_job, as FLARE's recipes)")
-    job.add_argument("--env", choices=("sim", "poc", "prod"), default="sim",
-                     help="where to run it: sim (FLARE's simulator, one process per site on this machine), poc "
-                          "(a POC federation, FLARE's PocEnv: it prepares and starts FLARE's POC workspace, "
-                          "$NVFLARE_POC_WORKSPACE, replacing a running one), prod (a provisioned federation, "
-                          "FLARE's ProdEnv); default: sim")
-    job.add_argument("--workspace", type=output_dir, default=Path("workspace"),
-                     help="sim: the simulator's workspace root; the run folder is WORKSPACE/<job name>, replaced "
-                          "if an earlier run wrote it (default: workspace)")
-    job.add_argument("--startup-kit", type=existing_dir,
-                     help="prod: the admin's startup kit folder (from nvflare provision)")
-    job.add_argument("--project", type=existing_file,
-                     help="poc: a project file for nvflare poc prepare, e.g. provisioning/*.yml (default: FLARE's "
-                          "POC project with as many sites as the job)")
-    job.add_argument("--timeout", type=number(float, minimum=0), default=0.0,
-                     help="poc, prod: seconds to wait for the job (default: 0, no limit)")
-    job.add_argument("--report", type=output_dir, metavar="DIR",
-                     help="also write the cross-site report's files (report.txt/.md/.csv/.json, curves) to DIR")
+    _add_run_options(job)
     _add_job_options(job, task)
     task_options(job)
     job.set_defaults(func=lambda args: _job(args, task, build))
@@ -123,6 +101,73 @@ def add_job_parsers(sub: argparse._SubParsersAction, task: TaskSpec, build: Call
     _add_job_options(make, task)
     task_options(make)
     make.set_defaults(func=lambda args: _make_job(args, build))
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Where a job runs (``--env``, ``--workspace``, ``--startup-kit``, ``--project``, ``--timeout``), or
+    ``--export``; ``--report``."""
+    # FLARE's recipes reserve --export and --export-dir (nvflare.recipe.spec); they mean the same here.
+    parser.add_argument("--export", action="store_true",
+                        help="write the job folder (the project's code included in app/custom) instead of running it")
+    parser.add_argument("--export-dir", type=output_dir, default=Path("fl_job"), metavar="DIR",
+                        help="with --export: the folder the job folder is written into, as DIR/<job name>; an existing "
+                             "job folder there is replaced only if it is an earlier export or make-job output of this "
+                             "job (default: fl_job, as FLARE's recipes)")
+    parser.add_argument("--env", choices=("sim", "poc", "prod"), default="sim",
+                        help="where to run it: sim (FLARE's simulator, one process per site on this machine), poc "
+                             "(a POC federation, FLARE's PocEnv: it prepares and starts FLARE's POC workspace, "
+                             "$NVFLARE_POC_WORKSPACE, replacing a running one), prod (a provisioned federation, "
+                             "FLARE's ProdEnv); default: sim")
+    parser.add_argument("--workspace", type=output_dir, default=Path("workspace"),
+                        help="sim: the simulator's workspace root; the run folder is WORKSPACE/<job name>, replaced "
+                             "if an earlier run wrote it (default: workspace)")
+    parser.add_argument("--startup-kit", type=existing_dir,
+                        help="prod: the admin's startup kit folder (from nvflare provision)")
+    parser.add_argument("--project", type=existing_file,
+                        help="poc: a project file for nvflare poc prepare, e.g. provisioning/*.yml (default: FLARE's "
+                             "POC project with as many sites as the job)")
+    parser.add_argument("--timeout", type=number(float, minimum=0), default=0.0,
+                        help="poc, prod: seconds to wait for the job (default: 0, no limit)")
+    parser.add_argument("--report", type=output_dir, metavar="DIR",
+                        help="also write the cross-site report's files (report.txt/.md/.csv/.json, curves) to DIR")
+
+
+def add_evaluation_parser(sub: argparse._SubParsersAction, task: TaskSpec,
+                          build: Callable[[argparse.Namespace], Any],
+                          task_options: Callable[[argparse.ArgumentParser], None]) -> None:
+    """``fed-eval``: any checkpoints scored at every site, as a FLARE job (:class:`medflare.recipe.EvaluationRecipe`).
+
+    Args:
+        build: the task's evaluation recipe from the parsed options (``args.checkpoints``: name -> file).
+        task_options: adds the task's own data options to the parser.
+    """
+    evaluation = sub.add_parser(
+        "fed-eval", help="score checkpoints at every site (federated evaluation, the data stay at the sites)",
+        description="Send each checkpoint (e.g. a centrally trained baseline, or another job's global model) to "
+                    "every site as a FLARE job and have each site score it as cross-site validation scores a model; "
+                    "the results land in cross_val_results.json in a training job's shape, each checkpoint as "
+                    "SRV_<NAME>, and the report is printed (put them beside a training job's rows with `report "
+                    "TRAINING_RESULTS --add EVALUATION_RESULTS`). Runs where `job` runs (--env), or --export.")
+    evaluation.add_argument("checkpoints", nargs="+", type=named_file, metavar="NAME=CHECKPOINT",
+                            help="a model's name in the results and its checkpoint file (shipped with the job)")
+    _add_run_options(evaluation)
+    evaluation.add_argument("--data-root", type=non_empty,
+                            help=f"data folder the sites read (default: ${task.data_variable}, expanded on each "
+                                 "site)")
+    evaluation.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE",
+                            help="a setting of the scoring, as in job's --set (e.g. the validation window, device)")
+    task_options(evaluation)
+    evaluation.set_defaults(func=lambda args: _job(_checkpoints_by_name(args), task, build))
+
+
+def _checkpoints_by_name(args: argparse.Namespace) -> argparse.Namespace:
+    """``args.checkpoints`` as name -> file, each name once."""
+    names = [name for name, _ in args.checkpoints]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UserError(f"model name(s) {repeated} given more than once; each checkpoint needs a name of its own")
+    args.checkpoints = dict(args.checkpoints)
+    return args
 
 
 def _make_job(args: argparse.Namespace, build: Callable[[argparse.Namespace], Any]) -> int:
@@ -173,11 +218,14 @@ def add_report_parser(sub: argparse._SubParsersAction, task: TaskSpec, descripti
         from .crosssite import report_command
 
         return report_command(args.path, task.report, weights=weights(args), markdown=args.markdown, out=args.out,
-                              plot=not args.no_plot, extra=extra(args))
+                              plot=not args.no_plot, added=args.add or (), extra=extra(args))
 
     rep = sub.add_parser("report", help="print the cross-site table from cross_val_results.json and plot training "
                                         "curves", description=description)
     rep.add_argument("path", help="cross_val_results.json, or a folder that contains exactly one")
+    rep.add_argument("--add", action="append", type=existing_path, metavar="RESULTS",
+                     help="the models of another cross_val_results.json of the same sites (or a folder holding "
+                          "one), e.g. a fed-eval job's, as rows of their own; repeatable")
     rep.add_argument("--markdown", action="store_true", help="print a Markdown table instead of the text layout")
     rep.add_argument("--out", type=output_dir, help="folder for report.txt/.md/.csv/.json and training_curves.png "
                                                     "(from the TensorBoard events found under PATH)")

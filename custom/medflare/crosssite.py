@@ -19,10 +19,12 @@ from typing import Callable, Mapping, Sequence
 from medcore.errors import UserError
 from medcore.files import atomic_path, claim_output_dir, read_json, write_csv, write_json, write_text
 
-__all__ = ["SERVER_FINAL", "SERVER_BEST", "ReportError", "ReportSpec", "CrossSiteReport", "find_results",
+__all__ = ["SERVER_PREFIX", "SERVER_FINAL", "SERVER_BEST", "ReportError", "ReportSpec", "CrossSiteReport", "find_results",
            "load_results", "build_report", "format_text", "format_markdown", "write_report", "plot_curves",
            "report_command"]
 
+#: How FLARE's cross-site evaluation names the server's models.
+SERVER_PREFIX = "SRV_"
 SERVER_FINAL = "SRV_FL_global_model.pt"
 SERVER_BEST = "SRV_best_FL_global_model.pt"
 
@@ -80,6 +82,8 @@ class CrossSiteReport:
             return "Global best model selected via IntimeModelSelector"
         if model in self.extra_models:
             return f"Model {model!r} (not from this federation) scored on the same {self.spec.split_name}"
+        if model.startswith(SERVER_PREFIX):  # a federated evaluation's checkpoint (medflare.evaluation)
+            return f"Model {model[len(SERVER_PREFIX):]!r} sent to every site and scored there (federated evaluation)"
         return f"{model.capitalize()} best model selected via {model} local validation"
 
 
@@ -269,17 +273,34 @@ def plot_curves(path: str | Path, out_png: str | Path, curves: Sequence[tuple[st
     return out_png
 
 
+def _merge(results: dict, results_path: Path, other_path: Path, spec: ReportSpec) -> None:
+    """Add the models of another results file of the same sites to ``results`` (in place)."""
+    other = load_results(other_path, spec)
+    if set(other) != set(results):
+        raise ReportError(f"{other_path}: its sites {sorted(other)} are not those of {results_path} ({sorted(results)})")
+    for site, per_model in other.items():
+        for model, metrics in per_model.items():
+            if model in results[site]:
+                raise ReportError(f"{other_path}: model {model!r} is in {results_path} already")
+            results[site][model] = metrics
+
+
 def report_command(path: str | Path, spec: ReportSpec, weights: Mapping[str, float] | None = None,
                    markdown: bool = False, out: str | Path | None = None, plot: bool = True,
+                   added: Sequence[str | Path] = (),
                    extra: Callable[[Sequence[str]], Mapping[str, Mapping[str, Mapping[str, float]]]] | None = None
                    ) -> int:
     """The ``report`` sub-command of both tools: print the report; with ``out`` write its files and the curves.
 
+    ``added``: further results files of the same sites (e.g. a federated evaluation's, :mod:`medflare.evaluation`),
+    whose models become rows of their own.
     ``extra``: given the results' sites, scores of further models ``{model: {site: metrics}}`` (e.g. a centrally
     trained baseline scored on each site's data), added as rows of their own.
     """
     results_path = find_results(path)
     results = load_results(results_path, spec)
+    for other in added:  # e.g. a federated evaluation of the same sites
+        _merge(results, results_path, find_results(other), spec)
     added = dict(extra(sorted(results))) if extra else {}
     for model, per_site in added.items():
         clash = [site for site in per_site if model in results[site]]

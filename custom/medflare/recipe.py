@@ -47,11 +47,13 @@ from medcore.files import (OUTPUT_MARKER, atomic_directory, check_replaceable, i
                            read_json)
 
 from .algorithms import MODEL_ID, FederatedAlgorithm
+from .evaluation import CheckpointLocator, checkpoint_weights
 from .persistor import RecipeModelPersistor
 from .task import TaskSpec
 from .workflow import ResumableScatterAndGather
 
-__all__ = ["JOB_OUTPUT", "TASKS", "ModelSpec", "TaskRecipe", "package_dir", "export_job", "run_recipe"]
+__all__ = ["JOB_OUTPUT", "TASKS", "ModelSpec", "TaskRecipe", "EvaluationRecipe", "package_dir", "export_job",
+           "run_recipe"]
 
 #: What an exported job folder is called in messages about replacing one.
 JOB_OUTPUT = "FLARE job folder"
@@ -77,7 +79,17 @@ def package_dir(name: str) -> Path:
     return Path(importlib.import_module(name).__file__).parent
 
 
-class TaskRecipe(Recipe):
+class _TaskJob(Recipe):
+    """A recipe of one task's job: its name and sites, and the task's packages shipped with it."""
+
+    def __init__(self, task: TaskSpec, job: FedJob, *, name: str, sites: int) -> None:
+        self.task, self.name, self.sites = task, name, int(sites)
+        for package in task.packages:  # the whole packages: the sites import more than the job's classes
+            job.add_file_to_clients(str(package_dir(package)), dest_dir=package)
+        super().__init__(job)
+
+
+class TaskRecipe(_TaskJob):
     """One task's federated training job (FedAvg by default), as a FLARE recipe.
 
     Args:
@@ -103,13 +115,12 @@ class TaskRecipe(Recipe):
         if resume_from and ("/" in resume_from or resume_from.startswith(".")):
             raise UserError(f"resume: {resume_from!r} is not a job id (the id FLARE gave the interrupted job)")
         algorithm = algorithm or FederatedAlgorithm()
-        self.task, self.name, self.rounds, self.sites = task, name, int(rounds), int(sites)
-        job = FedJob(name=name, min_clients=self.sites)
+        self.rounds = int(rounds)
+        job = FedJob(name=name, min_clients=sites)
+        self.task, self.sites = task, int(sites)  # read by _add_server before the base class sets them
         self._add_server(job, model, train_conf, algorithm, resume_from)
         self._add_clients(job, learner, algorithm)
-        for package in task.packages:  # the whole packages: the sites import more than the job's classes
-            job.add_file_to_clients(str(package_dir(package)), dest_dir=package)
-        super().__init__(job)
+        super().__init__(task, job, name=name, sites=sites)
 
     def _add_server(self, job: FedJob, model: ModelSpec, train_conf: Mapping[str, Any],
                     algorithm: FederatedAlgorithm, resume_from: str) -> None:
@@ -152,6 +163,49 @@ class TaskRecipe(Recipe):
                            filter_type=FilterType.TASK_RESULT, tasks=["train"])
 
 
+#: Where an evaluation job carries its checkpoints, inside ``app/custom``.
+MODELS_DIR = "models"
+
+
+class EvaluationRecipe(_TaskJob):
+    """Federated evaluation: every checkpoint is sent to every site and scored there as cross-site validation scores
+    a model (the task learner's cross-site split and metrics); no training. ``cross_val_results.json`` has the shape
+    of a training job's, each checkpoint as ``SRV_<name>``, so ``report`` reads it (and puts it beside a training
+    job's rows with ``--add``).
+
+    Args:
+        task: the task.
+        learner: the sites' learner (its recipe's validation settings score every checkpoint).
+        checkpoints: model name -> checkpoint file; the files travel with the job, to the server.
+        sites: sites the job needs.
+        name: the job's name.
+    """
+
+    def __init__(self, task: TaskSpec, learner: Any, checkpoints: Mapping[str, str | Path], *, sites: int,
+                 name: str) -> None:
+        if not checkpoints:
+            raise UserError("federated evaluation needs at least one checkpoint (NAME=FILE)")
+        if sites < 1:
+            raise UserError(f"sites must be at least 1, got {sites}")
+        job = FedJob(name=name, min_clients=sites)
+        shipped = {}
+        for model_name, path in checkpoints.items():
+            if not model_name or not all(c.isalnum() or c in "-_." for c in model_name) or model_name[0] == ".":
+                raise UserError(f"model name {model_name!r}: use letters, digits, '-', '_' and '.'")
+            path = Path(path)
+            checkpoint_weights(path)  # a missing, corrupt or weightless file fails here, not at the server
+            job.add_file_to_server(str(path), dest_dir=f"{MODELS_DIR}/{model_name}")
+            shipped[model_name] = f"{MODELS_DIR}/{model_name}/{path.name}"
+        job.to_server(CheckpointLocator(checkpoints=shipped), id="model_locator")
+        job.to_server(ValidationJsonGenerator(), id="json_generator")
+        job.to_server(_stated(CrossSiteModelEval(model_locator_id="model_locator", submit_model_task_name="",
+                                                 validation_timeout=6000, task_check_period=0.05),
+                              "submit_model_task_name"), id="cross_site_model_eval")
+        job.to_clients(LearnerExecutor(learner_id="learner"), tasks=["validate"])
+        job.to_clients(learner, id="learner")
+        super().__init__(task, job, name=name, sites=sites)
+
+
 def _names_job(folder: Path, name: str) -> bool:
     """Whether ``folder`` is a job folder whose ``meta.json`` names job ``name``."""
     try:
@@ -174,6 +228,8 @@ def _foreign_file(folder: Path, packages: tuple[str, ...]) -> Path | None:
         if path.is_dir() and not path.is_symlink() or str(rel) in allowed or is_byte_code_cache(folder, rel, sources):
             continue
         parts = rel.parts
+        if len(parts) > 3 and parts[:3] == ("app", "custom", MODELS_DIR):  # an evaluation job's checkpoints
+            continue
         if len(parts) > 3 and parts[:2] == ("app", "custom") and parts[2] in packages:
             inner = Path(*parts[3:])  # a module of the package, or a file an older copy of it listed as its own
             if inner.suffix == ".py" and (package_dir(parts[2]) / inner).is_file() or inner == Path(OUTPUT_MARKER) \
@@ -183,7 +239,7 @@ def _foreign_file(folder: Path, packages: tuple[str, ...]) -> Path | None:
     return None
 
 
-def export_job(recipe: TaskRecipe, out_dir: str | Path) -> Path:
+def export_job(recipe: _TaskJob, out_dir: str | Path) -> Path:
     """Write ``recipe`` as the job folder ``out_dir`` (atomically: a failed export leaves the old folder as it was).
 
     ``out_dir`` may be missing, empty, or an earlier export of the same job (nothing in it but what an export
@@ -219,7 +275,7 @@ SIMULATION_OUTPUT = "FLARE simulation workspace"
 COMPLETED = "FINISHED:COMPLETED"
 
 
-def run_recipe(recipe: TaskRecipe, env: str = "sim", workspace: str | Path = "workspace",
+def run_recipe(recipe: _TaskJob, env: str = "sim", workspace: str | Path = "workspace",
                startup_kit: str | Path | None = None, project: str | Path | None = None,
                timeout: float = 0.0) -> Path:
     """Run ``recipe`` in FLARE's simulator (``sim``), a POC federation (``poc``) or a provisioned one (``prod``) and

@@ -26,7 +26,8 @@ from medcore.command import (add_compute_options, command_parser, existing_dir, 
                              number, output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
 from medcore.files import check_replaceable, claim_output_dir, input_files
-from medflare.cli import add_deploy_parser, add_job_parsers, add_report_parser, job_overrides
+from medflare.cli import (add_deploy_parser, add_evaluation_parser, add_job_parsers, add_report_parser,
+                          job_overrides)
 
 from .centres import CENTRES
 from .config import DEFAULT_TILE_OUTPUTS, DEFAULT_TILE_PIXELS, TrainConfig, default_tile_outputs
@@ -210,6 +211,15 @@ def _recipe(args: argparse.Namespace):
     return MetastasisRecipe(train=train, algorithm=algorithm, **{k: v for k, v in given.items() if v is not None})
 
 
+def _evaluation(args: argparse.Namespace):
+    """The federated evaluation of ``fed-eval``'s options (:class:`~metastasis.job.MetastasisEvaluation`)."""
+    from .job import MetastasisEvaluation
+
+    given = {"data_root": args.data_root, "patch_list": args.patch_list, "sites": args.sites}
+    return MetastasisEvaluation(args.checkpoints, train=dict(args.set or []),
+                                **{k: v for k, v in given.items() if v is not None})
+
+
 def _job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch-list", type=non_empty,
                         help="the site's patch list (default: $CAMELYON_DATA_ROOT/patches.json); {site} in it, and "
@@ -353,6 +363,7 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
     val.set_defaults(func=_validate)
 
     add_job_parsers(sub, TASK, _recipe, _job_options)
+    add_evaluation_parser(sub, TASK, _evaluation, _job_options)
 
 
 def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from medflare.algorithms import FederatedAlgorithm
-from medflare.recipe import TaskRecipe, export_job
+from medflare.recipe import EvaluationRecipe, TaskRecipe, export_job
 
 from .config import TrainConfig
 from .learner import MetastasisLearner
 from .model import PatchClassifier
 from .task import TASK
 
-__all__ = ["MetastasisRecipe", "make_job"]
+__all__ = ["MetastasisRecipe", "MetastasisEvaluation", "make_job"]
 
 
 class MetastasisRecipe(TaskRecipe):
@@ -54,6 +54,26 @@ class MetastasisRecipe(TaskRecipe):
                                    **({"pretrained": config.pretrained} if config.pretrained else {})})
         super().__init__(TASK, learner, model, config.to_dict(), rounds=rounds, sites=sites, algorithm=algorithm,
                          resume_from=resume_from, name=name)
+
+
+class MetastasisEvaluation(EvaluationRecipe):
+    """Federated evaluation of patch classifiers: each checkpoint is sent to every site and scored on its
+    validation patches (patch accuracy and AUC, as in cross-site validation), the slides never leaving the sites.
+
+    Args:
+        checkpoints: model name -> checkpoint file.
+        train: :class:`~metastasis.config.TrainConfig` settings of the scoring (``patch_size`` and
+            ``stain_normalization`` must be the checkpoints'; default: the seed's).
+        data_root, patch_list, sites: as in :class:`MetastasisRecipe`.
+        name: the job's name.
+    """
+
+    def __init__(self, checkpoints: Mapping[str, str | Path], *, train: Mapping[str, Any] | None = None,
+                 data_root: str = "$CAMELYON_DATA_ROOT", patch_list: str = "$CAMELYON_DATA_ROOT/patches.json",
+                 sites: int = TASK.clients, name: str = f"{TASK.name}_evaluation") -> None:
+        learner = MetastasisLearner(data_root=data_root, patch_list=patch_list,
+                                    train=TrainConfig.from_dict(train).to_dict())
+        super().__init__(TASK, learner, checkpoints, sites=sites, name=name)
 
 
 def make_job(out_dir: str | Path, rounds: int | None = None, train: Mapping[str, Any] | None = None,

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from medcore.errors import UserError
-from medcore.files import load_torch, resolve_path
+from medcore.files import load_torch, resolve_path, state_dict_of
 from medcore.seeding import seeded
 
 from .config import STAIN_NORMALIZATIONS
@@ -96,18 +96,6 @@ def fold_batchnorm(model: PatchClassifier) -> PatchClassifier:
     return folded
 
 
-def _state_dict_of(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    """Accept a bare state dict, or a checkpoint holding one under ``model`` / ``state_dict``."""
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"{path}: not a PyTorch state dict (or a checkpoint with 'model' / 'state_dict')")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
 def load_pretrained(model: PatchClassifier, path: str | Path) -> list[str]:
     """Load ResNet18 backbone weights (e.g. torchvision's ImageNet ``resnet18-*.pth``) from a local file.
 
@@ -116,7 +104,7 @@ def load_pretrained(model: PatchClassifier, path: str | Path) -> list[str]:
     Returns the keys that were not loaded.
     """
     path = Path(path)
-    state = _state_dict_of(load_torch(path, "pretrained weights file", unreadable="cannot read pretrained weights"),
+    state = state_dict_of(load_torch(path, "pretrained weights file", unreadable="cannot read pretrained weights"),
                            path)
     own = model.state_dict()
     missing = [k for k in own if not k.startswith("fc.") and k not in state]
@@ -152,7 +140,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
                         f"{', '.join(STAIN_NORMALIZATIONS)})")
     model = PatchClassifier(patch_size)
     try:
-        model.load_state_dict(_state_dict_of(checkpoint, path))
+        model.load_state_dict(state_dict_of(checkpoint, path))
     except RuntimeError as err:
         raise UserError(f"{path}: weights do not fit a {patch_size}-pixel PatchClassifier ({err})") from err
     return model.to(device).eval(), meta

@@ -198,6 +198,8 @@ def test_simulator_with_federated_algorithms(brats_root, tmp_path, algorithm):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     logs = result.stdout + result.stderr + "".join(p.read_text(errors="replace") for p in ws.rglob("log.txt"))
     assert ("SVT acceptance completed" if algorithm == "fedprox_svt" else "cutoff:") in logs
+    if algorithm == "fedprox_svt":  # what the filter spent, in the sites' logs (nvflare's accountant)
+        assert "SVT privacy accountant: call epsilon 4.23201e+06" in logs
     if algorithm == "fedopt_percentile":
         assert "FedOpt (torch.optim.Adam" in logs
     run = ws / "server/simulate_job"

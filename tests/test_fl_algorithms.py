@@ -159,6 +159,21 @@ def test_svt_filter_in_job_has_the_brats_example_defaults_and_sparsifies(tmp_pat
     assert 0 < np.count_nonzero(out) <= 900  # at most the fraction 0.9 of the entries is released
 
 
+def test_svt_spends_what_its_accountant_says_per_round():
+    """What the SVT filter spends per round at the job's defaults (NVFlare's BraTS example: fraction 0.9, epsilon
+    0.001, noise_var 1.0), by nvflare's pure-DP accountant: epsilon 0.001 for choosing the entries, plus one
+    noise_var for each entry released, so 0.001 + ceil(0.9 n) for an update of n entries (4,232,005.001 for the
+    SegResNet's 4,702,227). The guarantee per round is that large; the README says so."""
+    privacy = FederatedAlgorithm(privacy="svt").privacy_filter()
+    diff = {"w": np.full(10, 1e-5, np.float32), "b": np.full(3, -1e-5, np.float32)}
+    for round_ in (1, 2):
+        dxo = DXO(data_kind=DataKind.WEIGHT_DIFF, data=dict(diff), meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 2})
+        out = from_shareable(privacy.process(dxo.to_shareable(), FLContext()))
+        spent = out.get_meta_prop("svt_privacy_budget")
+        assert spent["n_upload"] == 12 and spent["epsilon_total"] == pytest.approx(0.001 + 12 * 1.0)
+        assert out.get_meta_prop("svt_privacy_accountant")["epsilon_total"] == pytest.approx(round_ * 12.001)
+
+
 def test_algorithm_options_are_checked_before_a_job_is_written(tmp_path):
     for bad, message in (({"server_opt": "sgd"}, "server optimiser 'sgd'"),
                          ({"server_lr": 0.1}, "needs a server optimiser"),

@@ -6,8 +6,9 @@ cases per site, -t 2, one PyTorch thread per client) runs for a few rounds per s
 round starts. Overhead share = 1 - sum over rounds of the slowest site's local work / sum of round times
 (round 0 and the last round left out: start-up and cross-site validation).
 
-Run: .venv/bin/python benchmarks/flare_overhead.py   (about 10 minutes on 2 cores)
-Writes benchmarks/results/flare_overhead.json and .md.
+Run: .venv/bin/python benchmarks/flare_overhead.py   (about 10 minutes on 2 cores) [--name NAME]
+Writes benchmarks/results/NAME.json and .md (default: flare_overhead). The job is built as users build it
+(brats_fl.job.BratsRecipe, exported), each setting as the recipe's ``polling``.
 """
 
 from __future__ import annotations
@@ -25,28 +26,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 NVFLARE = str(Path(sys.executable).parent / "nvflare")
 STAMP = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
 
-# (server task_request_interval, ScatterAndGather / CrossSiteModelEval task_check_period)
+# (server task_request_interval, ScatterAndGather / CrossSiteModelEval task_check_period); None: the job's own
+# (medflare.recipe.Polling's defaults, what jobs/brats_fl holds)
 SETTINGS = {
     "nvflare defaults": (2.0, 0.5),
-    "job (jobs/brats_fl)": None,  # as committed
+    "job (jobs/brats_fl)": None,
     "tighter": (0.02, 0.01),
 }
 
 
 def _time(text: str) -> float:
     return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-
-
-def _configure(job: Path, setting: tuple[float, float] | None) -> tuple[float, float]:
-    path = job / "app/config/config_fed_server.json"
-    server = json.loads(path.read_text())
-    workflows = {w["id"]: w for w in server["workflows"]}
-    if setting is not None:
-        server["server"]["task_request_interval"] = setting[0]
-        for w in workflows.values():
-            w["args"]["task_check_period"] = setting[1]
-        path.write_text(json.dumps(server, indent=2))
-    return server["server"]["task_request_interval"], workflows["scatter_and_gather"]["args"]["task_check_period"]
 
 
 def measure(log: str, sites: int = 2) -> dict:
@@ -84,6 +74,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=28, help="HGG and LGG cases each (default: 28, as make demo)")
     parser.add_argument("--shape", type=int, nargs=3, default=[96, 96, 64], help="volume and crop size "
                         "(default: 96 96 64, as make demo)")
+    parser.add_argument("--name", default="flare_overhead", help="results file name (default: flare_overhead)")
     args = parser.parse_args()
     if args.from_log:
         result = measure(Path(args.from_log).read_text())
@@ -92,8 +83,9 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     from brats_fl.datalist import write_datalists
-    from brats_fl.job import make_job
+    from brats_fl.job import BratsRecipe
     from brats_fl.synthetic import generate_dataset
+    from medflare.recipe import Polling, export_job
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,10 +93,12 @@ def main() -> None:
         generate_dataset(tmp / "brats", args.cases, args.cases, shape=tuple(args.shape), seed=0)
         lists = write_datalists(tmp / "brats")
         for name, setting in SETTINGS.items():
-            job = make_job(tmp / "job", rounds=args.rounds, data_root=str(tmp / "brats"),
-                           datalist_dir=str(lists["site-1"].parent),
-                           train={"crop": list(args.shape), "num_workers": 0, "num_threads": 1})
-            interval, period = _configure(job, setting)
+            polling = Polling(*setting) if setting else Polling()
+            job = export_job(BratsRecipe(rounds=args.rounds, data_root=str(tmp / "brats"),
+                                         datalist_dir=str(lists["site-1"].parent), polling=polling,
+                                         train={"crop": list(args.shape), "num_workers": 0, "num_threads": 1}),
+                             tmp / "job")
+            interval, period = polling.task_request_interval, polling.task_check_period
             run = subprocess.run([NVFLARE, "simulator", str(job), "-w", str(tmp / f"ws-{len(results)}"), "-n", "2",
                                   "-t", "2"], capture_output=True, text=True, timeout=1200)
             if run.returncode:
@@ -113,7 +107,7 @@ def main() -> None:
                              **measure(run.stdout + run.stderr)}
             print(name, results[name], flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "flare_overhead.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
     md = [f"# FLARE overhead per round (simulator, -n 2 -t 2, {args.cases}+{args.cases} cases of "
           f"{'x'.join(map(str, args.shape))}, {args.rounds} rounds per setting)", "",
           "| setting | task_request_interval s | task_check_period s | round s | local work s | overhead s | share |",
@@ -121,7 +115,7 @@ def main() -> None:
     for name, r in results.items():
         md.append(f"| {name} | {r['task_request_interval']} | {r['task_check_period']} | {r['mean_round_s']} | "
                   f"{r['mean_local_work_s']} | {r['mean_overhead_s']} | {100 * r['overhead_share']:.1f}% |")
-    (RESULTS / "flare_overhead.md").write_text("\n".join(md) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

@@ -79,7 +79,7 @@ def test_make_job_applies_overrides(tmp_path):
     assert component(server, "scatter_and_gather")["args"]["num_rounds"] == 3
     learner = component(client, "learner")["args"]
     assert learner["train"]["crop"] == [64, 64, 48] and learner["train"]["lr"] == 3e-4
-    assert learner["data_root"] == "/data/brats" and learner["datalist_dir"] == "$BRATS_DATA_ROOT/datalists"
+    assert learner["data_root"] == "/data/brats" and learner["datalist_dir"] == "/data/brats/datalists"
     model_args = component(server, "persistor")["args"]["model"]["args"]
     assert model_args == {"vae": True, "crop": [64, 64, 48], "seed": 0}  # server builds what clients train
     custom = out / "app/custom/brats_fl"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from medflare.algorithms import FederatedAlgorithm
-from medflare.recipe import EvaluationRecipe, TaskRecipe, export_job
+from medflare.recipe import EvaluationRecipe, Polling, TaskRecipe, export_job
 
 from .config import TrainConfig
 from .learner import BratsLearner
@@ -37,19 +37,21 @@ class BratsRecipe(TaskRecipe):
         algorithm: FedOpt's server optimiser and a privacy filter (FedProx is the recipe's ``fedprox_mu``), or
             ``None`` for FedAvg.
         name: the job's name.
+        polling: how often FLARE's server and workflows look for work (:class:`medflare.recipe.Polling`).
     """
 
     def __init__(self, *, rounds: int = TASK.rounds, train: Mapping[str, Any] | None = None,
                  data_root: str = "$BRATS_DATA_ROOT", datalist_dir: str | None = None,
                  datalists: Mapping[str, str] | None = None, resume_from: str = "",
-                 algorithm: FederatedAlgorithm | None = None, name: str = TASK.name) -> None:
+                 algorithm: FederatedAlgorithm | None = None, name: str = TASK.name, polling: Polling = Polling()
+                 ) -> None:
         config = TrainConfig.from_dict(train)
         algorithm = algorithm or FederatedAlgorithm()
         learner = _learner(config, data_root, datalist_dir, datalists, resume_from_job=resume_from,
                            send_weight_diff=algorithm.sends_weight_diff)
         model = (BratsSegResNet, {"vae": config.vae, "crop": list(config.crop), "seed": config.seed})
         super().__init__(TASK, learner, model, config.to_dict(), rounds=rounds, sites=len(learner.datalists),
-                         algorithm=algorithm, resume_from=resume_from, name=name)
+                         algorithm=algorithm, resume_from=resume_from, name=name, polling=polling)
 
 
 class BratsEvaluation(EvaluationRecipe):

@@ -16,6 +16,7 @@ the defaults (``jobs/<task>/job.py --export --export-dir jobs``; a test compares
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import shutil
 import tempfile
@@ -52,7 +53,7 @@ from .persistor import RecipeModelPersistor
 from .task import TaskSpec
 from .workflow import ResumableScatterAndGather
 
-__all__ = ["JOB_OUTPUT", "TASKS", "ModelSpec", "TaskRecipe", "EvaluationRecipe", "package_dir", "export_job",
+__all__ = ["JOB_OUTPUT", "TASKS", "ModelSpec", "Polling", "TaskRecipe", "EvaluationRecipe", "package_dir", "export_job",
            "run_recipe"]
 
 #: What an exported job folder is called in messages about replacing one.
@@ -67,11 +68,31 @@ JOB_SCRIPT = "job.py"
 ModelSpec = tuple[type, Mapping[str, Any]]
 
 
+@dataclasses.dataclass(frozen=True)
+class Polling:
+    """How often FLARE's server and workflows look for work, in seconds. FLARE's defaults (2.0 and 0.5) cost about
+    1.4 s more per round than these in the simulator (benchmarks/results/flare_overhead_small_rounds.md).
+
+    Attributes:
+        task_request_interval: how long the server tells a site to wait before asking for a task again.
+        task_check_period: how often the workflows check their tasks for results.
+    """
+
+    task_request_interval: float = 0.1
+    task_check_period: float = 0.05
+
+
 def _stated(component: Any, *names: str) -> Any:
     """``component``, whose arguments ``names`` FLARE's job API exports even when they equal the class's defaults
     (it leaves defaults out otherwise): the settings a reader of the job looks for."""
     component._always_serialize_args = (*getattr(component, "_always_serialize_args", ()), *names)
     return component
+
+
+def _add_server_settings(job: FedJob, polling: Polling) -> None:
+    """The server's own settings: a site may be silent for long (a round of 3D training), and asks for its next task
+    soon."""
+    job.to_server({"server": {"heart_beat_timeout": 600, "task_request_interval": polling.task_request_interval}})
 
 
 def package_dir(name: str) -> Path:
@@ -103,11 +124,12 @@ class TaskRecipe(_TaskJob):
         algorithm: FedOpt and a privacy filter, or ``None`` for FedAvg (FedProx is the recipe's ``fedprox_mu``).
         resume_from: id of an interrupted run of this job to go on from (:mod:`medflare.workflow`), or ``""``.
         name: the job's name (``meta.json``; the simulator's run folder).
+        polling: how often the server and the workflows look for work.
     """
 
     def __init__(self, task: TaskSpec, learner: Any, model: ModelSpec, train_conf: Mapping[str, Any], *,
                  rounds: int, sites: int, algorithm: FederatedAlgorithm | None = None, resume_from: str = "",
-                 name: str) -> None:
+                 name: str, polling: Polling = Polling()) -> None:
         if rounds < 1:
             raise UserError(f"rounds must be at least 1, got {rounds}")
         if sites < 1:
@@ -118,12 +140,13 @@ class TaskRecipe(_TaskJob):
         self.rounds = int(rounds)
         job = FedJob(name=name, min_clients=sites)
         self.task, self.sites = task, int(sites)  # read by _add_server before the base class sets them
-        self._add_server(job, model, train_conf, algorithm, resume_from)
+        self._add_server(job, model, train_conf, algorithm, resume_from, polling)
         self._add_clients(job, learner, algorithm)
         super().__init__(task, job, name=name, sites=sites)
 
     def _add_server(self, job: FedJob, model: ModelSpec, train_conf: Mapping[str, Any],
-                    algorithm: FederatedAlgorithm, resume_from: str) -> None:
+                    algorithm: FederatedAlgorithm, resume_from: str, polling: Polling) -> None:
+        _add_server_settings(job, polling)
         model_class, model_args = model
         described = {"path": f"{model_class.__module__}.{model_class.__qualname__}", "args": dict(model_args)}
         if algorithm.server_opt:  # the persistor and FedOpt's optimiser share one model component
@@ -145,11 +168,12 @@ class TaskRecipe(_TaskJob):
         job.to_server(ResumableScatterAndGather(
             min_clients=self.sites, num_rounds=self.rounds, start_round=0, wait_time_after_min_received=0,
             aggregator_id="aggregator", persistor_id="persistor", shareable_generator_id="shareable_generator",
-            train_task_name="train", train_timeout=0, task_check_period=0.05, resume_from_job=resume_from),
+            train_task_name="train", train_timeout=0, task_check_period=polling.task_check_period,
+            resume_from_job=resume_from),
             id="scatter_and_gather")
         job.to_server(CrossSiteModelEval(model_locator_id="model_locator", submit_model_timeout=600,
-                                         validation_timeout=6000, task_check_period=0.05, cleanup_models=False),
-                      id="cross_site_model_eval")
+                                         validation_timeout=6000, task_check_period=polling.task_check_period,
+                                         cleanup_models=False), id="cross_site_model_eval")
 
     @staticmethod
     def _add_clients(job: FedJob, learner: Any, algorithm: FederatedAlgorithm) -> None:
@@ -196,10 +220,12 @@ class EvaluationRecipe(_TaskJob):
             checkpoint_weights(path)  # a missing, corrupt or weightless file fails here, not at the server
             job.add_file_to_server(str(path), dest_dir=f"{MODELS_DIR}/{model_name}")
             shipped[model_name] = f"{MODELS_DIR}/{model_name}/{path.name}"
+        _add_server_settings(job, Polling())
         job.to_server(CheckpointLocator(checkpoints=shipped), id="model_locator")
         job.to_server(ValidationJsonGenerator(), id="json_generator")
         job.to_server(_stated(CrossSiteModelEval(model_locator_id="model_locator", submit_model_task_name="",
-                                                 validation_timeout=6000, task_check_period=0.05),
+                                                 validation_timeout=6000,
+                                                 task_check_period=Polling().task_check_period),
                               "submit_model_task_name"), id="cross_site_model_eval")
         job.to_clients(LearnerExecutor(learner_id="learner"), tasks=["validate"])
         job.to_clients(learner, id="learner")

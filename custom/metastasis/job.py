@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from medflare.algorithms import FederatedAlgorithm
-from medflare.recipe import EvaluationRecipe, TaskRecipe, export_job
+from medflare.recipe import EvaluationRecipe, Polling, TaskRecipe, export_job
 
 from .config import TrainConfig
 from .learner import MetastasisLearner
@@ -40,12 +40,13 @@ class MetastasisRecipe(TaskRecipe):
         algorithm: FedOpt's server optimiser and a privacy filter (FedProx is the recipe's ``fedprox_mu``), or
             ``None`` for FedAvg.
         name: the job's name.
+        polling: how often FLARE's server and workflows look for work (:class:`medflare.recipe.Polling`).
     """
 
     def __init__(self, *, rounds: int = TASK.rounds, train: Mapping[str, Any] | None = None,
                  data_root: str = "$CAMELYON_DATA_ROOT", patch_list: str = "$CAMELYON_DATA_ROOT/patches.json",
                  sites: int = TASK.clients, resume_from: str = "", algorithm: FederatedAlgorithm | None = None,
-                 name: str = TASK.name) -> None:
+                 name: str = TASK.name, polling: Polling = Polling()) -> None:
         config = TrainConfig.from_dict(train)
         algorithm = algorithm or FederatedAlgorithm()
         learner = MetastasisLearner(data_root=data_root, patch_list=patch_list, train=config.to_dict(),
@@ -53,7 +54,7 @@ class MetastasisRecipe(TaskRecipe):
         model = (PatchClassifier, {"patch_size": config.patch_size, "seed": config.seed,
                                    **({"pretrained": config.pretrained} if config.pretrained else {})})
         super().__init__(TASK, learner, model, config.to_dict(), rounds=rounds, sites=sites, algorithm=algorithm,
-                         resume_from=resume_from, name=name)
+                         resume_from=resume_from, name=name, polling=polling)
 
 
 class MetastasisEvaluation(EvaluationRecipe):

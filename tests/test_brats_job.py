@@ -90,6 +90,16 @@ def test_make_job_applies_overrides(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_tracking_option_adds_flares_mlflow_receiver(tmp_path):
+    server, _ = load_job_configs(make_job(tmp_path / "job", tracking="mlflow"))
+    receivers = [c["path"].rsplit(".", 1)[1] for c in server["components"] if c["path"].endswith("Receiver")]
+    assert receivers == ["TBAnalyticsReceiver", "MLflowReceiver"]  # the report plots TensorBoard's events
+    server, _ = load_job_configs(make_job(tmp_path / "plain"))
+    assert not any(c["path"].endswith("MLflowReceiver") for c in server["components"])
+    with pytest.raises(ValueError, match="tracking 'wandb': expected one of tensorboard, mlflow"):
+        make_job(tmp_path / "bad", tracking="wandb")
+
+
 def _simulate(job, workspace, threads, env=None):
     cmd = [NVFLARE, "simulator", str(job), "-w", str(workspace), "-n", "2"] + (["-t", str(threads)] if threads else [])
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
@@ -144,7 +154,7 @@ def test_one_round_job_has_a_best_global_model(brats_root, tmp_path):
     sites score the final model: a 1-round job ends with a best global model and the full cross-site matrix."""
     lists = write_datalists(brats_root, tmp_path / "lists")
     job = make_job(tmp_path / "job", rounds=1, data_root=str(brats_root), datalist_dir=str(lists["site-1"].parent),
-                   train={"crop": list(TINY_BRATS_SHAPE), "num_workers": 0, "num_threads": 1})
+                   train={"crop": list(TINY_BRATS_SHAPE), "num_workers": 0, "num_threads": 1}, tracking="mlflow")
     ws = tmp_path / "ws"
     result = _simulate(job, ws, 2)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -161,6 +171,19 @@ def test_one_round_job_has_a_best_global_model(brats_root, tmp_path):
     results = json.loads((run / "cross_site_val/cross_val_results.json").read_text())
     for per_model in results.values():
         assert set(per_model) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", "site-1", "site-2"}
+    # --tracking mlflow: an MLflow run per site in the job folder's SQLite store, every round's metrics in it (the
+    # global model's validation before round 1 at step 0, the final model's at step 1; the local model's and the
+    # training loss at epoch 1)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    by_site = {r.data.tags.get("site", r.info.run_name): r for r in runs}
+    assert len(runs) == 2, [r.info.run_name for r in runs]
+    for r in runs:
+        steps = {name: sorted(m.step for m in client.get_metric_history(r.info.run_id, name))
+                 for name in ("val_dice", "local_val_dice", "train_loss")}
+        assert steps == {"val_dice": [0, 1], "local_val_dice": [1], "train_loss": [1]}, (by_site, steps)
 
 
 @pytest.mark.slow

@@ -66,7 +66,8 @@ def _recipe(args: argparse.Namespace):
         train["crop"] = args.crop
     given = {"rounds": args.rounds, "data_root": args.data_root, "datalist_dir": args.datalist_dir,
              "resume_from": args.resume_from}
-    return BratsRecipe(train=train, algorithm=algorithm, **{k: v for k, v in given.items() if v is not None})
+    return BratsRecipe(train=train, algorithm=algorithm, tracking=args.tracking,
+                       **{k: v for k, v in given.items() if v is not None})
 
 
 def _evaluation(args: argparse.Namespace):

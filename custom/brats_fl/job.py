@@ -38,20 +38,22 @@ class BratsRecipe(TaskRecipe):
             ``None`` for FedAvg.
         name: the job's name.
         polling: how often FLARE's server and workflows look for work (:class:`medflare.recipe.Polling`).
+        tracking: ``"tensorboard"`` or ``"mlflow"`` (MLflow runs as well, :class:`medflare.recipe.TaskRecipe`).
     """
 
     def __init__(self, *, rounds: int = TASK.rounds, train: Mapping[str, Any] | None = None,
                  data_root: str = "$BRATS_DATA_ROOT", datalist_dir: str | None = None,
                  datalists: Mapping[str, str] | None = None, resume_from: str = "",
-                 algorithm: FederatedAlgorithm | None = None, name: str = TASK.name, polling: Polling = Polling()
-                 ) -> None:
+                 algorithm: FederatedAlgorithm | None = None, name: str = TASK.name, polling: Polling = Polling(),
+                 tracking: str = "tensorboard") -> None:
         config = TrainConfig.from_dict(train)
         algorithm = algorithm or FederatedAlgorithm()
         learner = _learner(config, data_root, datalist_dir, datalists, resume_from_job=resume_from,
                            send_weight_diff=algorithm.sends_weight_diff)
         model = (BratsSegResNet, {"vae": config.vae, "crop": list(config.crop), "seed": config.seed})
         super().__init__(TASK, learner, model, config.to_dict(), rounds=rounds, sites=len(learner.datalists),
-                         algorithm=algorithm, resume_from=resume_from, name=name, polling=polling)
+                         algorithm=algorithm, resume_from=resume_from, name=name, polling=polling,
+                         tracking=tracking)
 
 
 class BratsEvaluation(EvaluationRecipe):
@@ -82,9 +84,10 @@ def _learner(config: TrainConfig, data_root: str, datalist_dir: str | None, data
 
 def make_job(out_dir: str | Path, rounds: int | None = None, train: Mapping[str, Any] | None = None,
              data_root: str | None = None, datalist_dir: str | None = None, resume_from: str | None = None,
-             algorithm: FederatedAlgorithm | None = None) -> Path:
+             algorithm: FederatedAlgorithm | None = None, tracking: str = "tensorboard") -> Path:
     """Write a :class:`BratsRecipe` as the job folder ``out_dir`` (:func:`medflare.recipe.export_job`); ``None``
     keeps a default."""
     given = {"rounds": rounds, "data_root": data_root, "datalist_dir": datalist_dir, "resume_from": resume_from}
-    recipe = BratsRecipe(train=train, algorithm=algorithm, **{k: v for k, v in given.items() if v is not None})
+    recipe = BratsRecipe(train=train, algorithm=algorithm, tracking=tracking,
+                   **{k: v for k, v in given.items() if v is not None})
     return export_job(recipe, out_dir)

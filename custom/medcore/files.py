@@ -25,7 +25,8 @@ from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 from .errors import UserError, first_line
 
 __all__ = ["OUTPUT_MARKER", "is_byte_code_cache", "listed_outputs", "check_replaceable", "first_line_is",
-           "mark_output", "claim_output_dir", "atomic_path", "atomic_directory", "write_json", "write_text", "write_csv",
+           "mark_output", "claim_output_dir", "atomic_path", "atomic_directory", "write_json", "write_text",
+           "write_csv",
            "input_files", "find_named", "check_distinct_names", "resolve_path", "read_user_text", "read_json",
            "parse_json", "load_torch", "state_dict_of"]
 

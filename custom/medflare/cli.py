@@ -44,6 +44,11 @@ def _add_job_options(parser: argparse.ArgumentParser, task: TaskSpec) -> None:
                         help="go on from interrupted job JOB_ID (e.g. cut off by a server restart) at the round "
                              "after its last completed one, with its global model, best model and the sites' local "
                              "state; run it on the same server and sites, with the same --rounds")
+    parser.add_argument("--tracking", choices=("tensorboard", "mlflow"), default="tensorboard",
+                        help="where the sites' metrics go: tensorboard (event files on the server, which the "
+                             "report plots) or mlflow (also an MLflow run per site in mlflow.db, SQLite, in the "
+                             "server's job folder; needs the tracking extra: pip install 'clara-open[tracking]'); "
+                             "default: tensorboard")
     algo = parser.add_argument_group(
         "federated algorithm", "FedAvg unless told otherwise; the options combine (e.g. FedProx with SVT). FedOpt "
         "and the privacy filters make the sites send weight changes instead of weights (see medflare.algorithms)")

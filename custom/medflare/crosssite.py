@@ -19,7 +19,8 @@ from typing import Callable, Mapping, Sequence
 from medcore.errors import UserError
 from medcore.files import atomic_path, claim_output_dir, read_json, write_csv, write_json, write_text
 
-__all__ = ["SERVER_PREFIX", "SERVER_FINAL", "SERVER_BEST", "ReportError", "ReportSpec", "CrossSiteReport", "find_results",
+__all__ = ["SERVER_PREFIX", "SERVER_FINAL", "SERVER_BEST", "ReportError", "ReportSpec", "CrossSiteReport",
+           "find_results",
            "load_results", "build_report", "format_text", "format_markdown", "write_report", "plot_curves",
            "report_command"]
 
@@ -277,7 +278,8 @@ def _merge(results: dict, results_path: Path, other_path: Path, spec: ReportSpec
     """Add the models of another results file of the same sites to ``results`` (in place)."""
     other = load_results(other_path, spec)
     if set(other) != set(results):
-        raise ReportError(f"{other_path}: its sites {sorted(other)} are not those of {results_path} ({sorted(results)})")
+        raise ReportError(f"{other_path}: its sites {sorted(other)} are not those of {results_path} "
+                          f"({sorted(results)})")
     for site, per_model in other.items():
         for model, metrics in per_model.items():
             if model in results[site]:

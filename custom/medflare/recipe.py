@@ -61,6 +61,8 @@ JOB_OUTPUT = "FLARE job folder"
 #: The tasks the sites run (``train``: a round; ``validate``: another model on the site's data; ``submit_model``:
 #: the site's local best model for cross-site validation).
 TASKS = ["train", "submit_model", "validate"]
+#: Where the sites' metrics can go (:class:`TaskRecipe`'s ``tracking``).
+TRACKING = ("tensorboard", "mlflow")
 #: A file next to an exported job that the export keeps (the job's own script, ``jobs/<task>/job.py``).
 JOB_SCRIPT = "job.py"
 
@@ -125,11 +127,14 @@ class TaskRecipe(_TaskJob):
         resume_from: id of an interrupted run of this job to go on from (:mod:`medflare.workflow`), or ``""``.
         name: the job's name (``meta.json``; the simulator's run folder).
         polling: how often the server and the workflows look for work.
+        tracking: where the sites' metrics go besides TensorBoard's event files on the server (which the report
+            plots): ``"tensorboard"`` (nowhere else) or ``"mlflow"`` (also an MLflow run per site, through FLARE's
+            ``add_experiment_tracking``, in ``mlflow.db`` (SQLite) in the server's job folder).
     """
 
     def __init__(self, task: TaskSpec, learner: Any, model: ModelSpec, train_conf: Mapping[str, Any], *,
                  rounds: int, sites: int, algorithm: FederatedAlgorithm | None = None, resume_from: str = "",
-                 name: str, polling: Polling = Polling()) -> None:
+                 name: str, polling: Polling = Polling(), tracking: str = "tensorboard") -> None:
         if rounds < 1:
             raise UserError(f"rounds must be at least 1, got {rounds}")
         if sites < 1:
@@ -143,6 +148,15 @@ class TaskRecipe(_TaskJob):
         self._add_server(job, model, train_conf, algorithm, resume_from, polling)
         self._add_clients(job, learner, algorithm)
         super().__init__(task, job, name=name, sites=sites)
+        if tracking not in TRACKING:
+            raise UserError(f"tracking {tracking!r}: expected one of {', '.join(TRACKING)}")
+        if tracking == "mlflow":
+            from nvflare.recipe import add_experiment_tracking
+
+            try:
+                add_experiment_tracking(self, "mlflow")
+            except ValueError as err:  # FLARE's word for "mlflow is not installed"
+                raise UserError(f"--tracking mlflow: {err} (or: pip install 'clara-open[tracking]')") from None
 
     def _add_server(self, job: FedJob, model: ModelSpec, train_conf: Mapping[str, Any],
                     algorithm: FederatedAlgorithm, resume_from: str, polling: Polling) -> None:

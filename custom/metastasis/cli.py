@@ -208,7 +208,8 @@ def _recipe(args: argparse.Namespace):
     train, algorithm = job_overrides(args)
     given = {"rounds": args.rounds, "data_root": args.data_root, "patch_list": args.patch_list,
              "resume_from": args.resume_from, "sites": args.sites}
-    return MetastasisRecipe(train=train, algorithm=algorithm, **{k: v for k, v in given.items() if v is not None})
+    return MetastasisRecipe(train=train, algorithm=algorithm, tracking=args.tracking,
+                       **{k: v for k, v in given.items() if v is not None})
 
 
 def _evaluation(args: argparse.Namespace):

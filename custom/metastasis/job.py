@@ -41,12 +41,13 @@ class MetastasisRecipe(TaskRecipe):
             ``None`` for FedAvg.
         name: the job's name.
         polling: how often FLARE's server and workflows look for work (:class:`medflare.recipe.Polling`).
+        tracking: ``"tensorboard"`` or ``"mlflow"`` (MLflow runs as well, :class:`medflare.recipe.TaskRecipe`).
     """
 
     def __init__(self, *, rounds: int = TASK.rounds, train: Mapping[str, Any] | None = None,
                  data_root: str = "$CAMELYON_DATA_ROOT", patch_list: str = "$CAMELYON_DATA_ROOT/patches.json",
                  sites: int = TASK.clients, resume_from: str = "", algorithm: FederatedAlgorithm | None = None,
-                 name: str = TASK.name, polling: Polling = Polling()) -> None:
+                 name: str = TASK.name, polling: Polling = Polling(), tracking: str = "tensorboard") -> None:
         config = TrainConfig.from_dict(train)
         algorithm = algorithm or FederatedAlgorithm()
         learner = MetastasisLearner(data_root=data_root, patch_list=patch_list, train=config.to_dict(),
@@ -54,7 +55,8 @@ class MetastasisRecipe(TaskRecipe):
         model = (PatchClassifier, {"patch_size": config.patch_size, "seed": config.seed,
                                    **({"pretrained": config.pretrained} if config.pretrained else {})})
         super().__init__(TASK, learner, model, config.to_dict(), rounds=rounds, sites=sites, algorithm=algorithm,
-                         resume_from=resume_from, name=name, polling=polling)
+                         resume_from=resume_from, name=name, polling=polling,
+                         tracking=tracking)
 
 
 class MetastasisEvaluation(EvaluationRecipe):
@@ -79,10 +81,12 @@ class MetastasisEvaluation(EvaluationRecipe):
 
 def make_job(out_dir: str | Path, rounds: int | None = None, train: Mapping[str, Any] | None = None,
              data_root: str | None = None, patch_list: str | None = None, resume_from: str | None = None,
-             sites: int | None = None, algorithm: FederatedAlgorithm | None = None) -> Path:
+             sites: int | None = None, algorithm: FederatedAlgorithm | None = None,
+             tracking: str = "tensorboard") -> Path:
     """Write a :class:`MetastasisRecipe` as the job folder ``out_dir`` (:func:`medflare.recipe.export_job`); ``None``
     keeps a default."""
     given = {"rounds": rounds, "data_root": data_root, "patch_list": patch_list, "resume_from": resume_from,
              "sites": sites}
-    recipe = MetastasisRecipe(train=train, algorithm=algorithm, **{k: v for k, v in given.items() if v is not None})
+    recipe = MetastasisRecipe(train=train, algorithm=algorithm, tracking=tracking,
+                   **{k: v for k, v in given.items() if v is not None})
     return export_job(recipe, out_dir)

@@ -245,3 +245,19 @@ def test_a_site_that_dies_mid_job_then_resuming_when_it_is_back(brats_root, tmp_
     results = json.loads((result / "workspace/cross_site_val/cross_val_results.json").read_text())
     assert set(results) == {"site-1", "site-2"}
     assert _running(str(workspace)) == []
+
+
+def test_poc_env_takes_the_project_files_sites_and_admin(tmp_path):
+    """FLARE's PocEnv for a job from a project file: its clients and admin (the single-site pathology project
+    failed with PocEnv's default of two clients before), and a clear error when the file has too few sites."""
+    from brats_fl.job import BratsRecipe
+    from medcore.errors import UserError
+    from medflare.recipe import poc_env
+    from metastasis.job import MetastasisRecipe
+
+    provisioning = JOBS.parent / "provisioning"
+    env = poc_env(MetastasisRecipe(), provisioning / "pathology_project.yml")
+    assert (env.clients, env.num_clients, env.username) == (["site-1"], 1, "admin@clara-open.org")
+    assert poc_env(BratsRecipe(), provisioning / "brats_project.yml").clients == ["site-1", "site-2"]
+    with pytest.raises(UserError, match="the job needs 2 site"):
+        poc_env(BratsRecipe(), provisioning / "pathology_project.yml")

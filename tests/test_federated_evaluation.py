@@ -116,3 +116,4 @@ def test_federated_evaluation_of_a_patch_classifier(camelyon_root, camelyon_patc
     metrics = results["site-1"]["SRV_baseline"]
     assert 0 <= metrics["val_accuracy"] <= 1 and 0 <= metrics["val_auc"] <= 1 and metrics["n"] > 0
     assert "federated evaluation" in (tmp_path / "report/report.txt").read_text()
+

@@ -54,7 +54,7 @@ from .task import TaskSpec
 from .workflow import ResumableScatterAndGather
 
 __all__ = ["JOB_OUTPUT", "TASKS", "ModelSpec", "Polling", "TaskRecipe", "EvaluationRecipe", "package_dir", "export_job",
-           "run_recipe"]
+           "poc_env", "run_recipe"]
 
 #: What an exported job folder is called in messages about replacing one.
 JOB_OUTPUT = "FLARE job folder"
@@ -315,6 +315,23 @@ SIMULATION_OUTPUT = "FLARE simulation workspace"
 COMPLETED = "FINISHED:COMPLETED"
 
 
+def poc_env(recipe: _TaskJob, project: str | Path | None = None) -> Any:
+    """FLARE's ``PocEnv`` for ``recipe``: the project file's clients and admin (not FLARE's defaults, ``site-N`` and
+    ``admin@nvidia.com``), or FLARE's POC project with as many sites as the job."""
+    from nvflare.recipe import PocEnv
+
+    if not project:
+        return PocEnv(num_clients=recipe.sites)
+    from .deploy import read_project
+
+    named = read_project(project)
+    if len(named.clients) < recipe.sites or not named.admin:
+        raise UserError(f"{project}: the job needs {recipe.sites} site(s) and an admin; the project file names "
+                        f"clients {list(named.clients)} and admin {named.admin or 'none'}")
+    return PocEnv(num_clients=len(named.clients), clients=list(named.clients), project_conf_path=str(project),
+                  username=named.admin)
+
+
 def run_recipe(recipe: _TaskJob, env: str = "sim", workspace: str | Path = "workspace",
                startup_kit: str | Path | None = None, project: str | Path | None = None,
                timeout: float = 0.0) -> Path:
@@ -331,7 +348,7 @@ def run_recipe(recipe: _TaskJob, env: str = "sim", workspace: str | Path = "work
     Raises:
         UserError: a bad option, or the job ended otherwise than ``FINISHED:COMPLETED``.
     """
-    from nvflare.recipe import PocEnv, ProdEnv, SimEnv
+    from nvflare.recipe import ProdEnv, SimEnv
 
     from medcore.files import mark_output
 
@@ -348,16 +365,7 @@ def run_recipe(recipe: _TaskJob, env: str = "sim", workspace: str | Path = "work
             raise UserError(f"{recipe.name}: the simulation failed: {err}") from None
         return run_dir
     if env == "poc":
-        if project:  # its clients and admin, not FLARE's defaults (site-N, admin@nvidia.com)
-            from .deploy import read_project
-
-            named = read_project(project)
-            if len(named.clients) < recipe.sites or not named.admin:
-                raise UserError(f"{project}: the job needs {recipe.sites} site(s) and an admin; the project file "
-                                f"names clients {list(named.clients)} and admin {named.admin or 'none'}")
-            exec_env = PocEnv(clients=list(named.clients), project_conf_path=str(project), username=named.admin)
-        else:
-            exec_env = PocEnv(num_clients=recipe.sites)
+        exec_env = poc_env(recipe, project)
     elif env == "prod":
         if not startup_kit:
             raise UserError("--env prod needs the admin's startup kit (--startup-kit)")

@@ -8,7 +8,9 @@ validation of every model on every site's data (``CrossSiteModelEval``, whose ``
 :mod:`medflare.crosssite` reports). FedOpt and a privacy filter come from a
 :class:`~medflare.algorithms.FederatedAlgorithm`.
 
-A :class:`TaskRecipe` runs where FLARE's recipes run (``recipe.run(SimEnv(...) | PocEnv(...) | ProdEnv(...))``) and
+:class:`EvaluationRecipe` is the other job a task has: federated evaluation of given checkpoints, no training.
+
+A recipe runs where FLARE's recipes run (``recipe.run(SimEnv(...) | PocEnv(...) | ProdEnv(...))``) and
 :func:`export_job` writes it as a job folder (``meta.json``, ``app/config``, and ``app/custom`` holding the task's
 packages, which FLARE ships to the sites with the job). The committed ``jobs/<task>`` folders are such exports with
 the defaults (``jobs/<task>/job.py --export --export-dir jobs``; a test compares them).
@@ -45,7 +47,7 @@ with warnings.catch_warnings():
 
 from medcore.errors import UserError
 from medcore.files import (OUTPUT_MARKER, atomic_directory, check_replaceable, is_byte_code_cache, listed_outputs,
-                           read_json)
+                           mark_output, read_json)
 
 from .algorithms import MODEL_ID, FederatedAlgorithm
 from .evaluation import CheckpointLocator, checkpoint_weights
@@ -53,8 +55,8 @@ from .persistor import RecipeModelPersistor
 from .task import TaskSpec
 from .workflow import ResumableScatterAndGather
 
-__all__ = ["JOB_OUTPUT", "TASKS", "ModelSpec", "Polling", "TaskRecipe", "EvaluationRecipe", "package_dir", "export_job",
-           "poc_env", "run_recipe"]
+__all__ = ["JOB_OUTPUT", "TASKS", "ModelSpec", "Polling", "TaskRecipe", "EvaluationRecipe", "package_dir",
+           "export_job", "poc_env", "run_recipe"]
 
 #: What an exported job folder is called in messages about replacing one.
 JOB_OUTPUT = "FLARE job folder"
@@ -349,8 +351,6 @@ def run_recipe(recipe: _TaskJob, env: str = "sim", workspace: str | Path = "work
         UserError: a bad option, or the job ended otherwise than ``FINISHED:COMPLETED``.
     """
     from nvflare.recipe import ProdEnv, SimEnv
-
-    from medcore.files import mark_output
 
     if env == "sim":
         run_dir = Path(workspace) / recipe.name

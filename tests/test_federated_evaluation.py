@@ -117,3 +117,16 @@ def test_federated_evaluation_of_a_patch_classifier(camelyon_root, camelyon_patc
     assert 0 <= metrics["val_accuracy"] <= 1 and 0 <= metrics["val_auc"] <= 1 and metrics["n"] > 0
     assert "federated evaluation" in (tmp_path / "report/report.txt").read_text()
 
+
+
+def test_report_names_what_the_results_lack(tmp_path, capsys):
+    """A run whose site result never reached the server, or that has no best global model, is reported as
+    incomplete, with the missing parts named, not as a finished matrix."""
+    scores = {"TC": 0.5, "WT": 0.6, "ET": 0.4, "n_cases": 2}
+    results = _results(tmp_path / "r.json", {"site-1": {"SRV_FL_global_model.pt": scores, "site-1": scores},
+                                            "site-2": {"SRV_FL_global_model.pt": scores}})
+    assert brats_cli.main(["report", str(results), "--no-plot", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "Incomplete: site-1 was not scored on site-2; its AVE is over the sites that scored it." in out
+    assert "Incomplete: there is no best global model (SRV_best_FL_global_model.pt)" in out
+    assert len(json.loads((tmp_path / "out/report.json").read_text())["missing"]) == 2

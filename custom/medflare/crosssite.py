@@ -72,6 +72,17 @@ class CrossSiteReport:
     columns: tuple[str, ...]  # the spec's columns, then the distances every result has
     extra_models: tuple[str, ...] = ()  # models outside the federation, scored by the report command
 
+    @property
+    def missing(self) -> list[str]:
+        """What a complete cross-site matrix would hold and these results lack, as sentences (a site whose result
+        never reached the server, a training job without a best global model), so a failed part of a run is not
+        read as a finished one."""
+        notes = [f"{model} was not scored on {site}" for model in self.models for site in self.sites
+                 if site not in self.scores[model]]
+        if SERVER_FINAL in self.models and SERVER_BEST not in self.models:
+            notes.append(f"there is no best global model ({SERVER_BEST}): no global model was scored in training")
+        return notes
+
     def format(self, column: str, value: float) -> str:
         """A value as the report shows it: scores to 4 decimals, distances to 2."""
         return f"{value:.2f}" if column in self.spec.distances else f"{value:.4f}"
@@ -195,6 +206,8 @@ def format_text(report: CrossSiteReport) -> str:
         for name, values in _rows(report, model):
             lines.append(f"  {name + ':':8s}" + " ".join(f"{c}: {report.format(c, values[c])}" for c in report.columns))
         lines.append("")
+    lines += [f"Incomplete: {note}; its AVE is over the sites that scored it." if " on " in note else
+              f"Incomplete: {note}." for note in report.missing]
     return "\n".join(lines)
 
 
@@ -207,6 +220,7 @@ def format_markdown(report: CrossSiteReport) -> str:
         for name, values in _rows(report, model):
             out.append(f"| {report.title(model)} | {name} | " + " | ".join(report.format(c, values[c]) for c in columns)
                        + " |")
+    out += [""] + [f"Incomplete: {note}." for note in report.missing] if report.missing else []
     return "\n".join(out) + "\n"
 
 
@@ -226,7 +240,7 @@ def write_report(report: CrossSiteReport, out_dir: str | Path) -> dict[str, Path
         "md": write_text(out / "report.md", format_markdown(report)),
         "csv": write_csv(out / "report.csv", rows, header=["model", "site", *columns, "weight"], lineterminator="\r\n"),
         "json": write_json(out / "report.json", {
-            "weights": report.weights, "weights_source": report.weights_source,
+            "weights": report.weights, "weights_source": report.weights_source, "missing": report.missing,
             "models": {m: {"title": report.title(m), "sites": report.scores[m], "AVE": report.average[m]}
                        for m in report.models}}),
     }

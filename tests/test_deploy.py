@@ -103,13 +103,11 @@ def test_sigterm_to_the_driving_process_still_tears_down(tmp_path):
 @pytest.mark.slow
 def test_poc_loop_and_a_failing_job(brats_root, tmp_path):
     """POC kits, both clients connected, the job to FINISHED:COMPLETED with every model x site pair in the
-    downloaded cross-site results; then a job with a configuration error ends as a clear error; nothing left."""
+    downloaded cross-site results; then a job whose sites cannot find their data ends as a clear error; nothing
+    left."""
     job = _tiny_job(brats_root, tmp_path)
-    broken = tmp_path / "broken"
-    make_job(broken, rounds=1, data_root=str(brats_root), train={"crop": list(TINY_BRATS_SHAPE)})
-    client_config = broken / "app/config/config_fed_client.json"
-    client_config.write_text(client_config.read_text().replace("brats_fl.learner.BratsLearner",
-                                                               "brats_fl.learner.NoSuchLearner"))
+    broken = make_job(tmp_path / "broken", rounds=1, data_root=str(tmp_path / "no_such_data"),
+                      train={"crop": list(TINY_BRATS_SHAPE)})  # the sites cannot find their data
     workspace = tmp_path / "poc"
     kits = poc_kits(_project(tmp_path), workspace)
     assert kits.host == "localhost" and kits.clients == ("site-1", "site-2")

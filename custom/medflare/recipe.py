@@ -216,7 +216,8 @@ class EvaluationRecipe(_TaskJob):
     Args:
         task: the task.
         learner: the sites' learner (its recipe's validation settings score every checkpoint).
-        checkpoints: model name -> checkpoint file; the files travel with the job, to the server.
+        checkpoints: model name -> checkpoint file; the files travel inside the job (its one app, which FLARE deploys
+            to the server and the sites alike; the server's locator reads them).
         sites: sites the job needs.
         name: the job's name.
     """

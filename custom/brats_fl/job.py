@@ -32,13 +32,8 @@ class BratsRecipe(TaskRecipe):
         data_root, datalist_dir: where the sites find their data (default: ``$BRATS_DATA_ROOT``, expanded on each
             site) and their datalists (default: ``data_root``'s ``datalists`` folder).
         datalists: site name -> datalist file (default: the seed's two).
-        resume_from: id of an interrupted run of this job to go on from (same server and site workspaces;
-            :mod:`medflare.workflow`).
-        algorithm: FedOpt's server optimiser and a privacy filter (FedProx is the recipe's ``fedprox_mu``), or
-            ``None`` for FedAvg.
-        name: the job's name.
-        polling: how often FLARE's server and workflows look for work (:class:`medflare.recipe.Polling`).
-        tracking: ``"tensorboard"`` or ``"mlflow"`` (MLflow runs as well, :class:`medflare.recipe.TaskRecipe`).
+        resume_from, algorithm, name, polling, tracking: as in :class:`medflare.recipe.TaskRecipe` (FedProx is the
+            recipe's ``fedprox_mu``).
     """
 
     def __init__(self, *, rounds: int = TASK.rounds, train: Mapping[str, Any] | None = None,

@@ -36,12 +36,8 @@ class MetastasisRecipe(TaskRecipe):
             its ``patches.json``); ``{site}`` in them becomes each site's name (``site-1``, ``site-2``, ...).
         sites: number of sites (default: the seed's one); cross-site validation then scores every site's and the
             server's models on every site's validation patches.
-        resume_from: id of an interrupted run of this job to go on from (:mod:`medflare.workflow`).
-        algorithm: FedOpt's server optimiser and a privacy filter (FedProx is the recipe's ``fedprox_mu``), or
-            ``None`` for FedAvg.
-        name: the job's name.
-        polling: how often FLARE's server and workflows look for work (:class:`medflare.recipe.Polling`).
-        tracking: ``"tensorboard"`` or ``"mlflow"`` (MLflow runs as well, :class:`medflare.recipe.TaskRecipe`).
+        resume_from, algorithm, name, polling, tracking: as in :class:`medflare.recipe.TaskRecipe` (FedProx is the
+            recipe's ``fedprox_mu``).
     """
 
     def __init__(self, *, rounds: int = TASK.rounds, train: Mapping[str, Any] | None = None,

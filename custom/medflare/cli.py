@@ -14,7 +14,7 @@ from medcore.command import (existing_dir, existing_file, existing_path, named_f
 from medcore.errors import UserError
 
 from .algorithms import PRIVACY_FILTERS, SERVER_OPTIMIZERS, FederatedAlgorithm
-from .task import TaskSpec
+from .task import TaskSpec, is_job_id
 
 __all__ = ["add_job_parsers", "add_evaluation_parser", "job_overrides", "add_report_parser", "add_deploy_parser"]
 
@@ -23,7 +23,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _job_id(text: str) -> str:
     """A FLARE job id as ``--resume-from`` takes it (argparse type)."""
-    if not text or "/" in text or text.startswith("."):
+    if not is_job_id(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a job id (the id FLARE gave the interrupted job)")
     return text
 

@@ -52,7 +52,7 @@ from medcore.files import (OUTPUT_MARKER, atomic_directory, check_replaceable, i
 from .algorithms import MODEL_ID, FederatedAlgorithm
 from .evaluation import CheckpointLocator, checkpoint_weights
 from .persistor import RecipeModelPersistor
-from .task import TaskSpec
+from .task import TaskSpec, is_job_id
 from .workflow import ResumableScatterAndGather
 
 __all__ = ["JOB_OUTPUT", "TASKS", "ModelSpec", "Polling", "TaskRecipe", "EvaluationRecipe", "package_dir",
@@ -141,7 +141,7 @@ class TaskRecipe(_TaskJob):
             raise UserError(f"rounds must be at least 1, got {rounds}")
         if sites < 1:
             raise UserError(f"sites must be at least 1, got {sites}")
-        if resume_from and ("/" in resume_from or resume_from.startswith(".")):
+        if resume_from and not is_job_id(resume_from):
             raise UserError(f"resume: {resume_from!r} is not a job id (the id FLARE gave the interrupted job)")
         algorithm = algorithm or FederatedAlgorithm()
         self.rounds = int(rounds)

@@ -14,7 +14,12 @@ from medcore.settings import Settings
 
 from .crosssite import ReportSpec
 
-__all__ = ["TaskSpec"]
+__all__ = ["TaskSpec", "is_job_id"]
+
+
+def is_job_id(text: str) -> bool:
+    """Whether ``text`` can be the id FLARE gave a job (it names a folder in a workspace: no path)."""
+    return bool(text) and "/" not in text and not text.startswith(".")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,7 @@ def test_good_case(case):
 
 def test_missing_file(case):
     case_files(case)["t2"].unlink()
-    with pytest.raises(CaseError, match=r"_t2\.nii\.gz: file missing"):
+    with pytest.raises(CaseError, match=r"_t2\.nii\.gz: NIfTI file missing"):
         check_case(case)
 
 

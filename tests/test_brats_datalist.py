@@ -73,7 +73,7 @@ def test_datalist_pointing_at_missing_files(brats_root, tmp_path):
     lists["testing"][0]["label"] = "HGG/nowhere/nowhere_seg.nii.gz"
     path = tmp_path / "list.json"
     path.write_text(json.dumps(lists))
-    with pytest.raises(CaseError, match="nowhere_seg.nii.gz: file missing"):
+    with pytest.raises(CaseError, match="nowhere_seg.nii.gz: NIfTI file missing"):
         read_datalist(path, brats_root)
     with pytest.raises(CaseError, match="datalist file missing"):
         read_datalist(tmp_path / "none.json", brats_root)

@@ -54,6 +54,8 @@ def ws(tmp_path_factory, brats_root, camelyon_root):
     (ws / "emptydir").mkdir()
     torch.save({"model": BratsSegResNet().state_dict()}, ws / "brats.pt")
     torch.save({"model": PatchClassifier(64).state_dict(), "train_conf": {"patch_size": 64}}, ws / "patho.pt")
+    torch.manual_seed(1)
+    torch.save({"model": PatchClassifier(64).state_dict(), "train_conf": {"patch_size": 64}}, ws / "patho_other.pt")
     diverged = PatchClassifier(64).state_dict()  # weights of a training run that diverged
     diverged["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
     torch.save({"model": diverged, "train_conf": {"patch_size": 64}}, ws / "patho_nan.pt")
@@ -73,7 +75,7 @@ def ws(tmp_path_factory, brats_root, camelyon_root):
     (ws / "maps_nostride").mkdir()
     np.save(ws / "maps_nostride/tumor_001.npy", np.zeros((4, 4), np.float32))
     (ws / "maps_nostride/tumor_001.json").write_text(json.dumps({"slide": "x.tif", "origin": [16, 16],
-                                                                  "shape": [4, 4]}))
+                                                                  "shape": [4, 4], "level0_size": [128, 128]}))
     (ws / "maps_partial").mkdir()
     np.save(ws / "maps_partial/.tumor_001.npy.1a2b3c4d.part.npy", np.zeros((4, 4), np.float32))
     # a training folder with a corrupt state
@@ -136,7 +138,7 @@ def ws(tmp_path_factory, brats_root, camelyon_root):
     (ws / "maps_seven").mkdir()
     np.save(ws / "maps_seven/tumor_001.npy", np.full((4, 4), 7, np.float32))
     (ws / "maps_seven/tumor_001.json").write_text(json.dumps({"slide": "x.tif", "stride": 32, "origin": [16, 16],
-                                                              "shape": [4, 4]}))
+                                                              "shape": [4, 4], "level0_size": [128, 128]}))
     (ws / "masks_three").mkdir()
     np.save(ws / "masks_three/tumor_001.npy", np.full((64, 96), 3, np.uint8))
     (ws / "xml_dir/tumor_001.xml").mkdir(parents=True)
@@ -146,6 +148,37 @@ def ws(tmp_path_factory, brats_root, camelyon_root):
     (ws / "results.json").write_text(json.dumps(results))
     project = (REPO / "provisioning/brats_project.yml").read_text().replace("8002", str(_free_port()))
     (ws / "project.yml").write_text(project)
+    # outputs of earlier runs, which a rerun with other settings must not keep or extend
+    assert metastasis_cli.main(["tissue", str(slide), "--out", str(ws / "masks_made")]) == 0
+    assert metastasis_cli.main(["infer", str(slide), "--checkpoint", str(ws / "patho.pt"), "--out",
+                                str(ws / "maps_made"), "--masks", str(ws / "masks_made"), "--stride", "128"]) == 0
+    assert brats_cli.main(["train", "--datalist", str(ws / "datalists/seg_brats18_datalist_client_a.json"),
+                           "--data-root", str(brats_root), "--out", str(ws / "train_made"), "--epochs", "1",
+                           "--set", "crop=[32,32,32]", "--set", "num_workers=0"]) == 0
+    # a map whose JSON puts it outside its slide, a forged .npy header, a JSON given as a map
+    (ws / "maps_off_slide").mkdir()
+    np.save(ws / "maps_off_slide/tumor_001.npy", np.zeros((16, 24), np.float32))
+    (ws / "maps_off_slide/tumor_001.json").write_text(json.dumps(
+        {"slide": str(slide), "stride": 1024, "origin": [64, 64], "shape": [16, 24], "level0_size": [3072, 2048]}))
+    (ws / "maps_forged").mkdir()
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 100000), }"
+    (ws / "maps_forged/tumor_001.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little")
+                                                   + header.encode())
+    (ws / "maps_forged/tumor_001.json").write_text(json.dumps(
+        {"slide": str(slide), "stride": 1, "origin": [0.5, 0.5], "shape": [100000, 100000],
+         "level0_size": [100000, 100000]}))
+    # a tissue mask PNG of far more pixels than its JSON says (PIL's decompression-bomb error before)
+    from PIL import Image
+
+    (ws / "masks_bomb").mkdir()
+    Image.new("L", (20000, 10000)).save(ws / "masks_bomb/tumor_001_tissue.png")
+    (ws / "masks_bomb/tumor_001_tissue.json").write_text((ws / "masks_made/tumor_001_tissue.json").read_text())
+    assert metastasis_cli.main(["make-data", "--out", str(ws / "gen_camelyon"), "--split", "testing", "--tumor", "1",
+                                "--normal", "1", "--width", "1024", "--height", "1024"]) == 0
+    # links that lead nowhere
+    (ws / "loop_a").symlink_to(ws / "loop_b")
+    (ws / "loop_b").symlink_to(ws / "loop_a")
+    (ws / "dangling.pt").symlink_to(ws / "no_such_target.pt")
     return ws
 
 
@@ -311,6 +344,27 @@ BRATS_CASES = [
      "argument --shape: must be >= 16 and <= 512"),
     ("empty output path", ["make-data", "--out", ""], "argument --out: empty path"),
     ("empty data root", ["make-job", "--out", "{ws}/new_job", "--data-root", ""], "argument --data-root: empty path"),
+    # reruns with other settings: refused, naming the difference, instead of continuing with a mix
+    ("train resumed with another recipe", ["train", "--datalist", "{datalist}", "--data-root", "{brats}", "--out",
+                                           "{ws}/train_made", "--epochs", "2", "--set", "crop=[32,32,32]", "--set",
+                                           "num_workers=0", "--set", "lr=0.5"],
+     "{ws}/train_made/trainer_state.pt: made with other settings than this run's (lr 0.0001 -> 0.5)"),
+    ("train resumed on other cases", ["train", "--datalist", "{ws}/datalists/seg_brats18_datalist_client_b.json",
+                                      "--data-root", "{brats}", "--out", "{ws}/train_made", "--epochs", "2", "--set",
+                                      "crop=[32,32,32]", "--set", "num_workers=0"], "made with other settings than "
+     "this run's (cases "),
+    ("make-data of another shape beside its cases", ["make-data", "--out", "{ws}/gen_brats", "--hgg", "1", "--lgg",
+                                                     "0", "--shape", "40", "32", "24"],
+     "made with other settings than this run's (shape [32, 32, 24] -> [40, 32, 24])"),
+    # numbers too large for what they size, and an allocation that cannot succeed
+    ("sliding windows 10^6 at once", ["validate", "--checkpoint", "{ws}/brats.pt", "--datalist", "{datalist}",
+                                      "--data-root", "{brats}", "--out", "{ws}/v.csv", "--sw-batch-size", "1000000"],
+     "argument --sw-batch-size: must be >= 1 and <= 1024"),
+    ("a window of 4096^3 voxels", ["validate", "--checkpoint", "{ws}/brats.pt", "--datalist", "{datalist}",
+                                   "--data-root", "{brats}", "--out", "{ws}/v.csv", "--roi", "4096", "4096", "4096"],
+     "out of memory"),
+    ("threads 2 x 10^9", ["make-job", "--out", "{ws}/new_job", "--set", "num_threads=2000000000"],
+     "setting num_threads: must be >= 0 and <= 1024"),
 ]
 
 METASTASIS_CASES = [
@@ -449,6 +503,57 @@ METASTASIS_CASES = [
                                   "{ws}/user_train", "--set", "patch_size=64", "--set", "num_workers=0"],
      "{ws}/user_train/metrics.csv: exists and was not written by metastasis training run"),
     ("empty detections output", ["detect", "{ws}/maps_seven", "--out", ""], "argument --out: empty path"),
+    # reruns with other settings: refused, naming the difference, instead of keeping the old outputs
+    ("infer at another stride over earlier maps", ["infer", "{slide}", "--checkpoint", "{ws}/patho.pt", "--out",
+                                                   "{ws}/maps_made", "--masks", "{ws}/masks_made", "--stride", "256"],
+     "{ws}/maps_made/tumor_001.json: made with other settings than this run's (stride 128 -> 256)"),
+    ("infer with another model over earlier maps", ["infer", "{slide}", "--checkpoint", "{ws}/patho_other.pt",
+                                                    "--out", "{ws}/maps_made", "--masks", "{ws}/masks_made",
+                                                    "--stride", "128"], "made with other settings than this run's "
+     "(checkpoint "),
+    ("infer without the masks of earlier maps", ["infer", "{slide}", "--checkpoint", "{ws}/patho.pt", "--out",
+                                                 "{ws}/maps_made", "--stride", "128"], "(tissue_mask "),
+    ("tissue at another downsample over earlier masks", ["tissue", "{slide}", "--out", "{ws}/masks_made",
+                                                         "--downsample", "16"],
+     "{ws}/masks_made/tumor_001_tissue.json: made with other settings than this run's (downsample 32.0 -> 16.0)"),
+    ("tissue with another threshold over earlier masks", ["tissue", "{slide}", "--out", "{ws}/masks_made",
+                                                          "--min-saturation", "0.2"], "(min_saturation 0.07 -> 0.2)"),
+    ("make-data at another difficulty beside its slides", ["make-data", "--out", "{ws}/gen_camelyon", "--split",
+                                                            "testing", "--tumor", "1", "--normal", "1", "--width",
+                                                            "1024", "--height", "1024", "--difficulty", "0.5"],
+     "made with other settings than this run's (difficulty 0.0 -> 0.5)"),
+    # maps that are not maps of their slide, or not maps
+    ("detect a map whose stride leaves its slide", ["detect", "{ws}/maps_off_slide", "--out", "{ws}/det"],
+     "{ws}/maps_off_slide/tumor_001.json: a map of shape [16, 24] from origin [64, 64] at stride 1024 does not "
+     "cover the 3072x2048 slide"),
+    ("evaluate with a map whose stride leaves its slide", ["evaluate", "{slide}", "--detections", "{ws}/emptydir",
+                                                           "--maps", "{ws}/maps_off_slide", "--out", "{ws}/froc"],
+     "{ws}/maps_off_slide/tumor_001.json: a map of shape"),
+    ("detect a forged .npy", ["detect", "{ws}/maps_forged", "--out", "{ws}/det"],
+     "{ws}/maps_forged/tumor_001.npy: truncated probability map (its header promises 40000000000 bytes"),
+    ("detect a JSON given as the map", ["detect", "{ws}/maps_made/tumor_001.json", "--out", "{ws}/det"],
+     "{ws}/maps_made/tumor_001.json: not a probability map (expected NAME.npy"),
+    ("infer with a mask PNG far larger than its JSON", ["infer", "{slide}", "--checkpoint", "{ws}/patho.pt", "--out",
+                                                        "{ws}/new_maps", "--masks", "{ws}/masks_bomb"],
+     "{ws}/masks_bomb/tumor_001_tissue.png: image of far more pixels than its description's 96x64; refused unread"),
+    ("evaluate at a level coarser than the rules", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--out",
+                                                    "{ws}/froc", "--level", "9"],
+     "level 9: a ground-truth pixel of tumor_001.tif would be 124 um wide"),
+    ("evaluate a ground truth without lesions", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--out",
+                                                 "{ws}/froc", "--masks", "{ws}/emptydir"],
+     "no lesions (non-ITC tumour regions) in the ground truth of the 1 slides"),
+    # numbers too large for what they size
+    ("infer with 10^11 threads", ["infer", "{slide}", "--checkpoint", "{ws}/patho.pt", "--out", "{ws}/new_maps",
+                                  "--num-threads", "100000000000"], "argument --num-threads: must be >= 0 and <= 1024"),
+    ("train with 2 x 10^9 threads", ["train", "--patches", "{ws}/a_file", "--out", "{ws}/new_train", "--set",
+                                     "num_threads=2000000000"], "setting num_threads: must be >= 0 and <= 1024"),
+    ("make-data with 10^6 workers", ["make-data", "--out", "{ws}/new_data", "--workers", "1000000"],
+     "argument --workers: must be >= 1 and <= 1024"),
+    # links that lead nowhere are named as such, not as missing files
+    ("checkpoint is a loop of links", ["infer", "{slide}", "--checkpoint", "{ws}/loop_a", "--out", "{ws}/new_maps"],
+     "argument --checkpoint: {ws}/loop_a: a loop of symbolic links"),
+    ("checkpoint is a dangling link", ["infer", "{slide}", "--checkpoint", "{ws}/dangling.pt", "--out",
+                                       "{ws}/new_maps"], "{ws}/dangling.pt: a symbolic link to a missing target"),
 ]
 
 
@@ -593,3 +698,62 @@ def test_load_torch_refuses_pickled_objects(ws):
         load_torch(ws / "evil.pt")
     assert "refused for safety" in str(err.value) and "weights_only" not in str(err.value)
     assert set(load_torch(ws / "brats.pt")) == {"model"}
+
+
+@pytest.mark.parametrize("tool,argv,limit_kb,named", [
+    ("metastasis", ["make-data", "--out", "{out}", "--tumor", "1", "--normal", "0", "--width", "1024", "--height",
+                    "1024"], 40, "{out}/training/tumor/tumor_001.tif"),
+    ("brats-fl", ["make-data", "--out", "{out}", "--hgg", "1", "--lgg", "0", "--shape", "64", "64", "64"], 20,
+     "{out}/HGG/"),
+    ("brats-fl", ["make-job", "--out", "{out}"], 4, "{out}"),
+], ids=["slide", "BraTS case", "job"])
+def test_a_full_disk_or_file_size_limit_is_one_line_naming_the_output(tool, argv, limit_kb, named, tmp_path):
+    """A write the file-size limit stops (as a full disk would: each writer reports it its own way, PyTorch and
+    nibabel without the file) ends in one line naming the output, and leaves no partial file behind."""
+    import resource
+
+    out = tmp_path / "out"
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_kb * 1024, resource.RLIM_INFINITY))
+
+    result = subprocess.run([str(Path(sys.executable).parent / tool), *[a.format(out=out) for a in argv]],
+                            capture_output=True, text=True, preexec_fn=limit)
+    errors = [line for line in result.stderr.splitlines() if line.strip() and " INFO " not in line]
+    assert result.returncode == 2, result.stderr
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert errors[0].startswith(f"error: {named.format(out=out)}") and errors[0].endswith("File too large")
+    assert not [p for p in tmp_path.rglob("*") if ".part" in p.name]
+
+
+def test_a_federation_whose_sites_failed_ends_failed_naming_them(tmp_path, capsys, monkeypatch):
+    """FLARE can end a job whose sites never started (a bad setting edited into the job) with status 0 and
+    ``{}`` results: the report fails in one line naming each site's error and its log."""
+    from medcore.errors import UserError
+    from medflare.outcome import check_finished, site_errors
+
+    results = tmp_path / "ws/server/simulate_job/cross_site_val/cross_val_results.json"
+    results.parent.mkdir(parents=True)
+    results.write_text("{}")
+    (tmp_path / "ws/server/error_log.txt").write_text("")
+    for site in ("site-1", "site-2"):
+        (tmp_path / "ws" / site).mkdir()
+        (tmp_path / "ws" / site / "error_log.txt").write_text(
+            "2026-12-03 15:12:32,618 - JsonScanner - ERROR - Traceback (most recent call last):\n"
+            '  File "/x/json_scanner.py", line 99, in _do_scan\n    node.processor.process_element(node)\n'
+            "medcore.errors.SettingError: setting lr: must be > 0, got -1.0\n\nThe above exception was the direct "
+            "cause of the following exception:\n\nTraceback (most recent call last):\n  File \"/x/y.py\", line 1\n"
+            "nvflare.fuel.common.excepts.ConfigError: Error processing config\n")
+    assert [(name, error) for name, error, _ in site_errors(tmp_path / "ws")] == [
+        (site, "SettingError: setting lr: must be > 0, got -1.0") for site in ("site-1", "site-2")]
+    code, err = _run(brats_cli, ["report", str(tmp_path / "ws")], capsys, monkeypatch)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{results}: holds no results, the run ended before any model was scored on a site: site-1 failed: " \
+           f"SettingError: setting lr: must be > 0, got -1.0 (log: {tmp_path / 'ws/site-1/error_log.txt'}); " \
+           "site-2 failed:" in err
+    with pytest.raises(UserError, match=r"^brats_fl: the federation did not finish \(best_global_model was not "
+                                        r"scored on site-2\): site-1 failed: SettingError"):
+        check_finished(results, ["best_global_model was not scored on site-2"], tmp_path / "ws", "brats_fl")
+    check_finished(results, [], tmp_path / "ws", "brats_fl")  # complete results: finished, whatever was logged
+    with pytest.raises(UserError, match=r"\(no cross-site results\): see the sites' logs on their machines"):
+        check_finished(None, [], None, "brats_fl")

@@ -114,3 +114,59 @@ def test_an_unreadable_file_is_one_line_naming_it(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_text", failing_read)
     with pytest.raises(UserError, match=f"{path}: cannot read the cross-site results \\(Input/output error\\)"):
         read_json(path, "cross-site results")
+
+
+def test_what_an_output_was_made_with_is_compared_by_value():
+    from medcore.provenance import check_made_with, differences, digest
+
+    assert differences({"crop": [64, 64, 48], "lr": 0.1}, {"crop": (64, 64, 48), "lr": 0.1}) == []
+    assert differences({"lr": 0.1}, {"lr": 0.2, "seed": 3}) == ["lr 0.1 -> 0.2", "seed (not recorded) -> 3"]
+    check_made_with("out.json", {"stride": 128, "mode": "tiled"}, {"stride": 128}, "remedy")  # extra keys: fine
+    with pytest.raises(UserError, match=r"^out.json: made with other settings than this run's \(stride 128 -> 256\); "
+                                        r"pass --overwrite$"):
+        check_made_with("out.json", {"stride": 128}, {"stride": 256}, "pass --overwrite")
+    with pytest.raises(UserError, match=r"\(stride \(not recorded\) -> 256\)"):  # an earlier version's output
+        check_made_with("out.json", None, {"stride": 256}, "pass --overwrite")
+    assert digest({"b": 1, "a": [1, 2]}) == digest({"a": [1, 2], "b": 1}) != digest({"a": [2, 1], "b": 1})
+
+
+def test_a_killed_write_leaves_nothing_the_next_write_keeps(tmp_path):
+    """A killed run's hidden work in progress (``.NAME.<hex>.part*``) is removed by the next write of NAME; the
+    hidden files of other names, and a user's look-alikes, stay."""
+    for name in (".map.npy.1a2b3c4d.part.npy", ".case.0badcafe.part", ".other.npy.1a2b3c4d.part.npy",
+                 ".map.npy.notahex1.part.npy", "map.npy.1a2b3c4d.part.npy"):
+        (tmp_path / name).mkdir() if name == ".case.0badcafe.part" else (tmp_path / name).write_text("x")
+    (tmp_path / ".case.0badcafe.part/case/file.nii.gz").parent.mkdir(parents=True)
+    (tmp_path / ".case.0badcafe.part/case/file.nii.gz").write_text("half written")
+    with atomic_path(tmp_path / "map.npy") as tmp:
+        tmp.write_text("map")
+    with atomic_directory(tmp_path / "case") as staged:
+        (staged / "file.nii.gz").write_text("done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".map.npy.notahex1.part.npy", ".other.npy.1a2b3c4d.part.npy", "case", "map.npy", "map.npy.1a2b3c4d.part.npy"]
+
+
+def test_npy_headers_are_checked_before_the_data_is_read(tmp_path):
+    import numpy as np
+
+    from medcore.files import path_problem, read_npy
+
+    np.save(tmp_path / "ok.npy", np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert read_npy(tmp_path / "ok.npy").shape == (2, 3)
+    (tmp_path / "text.npy").write_text('{"slide": "a.tif"}')
+    with pytest.raises(UserError, match=r"text.npy: not a NumPy .npy file \(expected the map\)"):
+        read_npy(tmp_path / "text.npy", "map")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(UserError, match="objects.npy: the array holds Python objects and is refused for safety"):
+        read_npy(tmp_path / "objects.npy")
+    data = (tmp_path / "ok.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(data[:-4])
+    with pytest.raises(UserError, match=r"cut.npy: truncated array \(its header promises 24 bytes"):
+        read_npy(tmp_path / "cut.npy")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    assert path_problem(tmp_path / "loop") == "a loop of symbolic links"
+    assert path_problem(tmp_path / "dangling") == "a symbolic link to a missing target"
+    assert path_problem(tmp_path, "file") == "is a folder, not a file"
+    assert path_problem(tmp_path / "ok.npy", "folder") == "is a file, not a folder"
+    assert path_problem(tmp_path / "none") == "no such file" and path_problem(tmp_path / "ok.npy") is None

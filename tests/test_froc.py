@@ -209,3 +209,32 @@ def test_detections_nms_and_csv(tmp_path):
     (tmp_path / "b.csv").write_text("0.5,10,20\n0.4;1;2\n")
     with pytest.raises(ValueError, match="b.csv:2: expected 'probability,x,y'"):
         read_detections(tmp_path / "b.csv")
+
+
+@pytest.mark.parametrize("radius", [0.0, 0.5, 1.0, 1.5, 2 ** 0.5, 2.3, 4.7, 9.99, 19.3, 40.0])
+def test_the_disc_maximum_equals_the_footprint_filter(radius):
+    """Local maxima over a disc, computed row by row, are exactly scipy's footprint filter of the same disc (the
+    filter this replaced, which costs radius^2 per pixel and failed on a radius of 10^12)."""
+    from scipy import ndimage
+
+    from metastasis.detection import _disc_maximum
+
+    rng = np.random.default_rng(int(radius * 10))
+    for shape in ((37, 53), (1, 30), (30, 1), (2, 2)):
+        probs = rng.random(shape).astype(np.float32)
+        probs[probs < 0.6] = 0  # plateaus of zeros, as on glass
+        r = int(np.floor(radius))
+        yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+        expected = ndimage.maximum_filter(probs, footprint=xx ** 2 + yy ** 2 <= radius ** 2, mode="constant",
+                                          cval=-np.inf)
+        assert np.array_equal(_disc_maximum(probs, radius), expected), shape
+
+
+def test_a_suppression_radius_beyond_the_map_keeps_the_highest_peak():
+    probs = np.zeros((50, 60), np.float32)
+    probs[3, 4], probs[40, 50], probs[20, 20] = 0.7, 0.9, 0.8
+    for radius_um in (1e12, 1e300):
+        found = find_detections(probs, stride=32, origin=(16, 16), mpp=0.25, threshold=0.5, radius_um=radius_um)
+        assert found.probability.tolist() == pytest.approx([0.9]) and found.x.tolist() == [16 + 32 * 50]
+    found = find_detections(probs, stride=32, origin=(16, 16), mpp=1e-12, threshold=0.5, radius_um=150)
+    assert len(found) == 1

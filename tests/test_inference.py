@@ -161,6 +161,34 @@ def test_command_chain(camelyon_root, tmp_path, capsys):
     assert "detections folder missing" in capsys.readouterr().err
 
 
+def test_maps_record_their_slide_and_settings(camelyon_root, tmp_path, monkeypatch, capsys):
+    """A map's JSON holds its slide's absolute path and pixel size, so detect runs from any folder and without the
+    slide; a rerun reuses maps made with its settings and refuses others, naming what differs."""
+    from metastasis.model import PatchClassifier
+
+    checkpoint = tmp_path / "model.pt"
+    torch.save({"model": PatchClassifier(64).state_dict(), "train_conf": {"patch_size": 64}}, checkpoint)
+    slide = tmp_path / "slides/s.tif"
+    slide.parent.mkdir()
+    slide.write_bytes(sorted(camelyon_root.glob("training/tumor/*.tif"))[0].read_bytes())
+    monkeypatch.chdir(tmp_path / "slides")  # a relative slide path, as a user types it
+    args = ["infer", "s.tif", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "maps"), "--stride", "128"]
+    assert cli.main(args) == 0
+    meta = json.loads((tmp_path / "maps/s.json").read_text())
+    assert meta["slide"] == str(slide) and meta["mpp"] == pytest.approx(0.243)
+    assert meta["made_with"]["stride"] == 128 and meta["made_with"]["tissue_mask"] == "computed"
+    before = (tmp_path / "maps/s.npy").stat().st_mtime_ns
+    assert cli.main(args) == 0 and (tmp_path / "maps/s.npy").stat().st_mtime_ns == before  # same settings: kept
+    capsys.readouterr()
+    assert cli.main([*args[:-1], "256"]) == 2
+    assert "s.json: made with other settings than this run's (stride 128 -> 256); pass --overwrite" in \
+        capsys.readouterr().err
+    slide.unlink()
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["detect", str(tmp_path / "maps"), "--out", str(tmp_path / "det"), "--threshold", "0"]) == 0
+    assert (tmp_path / "det/s.csv").read_text()
+
+
 def test_infer_applies_the_checkpoints_stain_normalisation(camelyon_root, tmp_path, capsys):
     from metastasis.model import PatchClassifier
 

@@ -192,8 +192,8 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                              f"volume (default: {defaults.val_window})")
     parser.add_argument("--overlap", type=number(float, minimum=0, below=1), default=defaults.val_overlap,
                         help=f"overlap of sliding windows in [0, 1) (default: {defaults.val_overlap})")
-    parser.add_argument("--sw-batch-size", type=number(int, minimum=1), default=1,
-                        help="sliding windows per forward pass (default: 1)")
+    parser.add_argument("--sw-batch-size", type=number(int, minimum=1, maximum=1024), default=1,
+                        help="sliding windows per forward pass, 1-1024 (default: 1)")
     add_compute_options(parser, threads=False)
 
 
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--overwrite", action="store_true",
                       help="regenerate cases that already exist (default: keep them); only cases this command "
                            "generated are replaced, any other case folder of the same name stops the run")
-    make.set_defaults(func=_make_data)
+    make.set_defaults(func=_make_data, memory_options="--shape")
 
     check = sub.add_parser(
         "check-data", help="check every case of a BraTS root (files, geometry, labels)",
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a training setting (those of make-job's --set, see brats_fl.config.TrainConfig), e.g. "
                          "--set crop=[64,64,48] --set lr=5e-4; repeatable")
     tr.add_argument("--restart", action="store_true", help="start afresh even if OUT holds a training state")
-    tr.set_defaults(func=_train)
+    tr.set_defaults(func=_train, memory_options="--set crop, batch_size and cache_rate")
 
     val = sub.add_parser(
         "validate", help="score a checkpoint on a datalist split: per-case Dice and HD95 to CSV",
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--split", choices=SPLITS, default="testing", help="which list to score (default: testing)")
     val.add_argument("--out", required=True, type=output_file,
                      help="CSV file to write (an existing file is replaced only if it is a CSV validate wrote)")
-    val.set_defaults(func=_validate)
+    val.set_defaults(func=_validate, memory_options="--roi and --sw-batch-size")
 
     inf = sub.add_parser(
         "infer", help="segment one case: four NIfTI contrasts in, a BraTS label map out",
@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--out", required=True, type=_nifti_output,
                      help="label map to write (.nii or .nii.gz; an existing file is replaced only if it is a label "
                           "map infer wrote)")
-    inf.set_defaults(func=_infer)
+    inf.set_defaults(func=_infer, memory_options="--roi and --sw-batch-size")
     add_deploy_parser(sub, TASK)
     return parser
 

@@ -7,7 +7,7 @@ import dataclasses
 
 from medcore.device import check_device_name
 from medcore.errors import SettingError
-from medcore.settings import Settings, setting
+from medcore.settings import MAX_PARALLEL, Settings, setting
 
 __all__ = ["TrainConfig", "VAL_WINDOWS"]
 
@@ -52,7 +52,7 @@ class TrainConfig(Settings):
     lr: float = setting(1e-4, above=0)
     weight_decay: float = setting(1e-5, minimum=0)
     local_epochs: int = setting(1, minimum=1)
-    epochs: int = setting(600, minimum=1)
+    epochs: int = setting(600, minimum=1, runtime=True)
     fedprox_mu: float = setting(0.0, minimum=0)
     batch_size: int = setting(1, minimum=1)
     vae: bool = False
@@ -60,12 +60,12 @@ class TrainConfig(Settings):
     amp: bool = True
     val_window: str = setting("brain", check=lambda v: None if v in VAL_WINDOWS else "brain or sliding")
     val_overlap: float = setting(0.5, minimum=0, below=1)
-    sw_batch_size: int = setting(1, minimum=1)
-    cache_rate: float = setting(1.0, minimum=0, maximum=1)
-    num_workers: int = setting(2, minimum=0)
-    num_threads: int = setting(0, minimum=0)
+    sw_batch_size: int = setting(1, minimum=1, runtime=True)
+    cache_rate: float = setting(1.0, minimum=0, maximum=1, runtime=True)
+    num_workers: int = setting(2, minimum=0, maximum=MAX_PARALLEL, runtime=True)
+    num_threads: int = setting(0, minimum=0, maximum=MAX_PARALLEL, runtime=True)
     seed: int = setting(0, minimum=0)
-    device: str = setting("auto", check=check_device_name)
+    device: str = setting("auto", check=check_device_name, runtime=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -17,7 +17,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medcore.errors import UserError
+from medcore.errors import UserError, first_line
+from medcore.files import path_problem, require_file
 
 
 __all__ = [
@@ -69,8 +70,10 @@ def find_cases(root: str | Path) -> dict[str, list[Path]]:
         CaseError: ``root`` is missing or holds neither ``HGG/`` nor ``LGG/``.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise CaseError(f"{root}: BraTS root folder does not exist")
+    problem = path_problem(root, "folder")
+    if problem is not None:
+        raise CaseError(f"{root}: BraTS root folder does not exist" if problem == "no such folder" else
+                        f"{root}: {problem} (expected the BraTS root folder)")
     # Hidden folders are never cases: a killed make-data leaves its work in progress as .NAME.<hex>.part
     found = {grade: sorted(p for p in (root / grade).iterdir() if p.is_dir() and not p.name.startswith("."))
              if (root / grade).is_dir() else [] for grade in GRADES}
@@ -80,8 +83,7 @@ def find_cases(root: str | Path) -> dict[str, list[Path]]:
 
 
 def _load(path: Path) -> nib.Nifti1Image:
-    if not path.is_file():
-        raise CaseError(f"{path}: file missing")
+    require_file(path, "NIfTI file", CaseError)
     try:
         image = nib.load(str(path))
     except Exception as err:  # nibabel raises several types for corrupt headers
@@ -95,7 +97,7 @@ def _data(path: Path, image: nib.Nifti1Image) -> np.ndarray:
     try:
         return np.asanyarray(image.dataobj)
     except Exception as err:  # truncated gzip streams fail only when the data is read
-        raise CaseError(f"{path}: image data cannot be read ({err})") from err
+        raise CaseError(f"{path}: image data cannot be read (truncated or corrupt: {first_line(err)})") from err
 
 
 def check_case(case_dir: str | Path, read_data: bool = True) -> CaseInfo:

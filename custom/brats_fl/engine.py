@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from medcore.device import autocast, select_device
 from medcore.errors import UserError
 from medcore.progress import Progress
+from medcore.provenance import digest
 from medcore.standalone import fit, save_checkpoint
 from medcore.training import EpochStats, EpochTrainer
 
@@ -218,4 +219,6 @@ def train(splits: Mapping[str, Sequence[dict]], config: TrainConfig, out_dir: st
                save_model=lambda path, row: save_checkpoint(path, model, config, epoch=row["epoch"],
                                                             val_dice=row["val_dice"]),
                fields=_HISTORY_FIELDS, output=TRAINING_OUTPUT, scalars=("train_loss", "val_dice"),
-               describe=describe, resume=resume)
+               describe=describe, resume=resume,
+               made_with={**config.made_with(), "cases": digest({split: sorted(case["name"] for case in cases)
+                                                                 for split, cases in splits.items()})})

@@ -31,6 +31,7 @@ from scipy import ndimage
 from medcore.errors import UserError
 from medcore.files import atomic_directory, check_replaceable
 from medcore.progress import Progress
+from medcore.provenance import check_made_with
 from medcore.random_fields import item_rng, smooth_field
 
 from .data import GRADES, MODALITIES, CaseError, case_files, check_case
@@ -260,16 +261,19 @@ def generate_dataset(root: str | Path, n_hgg: int, n_lgg: int, shape: Sequence[i
             for i, name in enumerate(case_names(grade, count, seed))]
     if not jobs:
         raise UserError("nothing to generate: n_hgg and n_lgg are both 0")
-    if overwrite:
-        for grade, _, name in jobs:
-            check_replaceable(root / grade / name, "synthetic BraTS case", is_synthetic_case)
+    for grade, _, name in jobs:  # before anything is written: cases to replace are ours, cases kept are alike
+        case_dir = root / grade / name
+        if overwrite:
+            check_replaceable(case_dir, "synthetic BraTS case", is_synthetic_case)
+        elif case_dir.is_dir():  # the seed names the cases, the header records the shape
+            check_made_with(case_dir, {"shape": list(check_case(case_dir, read_data=False).shape)},
+                            {"shape": list(shape)}, "pass --overwrite to regenerate it, or choose another --out")
     progress = Progress(len(jobs), "cases", logger)
     written: dict[str, list[Path]] = {grade: [] for grade in GRADES}
     for grade, index, name in jobs:
         case_dir = root / grade / name
         written[grade].append(case_dir)
         if case_dir.is_dir() and not overwrite:
-            check_case(case_dir, read_data=False)
             progress.step(f"kept existing {grade}/{name}")
             continue
         images, seg = synthesize_case(grade, shape, seed, index)

@@ -14,14 +14,16 @@ import errno
 import json
 import math
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
 from .errors import UserError
+from .files import path_problem
 from .progress import configure_logging
-from .settings import out_of_range
+from .settings import MAX_PARALLEL, out_of_range
 
 __all__ = ["CommandParser", "command_parser", "run_command", "number", "non_empty", "existing_file", "named_file",
            "existing_dir", "existing_path", "output_file", "output_dir", "device_option", "add_compute_options",
@@ -30,7 +32,8 @@ __all__ = ["CommandParser", "command_parser", "run_command", "number", "non_empt
 #: File-system errors that come from the user's files and folders (permissions, space, wrong kind of path), not
 #: from the code; reported like user errors even when the OS does not name the file.
 _ENVIRONMENT_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM,
-                       errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOTEMPTY}
+                       errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOTEMPTY, errno.EFBIG,
+                       errno.ELOOP, errno.EMFILE, errno.ENFILE, errno.EIO}
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -50,6 +53,30 @@ def command_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser
 
 def _environment_error(err: OSError) -> bool:
     return err.errno in _ENVIRONMENT_ERRNOS or (err.filename is not None and err.errno is not None)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """A failed allocation: Python's ``MemoryError``, PyTorch's (CUDA or CPU) allocator errors."""
+    text = str(err)
+    return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or (
+        isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower()))
+
+
+def _environment_problem(err: Exception, args: argparse.Namespace) -> str | None:
+    """The one-line message for a failure of the machine rather than the code (a file system error on a named
+    path, a full disk, memory that cannot be allocated), or None for a bug."""
+    if isinstance(err, shutil.Error) and err.args and isinstance(err.args[0], list) and err.args[0]:
+        source, target, why = err.args[0][0]  # copytree's list of (source, target, reason)
+        return f"{target}: {why}"
+    if isinstance(err, OSError) and _environment_error(err):
+        where = f"{err.filename}: " if err.filename is not None else ""
+        return f"{where}{err.strerror or err}"
+    if _out_of_memory(err):
+        options = getattr(args, "memory_options", "")
+        return (f"out of memory ({' '.join(str(err).split())[:160] or type(err).__name__}); "
+                + (f"{options} decide how much this command needs" if options else
+                   "free memory, or give the command less to hold at once"))
+    return None
 
 
 def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
@@ -72,9 +99,9 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
               file=sys.stderr)
         return 130
     except Exception as err:
-        if isinstance(err, OSError) and _environment_error(err):
-            where = f"{err.filename}: " if err.filename is not None else ""
-            print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        problem = _environment_problem(err, args)
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
             return 2
         traceback.print_exc()
         print(f"{parser.prog}: internal error: this is a bug, not a problem with your input; please report it "
@@ -123,13 +150,9 @@ def non_empty(text: str) -> str:
 def _existing(text: str, kind: str) -> Path:
     """``text`` as a path that exists and is a ``file``, a ``folder`` or (``"file or folder"``) either."""
     path = _path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{text}: no such {kind}")
-    if kind == "file" and not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text}: is a folder, not a file" if path.is_dir() else
-                                         f"{text}: not a regular file")
-    if kind == "folder" and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: is a file, not a folder")
+    problem = path_problem(path, kind)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text}: {problem}")
     return path
 
 
@@ -208,8 +231,8 @@ def add_compute_options(parser: argparse.ArgumentParser, amp: bool = True, threa
         parser.add_argument("--no-amp", action="store_true",
                             help="run in float32 instead of mixed precision (fp16 on CUDA, bf16 on CPU)")
     if threads:
-        parser.add_argument("--num-threads", type=number(int, minimum=0), default=0,
-                            help="PyTorch CPU threads, 0: PyTorch's default (default: 0)")
+        parser.add_argument("--num-threads", type=number(int, minimum=0, maximum=MAX_PARALLEL), default=0,
+                            help=f"PyTorch CPU threads, 0-{MAX_PARALLEL}; 0: PyTorch's default (default: 0)")
 
 
 def device_option(text: str) -> str:

@@ -36,8 +36,10 @@ class SettingError(UserError):
 
 def first_line(err: BaseException, empty: str | None = None) -> str:
     """The first line of ``err``'s message, to quote a library's error inside a one-line message; for an empty
-    message ``empty``, or the exception's type name when ``empty`` is None."""
+    message ``empty``, or the exception's type name when ``empty`` is None. A message without a word (``KeyError:
+    101`` from a zip reader says ``101``) is prefixed with the type's name, so it still tells what happened."""
     text = str(err).strip()
     if text:
-        return text.splitlines()[0]
+        line = text.splitlines()[0]
+        return line if any(c.isalpha() for c in line) else f"{type(err).__name__}: {line}"
     return type(err).__name__ if empty is None else empty

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fnmatch
 import io
 import json
@@ -28,7 +29,7 @@ __all__ = ["OUTPUT_MARKER", "is_byte_code_cache", "listed_outputs", "check_repla
            "mark_output", "claim_output_dir", "atomic_path", "atomic_directory", "write_json", "write_text",
            "write_csv",
            "input_files", "find_named", "check_distinct_names", "resolve_path", "read_user_text", "read_json",
-           "parse_json", "load_torch", "state_dict_of"]
+           "parse_json", "writing_into", "remove_leftovers", "path_problem", "require_file", "read_npy", "load_torch", "state_dict_of"]
 
 #: A JSON file in each folder this project writes outputs into: ``{"written_by": [kinds], "files": [...]}``. A folder
 #: a command replaces as a whole (a job) lists every file it wrote (``files``): a later run may replace it only while
@@ -165,9 +166,33 @@ def first_line_is(line: str) -> Callable[[Path], bool]:
     return recognise
 
 
+def remove_leftovers(parent: Path, name: str) -> list[Path]:
+    """Remove what a killed earlier write of ``parent / name`` left behind (``.NAME.<8 hex>.part<suffix>`` files
+    and folders, names only :func:`atomic_path` and :func:`atomic_directory` make); returns what was removed."""
+    import re
+
+    pattern = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{8}}\.part(\.[^/]*)?")
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if pattern.fullmatch(entry.name):
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            removed.append(path)
+    return removed
+
+
 def _new_temp(parent: Path, name: str, suffix: str, directory: bool = False) -> Path:
     """Create an empty hidden file (or folder) ``.NAME.<random>.part<suffix>`` in ``parent`` with the umask's
-    default permissions (``tempfile`` would make it private)."""
+    default permissions (``tempfile`` would make it private), after removing those a killed run left behind."""
+    remove_leftovers(parent, name)
     for _ in range(100):
         path = parent / f".{name}.{secrets.token_hex(4)}.part{suffix}"
         try:
@@ -200,13 +225,38 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except OSError as err:
-        if err.filename not in (str(tmp_path), tmp_path):
+    except Exception as err:
+        named = _write_error(err, tmp_path, path)
+        if named is None:
             raise
-        raise OSError(err.errno, err.strerror, str(path)) from None
+        raise named from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _write_error(err: BaseException, tmp_path: Path, path: Path) -> OSError | None:
+    """The error of a failed write to ``tmp_path`` as an ``OSError`` naming ``path`` (the file the user asked
+    for), or None when ``err`` is not about writing it. Writers report a full disk or the file-size limit in their
+    own ways (numpy: an ``OSError`` without a file name; PyTorch: a ``RuntimeError``); a file at the size limit or
+    a file system without free space tells which it was."""
+    import resource
+
+    if isinstance(err, UserError) or isinstance(err, OSError) and err.filename not in (None, str(tmp_path),
+                                                                                       tmp_path):
+        return None  # the user's input, or another file, which it names
+    code = err.errno if isinstance(err, OSError) else None
+    if code is None:
+        with contextlib.suppress(OSError, ValueError):
+            limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+            if limit != resource.RLIM_INFINITY and tmp_path.exists() and tmp_path.stat().st_size >= limit:
+                code = errno.EFBIG
+            else:
+                fs = os.statvfs(tmp_path.parent)
+                code = errno.ENOSPC if fs.f_bavail * fs.f_frsize < (1 << 20) else None
+    if code is None:
+        return None
+    return OSError(code, os.strerror(code), str(path))
 
 
 @contextlib.contextmanager
@@ -227,8 +277,35 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         if path.exists():
             os.replace(path, holder / ".old")
         os.replace(staged, path)
+    except OSError as err:  # name the file the user will look for, not its staging copy (nor a file copied in)
+        if err.filename is not None and Path(err.filename).is_relative_to(staged):
+            raise OSError(err.errno, err.strerror, str(path / Path(err.filename).relative_to(staged))) from None
+        raise _named_write_error(err, path) from None
     finally:
         shutil.rmtree(holder, ignore_errors=True)
+
+
+#: The errors of a write that the disk or a limit stopped, whichever file the library names (a copy names its
+#: source): the message names the output instead.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def _named_write_error(err: OSError, path: Path) -> OSError:
+    """``err`` itself, or for a full disk or the file-size limit the same error naming ``path``."""
+    return OSError(err.errno, err.strerror, str(path)) if err.errno in _WRITE_ERRNOS else err
+
+
+@contextlib.contextmanager
+def writing_into(path: str | os.PathLike) -> Iterator[None]:
+    """A block that writes into ``path`` (a folder, through libraries such as FLARE's job export): a full disk or
+    the file-size limit is reported naming ``path`` rather than whatever file the library was copying."""
+    try:
+        yield
+    except OSError as err:
+        named = _named_write_error(err, Path(path))
+        if named is err:
+            raise
+        raise named from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -309,19 +386,44 @@ def resolve_path(path: str, what: str, site: str = "") -> Path:
     return Path(expanded)
 
 
-def _existing_file(path: str | os.PathLike, what: str, error: type[UserError] = UserError) -> Path:
-    """``path`` as a Path, or an ``error`` saying ``PATH: <what> missing`` or ``PATH: is not a file``."""
+def path_problem(path: str | os.PathLike, kind: str = "file") -> str | None:
+    """Why ``path`` is not an existing ``kind`` (``"file"``, ``"folder"`` or ``"file or folder"``), in words, or
+    None when it is one: ``no such file``, ``a symbolic link to a missing target``, ``a loop of symbolic links``,
+    ``is a folder, not a file``, ``is a file, not a folder``, ``not a regular file`` or the system's reason."""
+    import errno
+    import stat
+
     path = Path(path)
-    if not path.is_file():
-        raise error(f"{path}: {what} missing" if not path.exists() else f"{path}: is not a file")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "a symbolic link to a missing target" if path.is_symlink() else f"no such {kind}"
+    except OSError as err:
+        return "a loop of symbolic links" if err.errno == errno.ELOOP else f"cannot be reached ({err.strerror})"
+    if kind == "file" and not stat.S_ISREG(mode):
+        return "is a folder, not a file" if stat.S_ISDIR(mode) else "not a regular file"
+    if kind == "folder" and not stat.S_ISDIR(mode):
+        return "is a file, not a folder"
+    return None
+
+
+def require_file(path: str | os.PathLike, what: str, error: type[UserError] = UserError) -> Path:
+    """``path`` as a Path when it is an existing file, else an ``error`` saying ``PATH: <what> missing`` or why
+    it is not one (a folder, a broken or looping symbolic link, a device)."""
+    path = Path(path)
+    problem = path_problem(path)
+    if problem == "no such file":
+        raise error(f"{path}: {what} missing")
+    if problem is not None:
+        raise error(f"{path}: {problem} (expected the {what})")
     return path
 
 
 def read_user_text(path: str | os.PathLike, what: str = "file", error: type[UserError] = UserError) -> str:
     """The UTF-8 text of a user's file, or an ``error`` naming it when it is missing, unreadable or not text."""
-    path = _existing_file(path, what, error)
+    path = require_file(path, what, error)
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel's CSVs) is not part of the text
     except UnicodeDecodeError as err:
         raise error(f"{path}: not a text file (byte {err.start} is not UTF-8)") from None
     except OSError as err:  # no permission, an I/O error: the user's file, not a bug
@@ -346,6 +448,42 @@ def parse_json(text: str, source: str, error: type[UserError] = UserError) -> An
         raise error(f"{source}: JSON nested too deeply to read") from None
 
 
+def read_npy(path: str | os.PathLike, what: str = "array", error: type[UserError] = UserError) -> "np.ndarray":
+    """A NumPy ``.npy`` file's array, its header checked before any data is read: not a ``.npy`` file, an array of
+    Python objects (refused: unpickling could run code) or fewer bytes than the header promises (a truncated or
+    forged file, which would otherwise ask for any amount of memory) are an ``error`` naming the file."""
+    import numpy as np
+
+    path = require_file(path, what, error)
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(6) != b"\x93NUMPY":
+                raise error(f"{path}: not a NumPy .npy file (expected the {what})")
+            handle.seek(0)
+            version = np.lib.format.read_magic(handle)
+            shape, fortran, dtype = (np.lib.format.read_array_header_1_0(handle) if version == (1, 0)
+                                     else np.lib.format.read_array_header_2_0(handle))
+            offset = handle.tell()
+    except error:
+        raise
+    except OSError as err:
+        raise error(f"{path}: cannot read the {what} ({err.strerror or err})") from None
+    except (ValueError, SyntaxError, TypeError) as err:
+        raise error(f"{path}: not a readable .npy {what} (its header: {first_line(err)})") from None
+    if dtype.hasobject:
+        raise error(f"{path}: the {what} holds Python objects and is refused for safety (unpickling them could "
+                    "run arbitrary code)")
+    expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    actual = path.stat().st_size - offset
+    if actual < expected:
+        raise error(f"{path}: truncated {what} (its header promises {expected} bytes of {dtype} data of shape "
+                    f"{tuple(shape)}, the file holds {actual})")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise error(f"{path}: cannot read the {what} ({first_line(err)})") from None
+
+
 def load_torch(path: str | os.PathLike, what: str = "checkpoint", map_location: Any = "cpu",
                unreadable: str | None = None) -> Any:
     """Load a PyTorch file that holds tensors and plain containers only (``weights_only``).
@@ -363,7 +501,7 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint", map_location: 
 
     import torch
 
-    path = _existing_file(path, what)
+    path = require_file(path, what)
     try:
         content = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -372,10 +510,11 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint", map_location: 
             raise UserError(f"{path}: the {what} holds Python objects besides tensors and is refused for safety "
                             "(unpickling them could run arbitrary code); use a file written by this project or a "
                             "plain state dict") from None
-        raise UserError(f"{path}: {unreadable or f'not a readable PyTorch {what}'} (corrupt, or another format)") \
+        raise UserError(f"{path}: {unreadable or f'not a readable PyTorch {what}'} (corrupt, truncated or another format)") \
             from None
     except Exception as err:  # torch raises many types (RuntimeError, EOFError, zipfile errors) for corrupt files
-        raise UserError(f"{path}: {unreadable or f'not a readable PyTorch {what}'} ({first_line(err)})") from None
+        raise UserError(f"{path}: {unreadable or f'not a readable PyTorch {what}'} (corrupt, truncated or another format: "
+                        f"{first_line(err)})") from None
     bad = _first_non_finite(content)
     if bad is not None:  # weights of a diverged run: every map, score and AUC made from them would be NaN
         raise UserError(f"{path}: the {what} holds NaN or infinite values (in {bad}); the training that wrote it "

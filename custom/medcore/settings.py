@@ -25,14 +25,14 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from .errors import SettingError
 
-__all__ = ["MAX_WHOLE", "Settings", "setting", "out_of_range"]
+__all__ = ["MAX_WHOLE", "MAX_PARALLEL", "Settings", "setting", "out_of_range"]
 
 _S = TypeVar("_S", bound="Settings")
 
 
 def setting(default: Any, *, above: float | None = None, minimum: float | None = None,
             below: float | None = None, maximum: float | None = None,
-            check: Callable[[Any], str | None] | None = None) -> Any:
+            check: Callable[[Any], str | None] | None = None, runtime: bool = False) -> Any:
     """A recipe field with its default and what values it accepts.
 
     Args:
@@ -40,14 +40,24 @@ def setting(default: Any, *, above: float | None = None, minimum: float | None =
         below, maximum: exclusive / inclusive upper bound.
         check: a function of the value returning ``None`` when it is fine, else what the setting accepts
             (e.g. ``"auto, cpu, cuda or cuda:N"``).
+        runtime: the setting says how or how long a run computes (device, threads, workers, epochs), not what it
+            computes; a resumed run may change it (:meth:`Settings.made_with`).
     """
     bounds = {"above": above, "minimum": minimum, "below": below, "maximum": maximum, "check": check}
-    return dataclasses.field(default=default, metadata={k: v for k, v in bounds.items() if v is not None})
+    meta = {k: v for k, v in bounds.items() if v is not None}
+    if runtime:
+        meta["runtime"] = True
+    return dataclasses.field(default=default, metadata=meta)
 
 
 #: The largest whole-number setting, unless the setting says otherwise: 2^31 - 1, so that every seed, count and
 #: size fits the C integers of numpy, PyTorch and the DataLoader (a seed of 10^20 overflowed there).
 MAX_WHOLE = 2 ** 31 - 1
+
+
+#: The most threads or worker processes a setting may ask for: far above any machine's cores, far below what
+#: exhausts memory (OpenMP reserves each thread's stack up front: 2 x 10^9 threads asked for 432 GB and aborted).
+MAX_PARALLEL = 1024
 
 
 def out_of_range(value: float, *, above: float | None = None, minimum: float | None = None,
@@ -110,7 +120,7 @@ class Settings:
             value = _coerce(field.name, hints[field.name], getattr(self, field.name))
             meta = field.metadata
             numbers = value if isinstance(value, tuple) else (value,) if isinstance(value, (int, float)) else ()
-            bounds = {k: v for k, v in meta.items() if k != "check"}
+            bounds = {k: v for k, v in meta.items() if k not in ("check", "runtime")}
             if any(_is_whole(v) for v in numbers) and bounds.get("maximum") is None and bounds.get("below") is None:
                 bounds["maximum"] = MAX_WHOLE  # a whole number must fit every consumer's C integer
             for problem in filter(None, (out_of_range(v, **bounds) for v in numbers)):
@@ -132,3 +142,8 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON-ready values (tuples become lists)."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def made_with(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the runtime settings: what decides a run's results (:mod:`medcore.provenance`)."""
+        runtime = {f.name for f in dataclasses.fields(self) if f.metadata.get("runtime")}  # type: ignore[arg-type]
+        return {k: v for k, v in self.to_dict().items() if k not in runtime}

@@ -15,12 +15,13 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from .errors import UserError, first_line
 from .files import atomic_path, claim_output_dir, load_torch, mark_output, write_csv, write_json
+from .provenance import check_made_with
 from .settings import Settings
 from .training import EpochTrainer
 
@@ -42,7 +43,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, config: Settings, **meta
 
 def fit(trainer: EpochTrainer, epochs: int, run_epoch: Callable[[], dict], out_dir: str | Path, *, key: str,
         save_model: Callable[[Path, dict], object], fields: Sequence[str], output: str,
-        scalars: Sequence[str] = (), describe: Callable[[dict], str] = str, resume: bool = True) -> dict:
+        scalars: Sequence[str] = (), describe: Callable[[dict], str] = str, resume: bool = True,
+        made_with: Mapping[str, Any] | None = None) -> dict:
     """Run epochs until ``trainer.epochs`` reaches ``epochs``; returns the best epoch's row.
 
     Args:
@@ -54,6 +56,9 @@ def fit(trainer: EpochTrainer, epochs: int, run_epoch: Callable[[], dict], out_d
         scalars: row keys written to TensorBoard (NaN values are left out).
         describe: a row as one log line.
         resume: continue from ``trainer_state.pt`` when the folder holds one (else start afresh).
+        made_with: what decides the run's result (the recipe without its runtime settings, the data's
+            fingerprint), recorded in the state: a resume that asks for anything else is refused, naming it, rather
+            than continuing with a mix (:mod:`medcore.provenance`).
     """
     from torch.utils.tensorboard import SummaryWriter
 
@@ -62,6 +67,9 @@ def fit(trainer: EpochTrainer, epochs: int, run_epoch: Callable[[], dict], out_d
     state_path = out_dir / "trainer_state.pt"
     if resume and state_path.is_file():
         state = load_torch(state_path, "training state", map_location=trainer.device)
+        if made_with is not None:
+            check_made_with(state_path, state.get("made_with") if isinstance(state, dict) else None, made_with,
+                            "pass --restart to start over with this run's settings, or choose another --out")
         try:
             trainer.model.load_state_dict(state["model"])
             trainer.load_state_dict(state["trainer"])
@@ -91,7 +99,7 @@ def fit(trainer: EpochTrainer, epochs: int, run_epoch: Callable[[], dict], out_d
             save_model(out_dir / "last_model.pt", row)
             with atomic_path(state_path) as tmp:
                 torch.save({"model": trainer.model.state_dict(), "trainer": trainer.state_dict(),
-                            "history": history}, tmp)
+                            "history": history, **({"made_with": dict(made_with)} if made_with else {})}, tmp)
             write_json(out_dir / "metrics.json", list(history))
             write_csv(out_dir / "metrics.csv", ([r.get(f, "") for f in fields] for r in history), header=fields)
     finally:

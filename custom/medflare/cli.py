@@ -12,6 +12,7 @@ from typing import Any, Callable
 from medcore.command import (existing_dir, existing_file, existing_path, named_file, non_empty, number, output_dir,
                              parse_setting)
 from medcore.errors import UserError
+from medcore.files import read_json
 
 from .algorithms import PRIVACY_FILTERS, SERVER_OPTIMIZERS, FederatedAlgorithm
 from .task import TaskSpec, is_job_id
@@ -185,7 +186,6 @@ def _make_job(args: argparse.Namespace, build: Callable[[argparse.Namespace], An
 
 
 def _job(args: argparse.Namespace, task: TaskSpec, build: Callable[[argparse.Namespace], Any]) -> int:
-    from .crosssite import report_command
     from .recipe import export_job, run_recipe
 
     recipe = build(args)
@@ -194,10 +194,26 @@ def _job(args: argparse.Namespace, task: TaskSpec, build: Callable[[argparse.Nam
         print(f"job exported to {out}; run it with: nvflare simulator {out} -n {recipe.sites} -t {recipe.sites}, "
               f"or submit it with: nvflare job submit -j {out}")
         return 0
-    result = run_recipe(recipe, args.env, workspace=args.workspace, startup_kit=args.startup_kit,
-                        project=args.project, timeout=args.timeout)
+    result, logs = run_recipe(recipe, args.env, workspace=args.workspace, startup_kit=args.startup_kit,
+                              project=args.project, timeout=args.timeout)
     print(f"{recipe.name}: results in {result}")
-    return report_command(result, task.report, out=args.report)
+    return _report_run(result, task, args.report, logs, recipe.name)
+
+
+def _report_run(result: Path, task: TaskSpec, out: Path | None, logs: Path | None, job: str) -> int:
+    """Report a run's cross-site results; a run whose results are absent, empty or incomplete fails, in one line
+    naming each participant's error and log (:func:`medflare.outcome.check_finished`), after the report."""
+    from .crosssite import ReportError, find_results, report_command
+    from .outcome import check_finished
+
+    try:
+        results = find_results(result)
+    except ReportError:
+        results = None
+    if results is None or not read_json(results, "cross-site results"):
+        check_finished(None, [], logs, job)
+    return report_command(result, task.report, out=out,
+                          check=lambda report: check_finished(results, report.missing, logs, job))
 
 
 def job_overrides(args: argparse.Namespace) -> tuple[dict, FederatedAlgorithm | None]:
@@ -258,7 +274,7 @@ def add_deploy_parser(sub: argparse._SubParsersAction, task: TaskSpec) -> None:
         with Federation(kits, env=env, connect_timeout=args.connect_timeout) as federation:
             result = federation.run_job(args.job, timeout=args.timeout)
         print(f"job results downloaded to {result}")
-        return report_command(result, task.report, out=args.out)
+        return _report_run(result, task, args.out, args.workspace, args.job.name)
 
     deploy = sub.add_parser(
         "deploy", help="run a job in a real local federation (POC or provisioned TLS kits) and report it",

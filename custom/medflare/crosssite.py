@@ -118,7 +118,10 @@ def load_results(path: str | Path, spec: ReportSpec) -> dict:
     """Read and check a ``cross_val_results.json``."""
     path = Path(path)
     results = read_json(path, "cross-site results", ReportError)
-    if not isinstance(results, dict) or not results or not all(isinstance(v, dict) for v in results.values()):
+    if results == {}:
+        raise ReportError(f"{path}: holds no results: the run ended before any model was scored on a site (did a "
+                          "site fail to start? its error_log.txt says why)")
+    if not isinstance(results, dict) or not all(isinstance(v, dict) for v in results.values()):
         raise ReportError(f"{path}: expected {{data_site: {{model_owner: {{metric: value}}}}}}")
     for site, per_model in results.items():
         for model, metrics in per_model.items():
@@ -304,16 +307,22 @@ def _merge(results: dict, results_path: Path, other_path: Path, spec: ReportSpec
 def report_command(path: str | Path, spec: ReportSpec, weights: Mapping[str, float] | None = None,
                    markdown: bool = False, out: str | Path | None = None, plot: bool = True,
                    added: Sequence[str | Path] = (),
-                   extra: Callable[[Sequence[str]], Mapping[str, Mapping[str, Mapping[str, float]]]] | None = None
-                   ) -> int:
+                   extra: Callable[[Sequence[str]], Mapping[str, Mapping[str, Mapping[str, float]]]] | None = None,
+                   check: Callable[[CrossSiteReport], None] | None = None) -> int:
     """The ``report`` sub-command of both tools: print the report; with ``out`` write its files and the curves.
 
     ``added``: further results files of the same sites (e.g. a federated evaluation's, :mod:`medflare.evaluation`),
     whose models become rows of their own.
     ``extra``: given the results' sites, scores of further models ``{model: {site: metrics}}`` (e.g. a centrally
     trained baseline scored on each site's data), added as rows of their own.
+    ``check``: called with the report once it is printed and written (e.g. to fail an incomplete run).
     """
     results_path = find_results(path)
+    if read_json(results_path, "cross-site results", ReportError) == {} and Path(path).is_dir():
+        from .outcome import failure_reasons  # a run's workspace: its participants' logs say why
+
+        raise ReportError(f"{results_path}: holds no results, the run ended before any model was scored on a site: "
+                          f"{failure_reasons(path)}")
     results = load_results(results_path, spec)
     for other in added:  # e.g. a federated evaluation of the same sites
         _merge(results, results_path, find_results(other), spec)
@@ -333,4 +342,6 @@ def report_command(path: str | Path, spec: ReportSpec, weights: Mapping[str, flo
         events_root = Path(path) if Path(path).is_dir() else results_path.parent.parent
         png = plot_curves(events_root, Path(out) / "training_curves.png", spec.curves) if plot else None
         print(f"wrote {', '.join(str(p) for p in written.values())}" + (f", {png}" if png else ""))
+    if check is not None:
+        check(report)
     return 0

@@ -45,12 +45,13 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="NVFlare reserves '--export'", category=UserWarning)
     from nvflare.recipe.spec import Recipe
 
-from medcore.errors import UserError
+from medcore.errors import UserError, first_line
 from medcore.files import (OUTPUT_MARKER, atomic_directory, check_replaceable, is_byte_code_cache, listed_outputs,
-                           mark_output, read_json)
+                           mark_output, read_json, writing_into)
 
 from .algorithms import MODEL_ID, FederatedAlgorithm
 from .evaluation import CheckpointLocator, checkpoint_weights
+from .outcome import failure_reasons
 from .persistor import RecipeModelPersistor
 from .task import TaskSpec, is_job_id
 from .workflow import ResumableScatterAndGather
@@ -300,7 +301,8 @@ def export_job(recipe: _TaskJob, out_dir: str | Path) -> Path:
         check_replaceable(out_dir, JOB_OUTPUT)
     script = out_dir / JOB_SCRIPT
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.export-", dir=out_dir.parent) as tmp:
+    with writing_into(out_dir), tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.export-",
+                                                            dir=out_dir.parent) as tmp:
         recipe.export(tmp)
         exported = Path(tmp) / recipe.name
         for cache in sorted(exported.rglob("__pycache__"), reverse=True):
@@ -337,9 +339,10 @@ def poc_env(recipe: _TaskJob, project: str | Path | None = None) -> Any:
 
 def run_recipe(recipe: _TaskJob, env: str = "sim", workspace: str | Path = "workspace",
                startup_kit: str | Path | None = None, project: str | Path | None = None,
-               timeout: float = 0.0) -> Path:
-    """Run ``recipe`` in FLARE's simulator (``sim``), a POC federation (``poc``) or a provisioned one (``prod``) and
-    return the folder holding its results (``cross_site_val/cross_val_results.json`` below it).
+               timeout: float = 0.0) -> tuple[Path, Path | None]:
+    """Run ``recipe`` in FLARE's simulator (``sim``), a POC federation (``poc``) or a provisioned one (``prod``);
+    return the folder holding its results (``cross_site_val/cross_val_results.json`` below it) and the folder
+    holding the participants' logs (None for ``prod``: they are on the sites' machines).
 
     Args:
         workspace: ``sim``: the simulator's workspace root; the run folder is ``workspace/<job name>``, which may be
@@ -363,8 +366,9 @@ def run_recipe(recipe: _TaskJob, env: str = "sim", workspace: str | Path = "work
         try:
             recipe.run(SimEnv(num_clients=recipe.sites, workspace_root=str(Path(workspace).resolve())))
         except RuntimeError as err:  # SimEnv's message: the return code and where the logs are
-            raise UserError(f"{recipe.name}: the simulation failed: {err}") from None
-        return run_dir
+            raise UserError(f"{recipe.name}: the simulation failed ({first_line(err)}): "
+                            f"{failure_reasons(run_dir)}") from None
+        return run_dir, run_dir
     if env == "poc":
         exec_env = poc_env(recipe, project)
     elif env == "prod":
@@ -381,4 +385,4 @@ def run_recipe(recipe: _TaskJob, env: str = "sim", workspace: str | Path = "work
         where = f"; the sites' logs: {exec_env.poc_workspace}/*/prod_00/<site>/log.txt" if env == "poc" else ""
         raise UserError(f"job {run.get_job_id()} ({recipe.name}) ended {status or 'with an unknown status'}, not "
                         f"{COMPLETED}" + (f"; its results: {result}" if result else "") + where)
-    return Path(result)
+    return Path(result), Path(exec_env.poc_workspace) if env == "poc" else None

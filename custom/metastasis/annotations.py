@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from medcore.errors import UserError
-from medcore.files import atomic_path
+from medcore.files import atomic_path, require_file
 
 __all__ = [
     "TUMOR_GROUPS",
@@ -81,8 +81,7 @@ def read_asap_xml(path: str | Path) -> list[Annotation]:
             Camelyon16 group.
     """
     path = Path(path)
-    if not path.is_file():
-        raise AnnotationError(f"{path}: annotation file missing")
+    require_file(path, "annotation file", AnnotationError)
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as err:

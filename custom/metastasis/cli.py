@@ -25,7 +25,8 @@ from typing import Sequence
 from medcore.command import (add_compute_options, command_parser, existing_dir, existing_file, existing_path, non_empty,
                              number, output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
-from medcore.files import check_replaceable, claim_output_dir, input_files
+from medcore.settings import MAX_PARALLEL
+from medcore.files import check_distinct_names, check_replaceable, claim_output_dir, input_files
 from medflare.cli import (add_deploy_parser, add_evaluation_parser, add_job_parsers, add_report_parser,
                           job_overrides)
 
@@ -168,18 +169,27 @@ def _detect(args: argparse.Namespace) -> int:
     from .inference import load_map
     from .slide import Slide
 
+    def pixel_size(npy: Path, meta: dict) -> float:
+        """--mpp, else the map's record of its slide's, else (a map of an earlier version) the slide's own."""
+        if args.mpp is not None or meta.get("mpp") is not None:
+            return args.mpp if args.mpp is not None else meta["mpp"]
+        try:
+            with Slide(meta["slide"]) as slide:
+                return slide.mpp
+        except UserError as err:
+            raise UserError(f"{npy.with_suffix('.json')}: the map does not record its slide's pixel size and the "
+                            f"slide cannot be read ({err}); pass --mpp") from None
+
     maps = input_files(args.maps, "*.npy") if args.maps.is_dir() else [args.maps]
     if not maps:
         raise UserError(f"{args.maps}: no .npy probability maps")
+    check_distinct_names(maps, "maps", "detection files")
     for npy in maps:  # every map is checked before the first CSV is written (one in memory at a time)
-        load_map(npy)
+        pixel_size(npy, load_map(npy)[1])
     claim_output_dir(args.out, "detections", [f"{npy.stem}.csv" for npy in maps])
     for npy in maps:
         probs, meta = load_map(npy)
-        mpp = args.mpp
-        if mpp is None:
-            with Slide(meta["slide"]) as slide:
-                mpp = slide.mpp
+        mpp = pixel_size(npy, meta)
         found = find_detections(probs, meta["stride"], tuple(meta["origin"]), mpp, args.threshold, args.radius_um)
         out = write_detections(Path(args.out) / f"{npy.stem}.csv", found)
         print(f"{out}: {len(found)} detections")
@@ -252,7 +262,8 @@ def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
                            "testing/{images,lesion_annotations} plus testing/reference.csv (default: training)")
     make.add_argument("--tile", type=number(int, minimum=16, multiple_of=16), default=512,
                       help="TIFF tile size in pixels, a multiple of 16 (default: 512)")
-    make.add_argument("--workers", type=number(int, minimum=1), default=1, help="processes rendering tiles (default: 1)")
+    make.add_argument("--workers", type=number(int, minimum=1, maximum=MAX_PARALLEL), default=1,
+                      help=f"processes rendering tiles, 1-{MAX_PARALLEL} (default: 1)")
     make.add_argument("--seed", type=number(int, minimum=0), default=0,
                       help="random seed; the same seed gives the same slides (default: 0)")
     make.add_argument("--centre", choices=sorted(CENTRES),
@@ -266,7 +277,7 @@ def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
     make.add_argument("--overwrite", action="store_true",
                       help="regenerate slides that already exist; only slides, annotations and reference.csv this "
                            "command generated are replaced, any other file of the same name stops the run")
-    make.set_defaults(func=_make_data)
+    make.set_defaults(func=_make_data, memory_options="--tile and --workers")
 
     tissue = sub.add_parser(
         "tissue", help="compute tissue masks of slides (the seed's prepare_inference_data)",
@@ -286,7 +297,7 @@ def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
     tissue.add_argument("--max-hole-um2", type=number(float, minimum=0), default=20_000.0,
                         help="holes smaller than this many square microns are filled (default: 20000)")
     tissue.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
-    tissue.set_defaults(func=_tissue)
+    tissue.set_defaults(func=_tissue, memory_options="--downsample")
 
     patches = sub.add_parser(
         "patches", help="make a patch list JSON from slides + annotations + tissue masks, or from NCRF coordinates",
@@ -342,7 +353,7 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--epochs", type=number(int, minimum=1), help="epochs, at least 1 (default: the recipe's 20)")
     train.add_argument("--restart", action="store_true", help="start from scratch even if --out holds a state")
     train.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE", help=_SETTINGS_HELP)
-    train.set_defaults(func=_train)
+    train.set_defaults(func=_train, memory_options="--set batch_size, patch_size and num_workers")
 
     val = sub.add_parser(
         "validate", help="patch accuracy and AUC of a checkpoint on a patch list",
@@ -358,10 +369,10 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
     val.add_argument("--csv", type=output_file,
                      help="also write per-patch probabilities to this CSV (an existing file is replaced only if it "
                           "is such a CSV)")
-    val.add_argument("--num-workers", type=number(int, minimum=0), default=2,
+    val.add_argument("--num-workers", type=number(int, minimum=0, maximum=MAX_PARALLEL), default=2,
                      help="DataLoader processes reading patches (default: 2)")
     add_compute_options(val, amp=False)
-    val.set_defaults(func=_validate)
+    val.set_defaults(func=_validate, memory_options="--num-workers")
 
     add_job_parsers(sub, TASK, _recipe, _job_options)
     add_evaluation_parser(sub, TASK, _evaluation, _job_options)
@@ -395,7 +406,7 @@ def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
                        help="patch mode: windows per batch (default: 32)")
     infer.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
     add_compute_options(infer)
-    infer.set_defaults(func=_infer)
+    infer.set_defaults(func=_infer, memory_options="--tile-outputs and --batch-size")
 
     detect = sub.add_parser(
         "detect", help="probability maps -> Camelyon16 detection CSVs (probability,x,y)",

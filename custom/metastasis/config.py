@@ -7,7 +7,7 @@ import dataclasses
 
 from medcore.device import check_device_name
 from medcore.errors import SettingError
-from medcore.settings import Settings, setting
+from medcore.settings import MAX_PARALLEL, Settings, setting
 
 __all__ = ["TrainConfig", "DEFAULT_TILE_OUTPUTS", "DEFAULT_TILE_PIXELS", "default_tile_outputs", "STAIN_NORMALIZATIONS"]
 
@@ -58,7 +58,7 @@ class TrainConfig(Settings):
     batch_size: int = setting(32, minimum=1)
     lr: float = setting(1e-3, above=0)
     weight_decay: float = setting(0.0, minimum=0)
-    epochs: int = setting(20, minimum=1)
+    epochs: int = setting(20, minimum=1, runtime=True)
     local_epochs: int = setting(1, minimum=1)
     fedprox_mu: float = setting(0.0, minimum=0)
     amp: bool = True
@@ -67,11 +67,11 @@ class TrainConfig(Settings):
     stain_variation: float = setting(0.0, minimum=0, maximum=1)
     stain_normalization: str = setting("none", check=_normalization)
     threshold: float = setting(0.5, above=0, below=1)
-    num_workers: int = setting(2, minimum=0)
-    num_threads: int = setting(0, minimum=0)
+    num_workers: int = setting(2, minimum=0, maximum=MAX_PARALLEL, runtime=True)
+    num_threads: int = setting(0, minimum=0, maximum=MAX_PARALLEL, runtime=True)
     pretrained: str = ""
     seed: int = setting(0, minimum=0)
-    device: str = setting("auto", check=check_device_name)
+    device: str = setting("auto", check=check_device_name, runtime=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -14,6 +14,7 @@ from monai.optimizers import Novograd
 from medcore.device import autocast, select_device
 from medcore.errors import UserError
 from medcore.files import check_replaceable, first_line_is, write_csv
+from medcore.provenance import digest
 from medcore.standalone import fit, save_checkpoint
 from medcore.training import EpochStats, EpochTrainer
 
@@ -161,4 +162,7 @@ def train(patches: Mapping, config: TrainConfig, out_dir: str | Path, resume: bo
                save_model=lambda path, row: save_checkpoint(path, model, config, epoch=row["epoch"],
                                                             val_accuracy=row["val_accuracy"], val_auc=row["val_auc"]),
                fields=_HISTORY_FIELDS, output=TRAINING_OUTPUT,
-               scalars=("train_loss", "val_loss", "val_accuracy", "val_auc"), describe=describe, resume=resume)
+               scalars=("train_loss", "val_loss", "val_accuracy", "val_auc"), describe=describe, resume=resume,
+               made_with={**config.made_with(), "patches": digest(
+                   {split: [[Path(p["image"]).name, p["location"], p["label"]] for p in patches.get(split, [])]
+                    for split in ("training", "validation")})})

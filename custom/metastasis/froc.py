@@ -169,7 +169,10 @@ def froc_curve(results: Sequence[SlideResult], reference_conventions: bool = Tru
     if n_slides == 0:
         raise UserError("no slides to evaluate")
     if n_lesions == 0:
-        raise UserError("no lesions (non-ITC tumour regions) in the ground truth: sensitivity is undefined")
+        with_regions = sum(len(r.itc) > 0 for r in results)
+        raise UserError(f"no lesions (non-ITC tumour regions) in the ground truth of the {n_slides} slides "
+                        f"({with_regions} with tumour regions, all of ITC size): sensitivity is undefined (are the "
+                        "annotations or masks given those of these slides?)")
     fps = np.concatenate([r.fp_probs for r in results])
     if reference_conventions:
         # One float32 value per region: the best hit of a lesion, 0 for a missed lesion and for every ITC.

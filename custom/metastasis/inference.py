@@ -45,8 +45,10 @@ import torch
 
 from medcore.device import amp_dtype, autocast
 from medcore.errors import UserError, first_line
-from medcore.files import atomic_path, check_distinct_names, claim_output_dir, read_json, write_json
+from medcore.files import (atomic_path, check_distinct_names, claim_output_dir, read_json, read_npy,
+                           require_file, write_json)
 from medcore.memory import release_free_memory
+from medcore.provenance import check_made_with, file_digest
 from medcore.progress import Progress
 
 from .config import STAIN_NORMALIZATIONS, default_tile_outputs
@@ -344,22 +346,25 @@ def probability_map(slide: str | Path | Slide, model: PatchClassifier, stride: i
 
 
 def load_map(npy: str | Path) -> tuple[np.ndarray, dict]:
-    """A probability map written by :func:`infer_slides` and its description (the JSON next to it)."""
+    """A probability map written by :func:`infer_slides` and its description (the JSON next to it), checked: the
+    geometry must be a map of its slide (shape ``ceil(size / stride)``, origin ``stride / 2``), the values finite
+    probabilities. Errors name the file and the problem."""
     npy = Path(npy)
     meta_path = npy.with_suffix(".json")
-    if not npy.is_file():
-        raise UserError(f"{npy}: probability map file missing")
+    if npy.suffix.lower() != ".npy":
+        raise UserError(f"{npy}: not a probability map (expected NAME.npy, with its NAME.json beside it)")
+    require_file(npy, "probability map file")
     meta = read_json(meta_path, "probability map description")
     problems = [key for key, ok in _MAP_FIELDS.items() if not isinstance(meta, dict) or not ok(meta.get(key))]
     if problems:
         raise UserError(f"{meta_path}: not a probability map description (missing or malformed: "
                         f"{', '.join(problems)})")
-    try:
-        probs = np.load(npy, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        reason = "it holds pickled Python objects, refused for safety" if "pickle" in str(err) else \
-            first_line(err)
-        raise UserError(f"{npy}: cannot read the probability map ({reason})") from None
+    geometry = MapGeometry(meta["stride"], 0, tuple(meta["level0_size"]))
+    if list(geometry.shape) != list(meta["shape"]) or list(geometry.origin) != list(meta["origin"]):
+        raise UserError(f"{meta_path}: a map of shape {meta['shape']} from origin {meta['origin']} at stride "
+                        f"{meta['stride']} does not cover the {meta['level0_size'][0]}x{meta['level0_size'][1]} "
+                        f"slide (expected shape {list(geometry.shape)} from {list(geometry.origin)})")
+    probs = read_npy(npy, "probability map")
     if list(probs.shape) != list(meta["shape"]) or probs.ndim != 2:
         raise UserError(f"{npy}: map of shape {probs.shape}, its JSON says {meta.get('shape')}")
     if probs.dtype.kind != "f" or probs.size and not (np.isfinite(probs).all() and 0 <= probs.min()
@@ -375,9 +380,11 @@ def _whole(value) -> bool:
 #: What :func:`load_map` requires of a map's JSON (the geometry :class:`MapGeometry` writes and the slide).
 _MAP_FIELDS = {
     "slide": lambda v: isinstance(v, str) and bool(v),
-    "stride": lambda v: _whole(v) and v > 0,
+    "stride": lambda v: _whole(v) and 0 < v <= 1 << 20,
     "origin": lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(c, (int, float)) for c in v),
     "shape": lambda v: isinstance(v, list) and len(v) == 2 and all(_whole(c) and c >= 0 for c in v),
+    "level0_size": lambda v: isinstance(v, list) and len(v) == 2 and all(_whole(c) and 0 < c < 1 << 31 for c in v),
+    "mpp": lambda v: v is None or isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e6,
 }
 
 
@@ -423,20 +430,38 @@ def infer_slides(slides: Sequence[str | Path], model: PatchClassifier, out_dir: 
     for path in slides:  # every slide must open before any work starts
         open_slide(path).close()
     out_dir = Path(out_dir)
+    model_digest = file_digest(checkpoint) if checkpoint and Path(checkpoint).is_file() else "(in memory)"
 
     def finished(npy: Path) -> bool:
         return npy.is_file() and npy.with_suffix(".json").is_file() and not overwrite
 
+    def mask_png(path: Path) -> Path | None:
+        png = mask_paths(mask_dir, path)[0] if mask_dir is not None else None
+        return png if png is not None and png.is_file() else None
+
     def tissue_of(path: Path) -> TissueMask | None:
         """The slide's mask from ``mask_dir`` (None: compute it), checked to be this slide's."""
-        png = mask_paths(mask_dir, path)[0] if mask_dir is not None else None
-        if png is None or not png.is_file():
+        png = mask_png(path)
+        if png is None:
             return None
         tissue = TissueMask.load(png)
         if tissue.slide and Path(tissue.slide).stem != path.stem:
             raise UserError(f"{png}: the tissue mask of {tissue.slide}, not of {path}")
         return tissue
 
+    def made_with(path: Path) -> dict:
+        """What decides a slide's map: a rerun that asks for other values refuses to keep it."""
+        png = mask_png(path)
+        return {"slide": path.name, "slide_bytes": path.stat().st_size, "checkpoint": model_digest,
+                "stride": stride, "mode": mode, "stain_normalization": stain_normalization,
+                "tissue_mask": file_digest(png) if png is not None else "computed"}
+
+    for path in slides:  # kept maps must be of this run's settings (checked before any work)
+        npy = out_dir / f"{path.stem}.npy"
+        if finished(npy):
+            meta = read_json(npy.with_suffix(".json"), "probability map description")
+            check_made_with(npy.with_suffix(".json"), meta.get("made_with") if isinstance(meta, dict) else None,
+                            made_with(path), "pass --overwrite to recompute the map, or choose another --out")
     todo = [p for p in slides if not finished(out_dir / f"{p.stem}.npy")]
     for path in todo:  # every mask is checked before the first map is written (one in memory at a time)
         tissue_of(path)
@@ -461,11 +486,16 @@ def infer_slides(slides: Sequence[str | Path], model: PatchClassifier, out_dir: 
         with Slide(path) as slide:  # opened once: the tissue mask, the map and the heatmap share its thumbnail
             probs, info = probability_map(slide, model, stride, tissue, mode, device, amp, tile_outputs,
                                           batch_size, stain_normalization, on_progress=report)
+            mpp = slide.mpp
             with atomic_path(npy) as tmp:
                 np.save(tmp, probs)
             write_heatmap(slide, probs, stride, out_dir / f"{path.stem}_heatmap.png")
-        write_json(npy.with_suffix(".json"), {**info, "checkpoint": checkpoint, "max_probability":
-                                              float(probs.max()) if probs.size else 0.0})
+        # the slide by its absolute path and pixel size: detect and evaluate need neither the folder infer ran
+        # in nor the slide itself
+        write_json(npy.with_suffix(".json"), {**info, "slide": str(path.resolve()), "mpp": mpp,
+                                              "checkpoint": checkpoint, "max_probability":
+                                              float(probs.max()) if probs.size else 0.0,
+                                              "made_with": made_with(path)})
         release_free_memory()  # the slide's thumbnail, map and tiles go back before the next slide starts
         progress.step(f"{path.name}: {info['tissue_outputs']} outputs in {info['seconds']:.1f} s "
                       f"({info['outputs_per_second']:.0f}/s, {mode}), max probability {float(probs.max()):.3f}")

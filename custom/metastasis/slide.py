@@ -11,6 +11,7 @@ import numpy as np
 import openslide
 
 from medcore.errors import UserError
+from medcore.files import require_file
 
 
 __all__ = ["SlideError", "open_slide", "slide_mpp", "read_rgb", "read_downsampled", "Slide", "opened"]
@@ -29,8 +30,7 @@ def open_slide(path: str | Path, cache: openslide.OpenSlideCache | None = None) 
     32 MiB cache, so memory grows with the number of slides kept open).
     """
     path = Path(path)
-    if not path.is_file():
-        raise SlideError(f"{path}: slide file missing")
+    require_file(path, "slide file", SlideError)
     try:
         slide = openslide.OpenSlide(str(path))
     except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError) as err:

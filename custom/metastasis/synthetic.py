@@ -25,11 +25,12 @@ sinuses; artefacts such as pen marks, folds, air bubbles and out-of-focus areas)
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import multiprocessing
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import tifffile
@@ -38,6 +39,7 @@ from scipy import ndimage
 from medcore.errors import UserError
 from medcore.files import atomic_path, check_replaceable, first_line_is, write_text
 from medcore.progress import Progress
+from medcore.provenance import check_made_with
 from medcore.random_fields import item_rng, smooth_field
 
 from .annotations import Annotation, rasterize, read_asap_xml, write_asap_xml
@@ -510,10 +512,11 @@ def _render_tile(args: tuple[int, int, int, int]) -> np.ndarray:
 
 
 def write_slide(scene: SlideScene, path: str | Path, tile: int = 512, quality: int | None = None,
-                workers: int = 1) -> Path:
+                workers: int = 1, made_with: Mapping[str, Any] | None = None) -> Path:
     """Write ``scene`` as a pyramidal tiled JPEG TIFF at ``path`` (atomically), tile by tile.
 
-    ``quality``: JPEG quality; None: the scene's centre's (90 without a centre).
+    ``quality``: JPEG quality; None: the scene's centre's (90 without a centre). ``made_with``: the generator's
+    settings, recorded in the slide's description (:func:`slide_made_with` reads them back).
 
     Each level is its own IFD (level 0 first, then reduced-resolution subfiles), so OpenSlide reads it as a
     ``generic-tiff`` pyramid. Memory stays bounded by a few tiles per worker whatever the slide size.
@@ -550,7 +553,9 @@ def write_slide(scene: SlideScene, path: str | Path, tile: int = 512, quality: i
                     tiles(level, pool), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
                     compression="jpeg", compressionargs={"level": quality}, resolution=(res, res),
                     resolutionunit="CENTIMETER", subfiletype=1 if level else 0, metadata=None,
-                    description=f"{SYNTHETIC_DESCRIPTION} {scene.name}" if level == 0 else None,
+                    description=(f"{SYNTHETIC_DESCRIPTION} {scene.name}" + (
+                        f" {_MADE_WITH}{json.dumps(dict(made_with), sort_keys=True)}" if made_with else ""))
+                    if level == 0 else None,
                 )
     finally:
         if pool:
@@ -599,6 +604,26 @@ def is_synthetic_slide(path: Path) -> bool:
         return False
 
 
+#: Where a slide's description records the generator's settings (after the name).
+_MADE_WITH = "made_with="
+
+
+def slide_made_with(path: Path) -> dict | None:
+    """The settings a synthetic slide records (:func:`write_slide`), or None (not recorded, not ours)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            description = tif.pages[0].description or ""
+    except Exception:  # not a TIFF, unreadable: nothing recorded
+        return None
+    if not description.startswith(SYNTHETIC_DESCRIPTION) or _MADE_WITH not in description:
+        return None
+    try:
+        recorded = json.loads(description.split(_MADE_WITH, 1)[1])
+    except ValueError:
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
 def _is_synthetic_xml(path: Path) -> bool:
     with open(path, "rb") as handle:
         return SYNTHETIC_DESCRIPTION.encode() in handle.read(512)
@@ -626,10 +651,20 @@ def generate_dataset(root: str | Path, n_tumour: int, n_normal: int, width: int,
     root = Path(root)
     layout = _Layout(split)
     todo = []
+
+    def made_with(tumour: bool) -> dict:
+        """What decides a slide: a kept slide must have been made with the same (the seed and the counts decide
+        which test slides have tumour, so a rerun could otherwise keep a normal slide its reference calls Tumor)."""
+        return {"width": width, "height": height, "seed": seed, "centre": centre, "difficulty": difficulty,
+                "tumour": tumour}
+
     for index, (name, tumour) in enumerate(names):
         path, xml = root / layout.slide(name, tumour), root / layout.annotation(name)
         keep = path.is_file() and not overwrite and (xml.is_file() or not tumour)
-        if not keep:
+        if keep:
+            check_made_with(path, slide_made_with(path), made_with(tumour),
+                            "pass --overwrite to regenerate the slides, or choose another --out")
+        else:
             check_replaceable(path, "synthetic slide", is_synthetic_slide)
             check_replaceable(xml, "synthetic annotation file", _is_synthetic_xml)
         todo.append((index, name, tumour, path, xml, keep))
@@ -644,9 +679,12 @@ def generate_dataset(root: str | Path, n_tumour: int, n_normal: int, width: int,
             progress.step(f"kept existing {path.name}")
             continue
         scene = make_scene(name, width, height, tumour, seed, index, centre, difficulty)
-        write_slide(scene, path, tile=tile, workers=workers)  # first: an interrupted slide leaves no orphan XML
+        write_slide(scene, path, tile=tile, workers=workers, made_with=made_with(tumour))  # first: an interrupted
+        # slide leaves no orphan XML
         if scene.annotations:
             write_asap_xml(xml, scene.annotations, comment=f"{SYNTHETIC_DESCRIPTION} {name}")
+        elif xml.is_file():  # the generator's own (checked above) XML of a test slide that had tumour before
+            xml.unlink()
         verify_slide(scene, path, xml if scene.annotations else None)
         lesions = sum(not a.is_exclusion for a in scene.annotations)
         progress.step(f"wrote {path.name} {width}x{height}, {lesions} lesion(s)")

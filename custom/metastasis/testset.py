@@ -13,10 +13,10 @@ from typing import Sequence
 import numpy as np
 
 from medcore.errors import UserError, first_line
-from medcore.files import check_distinct_names, find_named, read_user_text
+from medcore.files import check_distinct_names, find_named, read_npy, read_user_text, require_file
 
 from .detection import Detections
-from .froc import EvalCase
+from .froc import GROW_UM, EvalCase
 
 __all__ = ["read_mask", "ground_truth", "collect_cases"]
 
@@ -26,17 +26,16 @@ logger = logging.getLogger(__name__)
 def read_mask(path: str | Path) -> np.ndarray:
     """A ground-truth tumour mask file as a boolean array [y, x]: ``.npy`` (0/1 or 0/255) or TIFF (first page)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: mask file missing")
-    try:
-        if path.suffix == ".npy":
-            mask = np.load(path, allow_pickle=False)
-        else:
-            import tifffile
+    require_file(path, "mask file")
+    if path.suffix.lower() == ".npy":
+        mask = read_npy(path, "mask")
+    else:
+        import tifffile
 
+        try:
             mask = tifffile.imread(path, key=0)
-    except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"{path}: cannot read the mask ({first_line(err, empty='')})") from err
+        except (OSError, ValueError, EOFError, MemoryError) as err:
+            raise UserError(f"{path}: cannot read the mask ({first_line(err)})") from None
     if mask.ndim == 3 and mask.shape[-1] in (3, 4):
         mask = mask[..., 0]
     if mask.ndim != 2:
@@ -139,10 +138,16 @@ def _detections(detections_dir: Path, name: str, size: tuple[int, int]) -> Detec
     return detections
 
 
-def _slide_score(detections: Detections, map_path: Path | None) -> float:
-    """The maximum of the probability map when given, else the highest detection probability (0 for none)."""
+def _slide_score(detections: Detections, map_path: Path | None, size: tuple[int, int]) -> float:
+    """The maximum of the probability map when given (checked by :func:`~metastasis.inference.load_map`, and to be
+    a map of this ``size`` = (width, height) slide), else the highest detection probability (0 for none)."""
     if map_path is not None:
-        probs = np.load(map_path, mmap_mode="r")
+        from .inference import load_map
+
+        probs, meta = load_map(map_path)
+        if tuple(meta["level0_size"]) != tuple(size):
+            raise UserError(f"{map_path}: a map of a {meta['level0_size'][0]}x{meta['level0_size'][1]} slide, not of "
+                            f"the {size[0]}x{size[1]} slide {map_path.stem} (the map of another slide?)")
         return float(probs.max()) if probs.size else 0.0
     return float(detections.probability.max()) if len(detections) else 0.0
 
@@ -171,11 +176,15 @@ def collect_cases(slides: Sequence[str | Path], detections_dir: str | Path, anno
         if labels and name.lower() not in labels:
             raise UserError(f"{reference_csv}: no row for slide {name}")
         geometry = _geometry(path)
+        if geometry[1] * 2 ** level > GROW_UM / 2:  # the rules' growth would be less than a pixel: not their FROC
+            raise UserError(f"level {level}: a ground-truth pixel of {path.name} would be "
+                            f"{geometry[1] * 2 ** level:.0f} um wide, coarser than the {GROW_UM / 2:g} um the "
+                            "Camelyon16 evaluation regions grow by; use a lower level (the challenge uses 5)")
         mask, mask_mpp = _ground_truth(path, geometry, level, annotation_dir, mask_dir)
         detections = _detections(detections_dir, name, geometry[0])
         map_path = None if map_dir is None else (find_named(map_dir, f"{name}.npy", "map")
                                                  or Path(map_dir) / f"{name}.npy")
-        score = _slide_score(detections, map_path)
+        score = _slide_score(detections, map_path, geometry[0])
         has_tumour = mask is not None and bool(mask.any())
         label = labels[name.lower()] if labels else int(has_tumour)
         if has_tumour and not label:

@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import inspect
 import math
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_holes, remove_small_objects
 
-from medcore.errors import UserError
-from medcore.files import atomic_path, check_distinct_names, claim_output_dir, read_json, write_json
+from medcore.errors import UserError, first_line
+from medcore.files import atomic_path, check_distinct_names, claim_output_dir, read_json, require_file, write_json
 from medcore.progress import Progress
+from medcore.provenance import check_made_with
 
 from .slide import Slide, open_slide, opened
 
@@ -78,8 +81,9 @@ class TissueMask:
     def tissue_fraction(self) -> float:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
-    def save(self, png: str | Path) -> Path:
-        """Write the mask PNG and its JSON geometry next to it (both atomically); return the PNG path."""
+    def save(self, png: str | Path, made_with: Mapping[str, Any] | None = None) -> Path:
+        """Write the mask PNG and its JSON geometry next to it (both atomically); return the PNG path.
+        ``made_with``: the settings that made it (:mod:`medcore.provenance`), recorded in the JSON."""
         png = Path(png)
         with atomic_path(png) as tmp:
             Image.fromarray(self.mask.astype(np.uint8) * 255).save(tmp, format="PNG")
@@ -87,6 +91,7 @@ class TissueMask:
             "slide": self.slide, "downsample": self.downsample, "level": self.level,
             "level0_size": list(self.level0_size), "threshold": self.threshold,
             "shape": list(self.mask.shape), "tissue_fraction": round(self.tissue_fraction, 6),
+            **({"made_with": dict(made_with)} if made_with is not None else {}),
         })
         return png
 
@@ -96,23 +101,49 @@ class TissueMask:
         png = Path(png)
         meta_path = png.with_suffix(".json")
         for path in (png, meta_path):
-            if not path.is_file():
-                raise UserError(f"{path}: tissue mask file missing")
+            require_file(path, "tissue mask file")
         meta = read_json(meta_path, "tissue mask description")
         try:
             downsample, size = float(meta["downsample"]), tuple(int(v) for v in meta["level0_size"])
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            if len(size) != 2 or not (math.isfinite(downsample) and downsample > 0):
+                raise ValueError("level0_size needs two numbers, downsample a positive one")
+            # the mask's size: as recorded, else (an earlier version's JSON) the slide's at the downsample
+            shape = tuple(int(v) for v in meta["shape"]) if "shape" in meta else \
+                (math.ceil(size[1] / downsample), math.ceil(size[0] / downsample))
+            if len(shape) != 2:
+                raise ValueError("shape needs two numbers")
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
             raise UserError(f"{meta_path}: not a tissue mask description ({type(err).__name__}: {err})") from None
-        try:
-            with Image.open(png) as image:
-                mask = np.asarray(image.convert("L")) > 127
-        except OSError as err:
-            raise UserError(f"{png}: cannot read the mask image ({err})") from err
+        mask = _read_png(png, shape, exact="shape" in meta)
         try:
             return cls(mask, downsample, size, int(meta.get("level", 0)), float(meta.get("threshold", 0.0)),
                        str(meta.get("slide", "")))
         except ValueError as err:
             raise UserError(f"{png}: {err}") from err
+
+
+def _read_png(png: Path, shape: tuple[int, int], exact: bool = True) -> np.ndarray:
+    """The mask PNG as booleans, its size checked against the description's ``shape`` (rows, cols; with
+    ``exact``, else left to :class:`TissueMask`) before its pixels are decoded. PIL's decompression-bomb limit is
+    raised to that size, so a large valid mask (a whole slide at 1/8) reads and a forged or foreign image of far
+    more pixels is refused unread."""
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = max(shape[0] * shape[1], limit or 0, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(png) as image:
+                if exact and image.size != (shape[1], shape[0]):
+                    raise UserError(f"{png}: image of {image.size[0]}x{image.size[1]} pixels, its description says "
+                                    f"{shape[1]}x{shape[0]}")
+                return np.asarray(image.convert("L")) > 127
+    except Image.DecompressionBombError:
+        raise UserError(f"{png}: image of far more pixels than its description's {shape[1]}x{shape[0]}; refused "
+                        "unread") from None
+    except OSError as err:
+        raise UserError(f"{png}: cannot read the mask image ({first_line(err)})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def tissue_mask(rgb: np.ndarray, pixel_um: float, min_saturation: float = 0.07, min_tissue_um2: float = 10_000.0,
@@ -182,6 +213,19 @@ def prepare_tissue_masks(slides: Sequence[str | Path], out_dir: str | Path, down
     def finished(path: Path) -> bool:
         return not overwrite and all(f.is_file() for f in files(path))
 
+    defaults = {name: p.default for name, p in inspect.signature(tissue_mask).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    def made_with(path: Path) -> dict:
+        """What decides a slide's mask: a rerun that asks for other values refuses to keep it."""
+        return {"slide": path.name, "slide_bytes": path.stat().st_size, "downsample": downsample,
+                **defaults, **options}
+
+    for path in slides:  # kept masks must be of this run's settings (checked before any work)
+        if finished(path):
+            meta = read_json(files(path)[1], "tissue mask description")
+            check_made_with(files(path)[1], meta.get("made_with") if isinstance(meta, dict) else None,
+                            made_with(path), "pass --overwrite to recompute the mask, or choose another --out")
     claim_output_dir(out_dir, "tissue masks", [f.name for s in slides if not finished(s) for f in files(s)])
     progress = Progress(len(slides), "slides", logger)
     written = []
@@ -193,7 +237,7 @@ def prepare_tissue_masks(slides: Sequence[str | Path], out_dir: str | Path, down
             continue
         mask, rgb = compute_tissue_mask(path, downsample, **options)
         write_overlay(rgb, mask.mask, overlay)
-        mask.save(png)  # last: its JSON marks the slide as done
+        mask.save(png, made_with(path))  # last: its JSON marks the slide as done
         progress.step(f"{path.name}: {100 * mask.tissue_fraction:.1f}% tissue at 1/{mask.downsample:g}")
     return written
 

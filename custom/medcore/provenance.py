@@ -63,13 +63,16 @@ def check_made_with(output: str | os.PathLike, recorded: Mapping[str, Any] | Non
     Args:
         output: the file or folder that holds the record, named in the message.
         recorded: what the output records (None or not a mapping: an output of an earlier version, which recorded
-            nothing; every wanted setting then counts as a difference, since sameness cannot be shown).
+            nothing; it is refused too, since sameness cannot be shown).
         wanted: the settings this run would make it with.
         remedy: what the user can do, e.g. ``"pass --overwrite to recompute it, or choose another --out"``.
 
     Raises:
-        UserError: ``OUTPUT: made with other settings (KEY OLD -> NEW, ...); REMEDY``.
+        UserError: ``OUTPUT: made with other settings than this run's (KEY OLD -> NEW; ...); REMEDY``, or
+            ``OUTPUT: made by an earlier version, which did not record its settings; REMEDY``.
     """
-    found = differences(recorded if isinstance(recorded, Mapping) else {}, wanted)
+    if not isinstance(recorded, Mapping):
+        raise UserError(f"{output}: made by an earlier version, which did not record its settings; {remedy}")
+    found = differences(recorded, wanted)
     if found:
         raise UserError(f"{output}: made with other settings than this run's ({'; '.join(found)}); {remedy}")

@@ -542,6 +542,11 @@ METASTASIS_CASES = [
     ("evaluate a ground truth without lesions", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--out",
                                                  "{ws}/froc", "--masks", "{ws}/emptydir"],
      "no lesions (non-ITC tumour regions) in the ground truth of the 1 slides"),
+    ("evaluate excluding a slide it is not given", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--out",
+                                                    "{ws}/froc", "--exclude", "Test_049"],
+     "--exclude Test_049: no such slide among the 1 given"),
+    ("evaluate with 10^6 resamples", ["evaluate", "{slide}", "--detections", "{ws}/emptydir", "--out", "{ws}/froc",
+                                      "--resamples", "1000000"], "argument --resamples: must be >= 0 and <= 100000"),
     # numbers too large for what they size
     ("infer with 10^11 threads", ["infer", "{slide}", "--checkpoint", "{ws}/patho.pt", "--out", "{ws}/new_maps",
                                   "--num-threads", "100000000000"], "argument --num-threads: must be >= 0 and <= 1024"),

@@ -4,6 +4,8 @@ Mask pixels are 7.5 um here, so the 75 um growth is "distance below 5 pixels" an
 axis of 36.7 pixels; detections are level-0 pixels, looked up at level 5 (x // 32, y // 32).
 """
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -238,3 +240,46 @@ def test_a_suppression_radius_beyond_the_map_keeps_the_highest_peak():
         assert found.probability.tolist() == pytest.approx([0.9]) and found.x.tolist() == [16 + 32 * 50]
     found = find_detections(probs, stride=32, origin=(16, 16), mpp=1e-12, threshold=0.5, radius_um=150)
     assert len(found) == 1
+
+
+def test_bootstrap_intervals_by_hand():
+    """The percentile bootstrap: zero width for identical values, the hand-computed case, strata kept, NaN
+    resamples left out and counted, the same seed the same interval, and no interval from one item."""
+    from medcore.bootstrap import stratified_bootstrap
+
+    values = np.array([0.7, 0.7, 0.7, 0.7])
+    same = stratified_bootstrap(lambda idx: float(values[idx].mean()), [0, 0, 1, 1])
+    assert (same.estimate, same.low, same.high, same.resamples) == (0.7, 0.7, 0.7, 2000)
+    # the mean of two items 0 and 1: resampled means 0, 0.5, 1 with chances 1/4, 1/2, 1/4, so the 2.5% and 97.5%
+    # quantiles of 2,000 resamples are 0 and 1 (a tail of 50 resamples, where about 500 are expected at each end)
+    pair = np.array([0.0, 1.0])
+    interval = stratified_bootstrap(lambda idx: float(pair[idx].mean()), [0, 0])
+    assert (interval.estimate, interval.low, interval.high) == (0.5, 0.0, 1.0)
+    assert stratified_bootstrap(lambda idx: float(pair[idx].mean()), [0, 0], seed=3) == \
+        stratified_bootstrap(lambda idx: float(pair[idx].mean()), [0, 0], seed=3)
+    strata = np.array([0, 0, 0, 1, 1])
+    kept = stratified_bootstrap(lambda idx: float((strata[idx] == 1).sum()), strata, resamples=200)
+    assert kept.low == kept.high == 2.0  # each resample keeps two items of stratum 1
+    undefined = stratified_bootstrap(lambda idx: float("nan") if (idx == 0).all() else 1.0, [0, 0], resamples=400)
+    assert 50 < undefined.undefined < 150 and undefined.low == undefined.high == 1.0  # about 1 in 4 is (0, 0)
+    one = stratified_bootstrap(lambda idx: 0.5, [0])
+    assert one.low is None and "fewer than two" in one.text()
+
+
+def test_froc_and_auc_carry_slide_bootstrap_intervals(tmp_path):
+    from metastasis.froc import FROC_KIND, write_froc
+
+    mask = _mask(squares=[(10, 10, 40), (100, 100, 40)])
+    cases = [_case(f"t{i}", [(0.9 - 0.1 * i, 20, 20), (0.3 + 0.1 * i, 180, 10)], mask) for i in range(4)] + \
+        [_case(f"n{i}", [(0.2 + 0.15 * i, 5, 5)]) for i in range(4)]
+    result = evaluate_froc(cases, seed=1, excluded=["Test_049"])
+    for key, estimate in (("froc_score", result.score), ("slide_auc", result.slide_auc)):
+        interval = result.intervals[key]
+        assert interval.low <= estimate <= interval.high and interval.resamples == 2000 and interval.low < interval.high
+    assert evaluate_froc(cases, seed=1).intervals == result.intervals
+    assert "FROC score" in result.summary() and FROC_KIND in result.summary() and "excluded: Test_049" in \
+        result.summary() and "95% CI" in result.summary()
+    saved = json.loads(write_froc(result, tmp_path)["json"].read_text())
+    assert saved["froc_kind"] == "all slides (challenge rules)" and saved["excluded_slides"] == ["Test_049"]
+    assert saved["intervals"]["slide_auc"]["strata"] == "tumour / normal slides"
+    assert evaluate_froc(cases, resamples=0).intervals == {}

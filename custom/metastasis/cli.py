@@ -25,7 +25,7 @@ from typing import Sequence
 from medcore.command import (add_compute_options, command_parser, existing_dir, existing_file, existing_path, non_empty,
                              number, output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
-from medcore.settings import MAX_PARALLEL
+from medcore.settings import MAX_PARALLEL, MAX_WHOLE
 from medcore.files import check_distinct_names, check_replaceable, claim_output_dir, input_files
 from medflare.cli import (add_deploy_parser, add_evaluation_parser, add_job_parsers, add_report_parser,
                           job_overrides)
@@ -200,13 +200,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .froc import evaluate_froc, write_froc
     from .testset import collect_cases
 
-    cases = collect_cases(_slides(args.slides), args.detections, args.annotations, args.masks, args.level,
-                          args.maps, args.reference)
-    result = evaluate_froc(cases, args.level, reference_conventions=not args.no_reference_conventions)
+    slides = _slides(args.slides)
+    excluded = {name.lower(): name for name in args.exclude or []}
+    unknown = sorted(set(excluded) - {s.stem.lower() for s in slides})
+    if unknown:
+        raise UserError(f"--exclude {excluded[unknown[0]]}: no such slide among the {len(slides)} given")
+    cases = collect_cases([s for s in slides if s.stem.lower() not in excluded], args.detections, args.annotations,
+                          args.masks, args.level, args.maps, args.reference)
+    result = evaluate_froc(cases, args.level, reference_conventions=not args.no_reference_conventions,
+                           resamples=args.resamples, seed=args.seed, excluded=sorted(excluded.values()))
     written = write_froc(result, args.out)
     rates = " ".join(f"{k}: {v:.4f}" for k, v in result.sensitivities.items())
-    print(f"FROC score {result.score:.4f} over {len(cases)} slides and {result.n_lesions} lesions "
-          f"(sensitivity at FP/slide {rates}); slide-level AUC {result.slide_auc:.4f}")
+    print(f"{result.summary()} (sensitivity at FP/slide {rates})")
     print(f"wrote {', '.join(str(p) for p in written.values())}")
     return 0
 
@@ -444,6 +449,15 @@ def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--no-reference-conventions", action="store_true",
                           help="turn off the evaluation code's two corner-case conventions (zeros for missed "
                                "lesions with the lowest threshold dropped; float32 true-positive probabilities)")
+    evaluate.add_argument("--exclude", action="append", metavar="NAME",
+                          help="leave slide NAME out of the evaluation (repeatable; Camelyon16's Test_049 and "
+                               "Test_114 are commonly left out); every output names the slides left out")
+    evaluate.add_argument("--resamples", type=number(int, minimum=0, maximum=100_000), default=2000,
+                          help="bootstrap resamples of the slides for the 95%% intervals of the FROC score and the "
+                               "slide AUC (percentile method, stratified: slides with lesions / the others for the "
+                               "FROC, tumour / normal for the AUC); 0: no intervals (default: 2000)")
+    evaluate.add_argument("--seed", type=number(int, minimum=0, maximum=MAX_WHOLE), default=0,
+                          help="seed of the bootstrap (default: 0)")
     evaluate.add_argument("--out", required=True, type=output_dir, help="folder for froc.json, froc_slides.csv, froc.png")
     evaluate.set_defaults(func=_evaluate)
 

@@ -37,6 +37,7 @@ import numpy as np
 from scipy import ndimage
 from skimage import measure
 
+from medcore.bootstrap import Interval, stratified_bootstrap
 from medcore.errors import UserError
 from medcore.files import atomic_path, claim_output_dir, write_csv, write_json
 
@@ -44,7 +45,7 @@ from .detection import Detections
 from .metrics import roc_auc
 
 __all__ = ["EVAL_FP_RATES", "Regions", "evaluation_regions", "SlideResult", "score_slide",
-           "froc_curve", "froc_score", "EvalCase", "FrocResult", "evaluate_froc", "write_froc"]
+           "froc_curve", "froc_score", "EvalCase", "FROC_KIND", "FrocResult", "evaluate_froc", "write_froc"]
 
 EVAL_FP_RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 GROW_UM = 75.0
@@ -177,10 +178,10 @@ def froc_curve(results: Sequence[SlideResult], reference_conventions: bool = Tru
     if reference_conventions:
         # One float32 value per region: the best hit of a lesion, 0 for a missed lesion and for every ITC.
         tps = np.concatenate([np.where(r.itc, 0, r.best).astype(np.float32) for r in results]).astype(np.float64)
-        thresholds = np.array(sorted(set(fps.tolist()) | set(tps.tolist()))[1:], np.float64)
+        thresholds = np.unique(np.concatenate([fps, tps]).astype(np.float64))[1:]
     else:
         tps = np.concatenate([r.best[r.hit & ~r.itc] for r in results])
-        thresholds = np.array(sorted(set(fps.tolist()) | set(tps.tolist())), np.float64)
+        thresholds = np.unique(np.concatenate([fps, tps]).astype(np.float64))
     fps_sorted, tps_sorted = np.sort(fps), np.sort(tps)
     total_fp = len(fps_sorted) - np.searchsorted(fps_sorted, thresholds, side="left")  # values >= threshold
     total_tp = len(tps_sorted) - np.searchsorted(tps_sorted, thresholds, side="left")
@@ -207,9 +208,18 @@ class EvalCase:
     label: int
 
 
+#: How this FROC is computed, said wherever it is shown: over every slide with normal slides counting false
+#: positives, as the challenge ranked it; a FROC over tumour slides only (MONAI's bundle reports 0.72 so) is another
+#: number.
+FROC_KIND = "all slides (challenge rules)"
+#: The strata of the slide bootstrap (:func:`medcore.bootstrap.stratified_bootstrap`).
+BOOTSTRAP_STRATA = {"froc_score": "slides with lesions / the others", "slide_auc": "tumour / normal slides"}
+
+
 @dataclasses.dataclass
 class FrocResult:
-    """Everything the evaluation reports."""
+    """Everything the evaluation reports; ``intervals``: 95% bootstrap intervals of the FROC score and the slide
+    AUC over slides (:func:`evaluate_froc`); ``excluded``: slides left out of the evaluation by name."""
 
     score: float
     sensitivities: dict[str, float]
@@ -219,18 +229,35 @@ class FrocResult:
     slide_auc: float
     n_lesions: int
     reference_conventions: bool
+    intervals: dict[str, Interval] = dataclasses.field(default_factory=dict)
+    excluded: list[str] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: the FROC (with its kind) and the slide AUC, each with its interval, and any exclusions."""
+        froc = self.intervals["froc_score"].text() if "froc_score" in self.intervals else f"{self.score:.4f}"
+        auc = self.intervals["slide_auc"].text() if "slide_auc" in self.intervals else f"{self.slide_auc:.4f}"
+        left_out = f"; excluded: {', '.join(self.excluded)}" if self.excluded else ""
+        return (f"FROC score {froc}, {FROC_KIND}, over {len(self.slides)} slides and {self.n_lesions} lesions; "
+                f"slide-level AUC {auc}{left_out}")
 
     def to_dict(self) -> dict:
-        return {"froc_score": self.score, "sensitivity_at_fp_rate": self.sensitivities,
+        return {"froc_score": self.score, "froc_kind": FROC_KIND, "sensitivity_at_fp_rate": self.sensitivities,
                 "slide_auc": self.slide_auc, "n_slides": len(self.slides), "n_lesions": self.n_lesions,
-                "reference_conventions": self.reference_conventions,
+                "excluded_slides": self.excluded, "reference_conventions": self.reference_conventions,
+                "intervals": {key: {**value.to_dict(), "strata": BOOTSTRAP_STRATA[key]}
+                              for key, value in self.intervals.items()},
                 "curve": {"fp_per_slide": self.fp_rate.tolist(), "sensitivity": self.sensitivity.tolist()},
                 "slides": self.slides}
 
 
 def evaluate_froc(cases: Sequence[EvalCase], level: int = 5, reference_conventions: bool = True,
-                  whole_mask: bool = False) -> FrocResult:
-    """Lesion FROC over all slides (normal ones count for false positives) and the slide-level ROC AUC."""
+                  whole_mask: bool = False, resamples: int = 2000, seed: int = 0,
+                  excluded: Sequence[str] = ()) -> FrocResult:
+    """Lesion FROC over all slides (normal ones count for false positives) and the slide-level ROC AUC, each with
+    a 95% percentile bootstrap interval over slides (``resamples`` resamples, ``seed``; 0 resamples: none) as in
+    the Camelyon16 results paper: the FROC resampled within slides with lesions and the others (every resample
+    has lesions), the AUC within tumour and normal slides. ``excluded``: names of slides the caller left out,
+    recorded in the result."""
     if not cases:
         raise UserError("no slides to evaluate")
     results = []
@@ -242,9 +269,17 @@ def evaluate_froc(cases: Sequence[EvalCase], level: int = 5, reference_conventio
     fp_rate, sensitivity = froc_curve(results, reference_conventions)
     score, at = froc_score(fp_rate, sensitivity)
     slides = [{**r.row(), "slide_score": c.slide_score, "label": c.label} for r, c in zip(results, cases)]
-    auc = roc_auc([c.slide_score for c in cases], [c.label for c in cases])
+    scores, labels = np.array([c.slide_score for c in cases]), np.array([c.label for c in cases])
+    auc = roc_auc(scores, labels)
+    intervals = {}
+    if resamples:
+        intervals["froc_score"] = stratified_bootstrap(
+            lambda idx: froc_score(*froc_curve([results[i] for i in idx], reference_conventions))[0],
+            [int(r.lesions > 0) for r in results], resamples=resamples, seed=seed)
+        intervals["slide_auc"] = stratified_bootstrap(lambda idx: roc_auc(scores[idx], labels[idx]), labels,
+                                                      resamples=resamples, seed=seed)
     return FrocResult(score, {f"{rate:g}": v for rate, v in zip(EVAL_FP_RATES, at)}, fp_rate, sensitivity, slides,
-                      auc, sum(r.lesions for r in results), reference_conventions)
+                      auc, sum(r.lesions for r in results), reference_conventions, intervals, list(excluded))
 
 
 def write_froc(result: FrocResult, out_dir: str | Path) -> dict[str, Path]:
@@ -264,7 +299,7 @@ def write_froc(result: FrocResult, out_dir: str | Path) -> dict[str, Path]:
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("mean false positives per slide")
     ax.set_ylabel("lesion sensitivity")
-    ax.set_title(f"FROC score {result.score:.4f}, slide AUC {result.slide_auc:.4f}")
+    ax.set_title(f"FROC score {result.score:.4f} ({FROC_KIND}), slide AUC {result.slide_auc:.4f}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()

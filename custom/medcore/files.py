@@ -27,9 +27,9 @@ from .errors import UserError, first_line
 
 __all__ = ["OUTPUT_MARKER", "is_byte_code_cache", "listed_outputs", "check_replaceable", "first_line_is",
            "mark_output", "claim_output_dir", "atomic_path", "atomic_directory", "write_json", "write_text",
-           "write_csv",
-           "input_files", "find_named", "check_distinct_names", "resolve_path", "read_user_text", "read_json",
-           "parse_json", "writing_into", "remove_leftovers", "path_problem", "require_file", "read_npy", "load_torch", "state_dict_of"]
+           "write_csv", "writing_into", "remove_leftovers",
+           "input_files", "find_named", "check_distinct_names", "resolve_path", "path_problem", "require_file",
+           "read_user_text", "read_json", "parse_json", "read_npy", "load_torch", "state_dict_of"]
 
 #: A JSON file in each folder this project writes outputs into: ``{"written_by": [kinds], "files": [...]}``. A folder
 #: a command replaces as a whole (a job) lists every file it wrote (``files``): a later run may replace it only while
@@ -390,7 +390,6 @@ def path_problem(path: str | os.PathLike, kind: str = "file") -> str | None:
     """Why ``path`` is not an existing ``kind`` (``"file"``, ``"folder"`` or ``"file or folder"``), in words, or
     None when it is one: ``no such file``, ``a symbolic link to a missing target``, ``a loop of symbolic links``,
     ``is a folder, not a file``, ``is a file, not a folder``, ``not a regular file`` or the system's reason."""
-    import errno
     import stat
 
     path = Path(path)
@@ -510,11 +509,11 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint", map_location: 
             raise UserError(f"{path}: the {what} holds Python objects besides tensors and is refused for safety "
                             "(unpickling them could run arbitrary code); use a file written by this project or a "
                             "plain state dict") from None
-        raise UserError(f"{path}: {unreadable or f'not a readable PyTorch {what}'} (corrupt, truncated or another format)") \
-            from None
+        raise UserError(f"{path}: {unreadable or f'not a readable PyTorch {what}'} (corrupt, truncated or another "
+                        "format)") from None
     except Exception as err:  # torch raises many types (RuntimeError, EOFError, zipfile errors) for corrupt files
-        raise UserError(f"{path}: {unreadable or f'not a readable PyTorch {what}'} (corrupt, truncated or another format: "
-                        f"{first_line(err)})") from None
+        raise UserError(f"{path}: {unreadable or f'not a readable PyTorch {what}'} (corrupt, truncated or another "
+                        f"format: {first_line(err)})") from None
     bad = _first_non_finite(content)
     if bad is not None:  # weights of a diverged run: every map, score and AUC made from them would be NaN
         raise UserError(f"{path}: the {what} holds NaN or infinite values (in {bad}); the training that wrote it "

@@ -20,8 +20,9 @@ import os
 from typing import Any, Mapping
 
 from .errors import UserError
+from .files import read_json
 
-__all__ = ["digest", "file_digest", "differences", "check_made_with"]
+__all__ = ["digest", "file_digest", "differences", "check_made_with", "check_described"]
 
 
 def digest(value: Any) -> str:
@@ -76,3 +77,10 @@ def check_made_with(output: str | os.PathLike, recorded: Mapping[str, Any] | Non
     found = differences(recorded, wanted)
     if found:
         raise UserError(f"{output}: made with other settings than this run's ({'; '.join(found)}); {remedy}")
+
+
+def check_described(description: str | os.PathLike, what: str, wanted: Mapping[str, Any], remedy: str) -> None:
+    """:func:`check_made_with` on the ``made_with`` record in an output's JSON ``description`` (a map's or a tissue
+    mask's), read as a ``what``."""
+    meta = read_json(description, what)
+    check_made_with(description, meta.get("made_with") if isinstance(meta, dict) else None, wanted, remedy)

@@ -19,7 +19,8 @@ from typing import Callable, Mapping, Sequence
 from medcore.errors import UserError
 from medcore.files import atomic_path, claim_output_dir, read_json, write_csv, write_json, write_text
 
-__all__ = ["SERVER_PREFIX", "SERVER_FINAL", "SERVER_BEST", "ReportError", "ReportSpec", "CrossSiteReport",
+__all__ = ["SERVER_PREFIX", "SERVER_FINAL", "SERVER_BEST", "ReportError", "EmptyResults", "ReportSpec",
+           "CrossSiteReport",
            "find_results",
            "load_results", "build_report", "format_text", "format_markdown", "write_report", "plot_curves",
            "report_command"]
@@ -32,6 +33,10 @@ SERVER_BEST = "SRV_best_FL_global_model.pt"
 
 class ReportError(UserError):
     """Results that cannot be reported; the message names the file and the problem."""
+
+
+class EmptyResults(ReportError):
+    """A results file that holds no result at all (``{}``): the run ended before any model was scored."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +124,7 @@ def load_results(path: str | Path, spec: ReportSpec) -> dict:
     path = Path(path)
     results = read_json(path, "cross-site results", ReportError)
     if results == {}:
-        raise ReportError(f"{path}: holds no results: the run ended before any model was scored on a site (did a "
+        raise EmptyResults(f"{path}: holds no results: the run ended before any model was scored on a site (did a "
                           "site fail to start? its error_log.txt says why)")
     if not isinstance(results, dict) or not all(isinstance(v, dict) for v in results.values()):
         raise ReportError(f"{path}: expected {{data_site: {{model_owner: {{metric: value}}}}}}")
@@ -318,12 +323,15 @@ def report_command(path: str | Path, spec: ReportSpec, weights: Mapping[str, flo
     ``check``: called with the report once it is printed and written (e.g. to fail an incomplete run).
     """
     results_path = find_results(path)
-    if read_json(results_path, "cross-site results", ReportError) == {} and Path(path).is_dir():
+    try:
+        results = load_results(results_path, spec)
+    except EmptyResults:
+        if not Path(path).is_dir():
+            raise
         from .outcome import failure_reasons  # a run's workspace: its participants' logs say why
 
         raise ReportError(f"{results_path}: holds no results, the run ended before any model was scored on a site: "
-                          f"{failure_reasons(path)}")
-    results = load_results(results_path, spec)
+                          f"{failure_reasons(path)}") from None
     for other in added:  # e.g. a federated evaluation of the same sites
         _merge(results, results_path, find_results(other), spec)
     added = dict(extra(sorted(results))) if extra else {}

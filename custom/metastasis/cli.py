@@ -25,8 +25,8 @@ from typing import Sequence
 from medcore.command import (add_compute_options, command_parser, existing_dir, existing_file, existing_path, non_empty,
                              number, output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
-from medcore.settings import MAX_PARALLEL, MAX_WHOLE
 from medcore.files import check_distinct_names, check_replaceable, claim_output_dir, input_files
+from medcore.settings import MAX_PARALLEL, MAX_WHOLE
 from medflare.cli import (add_deploy_parser, add_evaluation_parser, add_job_parsers, add_report_parser,
                           job_overrides)
 
@@ -184,13 +184,13 @@ def _detect(args: argparse.Namespace) -> int:
     if not maps:
         raise UserError(f"{args.maps}: no .npy probability maps")
     check_distinct_names(maps, "maps", "detection files")
-    for npy in maps:  # every map is checked before the first CSV is written (one in memory at a time)
-        pixel_size(npy, load_map(npy)[1])
+    # every map is checked before the first CSV is written (one in memory at a time)
+    mpps = {npy: pixel_size(npy, load_map(npy)[1]) for npy in maps}
     claim_output_dir(args.out, "detections", [f"{npy.stem}.csv" for npy in maps])
     for npy in maps:
         probs, meta = load_map(npy)
-        mpp = pixel_size(npy, meta)
-        found = find_detections(probs, meta["stride"], tuple(meta["origin"]), mpp, args.threshold, args.radius_um)
+        found = find_detections(probs, meta["stride"], tuple(meta["origin"]), mpps[npy], args.threshold,
+                                args.radius_um)
         out = write_detections(Path(args.out) / f"{npy.stem}.csv", found)
         print(f"{out}: {len(found)} detections")
     return 0

@@ -44,11 +44,11 @@ import openslide
 import torch
 
 from medcore.device import amp_dtype, autocast
-from medcore.errors import UserError, first_line
+from medcore.errors import UserError
 from medcore.files import (atomic_path, check_distinct_names, claim_output_dir, read_json, read_npy,
                            require_file, write_json)
 from medcore.memory import release_free_memory
-from medcore.provenance import check_made_with, file_digest
+from medcore.provenance import check_described, file_digest
 from medcore.progress import Progress
 
 from .config import STAIN_NORMALIZATIONS, default_tile_outputs
@@ -459,9 +459,8 @@ def infer_slides(slides: Sequence[str | Path], model: PatchClassifier, out_dir: 
     for path in slides:  # kept maps must be of this run's settings (checked before any work)
         npy = out_dir / f"{path.stem}.npy"
         if finished(npy):
-            meta = read_json(npy.with_suffix(".json"), "probability map description")
-            check_made_with(npy.with_suffix(".json"), meta.get("made_with") if isinstance(meta, dict) else None,
-                            made_with(path), "pass --overwrite to recompute the map, or choose another --out")
+            check_described(npy.with_suffix(".json"), "probability map description", made_with(path),
+                            "pass --overwrite to recompute the map, or choose another --out")
     todo = [p for p in slides if not finished(out_dir / f"{p.stem}.npy")]
     for path in todo:  # every mask is checked before the first map is written (one in memory at a time)
         tissue_of(path)

@@ -30,7 +30,7 @@ from skimage.morphology import remove_small_holes, remove_small_objects
 from medcore.errors import UserError, first_line
 from medcore.files import atomic_path, check_distinct_names, claim_output_dir, read_json, require_file, write_json
 from medcore.progress import Progress
-from medcore.provenance import check_made_with
+from medcore.provenance import check_described
 
 from .slide import Slide, open_slide, opened
 
@@ -223,9 +223,8 @@ def prepare_tissue_masks(slides: Sequence[str | Path], out_dir: str | Path, down
 
     for path in slides:  # kept masks must be of this run's settings (checked before any work)
         if finished(path):
-            meta = read_json(files(path)[1], "tissue mask description")
-            check_made_with(files(path)[1], meta.get("made_with") if isinstance(meta, dict) else None,
-                            made_with(path), "pass --overwrite to recompute the mask, or choose another --out")
+            check_described(files(path)[1], "tissue mask description", made_with(path),
+                            "pass --overwrite to recompute the mask, or choose another --out")
     claim_output_dir(out_dir, "tissue masks", [f.name for s in slides if not finished(s) for f in files(s)])
     progress = Progress(len(slides), "slides", logger)
     written = []

@@ -33,7 +33,7 @@ def main() -> None:
     from brats_fl.data import MODALITIES, case_files, find_cases
     from brats_fl.engine import Trainer, train_dataset
     from brats_fl.model import BratsSegResNet
-    from brats_fl.synthetic import generate_dataset
+    from demodata.brats import generate_dataset
 
     root = args.work / "brats"
     if not root.exists():

@@ -307,7 +307,7 @@ def main() -> None:
     import torch
 
     from brats_fl.datalist import SEED_SITES, write_datalists
-    from brats_fl.synthetic import generate_dataset
+    from demodata.brats import generate_dataset
 
     if not args.data.exists():
         generate_dataset(args.data, RELEASE["HGG"], RELEASE["LGG"], seed=2018)

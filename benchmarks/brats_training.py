@@ -54,7 +54,7 @@ def data_share(cases: int, crop: int) -> dict:
     from brats_fl.datalist import read_datalist, write_datalists
     from brats_fl.engine import Trainer, train_dataset
     from brats_fl.model import BratsSegResNet
-    from brats_fl.synthetic import generate_dataset
+    from demodata.brats import generate_dataset
     from brats_fl.transforms import train_transforms
 
     with tempfile.TemporaryDirectory() as tmp:

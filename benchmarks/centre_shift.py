@@ -198,7 +198,7 @@ def factor_diagnosis(work: Path, run: str, checkpoint: Path, per_class: int = 20
     """Which of centre B's differences moves a model trained on centre A: a balanced sample of A's test patches,
     scored as they are and with one of B's appearance factors at a time applied (its stain vectors and strengths,
     its glass colour, the extra focus blur, sensor noise and JPEG quality that B has over A), then all of them.
-    The stain and glass change is exact for the generator (:meth:`~metastasis.centres.Appearance.restain`): the
+    The stain and glass change is exact for the generator (:meth:`~demodata.centres.Appearance.restain`): the
     same stain amounts seen through B. Setups with stain normalisation are skipped (each slide's own estimate would
     have to be redone on the changed pixels)."""
     out = work / "scores" / run / "factors.json"
@@ -211,12 +211,12 @@ def factor_diagnosis(work: Path, run: str, checkpoint: Path, per_class: int = 20
     from PIL import Image
     from scipy import ndimage
 
-    from metastasis.centres import CENTRES as LOOKS
+    from demodata.centres import CENTRES as LOOKS
     from metastasis.metrics import classification_scores
     from metastasis.model import load_checkpoint
-    from metastasis.patches import PatchDataset
-    from metastasis.synthetic import REFERENCE_STAINS
-    from metastasis.transforms import to_input
+    from metastasis.data.dataset import PatchDataset
+    from demodata.camelyon import REFERENCE_STAINS
+    from metastasis.data.transforms import to_input
 
     model, meta = load_checkpoint(checkpoint)
     if meta["train_conf"].get("stain_normalization", "none") != "none":

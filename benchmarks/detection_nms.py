@@ -1,5 +1,5 @@
 """Benchmark: the disc maximum behind ``metastasis detect``, as scipy's footprint filter (before) and as one running
-maximum per disc row (:func:`metastasis.detection._disc_maximum`, after), on maps of real Camelyon16 size.
+maximum per disc row (:func:`metastasis.evaluation.detection._disc_maximum`, after), on maps of real Camelyon16 size.
 
 A 100k x 200k slide's map at stride 32 is 3125 x 6250 pixels; the default suppression radius of 150 um at
 0.243 um/px is 19.3 map pixels (9.6 at stride 64). Each case checks that both give the same array, then times each
@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "custom"))
-from metastasis.detection import _disc_maximum  # noqa: E402
+from metastasis.evaluation.detection import _disc_maximum  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CASES = [  # (name, map shape, radius in map pixels)

@@ -84,7 +84,7 @@ def main() -> None:
         return
     from brats_fl.datalist import write_datalists
     from brats_fl.job import BratsRecipe
-    from brats_fl.synthetic import generate_dataset
+    from demodata.brats import generate_dataset
     from medflare.recipe import Polling, export_job
 
     results = {}

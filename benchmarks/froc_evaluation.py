@@ -6,7 +6,7 @@ Ground truth: 100 level-5 masks of 3000 x 6000 pixels (a 96k x 192k slide at lev
 all), a third of the tumour slides' detections placed on lesions. Timed: everything from the masks and detections
 to the score (regions, ITCs, hits, curve, score); mask creation is not timed.
 
-* ``ours``: :func:`metastasis.froc.evaluate_froc` (morphology only in boxes around tumour, none on normal slides);
+* ``ours``: :func:`metastasis.evaluation.froc.evaluate_froc` (morphology only in boxes around tumour, none on normal slides);
 * ``whole_mask``: the same rules with the distance transform and hole filling over every whole tumour mask, as the
   challenge's evaluation code does (``whole_mask=True``);
 * ``monai``: ``compute_multi_instance_mask`` + ``compute_isolated_tumor_cells`` + ``compute_fp_tp_probs`` +
@@ -35,8 +35,8 @@ PIXEL_UM = 0.243 * 32
 
 
 def make_cases(n_tumour: int = 40, n_normal: int = 60, per_slide: int = 100, seed: int = 0):
-    from metastasis.detection import Detections
-    from metastasis.froc import EvalCase
+    from metastasis.evaluation.detection import Detections
+    from metastasis.evaluation.froc import EvalCase
 
     rng = np.random.default_rng(seed)
     cases = []
@@ -89,7 +89,7 @@ def run_monai(cases):
 def main() -> None:
     import warnings
 
-    from metastasis.froc import evaluate_froc
+    from metastasis.evaluation.froc import evaluate_froc
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     start = time.perf_counter()

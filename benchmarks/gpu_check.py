@@ -100,7 +100,7 @@ def brats_validation(device, args) -> dict:
     from brats_fl.data import MODALITIES, case_files, find_cases
     from brats_fl.engine import eval_dataset, evaluate
     from brats_fl.model import BratsSegResNet
-    from brats_fl.synthetic import RELEASE_SHAPE, generate_dataset
+    from demodata.brats import RELEASE_SHAPE, generate_dataset
 
     shape, crop = ((48, 48, 32), (32, 32, 32)) if args.quick else (RELEASE_SHAPE, (224, 224, 144))
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,7 +125,7 @@ def brats_validation(device, args) -> dict:
 def brats_simulator(device, args) -> dict:
     from brats_fl.datalist import write_datalists
     from brats_fl.job import make_job
-    from brats_fl.synthetic import RELEASE_SHAPE, generate_dataset
+    from demodata.brats import RELEASE_SHAPE, generate_dataset
 
     shape = (48, 48, 32) if args.quick else RELEASE_SHAPE
     train = {"num_workers": 2, "device": str(device)}
@@ -173,8 +173,8 @@ def pathology_train(device, args) -> dict:
 def pathology_inference(device, args) -> dict:
     from metastasis.config import TrainConfig
     from metastasis.engine import build_model
-    from metastasis.inference import probability_map
-    from metastasis.synthetic import generate_dataset
+    from metastasis.inference.run import probability_map
+    from demodata.camelyon import generate_dataset
 
     side = 2048 if args.quick else 16384
     with tempfile.TemporaryDirectory() as tmp:

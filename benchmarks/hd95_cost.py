@@ -1,7 +1,7 @@
 """Benchmark: what HD95 costs per full-size BraTS case (240x240x155 at 1 mm), computed on the whole volume and on
 the masks' bounding box (what ``brats_fl.metrics.hd95`` does), against the Dice of the same masks.
 
-Cases: synthetic release-geometry cases (``brats_fl.synthetic.synthesize_case``, HGG and LGG); the prediction is
+Cases: synthetic release-geometry cases (``demodata.brats.synthesize_case``, HGG and LGG); the prediction is
 the truth shifted by 2 voxels and dilated by one, per region, so that every distance is non-trivial. The two ways
 must give the same distances (checked here too).
 
@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from brats_fl.metrics import REGIONS, dice, hd95
-from brats_fl.synthetic import RELEASE_SHAPE, synthesize_case
+from demodata.brats import RELEASE_SHAPE, synthesize_case
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -39,7 +39,7 @@ def measure(slides: list[str], checkpoint: str, out: str, tile: int) -> list[dic
     """In this (fresh) process: infer_slides over ``slides``, with the RSS when each slide is done."""
     import torch
 
-    from metastasis.inference import infer_slides
+    from metastasis.inference.run import infer_slides
     from metastasis.model import load_checkpoint
 
     torch.set_num_threads(2)
@@ -51,7 +51,7 @@ def measure(slides: list[str], checkpoint: str, out: str, tile: int) -> list[dic
             if "outputs in" in message:
                 per_slide.append({"slide": message.split(":")[0].split()[-1], **_status_mb()})
 
-    logger = logging.getLogger("metastasis.inference")
+    logger = logging.getLogger("metastasis.inference.run")
     logger.setLevel(logging.INFO)
     logger.addHandler(AtEachSlide())
     model, _ = load_checkpoint(checkpoint)
@@ -73,7 +73,7 @@ def main() -> None:
         slides, out = args.worker
         import inspect
 
-        from metastasis.inference import infer_slides
+        from metastasis.inference.run import infer_slides
 
         tile = args.tile_outputs or inspect.signature(infer_slides).parameters["tile_outputs"].default
         print(json.dumps({"tile_outputs": tile, "per_slide": measure(json.loads(slides), args.checkpoint, out,
@@ -82,7 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.slides
         if folder is None:
-            from metastasis.synthetic import generate_dataset
+            from demodata.camelyon import generate_dataset
 
             root = args.work or Path(tmp)
             generate_dataset(root, 4, 4, *SIZE, seed=3, split="testing", workers=2)

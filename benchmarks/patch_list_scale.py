@@ -41,7 +41,7 @@ def build(root: Path, entries: int, slides: int, seed: int = 0) -> Path:
     import numpy as np
 
     from medcore.files import write_json
-    from metastasis.synthetic import generate_dataset
+    from demodata.camelyon import generate_dataset
 
     files = generate_dataset(root, 2, 2, *SIZE, seed=seed, workers=2)
     many = root / "many"
@@ -71,7 +71,7 @@ def site_start(patch_list: str, root: str) -> dict:
 
     from metastasis.config import TrainConfig
     from metastasis.engine import Trainer, build_model, patch_datasets
-    from metastasis.patches import read_patch_list
+    from metastasis.data.patch_lists import read_patch_list
 
     proc = psutil.Process()
     base = proc.memory_info().rss

@@ -37,7 +37,7 @@ def one_pass(patch_list: str, root: str, workers: int, cache: str, batches: int)
 
     from metastasis.config import TrainConfig
     from metastasis.engine import patch_datasets
-    from metastasis.patches import read_patch_list
+    from metastasis.data.patch_lists import read_patch_list
 
     torch.set_num_threads(1)  # the workers' own torch ops (augmentation) use one thread each, as in training
     patches = read_patch_list(patch_list, root)

@@ -29,8 +29,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def prepare(root: Path, per_slide: int) -> dict:
-    from metastasis.patches import find_training_slides, generate_patch_list
-    from metastasis.synthetic import generate_dataset
+    from metastasis.data.sampling import find_training_slides, generate_patch_list
+    from demodata.camelyon import generate_dataset
 
     generate_dataset(root, 2, 2, 8192, 6144, seed=0, workers=2)
     sources = find_training_slides(root, root / "tissue_masks")

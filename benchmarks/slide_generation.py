@@ -22,7 +22,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def one(width: int, height: int, workers: int) -> dict:
-    from metastasis.synthetic import make_scene, pyramid_shapes, verify_slide, write_slide
+    from demodata.camelyon import make_scene, pyramid_shapes, verify_slide, write_slide
 
     scene = make_scene("bench", width, height, True, seed=0, index=0)
     with tempfile.TemporaryDirectory() as tmp:

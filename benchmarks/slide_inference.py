@@ -37,9 +37,9 @@ DEMO = Path(__file__).resolve().parents[1] / "demo_workspace" / "pathology"
 def run_mode(slide: str, checkpoint: str, mode: str, stride: int, out: str, threads: int, tile: int) -> dict:
     import torch
 
-    from metastasis.inference import probability_map
+    from metastasis.inference.run import probability_map
     from metastasis.model import load_checkpoint
-    from metastasis.tissue import compute_tissue_mask
+    from metastasis.data.tissue import compute_tissue_mask
 
     torch.set_num_threads(threads)
     model, _ = load_checkpoint(checkpoint)

@@ -1,7 +1,7 @@
 """Benchmark: how much do the stain augmentations change a patch's pixels, on tissue and on glass?
 
 Tellez et al.'s "HED-light" is meant to vary each stain "a little". This measures it in pixel terms: on generated
-H&E patches of both centres (``metastasis.synthetic.make_scene``, level 0, the seed's 224 pixels, each holding
+H&E patches of both centres (``demodata.camelyon.make_scene``, level 0, the seed's 224 pixels, each holding
 tissue and glass), per draw of the augmentation, the median absolute change per pixel and channel on the
 0-1 scale, over tissue pixels (mean optical density above 0.25) and over glass pixels (below 0.08). Reported: the
 median, 90th percentile and maximum of that per-draw median over all draws, for
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metastasis.stain import RGB_FROM_HED, HEDJitter, StainVariation
-from metastasis.synthetic import make_scene
+from metastasis.data.stain import RGB_FROM_HED, HEDJitter, StainVariation
+from demodata.camelyon import make_scene
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
@@ -47,7 +47,7 @@ def legacy_hed_jitter(image: torch.Tensor, rng: np.random.Generator, s: float = 
 
 def patches(count: int, seed: int = 0) -> list[torch.Tensor]:
     """``count`` 224-pixel patches per centre (3, 224, 224) in [0, 1] on the tissue border of a generated tumour
-    slide (difficulty 0.5), each holding tissue and glass (:meth:`~metastasis.synthetic.SlideScene.border_patches`)."""
+    slide (difficulty 0.5), each holding tissue and glass (:meth:`~demodata.camelyon.SlideScene.border_patches`)."""
     out = []
     for centre in ("A", "B"):
         scene = make_scene(f"stain_{centre}", 8192, 6144, True, seed, 0, centre=centre, difficulty=0.5)

@@ -6,8 +6,8 @@ import pytest
 
 from brats_fl import cli as brats_cli
 from metastasis import cli as metastasis_cli
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("module", [brats_cli, metastasis_cli])

@@ -21,11 +21,11 @@ import torch
 
 import medcore.command
 from brats_fl import cli as brats_cli
-from brats_fl.synthetic import case_names
+from demodata.brats import case_names
 from medcore.files import input_files, load_torch, write_text
 from metastasis import cli as metastasis_cli
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 class _Evil:
@@ -129,7 +129,7 @@ def ws(tmp_path_factory, brats_root, camelyon_root):
                        ("ref_header_only.csv", "name,label\n"), ("ref_empty.csv", ""),
                        ("ref_normal_with_lesions.csv", "tumor_001,Normal\n")):
         (ws / name).write_text(text)
-    from metastasis.annotations import Annotation, write_asap_xml
+    from metastasis.data.annotations import Annotation, write_asap_xml
 
     (ws / "xml_off_slide").mkdir()
     write_asap_xml(ws / "xml_off_slide/tumor_001.xml",

@@ -15,15 +15,16 @@ from medcore.errors import UserError
 from medflare.cli import add_deploy_parser, add_evaluation_parser, add_job_parsers, add_report_parser, job_overrides
 
 from .config import VAL_WINDOWS, TrainConfig
-from .data import MODALITIES, CaseError, case_files, check_case, find_cases
+from .data import MODALITIES, RELEASE_SHAPE, CaseError, case_files, check_case, find_cases
 from .datalist import SEED_SITES, SPLITS, write_datalists
-from .synthetic import RELEASE_SHAPE, generate_dataset
 from .task import TASK
 
 logger = logging.getLogger("brats_fl")
 
 
 def _make_data(args: argparse.Namespace) -> int:
+    from demodata.brats import generate_dataset
+
     written = generate_dataset(args.out, args.hgg, args.lgg, shape=args.shape, seed=args.seed,
                                overwrite=args.overwrite)
     print(f"{sum(len(v) for v in written.values())} cases under {args.out} "

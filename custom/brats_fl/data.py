@@ -25,6 +25,7 @@ __all__ = [
     "MODALITIES",
     "LABEL_VALUES",
     "GRADES",
+    "RELEASE_SHAPE",
     "CaseError",
     "CaseInfo",
     "case_files",
@@ -39,6 +40,8 @@ MODALITIES: tuple[str, ...] = ("t1ce", "t1", "t2", "flair")
 LABEL_VALUES: tuple[int, ...] = (0, 1, 2, 4)
 #: Tumour grades, i.e. the release's top-level folders.
 GRADES: tuple[str, ...] = ("HGG", "LGG")
+#: Volume shape (x, y, z) of every BraTS 2018 image: 240 x 240 x 155 voxels of 1 mm, skull-stripped, co-registered.
+RELEASE_SHAPE: tuple[int, int, int] = (240, 240, 155)
 
 
 class CaseError(UserError):

@@ -29,7 +29,7 @@ __all__ = ["OUTPUT_MARKER", "is_byte_code_cache", "listed_outputs", "check_repla
            "mark_output", "claim_output_dir", "atomic_path", "atomic_directory", "write_json", "write_text",
            "write_csv", "writing_into", "remove_leftovers",
            "input_files", "find_named", "check_distinct_names", "resolve_path", "path_problem", "require_file",
-           "read_user_text", "read_json", "parse_json", "read_npy", "load_torch", "state_dict_of"]
+           "read_user_text", "read_json", "parse_json", "npy_header", "read_npy", "load_torch", "state_dict_of"]
 
 #: A JSON file in each folder this project writes outputs into: ``{"written_by": [kinds], "files": [...]}``. A folder
 #: a command replaces as a whole (a job) lists every file it wrote (``files``): a later run may replace it only while
@@ -447,8 +447,9 @@ def parse_json(text: str, source: str, error: type[UserError] = UserError) -> An
         raise error(f"{source}: JSON nested too deeply to read") from None
 
 
-def read_npy(path: str | os.PathLike, what: str = "array", error: type[UserError] = UserError) -> "np.ndarray":
-    """A NumPy ``.npy`` file's array, its header checked before any data is read: not a ``.npy`` file, an array of
+def npy_header(path: str | os.PathLike, what: str = "array",
+               error: type[UserError] = UserError) -> tuple[tuple[int, ...], "np.dtype"]:
+    """A NumPy ``.npy`` file's (shape, dtype), from its header alone, checked: not a ``.npy`` file, an array of
     Python objects (refused: unpickling could run code) or fewer bytes than the header promises (a truncated or
     forged file, which would otherwise ask for any amount of memory) are an ``error`` naming the file."""
     import numpy as np
@@ -477,6 +478,14 @@ def read_npy(path: str | os.PathLike, what: str = "array", error: type[UserError
     if actual < expected:
         raise error(f"{path}: truncated {what} (its header promises {expected} bytes of {dtype} data of shape "
                     f"{tuple(shape)}, the file holds {actual})")
+    return tuple(shape), dtype
+
+
+def read_npy(path: str | os.PathLike, what: str = "array", error: type[UserError] = UserError) -> "np.ndarray":
+    """A NumPy ``.npy`` file's array, its header checked first (:func:`npy_header`) before any data is read."""
+    import numpy as np
+
+    npy_header(path, what, error)
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:

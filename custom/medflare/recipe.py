@@ -259,11 +259,21 @@ def _names_job(folder: Path, name: str) -> bool:
     return isinstance(meta, dict) and meta.get("name") == name
 
 
+#: Modules the shipped packages held before they were laid out by pipeline step, when an export's copy of a package
+#: did not list its files yet: an export replaces an older export's copy of them.
+FORMER_MODULES = {"metastasis": {"annotations.py", "centres.py", "detection.py", "froc.py", "inference.py",
+                                 "patches.py", "slide.py", "stain.py", "synthetic.py", "testset.py", "tissue.py",
+                                 "transforms.py"},
+                  "brats_fl": {"synthetic.py"}, "medcore": {"random_fields.py"}}
+#: What an export marks each shipped package's copy as, listing its files (:func:`medcore.files.mark_output`).
+SHIPPED_PACKAGE = "package shipped with a FLARE job"
+
+
 def _foreign_file(folder: Path, packages: tuple[str, ...]) -> Path | None:
     """The first file in job folder ``folder`` that an export does not write: anything but ``meta.json``, the two
-    configurations, modules of ``packages`` in ``app/custom`` (or those an older copy listed as its own), byte-code
-    caches of them, markers, and the job's script. The committed ``jobs/<task>`` folders carry no marker: their
-    shape is what makes them replaceable."""
+    configurations, modules of ``packages`` in ``app/custom`` (or those an older copy listed as its own, or one of
+    the :data:`FORMER_MODULES`), byte-code caches of them, markers, and the job's script. The committed
+    ``jobs/<task>`` folders carry no marker: their shape is what makes them replaceable."""
     allowed = {"meta.json", JOB_SCRIPT, OUTPUT_MARKER, "app/config/config_fed_server.json",
                "app/config/config_fed_client.json", "app/custom/README.md"}  # the README: older checkouts'
     sources = {str(p.relative_to(folder)) for p in folder.rglob("*.py")}
@@ -277,7 +287,8 @@ def _foreign_file(folder: Path, packages: tuple[str, ...]) -> Path | None:
         if len(parts) > 3 and parts[:2] == ("app", "custom") and parts[2] in packages:
             inner = Path(*parts[3:])  # a module of the package, or a file an older copy of it listed as its own
             if inner.suffix == ".py" and (package_dir(parts[2]) / inner).is_file() or inner == Path(OUTPUT_MARKER) \
-                    or str(inner) in listed_outputs(folder / "app" / "custom" / parts[2]):
+                    or str(inner) in listed_outputs(folder / "app" / "custom" / parts[2]) \
+                    or str(inner) in FORMER_MODULES.get(parts[2], ()):
                 continue
         return rel
     return None
@@ -307,6 +318,9 @@ def export_job(recipe: _TaskJob, out_dir: str | Path) -> Path:
         exported = Path(tmp) / recipe.name
         for cache in sorted(exported.rglob("__pycache__"), reverse=True):
             shutil.rmtree(cache)
+        for package in recipe.task.packages:  # a later version's export knows the copy's files as the project's
+            if (exported / "app" / "custom" / package).is_dir():
+                mark_output(exported / "app" / "custom" / package, SHIPPED_PACKAGE, manifest=True)
         with atomic_directory(out_dir) as staged:
             for child in exported.iterdir():  # not the folder itself: FLARE made it private (mkdtemp)
                 (shutil.copytree if child.is_dir() else shutil.copy2)(child, staged / child.name)

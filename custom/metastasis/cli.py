@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from demodata.centres import CENTRES
 from medcore.command import (add_compute_options, command_parser, existing_dir, existing_file, existing_path, non_empty,
                              number, output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
@@ -30,7 +31,6 @@ from medcore.settings import MAX_PARALLEL, MAX_WHOLE
 from medflare.cli import (add_deploy_parser, add_evaluation_parser, add_job_parsers, add_report_parser,
                           job_overrides)
 
-from .centres import CENTRES
 from .config import DEFAULT_TILE_OUTPUTS, DEFAULT_TILE_PIXELS, TrainConfig, default_tile_outputs
 from .task import TASK
 
@@ -55,7 +55,7 @@ def _slides(paths: Sequence[str]) -> list[Path]:
 
 
 def _make_data(args: argparse.Namespace) -> int:
-    from .synthetic import generate_dataset
+    from demodata.camelyon import generate_dataset
 
     paths = generate_dataset(args.out, args.tumor, args.normal, args.width, args.height, seed=args.seed,
                              split=args.split, tile=args.tile, workers=args.workers, overwrite=args.overwrite,
@@ -65,7 +65,7 @@ def _make_data(args: argparse.Namespace) -> int:
 
 
 def _tissue(args: argparse.Namespace) -> int:
-    from .tissue import TissueMask, prepare_tissue_masks
+    from .data.tissue import TissueMask, prepare_tissue_masks
 
     masks = prepare_tissue_masks(_slides(args.slides), args.out, downsample=args.downsample,
                                  overwrite=args.overwrite, min_saturation=args.min_saturation,
@@ -85,8 +85,8 @@ def _label_file(text: str) -> tuple[str, int]:
 
 
 def _patches(args: argparse.Namespace) -> int:
-    from .patches import check_patch_list, find_training_slides, generate_patch_list, is_patch_list, \
-        read_ncrf_coords, write_patch_list
+    from .data.patch_lists import check_patch_list, is_patch_list, read_ncrf_coords, write_patch_list
+    from .data.sampling import find_training_slides, generate_patch_list
 
     check_replaceable(args.out, "patch list", is_patch_list)
     if args.ncrf_train or args.ncrf_valid:
@@ -119,7 +119,7 @@ def _config(args: argparse.Namespace, base: dict | None = None):
 
 def _train(args: argparse.Namespace) -> int:
     from .engine import train
-    from .patches import read_patch_list
+    from .data.patch_lists import read_patch_list
 
     overrides = {"epochs": args.epochs} if args.epochs is not None else {}
     config = _config(args, overrides)
@@ -145,7 +145,7 @@ def _infer(args: argparse.Namespace) -> int:
 
     from medcore.device import select_device
 
-    from .inference import infer_slides
+    from .inference.run import infer_slides
     from .model import load_checkpoint
 
     if args.mode == "tiled" and args.stride % 32:
@@ -165,9 +165,9 @@ def _infer(args: argparse.Namespace) -> int:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from .detection import find_detections, write_detections
-    from .inference import load_map
-    from .slide import Slide
+    from .evaluation.detection import find_detections, write_detections
+    from .inference.maps import describe_map, load_map
+    from .data.slide import Slide
 
     def pixel_size(npy: Path, meta: dict) -> float:
         """--mpp, else the map's record of its slide's, else (a map of an earlier version) the slide's own."""
@@ -184,11 +184,12 @@ def _detect(args: argparse.Namespace) -> int:
     if not maps:
         raise UserError(f"{args.maps}: no .npy probability maps")
     check_distinct_names(maps, "maps", "detection files")
-    # every map is checked before the first CSV is written (one in memory at a time)
-    mpps = {npy: pixel_size(npy, load_map(npy)[1]) for npy in maps}
+    # every map is checked (its JSON and header) before the first CSV is written; each is decoded once, in turn
+    described = {npy: describe_map(npy) for npy in maps}
+    mpps = {npy: pixel_size(npy, meta) for npy, meta in described.items()}
     claim_output_dir(args.out, "detections", [f"{npy.stem}.csv" for npy in maps])
     for npy in maps:
-        probs, meta = load_map(npy)
+        probs, meta = load_map(npy, described[npy])
         found = find_detections(probs, meta["stride"], tuple(meta["origin"]), mpps[npy], args.threshold,
                                 args.radius_um)
         out = write_detections(Path(args.out) / f"{npy.stem}.csv", found)
@@ -197,8 +198,8 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .froc import evaluate_froc, write_froc
-    from .testset import collect_cases
+    from .evaluation.froc import evaluate_froc, write_froc
+    from .evaluation.testset import collect_cases
 
     slides = _slides(args.slides)
     excluded = {name.lower(): name for name in args.exclude or []}
@@ -273,7 +274,7 @@ def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
                       help="random seed; the same seed gives the same slides (default: 0)")
     make.add_argument("--centre", choices=sorted(CENTRES),
                       help="render the slides as this centre's lab and scanner would (stain hue and strength, glass "
-                           "colour, focus, noise, JPEG quality; see metastasis/centres.py); default: the "
+                           "colour, focus, noise, JPEG quality; see demodata/centres.py); default: the "
                            "generator's reference look")
     make.add_argument("--difficulty", type=number(float, minimum=0, maximum=1), default=0.0,
                       help="0-1: tumour cells closer to lymphocytes, plus benign mimics (germinal centres, "

@@ -35,15 +35,15 @@ class TrainConfig(Settings):
         amp: mixed precision (fp16 + grad scaler on CUDA, bf16 autocast on CPU), chosen automatically.
         augment: the seed's training augmentations (colour jitter, flips, 90-degree rotations, zoom, intensity
             scaling) and the HED jitter; off gives plain patches (for benchmarks).
-        hed_jitter: strength of the stain augmentation in HED colour space (:class:`~metastasis.stain.HEDJitter`:
+        hed_jitter: strength of the stain augmentation in HED colour space (:class:`~metastasis.data.stain.HEDJitter`:
             H and E each scaled by up to +-s and, on tissue, shifted by up to +-s optical density; glass and DAB
             untouched; 0.05 is Tellez et al.'s "HED-light", about 1% change on tissue pixels; 0: off).
         stain_variation: strength (0 to 1) of another centre's look in training
-            (:class:`~metastasis.stain.StainVariation`: at 1 each stain's amount scaled by 0.5-2x, its hue tilted,
+            (:class:`~metastasis.data.stain.StainVariation`: at 1 each stain's amount scaled by 0.5-2x, its hue tilted,
             the white balance changed by up to 10%; 0: off). Measured in ``benchmarks/centre_shift.py``.
         stain_normalization: ``none``, or ``macenko``: every slide's pixels mapped to a reference H&E stain
-            (:class:`~metastasis.stain.StainNormalizer`, vectors estimated once per slide), in training and, read from
-            the checkpoint, in inference.
+            (:class:`~metastasis.data.stain.StainNormalizer`, vectors estimated once per slide), in training and,
+            read from the checkpoint, in inference.
         threshold: probability at or above which a patch counts as tumour for accuracy.
         num_workers: DataLoader processes reading and augmenting patches (each keeps its own slide handles).
         num_threads: CPU threads for PyTorch; 0 keeps PyTorch's default.

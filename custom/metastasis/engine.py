@@ -21,8 +21,9 @@ from medcore.training import EpochStats, EpochTrainer
 from .config import TrainConfig
 from .metrics import classification_scores
 from .model import PatchClassifier, load_checkpoint
-from .patches import PatchDataset, read_patch_list
-from .transforms import train_augmentation
+from .data.dataset import PatchDataset
+from .data.patch_lists import read_patch_list
+from .data.transforms import train_augmentation
 
 __all__ = ["EpochStats", "Trainer", "build_model", "patch_datasets", "predict", "evaluate", "PROBABILITY_COLUMNS",
            "validate_checkpoint", "train"]

@@ -20,7 +20,7 @@ from medflare.learner import EngineLearner
 from .config import TrainConfig
 from .engine import Trainer, evaluate, patch_datasets
 from .model import PatchClassifier
-from .patches import read_patch_list
+from .data.patch_lists import read_patch_list
 from .task import TASK
 
 __all__ = ["MetastasisLearner", "KEY_METRIC"]

@@ -5,7 +5,7 @@ Built from MONAI's ResNet (no torchvision) with torchvision's layout: the same 1
 ImageNet ResNet18 weights saved by torchvision therefore load into it (:func:`load_pretrained`); only ``fc``
 differs, a (1, 512, 1, 1) convolution instead of a (1000, 512) linear layer.
 
-Shapes: input (N, 3, H, W) normalised RGB (:func:`metastasis.transforms.to_input`); for a 224x224 patch the output
+Shapes: input (N, 3, H, W) normalised RGB (:func:`metastasis.data.transforms.to_input`); for a 224x224 patch the output
 is (N, 1, 1, 1), one tumour logit. On a larger tile the same network gives a map of logits with one output per
 32 input pixels: output (i, j) scores the ``patch_size`` window whose top-left corner is at (32 i, 32 j) (the
 average pool is a ``patch_size / 32`` window with stride 1) -- the basis of tiled inference. It is not bit-equal

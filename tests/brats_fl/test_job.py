@@ -14,6 +14,7 @@ from brats_fl import cli
 from brats_fl.datalist import write_datalists
 from brats_fl.job import make_job
 from brats_fl.task import TASK
+from medcore.files import OUTPUT_MARKER, listed_outputs
 from medflare.recipe import package_dir
 from medflare.workflow import CHECKPOINT_NAME, load_round_checkpoint
 from metastasis.task import TASK as METASTASIS
@@ -61,11 +62,14 @@ def test_committed_jobs_are_their_exports(task, tmp_path):
         assert sorted(str(Path(t).relative_to(f"jobs/{task}")) for t in tracked) == sorted(config + ["job.py"])
     shipped = [f for f in files if f.startswith("app/custom/")]
     packages = {"brats_fl": TASK.packages, "pathology_metastasis": METASTASIS.packages}[task]
-    expected = sorted(f"app/custom/{pkg}/{p.relative_to(package_dir(pkg))}" for pkg in packages
-                      for p in package_dir(pkg).rglob("*.py"))
-    assert shipped == expected
+    modules = sorted(f"app/custom/{pkg}/{p.relative_to(package_dir(pkg))}" for pkg in packages
+                     for p in package_dir(pkg).rglob("*.py"))
+    assert shipped == sorted(modules + [f"app/custom/{pkg}/{OUTPUT_MARKER}" for pkg in packages])
     assert all((exported / f).read_bytes() == (package_dir(f.split("/")[2]) / f.split("/", 3)[3]).read_bytes()
-               for f in shipped)
+               for f in modules)
+    for pkg in packages:  # each copy lists its modules, so a later version's export may replace them
+        listed = listed_outputs(exported / "app/custom" / pkg)
+        assert {f"app/custom/{pkg}/{rel}" for rel in listed} == {m for m in modules if m.split("/")[2] == pkg}
     (tmp_path / task / "job.py").write_text("kept")
     assert subprocess.run([sys.executable, str(script), "--export", "--export-dir", str(tmp_path)],
                           capture_output=True, timeout=300).returncode == 0

@@ -163,6 +163,63 @@ def test_command_chain(camelyon_root, tmp_path, capsys):
     assert "detections folder missing" in capsys.readouterr().err
 
 
+def test_each_command_opens_each_slide_once_and_decodes_each_input_once(camelyon_root, tmp_path, monkeypatch):
+    """tissue -> infer -> detect -> evaluate, counted at the readers: each command opens a slide at most once (the
+    up-front checks read headers only), decodes each tissue mask and map at most once; detect and evaluate never
+    open a slide for what a map's JSON records, and evaluate never decodes a map (its JSON holds the maximum)."""
+    from collections import Counter
+
+    import openslide
+
+    from metastasis.data import tissue as tissue_module
+    from metastasis.model import PatchClassifier
+
+    opens, loads, decodes = Counter(), Counter(), Counter()
+
+    class CountingSlide(openslide.OpenSlide):
+        def __init__(self, filename, *args, **kwargs):
+            opens[Path(filename).name] += 1
+            super().__init__(filename, *args, **kwargs)
+
+    real_load, real_png = np.load, tissue_module._read_png
+
+    def counting_load(file, *args, **kwargs):
+        loads[Path(file).name] += 1
+        return real_load(file, *args, **kwargs)
+
+    def counting_png(png, shape, exact=True, decode=True):
+        decodes[png.name] += decode
+        return real_png(png, shape, exact, decode)
+
+    monkeypatch.setattr(openslide, "OpenSlide", CountingSlide)
+    monkeypatch.setattr(np, "load", counting_load)
+    monkeypatch.setattr(tissue_module, "_read_png", counting_png)
+    checkpoint = tmp_path / "model.pt"
+    torch.save({"model": PatchClassifier(64).state_dict(), "train_conf": {"patch_size": 64}}, checkpoint)
+    slides = camelyon_root / "training/tumor"
+    names = sorted(p.name for p in slides.glob("*.tif"))
+
+    def run(*argv: str) -> tuple[Counter, Counter, Counter]:
+        for counter in (opens, loads, decodes):
+            counter.clear()
+        assert cli.main(list(argv)) == 0
+        return Counter(opens), Counter(loads), Counter(decodes)
+
+    assert run("tissue", str(slides), "--out", str(tmp_path / "masks"))[0] == Counter({n: 1 for n in names})
+    opened, loaded, decoded = run("infer", str(slides), "--checkpoint", str(checkpoint), "--masks",
+                                  str(tmp_path / "masks"), "--out", str(tmp_path / "maps"), "--stride", "128")
+    assert opened == Counter({n: 1 for n in names})
+    assert decoded == Counter({n.replace(".tif", "_tissue.png"): 1 for n in names})
+    opened, loaded, _ = run("detect", str(tmp_path / "maps"), "--out", str(tmp_path / "det"), "--threshold", "0")
+    assert not opened and loaded == Counter({n.replace(".tif", ".npy"): 1 for n in names})
+    opened, loaded, _ = run("evaluate", str(slides), "--detections", str(tmp_path / "det"), "--annotations",
+                            str(camelyon_root / "training/lesion_annotations"), "--maps", str(tmp_path / "maps"),
+                            "--out", str(tmp_path / "froc"), "--resamples", "0")
+    assert opened == Counter({n: 1 for n in names}) and not loaded
+    maps = json.loads((tmp_path / "froc/froc.json").read_text())
+    assert maps["n_slides"] == len(names)
+
+
 def test_maps_record_their_slide_and_settings(camelyon_root, tmp_path, monkeypatch, capsys):
     """A map's JSON holds its slide's absolute path and pixel size, so detect runs from any folder and without the
     slide; a rerun reuses maps made with its settings and refuses others, naming what differs."""

@@ -12,7 +12,7 @@ DEMO_LGG ?= 28
 DEMO_SHAPE ?= 96 96 64
 DEMO_ROUNDS ?= 12
 # Two clients share this machine's cores in the simulator: one PyTorch thread each. A 12-round run needs a larger
-# step than the seed's 600 rounds: lr 5e-4 (README, "A longer CPU run", compares it with the seed's 1e-4).
+# step than the seed's 600 rounds: lr 5e-4 (docs/benchmarks.md, "A longer CPU run", compares it with the seed's 1e-4).
 DEMO_SETTINGS ?= --set num_workers=0 --set num_threads=1 --set lr=5e-4
 # The BraTS job in a real local federation: server and 2 clients as separate processes from mutual-TLS startup
 # kits (DEPLOY_KITS=poc: `nvflare poc prepare` into poc_workspace/ws; provision: `nvflare provision`), the job

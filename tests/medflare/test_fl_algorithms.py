@@ -163,7 +163,7 @@ def test_svt_spends_what_its_accountant_says_per_round():
     """What the SVT filter spends per round at the job's defaults (NVFlare's BraTS example: fraction 0.9, epsilon
     0.001, noise_var 1.0), by nvflare's pure-DP accountant: epsilon 0.001 for choosing the entries, plus one
     noise_var for each entry released, so 0.001 + ceil(0.9 n) for an update of n entries (4,232,005.001 for the
-    SegResNet's 4,702,227). The guarantee per round is that large; the README says so."""
+    SegResNet's 4,702,227). The guarantee per round is that large; docs/brats.md says so."""
     privacy = FederatedAlgorithm(privacy="svt").privacy_filter()
     diff = {"w": np.full(10, 1e-5, np.float32), "b": np.full(3, -1e-5, np.float32)}
     for round_ in (1, 2):

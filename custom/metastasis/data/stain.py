@@ -261,7 +261,7 @@ def slide_stain_vectors(slide, path: str | Path = "", regions: int = 32, size: i
     the slide's vectors) give the slide's as their median. Pooling all pixels instead lets a pen mark or fold in a
     few windows set the extreme angles and percentiles that Macenko's method reads: on the generator's two centres
     that tilted a slide's vectors by up to 30 degrees and moved its haematoxylin percentile by 2x between slides
-    of one centre (``benchmarks/centre_shift.py``'s diagnosis in the README).
+    of one centre (``benchmarks/centre_shift.py``'s diagnosis in docs/metastasis.md).
     """
     width, height = slide.dimensions
     overview, downsample, _ = read_downsampled(slide, max(1.0, max(width, height) / 1024), path)

@@ -306,7 +306,7 @@ def main() -> None:
         return
     import torch
 
-    from brats_fl.datalist import SEED_SITES, write_datalists
+    from brats_fl.datalist import CLARA_SITES, write_datalists
     from demodata.brats import generate_dataset
 
     if not args.data.exists():
@@ -321,7 +321,7 @@ def main() -> None:
                           "torch": torch.__version__},
               "data": {**{g: sum(1 for p in (args.data / g).iterdir() if p.is_dir()) for g in RELEASE},
                        "shape": _shape(args.data)}, "sites": {}}
-    for site in SEED_SITES:
+    for site in CLARA_SITES:
         steps, val, sliding = (args.steps, args.val_cases, args.sliding_cases) if site.name == "site-1" else (0, 0, 0)
         result["sites"][site.name] = _in_process(args.data, "--site", str(args.data), str(lists[site.name]), "--steps",
                                                  str(steps), "--val-cases", str(val), "--sliding-cases", str(sliding))

@@ -16,7 +16,7 @@ from medflare.cli import add_deploy_parser, add_evaluation_parser, add_job_parse
 
 from .config import VAL_WINDOWS, TrainConfig
 from .data import MODALITIES, RELEASE_SHAPE, CaseError, case_files, check_case, find_cases
-from .datalist import SEED_SITES, SPLITS, write_datalists
+from .datalist import CLARA_SITES, SPLITS, write_datalists
 from .task import TASK
 
 logger = logging.getLogger("brats_fl")
@@ -113,7 +113,7 @@ def _extra_models(args: argparse.Namespace):
     if not args.data_root:
         raise UserError("--extra: give --data-root, the folder the site datalists' paths are relative to")
     datalist_dir = Path(args.datalist_dir) if args.datalist_dir else Path(args.data_root) / "datalists"
-    datalists = {site.name: datalist_dir / site.datalist for site in SEED_SITES}
+    datalists = {site.name: datalist_dir / site.datalist for site in CLARA_SITES}
 
     def score(sites: Sequence[str]) -> dict:
         from .engine import summarize
@@ -184,12 +184,12 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
                         help="model file: FL_global_model.pt, best_FL_global_model.pt or a site's local_best_model.pt")
     parser.add_argument("--roi", type=number(int, above=0, multiple_of=8), nargs=3, default=list(defaults.crop),
                         metavar=("X", "Y", "Z"),
-                        help="window size in voxels, each divisible by 8 (default: the seed's training crop "
+                        help="window size in voxels, each divisible by 8 (default: Clara's training crop "
                              f"{' '.join(map(str, defaults.crop))})")
     parser.add_argument("--window", choices=VAL_WINDOWS, default=defaults.val_window,
                         help="brain: one window centred on the brain (the nonzero voxels), sliding windows when "
                              "the brain does not fit in it; on a full-size case 1 pass instead of 8, Dice within "
-                             "0.003 of the sliding windows. sliding: the seed's sliding windows over the whole "
+                             "0.003 of the sliding windows. sliding: Clara's sliding windows over the whole "
                              f"volume (default: {defaults.val_window})")
     parser.add_argument("--overlap", type=number(float, minimum=0, below=1), default=defaults.val_overlap,
                         help=f"overlap of sliding windows in [0, 1) (default: {defaults.val_overlap})")
@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl = sub.add_parser(
         "datalist", help="split a BraTS root into the two sites' datalists (site-1 HGG, site-2 LGG)",
         description="Check every case, then split HGG cases to site-1 and LGG cases to site-2, each into "
-                    "training/validation/testing in the seed's proportions (210 HGG -> 144/30/36, 75 LGG -> "
+                    "training/validation/testing in Clara's proportions (210 HGG -> 144/30/36, 75 LGG -> "
                     "56/12/7), and write seg_brats18_datalist_client_a.json (site-1) and ..._client_b.json "
                     "(site-2) in MONAI's datalist format with paths relative to ROOT.",
     )
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "across sites weighted by the number of test cases.",
         weights=lambda args: dict(args.weights) if args.weights else None, extra=_extra_models)
     rep.add_argument("--weights", type=_weight, nargs="+", metavar="SITE=W",
-                     help="site weights for AVE instead of the test-case counts, e.g. the seed's site-1=30 site-2=12")
+                     help="site weights for AVE instead of the test-case counts, e.g. Clara's site-1=30 site-2=12")
     rep.add_argument("--extra", type=named_file, nargs="+", metavar="NAME=CHECKPOINT",
                      help="further models to score on every site's testing split and add as rows, e.g. the "
                           "centrally trained baseline: central=RUN/best_model.pt (needs --data-root). It reads "
@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser(
         "train", help="centralised training on the pooled data of several sites (the baseline of FL papers)",
-        description="Train the seed's SegResNet on the pooled training splits of the given site datalists (what a "
+        description="Train Clara's SegResNet on the pooled training splits of the given site datalists (what a "
                     "central server would do if the sites could share their data), with the same engine and recipe "
                     "as a site: one epoch stands for one federated round. After each epoch the model is scored on "
                     "the pooled validation splits (mean Dice over TC, WT, ET); OUT gets best_model.pt, "

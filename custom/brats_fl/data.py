@@ -34,7 +34,7 @@ __all__ = [
     "check_files",
 ]
 
-#: Input channel order of the seed model: T1c, T1, T2, FLAIR (file suffixes of the release).
+#: Input channel order of the Clara model: T1c, T1, T2, FLAIR (file suffixes of the release).
 MODALITIES: tuple[str, ...] = ("t1ce", "t1", "t2", "flair")
 #: Label values allowed in a BraTS 2018 segmentation.
 LABEL_VALUES: tuple[int, ...] = (0, 1, 2, 4)

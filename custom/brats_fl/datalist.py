@@ -1,7 +1,7 @@
 """Site datalists: the BraTS release split into the two federated sites, in MONAI's datalist format.
 
-The seed federation puts the high-grade cases at site-1 and the low-grade cases at site-2 and splits each site
-into training / validation / testing. On the real release (210 HGG, 75 LGG) the split sizes are the seed's:
+The Clara federation puts the high-grade cases at site-1 and the low-grade cases at site-2 and splits each site
+into training / validation / testing. On the real release (210 HGG, 75 LGG) the split sizes are Clara's:
 site-1 144 / 30 / 36 and site-2 56 / 12 / 7. Other case counts are split in the same per-site proportions.
 
 A datalist file (``seg_brats18_datalist_client_a.json`` for site-1, ``..._client_b.json`` for site-2)::
@@ -31,7 +31,7 @@ from medcore.progress import Progress
 
 from .data import MODALITIES, CaseError, case_files, check_case, check_files, find_cases
 
-__all__ = ["SPLITS", "SiteSpec", "SEED_SITES", "split_sizes", "build_datalists", "write_datalists",
+__all__ = ["SPLITS", "SiteSpec", "CLARA_SITES", "split_sizes", "build_datalists", "write_datalists",
            "read_datalist", "datalist_files"]
 
 logger = logging.getLogger(__name__)
@@ -41,31 +41,31 @@ SPLITS: tuple[str, ...] = ("training", "validation", "testing")
 
 @dataclasses.dataclass(frozen=True)
 class SiteSpec:
-    """One federated site: which grade it holds, its datalist file name and the seed's split of the release."""
+    """One federated site: which grade it holds, its datalist file name and Clara's split of the release."""
 
     name: str
     grade: str
     datalist: str
-    seed_split: tuple[int, int, int]  # training, validation, testing cases of the real release
+    clara_split: tuple[int, int, int]  # training, validation, testing cases of the real release
 
 
-SEED_SITES: tuple[SiteSpec, ...] = (
+CLARA_SITES: tuple[SiteSpec, ...] = (
     SiteSpec("site-1", "HGG", "seg_brats18_datalist_client_a.json", (144, 30, 36)),
     SiteSpec("site-2", "LGG", "seg_brats18_datalist_client_b.json", (56, 12, 7)),
 )
 
 
-def split_sizes(n_cases: int, seed_split: Sequence[int]) -> tuple[int, int, int]:
-    """Training, validation and testing sizes for ``n_cases`` in the proportions of ``seed_split``.
+def split_sizes(n_cases: int, clara_split: Sequence[int]) -> tuple[int, int, int]:
+    """Training, validation and testing sizes for ``n_cases`` in the proportions of ``clara_split``.
 
     Validation and testing get ``round(n * share)`` cases (at least one each; ``n >= 3``), training the rest,
-    so the seed's own counts come back exactly for the release's case numbers.
+    so Clara's own counts come back exactly for the release's case numbers.
     """
     if n_cases < 3:
         raise UserError(f"{n_cases} cases are too few to split into training, validation and testing (need 3)")
-    total = sum(seed_split)
-    val = max(1, int(round(n_cases * seed_split[1] / total)))
-    test = max(1, int(round(n_cases * seed_split[2] / total)))
+    total = sum(clara_split)
+    val = max(1, int(round(n_cases * clara_split[1] / total)))
+    test = max(1, int(round(n_cases * clara_split[2] / total)))
     return n_cases - val - test, val, test
 
 
@@ -76,7 +76,7 @@ def _entry(case_dir: Path, root: Path) -> dict:
 
 
 def build_datalists(root: str | Path, seed: int = 0, check: bool = True,
-                    sites: Sequence[SiteSpec] = SEED_SITES) -> dict[str, dict[str, list[dict]]]:
+                    sites: Sequence[SiteSpec] = CLARA_SITES) -> dict[str, dict[str, list[dict]]]:
     """Split a BraTS root into per-site datalists ``{site: {"training": [...], "validation": [...], ...}}``.
 
     The split is a seeded shuffle of the case names, so it is the same on every machine for a seed. With
@@ -98,14 +98,14 @@ def build_datalists(root: str | Path, seed: int = 0, check: bool = True,
             raise CaseError(f"{root / site.grade}: no cases for {site.name}")
         order = np.random.default_rng([seed, index]).permutation(len(names))
         shuffled = [names[i] for i in order]
-        n_train, n_val, _ = split_sizes(len(shuffled), site.seed_split)
+        n_train, n_val, _ = split_sizes(len(shuffled), site.clara_split)
         parts = (shuffled[:n_train], shuffled[n_train:n_train + n_val], shuffled[n_train + n_val:])
         lists[site.name] = {split: [_entry(c, root) for c in sorted(part)] for split, part in zip(SPLITS, parts)}
     return lists
 
 
 def write_datalists(root: str | Path, out_dir: str | Path | None = None, seed: int = 0, check: bool = True,
-                    sites: Sequence[SiteSpec] = SEED_SITES) -> dict[str, Path]:
+                    sites: Sequence[SiteSpec] = CLARA_SITES) -> dict[str, Path]:
     """Build the datalists and write one JSON per site (default folder: ``ROOT/datalists``); return their paths."""
     out = Path(out_dir) if out_dir is not None else Path(root) / "datalists"
     lists = build_datalists(root, seed=seed, check=check, sites=sites)

@@ -75,7 +75,7 @@ class Trainer(EpochTrainer):
     """Adam + Dice loss (on sigmoid outputs) with automatic mixed precision, one epoch at a time.
 
     The loss is MONAI's ``DiceLoss(sigmoid=True, squared_pred=True, smooth_nr=0, smooth_dr=1e-5)`` over the TC, WT
-    and ET channels (the seed's loss), plus ``vae_weight`` times the VAE loss when the model has that branch.
+    and ET channels (Clara's loss), plus ``vae_weight`` times the VAE loss when the model has that branch.
     """
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, device: torch.device | None = None) -> None:
@@ -104,7 +104,7 @@ def predict_regions(model: torch.nn.Module, image: torch.Tensor, config: TrainCo
     ``config.val_window`` ``brain``: one window of ``config.crop`` voxels centred on the brain's bounding box
     (zero beyond the volume), nothing predicted outside it; when the brain does not fit in the crop, and for
     ``sliding``: windows of ``config.crop`` voxels over the volume overlapping by ``config.val_overlap``
-    (Gaussian-free constant blending, as in the seed).
+    (Gaussian-free constant blending, as in Clara's).
     """
     model.eval()
     image = torch.as_tensor(image)

@@ -44,7 +44,7 @@ def score_checkpoint(checkpoint: str | Path, datalist: str | Path, data_root: st
                      config: TrainConfig | None = None) -> list[dict]:
     """Per-case Dice and HD95 (mm) of ``checkpoint`` on one split of a datalist (:func:`~brats_fl.engine.evaluate`
     with each case's voxel size). ``config`` ``None``: the window settings the checkpoint was trained with
-    (``crop``, ``val_window``, ``val_overlap`` of its ``train_conf``; the seed's where it has none)."""
+    (``crop``, ``val_window``, ``val_overlap`` of its ``train_conf``; Clara's where it has none)."""
     model, extras = load_checkpoint(checkpoint)
     if config is None:
         conf = extras.get("train_conf") if isinstance(extras.get("train_conf"), dict) else {}

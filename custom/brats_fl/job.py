@@ -1,4 +1,4 @@
-"""The federated BraTS job (:class:`BratsRecipe`): the seed's recipe by default, with other rounds, recipe settings,
+"""The federated BraTS job (:class:`BratsRecipe`): Clara's recipe by default, with other rounds, recipe settings,
 data location or federated algorithm as arguments; :func:`make_job` writes one as a job folder.
 
 ``jobs/brats_fl/job.py`` runs it (the simulator, a POC federation or a provisioned one) or exports it; the committed
@@ -22,16 +22,16 @@ __all__ = ["BratsRecipe", "BratsEvaluation", "make_job"]
 
 
 class BratsRecipe(TaskRecipe):
-    """Two sites train the seed's SegResNet on their BraTS datalists; ScatterAndGather with in-time selection of the
+    """Two sites train Clara's SegResNet on their BraTS datalists; ScatterAndGather with in-time selection of the
     global best model (mean validation Dice), then cross-site validation on every site's testing split.
 
     Args:
-        rounds: federated rounds (default: the seed's 600).
+        rounds: federated rounds (default: Clara's 600).
         train: :class:`~brats_fl.config.TrainConfig` settings to change (e.g. ``{"crop": [64, 64, 48]}``); the
             server's model follows ``crop``, ``vae`` and ``seed``, so both sides build the same network.
         data_root, datalist_dir: where the sites find their data (default: ``$BRATS_DATA_ROOT``, expanded on each
             site) and their datalists (default: ``data_root``'s ``datalists`` folder).
-        datalists: site name -> datalist file (default: the seed's two).
+        datalists: site name -> datalist file (default: Clara's two).
         resume_from, algorithm, name, polling, tracking: as in :class:`medflare.recipe.TaskRecipe` (FedProx is the
             recipe's ``fedprox_mu``).
     """
@@ -58,7 +58,7 @@ class BratsEvaluation(EvaluationRecipe):
     Args:
         checkpoints: model name -> checkpoint file (e.g. ``{"central": "central/best_model.pt"}``).
         train: :class:`~brats_fl.config.TrainConfig` settings of the scoring (the validation window and overlap,
-            ``device``, ``num_threads``; default: the seed's).
+            ``device``, ``num_threads``; default: Clara's).
         data_root, datalist_dir, datalists: as in :class:`BratsRecipe`.
         name: the job's name.
     """

@@ -20,7 +20,7 @@ from medcore.files import resolve_path, write_json
 from medflare.learner import EngineLearner
 
 from .config import TrainConfig
-from .datalist import SEED_SITES, read_datalist
+from .datalist import CLARA_SITES, read_datalist
 from .engine import Trainer, eval_dataset, evaluate, summarize, train_dataset
 from .metrics import REGIONS
 from .model import BratsSegResNet
@@ -33,22 +33,23 @@ KEY_METRIC = TASK.key_metric
 
 
 class BratsLearner(EngineLearner):
-    """Trains and validates the seed's SegResNet on one site's BraTS datalist.
+    """Trains and validates Clara's SegResNet on one site's BraTS datalist.
 
     Args:
         data_root: folder the datalist paths are relative to (environment variables are expanded, so each site can
             point at its own data with ``BRATS_DATA_ROOT``).
         datalist_dir: folder holding the site datalists.
-        datalists: site name -> datalist file name; defaults to the seed's (site-1 -> ``..._client_a.json``,
+        datalists: site name -> datalist file name; defaults to Clara's (site-1 -> ``..._client_a.json``,
             site-2 -> ``..._client_b.json``).
-        train: :class:`~brats_fl.config.TrainConfig` settings; defaults are the seed's recipe.
+        train: :class:`~brats_fl.config.TrainConfig` settings; defaults are Clara's recipe.
         analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
         resume_from_job: id of an interrupted job whose local state this run takes over (:mod:`medflare.workflow`).
         send_weight_diff: send a round's result as the change from the global model (for FedOpt and the privacy
             filters, :mod:`medflare.algorithms`).
     """
 
-    key_metric = KEY_METRIC
+    task = TASK
+    config: TrainConfig
     #: Exported by FLARE's job API even when they are the defaults: where the data are is what a site checks first.
     _always_serialize_args = ("data_root", "datalist_dir")
     cross_site_split = "testing"
@@ -57,12 +58,10 @@ class BratsLearner(EngineLearner):
                  datalists: Mapping[str, str] | None = None, train: Mapping[str, Any] | None = None,
                  analytic_sender_id: str = "analytic_sender", resume_from_job: str = "",
                  send_weight_diff: bool = False) -> None:
-        super().__init__(analytic_sender_id, resume_from_job, send_weight_diff)
+        super().__init__(train, analytic_sender_id, resume_from_job, send_weight_diff)
         self.data_root = data_root
         self.datalist_dir = datalist_dir
-        self.datalists = dict(datalists or {s.name: s.datalist for s in SEED_SITES})
-        self.config = TrainConfig.from_dict(train)
-        self._train = self.config.to_dict()  # what FLARE's job API exports as ``train``
+        self.datalists = dict(datalists or {s.name: s.datalist for s in CLARA_SITES})
 
     def setup(self, fl_ctx: FLContext) -> None:
         if self.site not in self.datalists:

@@ -1,4 +1,4 @@
-"""SegResNet of Myronenko 2018 ("3D MRI brain tumor segmentation using autoencoder regularization"), as the seed
+"""SegResNet of Myronenko 2018 ("3D MRI brain tumor segmentation using autoencoder regularization"), as Clara's
 configures it: encoder blocks (1, 2, 2, 4), decoder blocks (1, 1, 1), 16 initial filters, dropout 0.2, 4 input
 channels (T1c, T1, T2, FLAIR) and 3 output channels (TC, WT, ET logits; apply a sigmoid)."""
 
@@ -18,7 +18,7 @@ __all__ = ["BratsSegResNet", "load_checkpoint"]
 
 
 class BratsSegResNet(torch.nn.Module):
-    """The seed's SegResNet, optionally with the VAE regularisation branch of the paper.
+    """Clara's SegResNet, optionally with the VAE regularisation branch of the paper.
 
     ``forward(x)`` takes (B, 4, X, Y, Z) with X, Y, Z divisible by 8 and returns the (B, 3, X, Y, Z) logits. With
     ``vae=True`` the branch reconstructs the input from a 256-d latent while training; :attr:`vae_loss` then holds
@@ -55,7 +55,7 @@ def load_checkpoint(path: str | Path) -> tuple[BratsSegResNet, dict]:
     Accepts FLARE's persisted global models (``FL_global_model.pt``, ``best_FL_global_model.pt``: ``{"model":
     state_dict, "train_conf": ...}``), a site's ``local_best_model.pt`` and a bare state dict. Whether the VAE
     branch is present is read from the weights; with the branch, the crop it was built for is read from the
-    VAE's input layer size in ``train_conf`` or, failing that, must match the seed's default.
+    VAE's input layer size in ``train_conf`` or, failing that, must match Clara's default.
     """
     path = Path(path)
     content = load_torch(path, "checkpoint")

@@ -1,10 +1,10 @@
-"""The BraTS cross-site validation report users read, as the seed prints it, and the training curves.
+"""The BraTS cross-site validation report users read, as Clara prints it, and the training curves.
 
 For every model (final global, best global, each site's local best) the report lists each site's TC / WT / ET
-Dice on its testing split and their average across sites weighted by the number of test cases: with the seed's
-split, AVE = (site-1 x 30 + site-2 x 12) / 42. (The seed's card names 30 and 12 "testing" cases while its
+Dice on its testing split and their average across sites weighted by the number of test cases: with Clara's
+split, AVE = (site-1 x 30 + site-2 x 12) / 42. (Clara's card names 30 and 12 "testing" cases while its
 datalists hold 36 and 7 testing cases and 30 / 12 validation cases; our learner reports the number of cases it
-evaluated, ``n_cases``, and the report weights by it. ``weights`` reproduces any other weighting, e.g. the seed's
+evaluated, ``n_cases``, and the report weights by it. ``weights`` reproduces any other weighting, e.g. Clara's
 ``{"site-1": 30, "site-2": 12}``.) After the Dice columns come the Hausdorff 95 distances per region in mm
 (``HD95_TC``, ``HD95_WT``, ``HD95_ET``, lower is better), the mean over each site's cases, when the results carry
 them. The machinery is :mod:`medflare.crosssite`; this module says what BraTS results

@@ -14,8 +14,8 @@ TASK = TaskSpec(
     packages=("brats_fl", "medcore", "medflare"),
     data_variable="BRATS_DATA_ROOT",
     clients=2,
-    rounds=600,  # the seed's
-    recipe=TrainConfig,
+    rounds=600,  # Clara's
+    settings=TrainConfig,
     report=BRATS_REPORT,
     key_metric="val_dice",  # mean Dice over TC, WT and ET on the site's validation split
 )

@@ -39,7 +39,7 @@ def _load(keys: Sequence[str]) -> list:
 
 
 def _normalise() -> mt.Transform:
-    """Zero mean, unit standard deviation over the nonzero (brain) voxels of each channel, the seed's
+    """Zero mean, unit standard deviation over the nonzero (brain) voxels of each channel, Clara's
     preprocessing; background stays 0."""
     return mt.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True)
 
@@ -163,7 +163,7 @@ def _regions() -> list:
 
 
 def train_transforms(crop: Sequence[int]) -> mt.Compose:
-    """The seed's training chain on compact cases: random crop of ``crop`` voxels (volumes smaller than the crop
+    """Clara's training chain on compact cases: random crop of ``crop`` voxels (volumes smaller than the crop
     zero-padded first), random flip on each axis, random intensity scale and shift of 0.1."""
     keys = ["image", "label"]
     return mt.Compose(compact_transforms() + [RandCropFullFramed(crop)] + _regions() + [

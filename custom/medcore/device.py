@@ -1,6 +1,6 @@
 """Device and mixed-precision choices, made automatically from the hardware.
 
-* CUDA GPU: float16 autocast with a gradient scaler (the seed models' AMP);
+* CUDA GPU: float16 autocast with a gradient scaler (the Clara models' AMP);
 * CPU that computes bfloat16 natively (oneDNN's check: AVX-512 or AMX on x86, BF16 on Arm): bfloat16 autocast
   (about 2x faster SegResNet training than float32 on CPUs with AVX-512 BF16), no scaler (bfloat16 has float32's
   exponent range);

@@ -1,6 +1,7 @@
-"""The optimisation loop both models share: one epoch of optimiser steps over a dataset, with automatic mixed
-precision (:mod:`medcore.device`), seeded draws (:mod:`medcore.seeding`), an optional FedProx proximal term and a
-record of how long the loop waited for data."""
+"""What both models' training shares: the settings every task's recipe holds (:class:`TrainingSettings`) and the
+optimisation loop, one epoch of optimiser steps over a dataset with automatic mixed precision
+(:mod:`medcore.device`), seeded draws (:mod:`medcore.seeding`), an optional FedProx proximal term and a record of
+how long the loop waited for data."""
 
 from __future__ import annotations
 
@@ -13,10 +14,50 @@ import torch
 from monai.data import DataLoader
 from torch.utils.data import Dataset
 
-from .device import autocast, grad_scaler
+from .device import autocast, check_device_name, grad_scaler
 from .seeding import epoch_seed
+from .settings import MAX_PARALLEL, Settings, setting
 
-__all__ = ["EpochStats", "EpochTrainer"]
+__all__ = ["TrainingSettings", "with_default", "EpochStats", "EpochTrainer"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings(Settings):
+    """The settings every task's training recipe holds; a task's recipe subclasses it with its model's settings
+    (the FLARE layer, :class:`medflare.learner.EngineLearner`, relies on these fields and no others).
+
+    Attributes:
+        epochs: epochs of a standalone run (``train``); under FLARE the server's rounds count instead. A task sets
+            its own default (:func:`with_default`).
+        local_epochs: passes over the site's training data per federated round.
+        fedprox_mu: FedProx's proximal weight ``mu`` (:class:`EpochTrainer`): local training minimises the loss plus
+            ``mu / 2 * ||w - w_global||^2``; 0 (the default) is plain FedAvg training.
+        amp: mixed precision (fp16 + grad scaler on CUDA, bf16 autocast on CPUs that have it), chosen
+            automatically (:mod:`medcore.device`).
+        num_workers: DataLoader worker processes preparing the training batches.
+        num_threads: CPU threads for PyTorch; 0 keeps PyTorch's default (all cores). When several clients share
+            one machine (the simulator with ``-t``, a POC), give each ``cores / clients``: oversubscribed OpenMP
+            threads spin against each other and slow training down by 10x and more.
+        seed: seed of the initial weights (in a federation: the first global model, which the server builds) and of
+            every epoch's shuffling, augmentations and dropout (:mod:`medcore.seeding`).
+        device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:n]``.
+    """
+
+    epochs: int = setting(1, minimum=1, runtime=True)
+    local_epochs: int = setting(1, minimum=1)
+    fedprox_mu: float = setting(0.0, minimum=0)
+    amp: bool = True
+    num_workers: int = setting(2, minimum=0, maximum=MAX_PARALLEL, runtime=True)
+    num_threads: int = setting(0, minimum=0, maximum=MAX_PARALLEL, runtime=True)
+    seed: int = setting(0, minimum=0)
+    device: str = setting("auto", check=check_device_name, runtime=True)
+
+
+def with_default(settings: type[Settings], name: str, value: Any) -> Any:
+    """Field ``name`` of ``settings`` with another default, its range and checks kept: a subclass declares
+    ``epochs: int = with_default(TrainingSettings, "epochs", 600)``."""
+    field = settings.__dataclass_fields__[name]  # type: ignore[attr-defined]
+    return dataclasses.field(default=value, metadata=field.metadata)
 
 
 @dataclasses.dataclass(frozen=True)

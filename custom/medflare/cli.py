@@ -32,14 +32,14 @@ def _job_id(text: str) -> str:
 def _add_job_options(parser: argparse.ArgumentParser, task: TaskSpec) -> None:
     """The job's options both ``job`` and ``make-job`` take: rounds, data, recipe settings, the federated
     algorithm (:func:`job_overrides` reads them)."""
-    settings = ", ".join(f.name for f in dataclasses.fields(task.recipe))
+    settings = ", ".join(f.name for f in dataclasses.fields(task.settings))
     parser.add_argument("--rounds", type=number(int, minimum=1),
-                        help=f"federated rounds (default: the seed's {task.rounds})")
+                        help=f"federated rounds (default: Clara's {task.rounds})")
     parser.add_argument("--data-root", type=non_empty,
                         help=f"data folder the sites read, e.g. an absolute path (default: ${task.data_variable}, "
                              "expanded on each site)")
     parser.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE",
-                        help=f"any training setting ({settings}; see {task.recipe.__module__}); values are JSON and "
+                        help=f"any training setting ({settings}; see {task.settings.__module__}); values are JSON and "
                              "typed, e.g. --set lr=2e-4 --set amp=false; repeatable")
     parser.add_argument("--resume-from", metavar="JOB_ID", type=_job_id,
                         help="go on from interrupted job JOB_ID (e.g. cut off by a server restart) at the round "
@@ -84,7 +84,7 @@ def add_job_parsers(sub: argparse._SubParsersAction, task: TaskSpec, build: Call
     """
     job = sub.add_parser(
         "job", help=f"run the {task.name} job (FLARE simulator, POC or provisioned federation) or export it",
-        description=f"Build the {task.name} job (the seed's recipe unless told otherwise) with FLARE's job API and "
+        description=f"Build the {task.name} job (Clara's recipe unless told otherwise) with FLARE's job API and "
                     "run it: in FLARE's simulator (--env sim, the default; then print the cross-site report), in a "
                     "POC federation on this machine (--env poc: nvflare poc prepare and start, submit, wait, "
                     "download) or in a provisioned federation (--env prod: submit with the admin's startup kit). "
@@ -97,7 +97,7 @@ def add_job_parsers(sub: argparse._SubParsersAction, task: TaskSpec, build: Call
 
     make = sub.add_parser("make-job", help=f"write the {task.name} job folder with other rounds, settings or data "
                                            "location (as job --export)",
-                          description=f"Write the {task.name} job (the seed's recipe unless told otherwise) as a job "
+                          description=f"Write the {task.name} job (Clara's recipe unless told otherwise) as a job "
                                       "folder OUT, the project's code included, as `job --export` does. Run it with "
                                       f"`nvflare simulator OUT -n {task.clients} -t {task.clients}`, or submit it "
                                       "to a POC or provisioned federation.")

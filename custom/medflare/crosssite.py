@@ -205,7 +205,7 @@ def _rows(report: CrossSiteReport, model: str) -> list[tuple[str, dict[str, floa
 
 
 def format_text(report: CrossSiteReport) -> str:
-    """The seed's plain-text layout (``Site-1: TC: 0.8790 WT: 0.9180 ET: 0.8064`` ... ``AVE: ...``)."""
+    """Clara's plain-text layout (``Site-1: TC: 0.8790 WT: 0.9180 ET: 0.8064`` ... ``AVE: ...``)."""
     weights = " + ".join(f"{s} x {report.weights[s]:g}" for s in report.sites)
     lines = [f"Cross-site validation ({report.spec.split_name}). AVE = ({weights}) / "
              f"{sum(report.weights.values()):g}, weights: {report.weights_source}.", ""]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -37,8 +37,9 @@ from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateTyp
 
 from medcore.device import select_device
 from medcore.files import atomic_path, load_torch
-from medcore.training import EpochStats, EpochTrainer
+from medcore.training import EpochStats, EpochTrainer, TrainingSettings
 
+from .task import TaskSpec
 from .workflow import FINAL_MODEL_HEADER
 
 __all__ = ["EngineLearner"]
@@ -49,16 +50,18 @@ class EngineLearner(Learner):
 
     Subclasses define:
 
-    * :attr:`key_metric`: name of the score the server selects the global best model on (in ``initial_metrics``);
+    * :attr:`task`: the task (:class:`~medflare.task.TaskSpec`), whose training settings the learner's ``train``
+      block is read into (:attr:`config`, stored with the local best model, :meth:`train_config`) and whose key
+      metric the server selects the global best model on (:attr:`key_metric`, sent in ``initial_metrics``);
     * :attr:`cross_site_split`: the split other sites' models are scored on in cross-site validation;
     * :meth:`setup`: read the site's data, then call :meth:`start_engine` with the model and its trainer;
     * :meth:`score_split`: a summary dict of the current model on a split (:meth:`key_score` picks the
       :attr:`key_metric` out of it);
-    * :meth:`format_scores`: one log line for such a summary;
-    * ``self.config``: the site's recipe (a :class:`~medcore.settings.Settings` with ``device``, ``num_threads``,
-      ``seed`` and ``local_epochs``), stored with the local best model (:meth:`train_config`).
+    * :meth:`format_scores`: one log line for such a summary.
 
     Args:
+        train: the site's training settings (the task's :class:`~medcore.training.TrainingSettings` subclass, as a
+            mapping; missing keys take its defaults).
         analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
         resume_from_job: id of an interrupted job whose local state (in this site's workspace) this run takes over,
             or ``""`` (:mod:`medflare.workflow`).
@@ -67,18 +70,25 @@ class EngineLearner(Learner):
             the server's aggregator must expect the same kind (:mod:`medflare.algorithms` sets both).
     """
 
-    key_metric = "val_metric"
+    task: TaskSpec
     cross_site_split = "validation"
 
-    def __init__(self, analytic_sender_id: str = "analytic_sender", resume_from_job: str = "",
-                 send_weight_diff: bool = False) -> None:
+    def __init__(self, train: Mapping[str, Any] | None = None, analytic_sender_id: str = "analytic_sender",
+                 resume_from_job: str = "", send_weight_diff: bool = False) -> None:
         super().__init__()
+        self.config: TrainingSettings = self.task.settings.from_dict(train)
+        self._train = self.config.to_dict()  # what FLARE's job API exports as ``train``
         self.analytic_sender_id = analytic_sender_id
         self.resume_from_job = resume_from_job
         self.send_weight_diff = bool(send_weight_diff)
         self.model: torch.nn.Module | None = None
         self.trainer: EpochTrainer | None = None
         self.local_epochs = 1
+
+    @property
+    def key_metric(self) -> str:
+        """The score the server selects the global best model on (the task's)."""
+        return self.task.key_metric
 
     # -- to implement --------------------------------------------------------------------------------------------
     def setup(self, fl_ctx: FLContext) -> None:

@@ -3,7 +3,7 @@
 FLARE's ``PTFileModelPersistor`` writes ``{"model": weights, "train_conf": {"train": {"model": CLASS}}}``: the
 global models (``FL_global_model.pt``, ``best_FL_global_model.pt``) do not say how they were trained. Inference needs
 that (the patch size, and the stain normalisation the sites applied to every patch), and the sites' local models
-carry it already. :class:`RecipeModelPersistor` stores the job's ``train`` block (the sites' recipe, written into
+carry it already. :class:`TrainConfPersistor` stores the job's ``train`` block (the sites' recipe, written into
 both sides' configuration by :class:`medflare.recipe.TaskRecipe`) as the global models' ``train_conf``.
 """
 
@@ -14,10 +14,10 @@ from typing import Any, Mapping
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-__all__ = ["RecipeModelPersistor"]
+__all__ = ["TrainConfPersistor"]
 
 
-class RecipeModelPersistor(PTFileModelPersistor):
+class TrainConfPersistor(PTFileModelPersistor):
     """``PTFileModelPersistor`` whose saved models carry ``train_conf`` (the job's recipe).
 
     Args:

@@ -1,7 +1,7 @@
 """A task's federated training job, defined once in Python on FLARE's job API (``nvflare.job_config.api.FedJob``,
 wrapped in an ``nvflare.recipe.Recipe``).
 
-The job is the seed's: the sites run the task's :class:`~medflare.learner.EngineLearner` under FLARE's
+The job is Clara's: the sites run the task's :class:`~medflare.learner.EngineLearner` under FLARE's
 ``LearnerExecutor``; the server runs ScatterAndGather (:class:`~medflare.workflow.ResumableScatterAndGather`) with
 in-time selection of the global best model (``IntimeModelSelector`` on the task's key metric), then cross-site
 validation of every model on every site's data (``CrossSiteModelEval``, whose ``cross_val_results.json``
@@ -52,7 +52,7 @@ from medcore.files import (OUTPUT_MARKER, atomic_directory, check_replaceable, i
 from .algorithms import MODEL_ID, FederatedAlgorithm
 from .evaluation import CheckpointLocator, checkpoint_weights
 from .outcome import failure_reasons
-from .persistor import RecipeModelPersistor
+from .persistor import TrainConfPersistor
 from .task import TaskSpec, is_job_id
 from .workflow import ResumableScatterAndGather
 
@@ -171,7 +171,7 @@ class TaskRecipe(_TaskJob):
             generator = _stated(algorithm.shareable_generator(), "source_model", "optimizer_args")
         else:
             generator = FullModelShareableGenerator()
-        job.to_server(RecipeModelPersistor(model=MODEL_ID if algorithm.server_opt else described,
+        job.to_server(TrainConfPersistor(model=MODEL_ID if algorithm.server_opt else described,
                                            train_conf=dict(train_conf)), id="persistor")
         job.to_server(generator, id="shareable_generator")
         job.to_server(_stated(InTimeAccumulateWeightedAggregator(

@@ -1,8 +1,8 @@
 """What a task package declares once, so that the FLARE layer and the shared sub-commands need no project names.
 
 Each task package (``brats_fl``, ``metastasis``) has one :class:`TaskSpec` in its ``task`` module: its job's name,
-the packages its job ships to the sites, the environment variable through which a site finds its data, its recipe,
-its report and the score the server selects the best model on. Its ``job`` module builds the job from it
+the packages its job ships to the sites, the environment variable through which a site finds its data, its training
+settings, its report and the score the server selects the best model on. Its ``job`` module builds the job from it
 (:class:`medflare.recipe.TaskRecipe`).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from medcore.settings import Settings
+from medcore.training import TrainingSettings
 
 from .crosssite import ReportSpec
 
@@ -31,8 +31,9 @@ class TaskSpec:
         packages: the packages the job runs, shipped in its ``app/custom``.
         data_variable: environment variable through which each site finds its data.
         clients: sites of the default job.
-        rounds: federated rounds of the default job (the seed's).
-        recipe: the training recipe (a :class:`~medcore.settings.Settings` dataclass).
+        rounds: federated rounds of the default job (Clara's).
+        settings: the training settings (a :class:`~medcore.training.TrainingSettings` dataclass), the sites' ``train``
+            block.
         report: what the cross-site results hold.
         key_metric: the validation score the server selects the global best model on (the ``key_metric`` of the
             job's ``IntimeModelSelector``, and what the learner sends in ``initial_metrics``).
@@ -43,6 +44,6 @@ class TaskSpec:
     data_variable: str
     clients: int
     rounds: int
-    recipe: type[Settings]
+    settings: type[TrainingSettings]
     report: ReportSpec
     key_metric: str

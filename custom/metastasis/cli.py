@@ -242,7 +242,7 @@ def _job_options(parser: argparse.ArgumentParser) -> None:
                         help="the site's patch list (default: $CAMELYON_DATA_ROOT/patches.json); {site} in it, and "
                              "in --data-root, becomes each site's name (site-1, site-2, ...)")
     parser.add_argument("--sites", type=number(int, minimum=1),
-                        help="number of sites, e.g. one per hospital (default: 1, the seed's single-client job)")
+                        help="number of sites, e.g. one per hospital (default: 1, Clara's single-client job)")
 
 
 def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
@@ -286,7 +286,7 @@ def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
     make.set_defaults(func=_make_data, memory_options="--tile and --workers")
 
     tissue = sub.add_parser(
-        "tissue", help="compute tissue masks of slides (the seed's prepare_inference_data)",
+        "tissue", help="compute tissue masks of slides (Clara's prepare_inference_data)",
         description="For each slide: Otsu threshold on HSV saturation of a low-resolution view, specks removed and "
                     "holes filled; writes NAME_tissue.png (0/255), NAME_tissue.json (downsample, level, level-0 "
                     "size, threshold) and NAME_tissue_overlay.png (mask over the thumbnail). Finished slides are "
@@ -347,7 +347,7 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
     """train, validate, make-job: the patch classifier, standalone or as the FLARE job."""
     train = sub.add_parser(
         "train", help="train the patch classifier without FLARE",
-        description="Train ResNet18 (1x1-convolution head) on a patch list with the seed's recipe (Novograd, "
+        description="Train ResNet18 (1x1-convolution head) on a patch list with Clara's recipe (Novograd, "
                     "BCEWithLogitsLoss, AMP, augmentation). Writes best_model.pt (best validation accuracy), "
                     "last_model.pt, metrics.csv/json and TensorBoard events into --out; an interrupted run "
                     "resumes from trainer_state.pt.",

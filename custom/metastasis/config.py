@@ -1,13 +1,13 @@
-"""The patch classifier's training recipe: one dataclass whose defaults are the seed's, read from a dict (job
+"""The patch classifier's training recipe: one dataclass whose defaults are Clara's, read from a dict (job
 configuration, ``--set`` options) with a clear error for unknown keys."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from medcore.device import check_device_name
 from medcore.errors import SettingError
-from medcore.settings import MAX_PARALLEL, Settings, setting
+from medcore.settings import setting
+from medcore.training import TrainingSettings, with_default
 
 __all__ = ["TrainConfig", "DEFAULT_TILE_OUTPUTS", "DEFAULT_TILE_PIXELS", "default_tile_outputs", "STAIN_NORMALIZATIONS"]
 
@@ -21,19 +21,17 @@ def _normalization(value: str) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig(Settings):
-    """Recipe of the Clara seed (ResNet18 with a 1x1-convolution head on Camelyon16 patches).
+class TrainConfig(TrainingSettings):
+    """Clara's recipe (ResNet18 with a 1x1-convolution head on Camelyon16 patches); the settings every task shares
+    (rounds' local epochs, FedProx, AMP, workers, threads, seed, device) are
+    :class:`~medcore.training.TrainingSettings`'.
 
     Attributes:
-        patch_size: patch side in level-0 pixels (224, the seed's input), a multiple of 32.
+        patch_size: patch side in level-0 pixels (224, Clara's input), a multiple of 32.
         batch_size: patches per optimiser step.
-        lr, weight_decay: Novograd settings (the seed: lr 1e-3).
-        epochs: epochs of a standalone run (``metastasis train``); under FLARE the server's rounds count instead.
-        local_epochs: epochs per federated round (the seed's single-client job: 1).
-        fedprox_mu: FedProx's proximal weight ``mu`` (:class:`~medcore.training.EpochTrainer`): local training
-            minimises the loss plus ``mu / 2 * ||w - w_global||^2``; 0 (the default) is plain FedAvg training.
-        amp: mixed precision (fp16 + grad scaler on CUDA, bf16 autocast on CPU), chosen automatically.
-        augment: the seed's training augmentations (colour jitter, flips, 90-degree rotations, zoom, intensity
+        lr, weight_decay: Novograd settings (Clara's: lr 1e-3).
+        epochs: epochs of a standalone run (``metastasis train``; Clara's 20 rounds).
+        augment: Clara's training augmentations (colour jitter, flips, 90-degree rotations, zoom, intensity
             scaling) and the HED jitter; off gives plain patches (for benchmarks).
         hed_jitter: strength of the stain augmentation in HED colour space (:class:`~metastasis.data.stain.HEDJitter`:
             H and E each scaled by up to +-s and, on tissue, shifted by up to +-s optical density; glass and DAB
@@ -45,33 +43,23 @@ class TrainConfig(Settings):
             (:class:`~metastasis.data.stain.StainNormalizer`, vectors estimated once per slide), in training and,
             read from the checkpoint, in inference.
         threshold: probability at or above which a patch counts as tumour for accuracy.
-        num_workers: DataLoader processes reading and augmenting patches (each keeps its own slide handles).
-        num_threads: CPU threads for PyTorch; 0 keeps PyTorch's default.
         pretrained: optional local file with ResNet18 weights (torchvision's ImageNet ``resnet18-*.pth`` layout)
             to start from; empty: random initialisation.
-        seed: seed of the initial weights (in a federation: the first global model, which the server builds) and of
-            every epoch's shuffling and augmentations (:mod:`medcore.seeding`).
-        device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:n]``.
+
+    The DataLoader workers (``num_workers``) each keep their own slide handles.
     """
 
     patch_size: int = setting(224, minimum=32)
     batch_size: int = setting(32, minimum=1)
     lr: float = setting(1e-3, above=0)
     weight_decay: float = setting(0.0, minimum=0)
-    epochs: int = setting(20, minimum=1, runtime=True)
-    local_epochs: int = setting(1, minimum=1)
-    fedprox_mu: float = setting(0.0, minimum=0)
-    amp: bool = True
+    epochs: int = with_default(TrainingSettings, "epochs", 20)
     augment: bool = True
     hed_jitter: float = setting(0.05, minimum=0, maximum=1)
     stain_variation: float = setting(0.0, minimum=0, maximum=1)
     stain_normalization: str = setting("none", check=_normalization)
     threshold: float = setting(0.5, above=0, below=1)
-    num_workers: int = setting(2, minimum=0, maximum=MAX_PARALLEL, runtime=True)
-    num_threads: int = setting(0, minimum=0, maximum=MAX_PARALLEL, runtime=True)
     pretrained: str = ""
-    seed: int = setting(0, minimum=0)
-    device: str = setting("auto", check=check_device_name, runtime=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()

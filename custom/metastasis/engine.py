@@ -49,7 +49,7 @@ def patch_datasets(patches: Mapping, config: TrainConfig) -> dict[str, PatchData
 
 
 class Trainer(EpochTrainer):
-    """Novograd + ``BCEWithLogitsLoss`` on one tumour logit per patch (the seed's recipe), automatic AMP."""
+    """Novograd + ``BCEWithLogitsLoss`` on one tumour logit per patch (Clara's recipe), automatic AMP."""
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, device: torch.device | None = None) -> None:
         device = device or select_device(config.device)

@@ -1,4 +1,4 @@
-"""The metastasis job (:class:`MetastasisRecipe`): the seed's single-site recipe by default (20 rounds of one epoch,
+"""The metastasis job (:class:`MetastasisRecipe`): Clara's single-site recipe by default (20 rounds of one epoch,
 Novograd lr 1e-3, 224-pixel patches, batch 32), with other settings, more sites (e.g. one per hospital, each
 reading its own patch list through ``{site}`` in the paths) or a federated algorithm as arguments; :func:`make_job`
 writes one as a job folder (the CPU-sized demo is such a job).
@@ -24,17 +24,17 @@ __all__ = ["MetastasisRecipe", "MetastasisEvaluation", "make_job"]
 
 
 class MetastasisRecipe(TaskRecipe):
-    """Sites train the seed's ResNet18 patch classifier on their patch lists; ScatterAndGather with in-time selection
+    """Sites train Clara's ResNet18 patch classifier on their patch lists; ScatterAndGather with in-time selection
     of the global best model (validation patch accuracy), then cross-site validation on every site's validation
     patches.
 
     Args:
-        rounds: federated rounds, one local epoch each by default (default: the seed's 20).
+        rounds: federated rounds, one local epoch each by default (default: Clara's 20).
         train: :class:`~metastasis.config.TrainConfig` settings to change; the server's model follows
             ``patch_size``, ``seed`` and ``pretrained`` (the first global model starts from those weights).
         data_root, patch_list: where a site finds slides and its patch list (default: ``$CAMELYON_DATA_ROOT`` and
             its ``patches.json``); ``{site}`` in them becomes each site's name (``site-1``, ``site-2``, ...).
-        sites: number of sites (default: the seed's one); cross-site validation then scores every site's and the
+        sites: number of sites (default: Clara's one); cross-site validation then scores every site's and the
             server's models on every site's validation patches.
         resume_from, algorithm, name, polling, tracking: as in :class:`medflare.recipe.TaskRecipe` (FedProx is the
             recipe's ``fedprox_mu``).
@@ -62,7 +62,7 @@ class MetastasisEvaluation(EvaluationRecipe):
     Args:
         checkpoints: model name -> checkpoint file.
         train: :class:`~metastasis.config.TrainConfig` settings of the scoring (``patch_size`` and
-            ``stain_normalization`` must be the checkpoints'; default: the seed's).
+            ``stain_normalization`` must be the checkpoints'; default: Clara's).
         data_root, patch_list, sites: as in :class:`MetastasisRecipe`.
         name: the job's name.
     """

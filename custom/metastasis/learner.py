@@ -30,13 +30,13 @@ KEY_METRIC = TASK.key_metric
 
 
 class MetastasisLearner(EngineLearner):
-    """Trains and validates the seed's ResNet18 patch classifier on one site's patch list.
+    """Trains and validates Clara's ResNet18 patch classifier on one site's patch list.
 
     Args:
         data_root: folder the patch list's slide paths are relative to (environment variables are expanded:
             ``CAMELYON_DATA_ROOT``; ``{site}`` becomes the site's name).
         patch_list: the site's patch list JSON (``{"training": [...], "validation": [...]}``; expanded alike).
-        train: :class:`~metastasis.config.TrainConfig` settings; defaults are the seed's recipe. ``pretrained`` is
+        train: :class:`~metastasis.config.TrainConfig` settings; defaults are Clara's recipe. ``pretrained`` is
             not read here: the server's first global model carries those weights.
         analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
         resume_from_job: id of an interrupted job whose local state this run takes over (:mod:`medflare.workflow`).
@@ -44,7 +44,8 @@ class MetastasisLearner(EngineLearner):
             filters, :mod:`medflare.algorithms`).
     """
 
-    key_metric = KEY_METRIC
+    task = TASK
+    config: TrainConfig
     #: Exported by FLARE's job API even when they are the defaults: where the data are is what a site checks first.
     _always_serialize_args = ("data_root", "patch_list")
     cross_site_split = "validation"
@@ -53,11 +54,9 @@ class MetastasisLearner(EngineLearner):
                  train: Mapping[str, Any] | None = None, analytic_sender_id: str = "analytic_sender",
                  resume_from_job: str = "",
                  send_weight_diff: bool = False) -> None:
-        super().__init__(analytic_sender_id, resume_from_job, send_weight_diff)
+        super().__init__(train, analytic_sender_id, resume_from_job, send_weight_diff)
         self.data_root = data_root
         self.patch_list = patch_list
-        self.config = TrainConfig.from_dict(train)
-        self._train = self.config.to_dict()  # what FLARE's job API exports as ``train``
 
     def setup(self, fl_ctx: FLContext) -> None:
         root = resolve_path(self.data_root, "data_root", self.site)

@@ -1,4 +1,4 @@
-"""The seed's network: ResNet18 whose last fully connected layer is a 1x1 convolution, so it is fully convolutional.
+"""Clara's network: ResNet18 whose last fully connected layer is a 1x1 convolution, so it is fully convolutional.
 
 Built from MONAI's ResNet (no torchvision) with torchvision's layout: the same 122 state-dict keys (``conv1``,
 ``bn1``, ``layer1.0.conv1`` ... ``layer4.1.bn2``, ``fc``), stride-2 7x7 stem, bias-free 1x1 downsample convolutions.

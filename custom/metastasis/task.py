@@ -15,8 +15,8 @@ TASK = TaskSpec(
     packages=("metastasis", "medcore", "medflare"),
     data_variable="CAMELYON_DATA_ROOT",
     clients=1,
-    rounds=20,  # the seed's
-    recipe=TrainConfig,
+    rounds=20,  # Clara's
+    settings=TrainConfig,
     report=METASTASIS_REPORT,
     key_metric="val_accuracy",  # patch accuracy on the site's validation patches
 )

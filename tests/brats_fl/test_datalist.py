@@ -3,20 +3,20 @@ import json
 import pytest
 
 from brats_fl.data import CaseError, case_files, find_cases
-from brats_fl.datalist import SEED_SITES, build_datalists, read_datalist, split_sizes, write_datalists
+from brats_fl.datalist import CLARA_SITES, build_datalists, read_datalist, split_sizes, write_datalists
 
 
-@pytest.mark.parametrize("site, n, expected", [(SEED_SITES[0], 210, (144, 30, 36)), (SEED_SITES[1], 75, (56, 12, 7))])
-def test_seed_split_sizes_on_the_real_release(site, n, expected):
-    assert split_sizes(n, site.seed_split) == expected
+@pytest.mark.parametrize("site, n, expected", [(CLARA_SITES[0], 210, (144, 30, 36)), (CLARA_SITES[1], 75, (56, 12, 7))])
+def test_clara_split_sizes_on_the_real_release(site, n, expected):
+    assert split_sizes(n, site.clara_split) == expected
 
 
 def test_other_sizes_keep_the_proportions():
-    assert split_sizes(21, SEED_SITES[0].seed_split) == (14, 3, 4)  # 21 * 30/210 = 3, 21 * 36/210 = 3.6 -> 4
-    assert split_sizes(100, SEED_SITES[0].seed_split) == (100 - 14 - 17, 14, 17)
-    assert split_sizes(3, SEED_SITES[1].seed_split) == (1, 1, 1)  # at least one case per split
+    assert split_sizes(21, CLARA_SITES[0].clara_split) == (14, 3, 4)  # 21 * 30/210 = 3, 21 * 36/210 = 3.6 -> 4
+    assert split_sizes(100, CLARA_SITES[0].clara_split) == (100 - 14 - 17, 14, 17)
+    assert split_sizes(3, CLARA_SITES[1].clara_split) == (1, 1, 1)  # at least one case per split
     with pytest.raises(ValueError, match="too few"):
-        split_sizes(2, SEED_SITES[0].seed_split)
+        split_sizes(2, CLARA_SITES[0].clara_split)
 
 
 def test_datalists_format_determinism_and_disjointness(brats_root, tmp_path):

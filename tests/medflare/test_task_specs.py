@@ -20,7 +20,7 @@ def test_committed_job_matches_its_task_spec(task, recipe, learner):
     assert component(client, "learner")["path"] == f"{learner.__module__}.{learner.__name__}"
     assert component(server, "model_selector")["args"]["key_metric"] == task.key_metric
     assert server["workflows"][0]["args"]["num_rounds"] == task.rounds == recipe().rounds
-    assert learner.key_metric == task.key_metric
-    assert task.recipe is type(learner().config)
+    assert learner.task is task and learner().key_metric == task.key_metric
+    assert task.settings is type(learner().config)
     assert task.packages[0] == learner.__module__.split(".")[0]
     assert task.report.curves[1][0] == task.key_metric  # the global model's validation curve is the selected score

@@ -1,4 +1,4 @@
-"""Training patch lists: the seed's JSON and NCRF's coordinate files, read, checked and written.
+"""Training patch lists: Clara's JSON and NCRF's coordinate files, read, checked and written.
 
 A patch list is MONAI's ``PatchWSIDataset`` convention, in one JSON file per data set::
 
@@ -111,7 +111,7 @@ def check_patch_list(patches: Mapping, source: str | Path = "patch list") -> Non
     """Open every slide once and check every patch lies inside it; no slide may be on both sides of the split.
 
     Linear in the entries (they are grouped by slide once, and each slide's bounds are checked as one array), so a
-    list of the seed's size (hundreds of thousands of patches over hundreds of slides) checks in seconds.
+    list of Clara's size (hundreds of thousands of patches over hundreds of slides) checks in seconds.
     """
     size = int(patches["patch_size"])
     half = size // 2

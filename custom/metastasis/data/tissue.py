@@ -1,6 +1,6 @@
 """Tissue (foreground) masks: where a slide holds tissue, so that patches and inference skip the glass.
 
-The seed's ``prepare_inference_data`` step. A mask is computed from a low-resolution view of the slide (default
+Clara's ``prepare_inference_data`` step. A mask is computed from a low-resolution view of the slide (default
 1/32 of level 0, level 5 of a Camelyon16 pyramid): HSV saturation, whose histogram separates stained tissue from
 white glass, is thresholded with Otsu's method (never below ``min_saturation``, so an all-glass view does not split
 its noise into "tissue"); near-black pixels (scanner borders, pen) are not tissue; then specks smaller than

@@ -1,4 +1,4 @@
-"""Patch transforms: the network input convention and the seed's training augmentations.
+"""Patch transforms: the network input convention and Clara's training augmentations.
 
 Convention: the network takes RGB patches as float tensors (3, H, W), scaled to [0, 1] and then normalised with
 the ImageNet mean and standard deviation (so torchvision's ImageNet ResNet18 weights start from the statistics
@@ -6,7 +6,7 @@ they were trained on). :func:`to_input` is the one place this happens, for train
 
 Training augmentations: another centre's staining and white balance (:class:`~metastasis.data.stain.StainVariation`)
 and stain jitter in HED colour space (:class:`~metastasis.data.stain.HEDJitter`), for slides from other centres, then
-the seed's list: colour jitter, random flips, random 90-degree rotations, random zoom,
+Clara's list: colour jitter, random flips, random 90-degree rotations, random zoom,
 random intensity scaling. Spatial and intensity steps are MONAI transforms; the colour jitter (MONAI has none for
 RGB) follows torchvision's ``ColorJitter`` definitions for brightness, contrast and saturation, and turns hue by a
 rotation in YIQ colour space.
@@ -65,7 +65,7 @@ class ColorJitter(Randomizable):
     """Random brightness, contrast, saturation and hue of a (3, H, W) image in [0, 1] (clipped back into [0, 1]).
 
     Factors are drawn uniformly: brightness and contrast and saturation in ``[1 - v, 1 + v]``, the hue turn in
-    ``[-hue, hue]`` of a full turn. Defaults are the seed's (brightness 64/255, contrast 0.75, saturation 0.25,
+    ``[-hue, hue]`` of a full turn. Defaults are Clara's (brightness 64/255, contrast 0.75, saturation 0.25,
     hue 0.04).
     """
 
@@ -99,7 +99,7 @@ class ColorJitter(Randomizable):
 def train_augmentation(seed: int = 0, hed_jitter: float = 0.05, stain_variation: float = 0.0) -> Compose:
     """The training chain for (3, H, W) float images in [0, 1], before :func:`to_input`'s normalisation: another
     centre's stain and white balance (``stain_variation``: :class:`~metastasis.data.stain.StainVariation`'s strength),
-    the stain jitter in HED space (``hed_jitter``: its strength), each left out at 0, then the seed's
+    the stain jitter in HED space (``hed_jitter``: its strength), each left out at 0, then Clara's
     augmentations."""
     chain = Compose([
         *([StainVariation(stain_variation)] if stain_variation else []),

@@ -178,6 +178,15 @@ def _nifti_output(text: str) -> Path:
     return path
 
 
+def _add_datalist_options(parser: argparse.ArgumentParser, pooled: bool = False) -> None:
+    """``--datalist`` (``pooled``: several site datalists) and the ``--data-root`` their paths are relative to."""
+    parser.add_argument("--datalist", required=True, type=existing_file, nargs="+" if pooled else None,
+                        help="site datalist JSON files to pool (e.g. both seg_brats18_datalist_client_*.json)"
+                        if pooled else "site datalist JSON")
+    parser.add_argument("--data-root", required=True, type=existing_dir,
+                        help="folder the datalist paths are relative to")
+
+
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     parser.add_argument("--checkpoint", required=True, type=existing_file,
@@ -247,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_job_parsers(sub, TASK, _recipe, _job_options)
     add_evaluation_parser(sub, TASK, _evaluation, _data_options)
+    add_deploy_parser(sub, TASK)
     rep = add_report_parser(
         sub, TASK, "Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a simulator workspace or "
                    "a downloaded job folder) and print, per model, each site's TC/WT/ET Dice and their average "
@@ -275,10 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "interrupted run resumes. Score the result with `validate`, or add it to the cross-site report "
                     "with `report --extra central=OUT/best_model.pt`.",
     )
-    tr.add_argument("--datalist", required=True, type=existing_file, nargs="+",
-                    help="site datalist JSON files to pool (e.g. both seg_brats18_datalist_client_*.json)")
-    tr.add_argument("--data-root", required=True, type=existing_dir,
-                    help="folder the datalist paths are relative to")
+    _add_datalist_options(tr, pooled=True)
     tr.add_argument("--out", required=True, type=output_dir,
                     help="run folder (created if missing; files of these names that train did not write are "
                          "never replaced)")
@@ -295,9 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "per-case Dice (TC, WT, ET, mean) and Hausdorff 95 distances in mm to a CSV, with the means.",
     )
     _add_inference_options(val)
-    val.add_argument("--datalist", required=True, type=existing_file, help="site datalist JSON")
-    val.add_argument("--data-root", required=True, type=existing_dir,
-                     help="folder the datalist paths are relative to")
+    _add_datalist_options(val)
     val.add_argument("--split", choices=SPLITS, default="testing", help="which list to score (default: testing)")
     val.add_argument("--out", required=True, type=output_file,
                      help="CSV file to write (an existing file is replaced only if it is a CSV validate wrote)")
@@ -317,7 +322,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="label map to write (.nii or .nii.gz; an existing file is replaced only if it is a label "
                           "map infer wrote)")
     inf.set_defaults(func=_infer, memory_options="--roi and --sw-batch-size")
-    add_deploy_parser(sub, TASK)
     return parser
 
 

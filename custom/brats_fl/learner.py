@@ -42,10 +42,8 @@ class BratsLearner(EngineLearner):
         datalists: site name -> datalist file name; defaults to Clara's (site-1 -> ``..._client_a.json``,
             site-2 -> ``..._client_b.json``).
         train: :class:`~brats_fl.config.TrainConfig` settings; defaults are Clara's recipe.
-        analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
-        resume_from_job: id of an interrupted job whose local state this run takes over (:mod:`medflare.workflow`).
-        send_weight_diff: send a round's result as the change from the global model (for FedOpt and the privacy
-            filters, :mod:`medflare.algorithms`).
+
+    The other arguments are :class:`~medflare.learner.EngineLearner`'s.
     """
 
     task = TASK

@@ -54,15 +54,21 @@ class DeploymentError(UserError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Kits:
-    """The startup kits of one project: ``prod_dir/<participant>/startup``."""
+class ProjectFile:
+    """What a provisioning project file names: the server, its ``fed_learn_port``, the clients, the project admin."""
 
-    prod_dir: Path
     server: str
+    port: int
     clients: tuple[str, ...]
     admin: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Kits(ProjectFile):
+    """The startup kits of one project, ``prod_dir/<participant>/startup``, its server reached at ``host``."""
+
+    prod_dir: Path
     host: str
-    port: int
 
     @classmethod
     def find(cls, prod_dir: str | Path) -> "Kits":
@@ -84,7 +90,8 @@ class Kits:
                                   f"{servers}, clients {clients}, admins {admins}")
         config = json.loads((prod_dir / servers[0] / "startup/fed_server.json").read_text())
         host, _, port = config["servers"][0]["service"]["target"].rpartition(":")
-        return cls(prod_dir, servers[0], tuple(clients), admins[0], host, int(port))
+        return cls(server=servers[0], port=int(port), clients=tuple(clients), admin=admins[0], prod_dir=prod_dir,
+                   host=host)
 
 
 def _run(cmd: Sequence[str], env: Mapping[str, str] | None = None, what: str = "") -> str:
@@ -109,15 +116,6 @@ def _latest_prod(root: Path) -> Path:
 #: What a deploy workspace is marked as (:func:`medcore.files.mark_output`).
 WORKSPACE_OUTPUT = "federation workspace"
 
-
-@dataclasses.dataclass(frozen=True)
-class ProjectFile:
-    """What a provisioning project file names: the server, its ``fed_learn_port``, the clients, the project admin."""
-
-    server: str
-    port: int
-    clients: tuple[str, ...]
-    admin: str
 
 
 def read_project(project: str | Path) -> ProjectFile:

@@ -382,6 +382,7 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
 
     add_job_parsers(sub, TASK, _recipe, _job_options)
     add_evaluation_parser(sub, TASK, _evaluation, _job_options)
+    add_deploy_parser(sub, TASK)
 
 
 def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
@@ -476,7 +477,6 @@ def build_parser() -> argparse.ArgumentParser:
                                  "workspace or a downloaded job folder) and print, per model (final global, best "
                                  "global, the site's local best), validation patch accuracy, AUC, sensitivity and "
                                  "specificity.")
-    add_deploy_parser(sub, TASK)
     return parser
 
 

@@ -38,10 +38,8 @@ class MetastasisLearner(EngineLearner):
         patch_list: the site's patch list JSON (``{"training": [...], "validation": [...]}``; expanded alike).
         train: :class:`~metastasis.config.TrainConfig` settings; defaults are Clara's recipe. ``pretrained`` is
             not read here: the server's first global model carries those weights.
-        analytic_sender_id: id of the TensorBoard writer component (``TBWriter``), or ``""`` for none.
-        resume_from_job: id of an interrupted job whose local state this run takes over (:mod:`medflare.workflow`).
-        send_weight_diff: send a round's result as the change from the global model (for FedOpt and the privacy
-            filters, :mod:`medflare.algorithms`).
+
+    The other arguments are :class:`~medflare.learner.EngineLearner`'s.
     """
 
     task = TASK

@@ -68,7 +68,8 @@ def test_port_in_use_stops_before_starting_anything(tmp_path):
     with socket.socket() as busy:
         busy.bind(("localhost", 0))
         busy.listen()
-        kits = Kits(tmp_path, "localhost", ("site-1",), "admin@x.org", "localhost", busy.getsockname()[1])
+        kits = Kits(server="localhost", port=busy.getsockname()[1], clients=("site-1",), admin="admin@x.org",
+                    prod_dir=tmp_path, host="localhost")
         federation = Federation(kits)
         with pytest.raises(DeploymentError, match="already in use"):
             with federation:
@@ -85,7 +86,8 @@ def test_sigterm_to_the_driving_process_still_tears_down(tmp_path):
     (startup / "sub_start.sh").write_text("exec sleep 301.25\n")  # a server that never opens its port
     script = (f"import sys; sys.path[:0] = {sys.path!r}\n"
               "from pathlib import Path\nfrom medflare.deploy import Federation, Kits\n"
-              f"kits = Kits(Path({str(tmp_path)!r}), 'localhost', ('site-1',), 'admin', 'localhost', {_free_port()})\n"
+              f"kits = Kits(server='localhost', port={_free_port()}, clients=('site-1',), admin='admin', "
+              f"prod_dir=Path({str(tmp_path)!r}), host='localhost')\n"
               "with Federation(kits, connect_timeout=300):\n    pass\n")
     driver = subprocess.Popen([sys.executable, "-c", script])
     try:

@@ -138,7 +138,7 @@ def ws(tmp_path_factory, brats_root, camelyon_root):
     (ws / "maps_seven").mkdir()
     np.save(ws / "maps_seven/tumor_001.npy", np.full((4, 4), 7, np.float32))
     (ws / "maps_seven/tumor_001.json").write_text(json.dumps({"slide": "x.tif", "stride": 32, "origin": [16, 16],
-                                                              "shape": [4, 4], "level0_size": [128, 128]}))
+                                                              "shape": [4, 4], "level0_size": [128, 128], "mpp": 0.5}))
     (ws / "masks_three").mkdir()
     np.save(ws / "masks_three/tumor_001.npy", np.full((64, 96), 3, np.uint8))
     (ws / "xml_dir/tumor_001.xml").mkdir(parents=True)

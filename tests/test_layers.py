@@ -19,8 +19,8 @@ STEPS = {
     "medcore": 0,  # the plain core: nothing of the project
     "medflare": 1,  # the generic FLARE layer: the core, never a task
     # BraTS: data and its checks, the network and metrics; datalists; training; inference; the FLARE layer; CLI
-    "brats_fl.data": 2, "brats_fl.config": 2, "brats_fl.metrics": 2, "brats_fl.transforms": 2, "brats_fl.model": 2,
-    "brats_fl.datalist": 3, "brats_fl.report": 3,
+    "brats_fl.data": 2, "brats_fl.config": 2, "brats_fl.metrics": 2, "brats_fl.model": 2,
+    "brats_fl.datalist": 3, "brats_fl.transforms": 3, "brats_fl.report": 3,
     "brats_fl.engine": 4,
     "brats_fl.inference": 5, "brats_fl.task": 5,
     "brats_fl.learner": 6, "brats_fl.job": 7, "brats_fl.cli": 9,

@@ -130,7 +130,10 @@ def datalist_files(entry: dict, root: str | Path) -> dict[str, Path]:
 
 def read_datalist(path: str | Path, root: str | Path, splits: Sequence[str] = SPLITS,
                   check: bool = True) -> dict[str, list[dict]]:
-    """Read a site datalist, resolve its paths against ``root`` and (by default) check every case it names.
+    """Read a site datalist, resolve its paths against ``root`` and (by default) check every case it names from its
+    files' headers (:func:`~brats_fl.data.check_files`: present, readable, one shape and affine); the values are
+    checked where the cases are decoded for use (:class:`~brats_fl.transforms.LoadCased`), so no file is decoded
+    twice.
 
     Returns ``{split: [{"image": [4 absolute paths], "label": absolute path, "name": case}, ...]}`` for the
     requested splits. Raises :class:`~brats_fl.data.CaseError` naming the datalist or the case file at fault.
@@ -154,7 +157,7 @@ def read_datalist(path: str | Path, root: str | Path, splits: Sequence[str] = SP
             files = datalist_files(entry, root)
             name = Path(entry["image"][0]).parent.name or f"{split}[{i}]"
             if check:
-                check_files(files, name)
+                check_files(files, name, read_data=False)
             resolved.append({"image": [str(files[m]) for m in MODALITIES], "name": name,
                              **({"label": str(files["seg"])} if "seg" in files else {})})
         result[split] = resolved

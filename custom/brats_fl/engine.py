@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from monai.transforms import Compose
 from torch.utils.data import DataLoader
 
 from medcore.device import autocast, select_device
-from medcore.errors import UserError
+from medcore.errors import UserError, user_error_in, user_errors_unwrapped
 from medcore.progress import Progress
 from medcore.provenance import digest
 from medcore.standalone import fit, save_checkpoint
@@ -26,8 +26,8 @@ from .config import TrainConfig
 from .datalist import SPLITS, read_datalist
 from .metrics import REGIONS, region_scores
 from .model import BratsSegResNet
-from .transforms import (brain_box, compact_transforms, eval_transforms, frame_window, restore_transforms,
-                         train_transforms)
+from .transforms import (LoadCased, brain_box, compact_transforms, eval_transforms, frame_window,
+                         restore_transforms, train_transforms)
 
 __all__ = ["EpochStats", "Trainer", "train_dataset", "eval_dataset", "read_ahead", "predict_regions", "evaluate",
            "summarize", "pooled_splits", "train"]
@@ -55,20 +55,67 @@ def eval_dataset(entries: Sequence[dict], cache_rate: float = 1.0, cached: bool 
     return Dataset(_cached(entries, Compose(compact_transforms()), cache_rate), transform=restore_transforms())
 
 
-def read_ahead(dataset: Dataset) -> DataLoader:
+class _Failed:
+    """What a reader process returns for an item whose input was the user's error (sent back, then raised)."""
+
+    def __init__(self, error: UserError) -> None:
+        self.error = error
+
+
+class _Carrying(torch.utils.data.Dataset):
+    """``dataset`` whose user errors (a NaN in a file, a foreign label) come back as :class:`_Failed` items: a
+    loader's worker would otherwise hand the main process its error as a traceback in a ``RuntimeError``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except Exception as err:
+            found = user_error_in(err)
+            if found is None:
+                raise
+            return _Failed(found)
+
+
+class read_ahead:
     """``dataset``'s items in order, each read by a worker process while the one before is worked on (one item
-    ahead, so memory stays at about two items). torch's loader, not MONAI's: items go through uncollated."""
-    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=1, prefetch_factor=1,
-                      persistent_workers=False)
+    ahead, so memory stays at about two items); a user error raised reading an item is raised as itself. torch's
+    loader, not MONAI's: items go through uncollated."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.loader = DataLoader(_Carrying(dataset), batch_size=None, shuffle=False, num_workers=1, prefetch_factor=1,
+                                 persistent_workers=False)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict]:
+        for item in self.loader:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
 
 
 def _cached(entries: Sequence[dict], transform, cache_rate: float) -> CacheDataset:
+    """A cache of ``entries``' deterministic prefix, filled now: each case decoded once, its values checked as it
+    is (:class:`~brats_fl.transforms.LoadCased`). The cases a ``cache_rate`` below 1 leaves out are decoded anew
+    every epoch, in the loader's worker processes: their values are checked here, up front, instead."""
     # One caching thread: MONAI's NibabelReader keeps the file names of its last read on the instance, so
     # threads sharing one LoadImaged mix cases up (seen as a 1-channel image when a label read interleaves).
     # No copy of a cached case per access (copy_cache=False): what follows the cached prefix, the crop or the
     # restore, builds new tensors and never writes into the cached ones.
-    return CacheDataset(list(entries), transform=transform, cache_rate=cache_rate, num_workers=1, progress=False,
-                        copy_cache=False)
+    entries = list(entries)
+    with user_errors_unwrapped():
+        cache = CacheDataset(entries, transform=transform, cache_rate=cache_rate, num_workers=1, progress=False,
+                             copy_cache=False)
+        for entry in entries[cache.cache_num:]:
+            LoadCased(["image", "label"] if "label" in entry else ["image"])(entry)
+    return cache
 
 
 class Trainer(EpochTrainer):

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 
 from medcore.device import select_device
-from medcore.errors import UserError
+from medcore.errors import UserError, user_errors_unwrapped
 from medcore.files import atomic_path, check_replaceable, first_line_is, write_csv
 
 from .config import TrainConfig
@@ -78,7 +78,8 @@ def segment_case(checkpoint: str | Path, files: Mapping[str, str | Path], out_pa
                  config: TrainConfig) -> Path:
     """Segment one case: four contrasts in, a BraTS label NIfTI (uint8, labels 0/1/2/4) out.
 
-    ``files`` maps ``t1ce, t1, t2, flair`` to NIfTI paths (checked first: readable, same shape and affine). The
+    ``files`` maps ``t1ce, t1, t2, flair`` to NIfTI paths (checked first from their headers: readable, same shape
+    and affine; their values where they are decoded). The
     output takes the T1c's shape, affine and header (voxel order untouched by the pipeline), so it overlays the
     input in any viewer. An existing ``out_path`` is replaced only if it is a label map this function wrote.
     """
@@ -88,10 +89,11 @@ def segment_case(checkpoint: str | Path, files: Mapping[str, str | Path], out_pa
     paths = {m: Path(files[m]) for m in MODALITIES}
     check_replaceable(out_path, "label map", _is_label_map)
     device = select_device(config.device)
-    check_files(paths, name=paths["t1ce"].name)
+    check_files(paths, name=paths["t1ce"].name, read_data=False)
     model, _ = load_checkpoint(checkpoint)
     model.to(device)
-    item = infer_transforms()({"image": [str(paths[m]) for m in MODALITIES]})
+    with user_errors_unwrapped():
+        item = infer_transforms()({"image": [str(paths[m]) for m in MODALITIES]})
     regions = predict_regions(model, item["image"], config, device)
     labels = regions_to_labels(regions)
     reference = nib.load(str(paths["t1ce"]))

@@ -8,15 +8,13 @@ global model on the site's validation split.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Mapping
 
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
 
 from medcore.errors import UserError
-from medcore.files import resolve_path, write_json
+from medcore.files import resolve_path
 from medflare.learner import EngineLearner
 
 from .config import TrainConfig
@@ -66,30 +64,12 @@ class BratsLearner(EngineLearner):
             raise UserError(f"no datalist configured for site {self.site!r}; configured: {sorted(self.datalists)}")
         root = resolve_path(self.data_root, "data_root")
         datalist = resolve_path(self.datalist_dir, "datalist_dir") / self.datalists[self.site]
-        self.splits = self._checked_splits(datalist, root)
+        self.splits = read_datalist(datalist, root, check=True)  # headers now, values where they are decoded
         self.log_info(fl_ctx, f"{self.site}: {datalist} with "
                               + ", ".join(f"{len(v)} {k}" for k, v in self.splits.items()) + f" cases under {root}")
         config = self.config
         self.start_engine(lambda: BratsSegResNet(vae=config.vae, crop=config.crop, seed=config.seed), Trainer)
         self._datasets: dict[str, Any] = {}
-
-    def _checked_splits(self, datalist: Path, root: Path) -> dict:
-        """The site's splits, every case checked before any training (a broken datalist never starts a run).
-
-        The full check reads every file; its result is remembered in the run folder with the files' sizes and
-        modification times, so a client rebuilt for the next task (simulator without ``-t``) skips it unless a
-        file changed.
-        """
-        record = self.state_dir / "checked_cases.json"
-        splits = read_datalist(datalist, root, check=False)
-        files = [datalist] + [Path(p) for cases in splits.values() for case in cases
-                              for p in (*case["image"], *([case["label"]] if "label" in case else []))]
-        signature = {str(p): [p.stat().st_size, p.stat().st_mtime_ns] if p.exists() else None for p in files}
-        if record.is_file() and json.loads(record.read_text()) == signature:
-            return splits
-        splits = read_datalist(datalist, root, check=True)
-        write_json(record, signature)
-        return splits
 
     def dataset(self, split: str):
         if split not in self._datasets:

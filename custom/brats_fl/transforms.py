@@ -18,14 +18,16 @@ back to sliding windows (:func:`brats_fl.engine.predict_regions`).
 
 from __future__ import annotations
 
-from typing import Hashable, Mapping, Sequence
+from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 from monai import transforms as mt
 from monai.data import MetaTensor
 
-__all__ = ["brain_box", "frame_window", "compact_transforms", "CropToBraind", "RandCropFullFramed",
+from .data import check_image_values, check_label_values
+
+__all__ = ["LoadCased", "brain_box", "frame_window", "compact_transforms", "CropToBraind", "RandCropFullFramed",
            "RestoreFullFramed", "restore_transforms", "train_transforms", "eval_transforms", "infer_transforms",
            "compact_nbytes"]
 
@@ -33,9 +35,33 @@ __all__ = ["brain_box", "frame_window", "compact_transforms", "CropToBraind", "R
 BOX_KEYS = ("box_start", "full_shape", "affine")
 
 
+class LoadCased(mt.MapTransform):
+    """Decode a case: ``image`` (the four contrasts' paths) to float32 (4, X, Y, Z) and ``label`` (the
+    segmentation's path, when present) to (1, X, Y, Z), with MONAI's ``LoadImaged`` (NibabelReader, channel
+    first), and check the decoded values where they are decoded (:func:`~brats_fl.data.check_image_values`,
+    :func:`~brats_fl.data.check_label_values`): a NaN or a foreign label is a :class:`~brats_fl.data.CaseError`
+    naming its file, and no file is decoded a second time to check it. MONAI wraps what a transform raises; the
+    callers unwrap it (:func:`medcore.errors.user_errors_unwrapped`)."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        super().__init__(keys=keys)
+        self.load = mt.Compose([mt.LoadImaged(keys=keys, reader="NibabelReader", image_only=True),
+                                mt.EnsureChannelFirstd(keys=keys), mt.EnsureTyped(keys="image", dtype=torch.float32)])
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        files = {key: data[key] for key in self.keys}
+        out = self.load(data)
+        image = out["image"].as_tensor() if isinstance(out["image"], MetaTensor) else out["image"]
+        for channel, path in enumerate(files["image"]):  # plain tensors: a MetaTensor's ops copy its metadata
+            check_image_values(path, image[channel])
+        if "label" in files:
+            label = out["label"]
+            check_label_values(files["label"], label.as_tensor() if isinstance(label, MetaTensor) else label)
+        return out
+
+
 def _load(keys: Sequence[str]) -> list:
-    return [mt.LoadImaged(keys=keys, reader="NibabelReader", image_only=True), mt.EnsureChannelFirstd(keys=keys),
-            mt.EnsureTyped(keys="image", dtype=torch.float32)]
+    return [LoadCased(keys)]
 
 
 def _normalise() -> mt.Transform:

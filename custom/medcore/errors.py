@@ -12,7 +12,10 @@ Anything else that escapes a command is a bug, however ordinary its type: a ``Va
 
 from __future__ import annotations
 
-__all__ = ["UserError", "SettingError", "first_line"]
+import contextlib
+from typing import Iterator
+
+__all__ = ["UserError", "SettingError", "first_line", "user_error_in", "user_errors_unwrapped"]
 
 
 class UserError(ValueError):
@@ -43,3 +46,31 @@ def first_line(err: BaseException, empty: str | None = None) -> str:
         line = text.splitlines()[0]
         return line if any(c.isalpha() for c in line) else f"{type(err).__name__}: {line}"
     return type(err).__name__ if empty is None else empty
+
+
+def user_error_in(err: BaseException) -> UserError | None:
+    """The :class:`UserError` ``err`` is or was caused by (its ``__cause__`` and ``__context__`` chain), if any:
+    libraries that run the project's code wrap what it raises (MONAI's transforms in ``RuntimeError("applying
+    transform ...")``), and the user's error must still be one line naming the file."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@contextlib.contextmanager
+def user_errors_unwrapped() -> Iterator[None]:
+    """Around calls into a library that wraps the exceptions of the project's code it runs: a :class:`UserError`
+    inside such a wrapper is raised as itself; any other exception passes unchanged."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as err:
+        found = user_error_in(err)
+        if found is None:
+            raise
+        raise found from None

@@ -184,14 +184,16 @@ def _detect(args: argparse.Namespace) -> int:
     if not maps:
         raise UserError(f"{args.maps}: no .npy probability maps")
     check_distinct_names(maps, "maps", "detection files")
-    # every map is checked (its JSON and header) before the first CSV is written; each is decoded once, in turn
+    # every map is checked (its JSON and header) before any work; each is decoded once, in turn, and the output
+    # folder is claimed once the first map has passed its value checks (a bad map leaves nothing behind)
     described = {npy: describe_map(npy) for npy in maps}
     mpps = {npy: pixel_size(npy, meta) for npy, meta in described.items()}
-    claim_output_dir(args.out, "detections", [f"{npy.stem}.csv" for npy in maps])
-    for npy in maps:
+    for number, npy in enumerate(maps):
         probs, meta = load_map(npy, described[npy])
         found = find_detections(probs, meta["stride"], tuple(meta["origin"]), mpps[npy], args.threshold,
                                 args.radius_um)
+        if number == 0:
+            claim_output_dir(args.out, "detections", [f"{npy.stem}.csv" for npy in maps])
         out = write_detections(Path(args.out) / f"{npy.stem}.csv", found)
         print(f"{out}: {len(found)} detections")
     return 0

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -217,3 +218,84 @@ def test_report_adds_an_extra_model_scored_on_every_site(brats_root, tmp_path, c
     assert "not from this federation" in report["models"]["central"]["title"]
     assert cli.main(["report", str(tmp_path / "cross_val_results.json"), "--extra", f"central={ckpt}"]) == 2
     assert "--extra: give --data-root" in capsys.readouterr().err
+
+
+def test_each_command_decodes_each_nifti_file_once(brats_root, tmp_path, monkeypatch):
+    """datalist -> train -> validate -> infer, counted at nibabel's decoder (across the reader processes too):
+    the up-front checks read headers only, and the values are checked where the voxels are decoded for use, so
+    each command decodes each file it uses exactly once and the files it does not use never."""
+    from collections import Counter
+
+    from nibabel.arrayproxy import ArrayProxy
+
+    from brats_fl import cli
+
+    log = tmp_path / "decodes.txt"
+    real_array = ArrayProxy.__array__
+
+    def counting_array(self, *args, **kwargs):
+        with open(log, "a") as out:  # a file: validate decodes in a reader process
+            out.write(f"{Path(self.file_like).name}\n")
+        return real_array(self, *args, **kwargs)
+
+    monkeypatch.setattr(ArrayProxy, "__array__", counting_array)
+
+    def decoded(*argv: str) -> Counter:
+        log.write_text("")
+        assert cli.main(list(argv)) == 0
+        return Counter(log.read_text().split())
+
+    def files(cases) -> Counter:
+        return Counter(Path(p).name for case in cases for p in (*case["image"], case["label"]))
+
+    lists = tmp_path / "lists"
+    every = Counter(p.name for p in brats_root.rglob("*.nii.gz"))
+    assert decoded("datalist", str(brats_root), "--out", str(lists)) == every  # its job: check every case in full
+    site = read_datalist(lists / "seg_brats18_datalist_client_a.json", brats_root)
+    other = read_datalist(lists / "seg_brats18_datalist_client_b.json", brats_root)
+    run = tmp_path / "run"
+    used = files(site["training"] + site["validation"] + other["training"] + other["validation"])
+    assert decoded("train", "--datalist", str(lists / "seg_brats18_datalist_client_a.json"),
+                   str(lists / "seg_brats18_datalist_client_b.json"), "--data-root", str(brats_root), "--out",
+                   str(run), "--epochs", "1", "--set", f"crop={list(CROP)}", "--set", "num_workers=0") == used
+    assert decoded("validate", "--checkpoint", str(run / "best_model.pt"), "--datalist",
+                   str(lists / "seg_brats18_datalist_client_a.json"), "--data-root", str(brats_root), "--split",
+                   "testing", "--out", str(tmp_path / "val.csv")) == files(site["testing"])
+    case = Path(site["testing"][0]["image"][0]).parent
+    assert decoded("infer", "--checkpoint", str(run / "best_model.pt"), "--case-dir", str(case), "--out",
+                   str(tmp_path / "seg.nii.gz")) == Counter(Path(p).name for p in site["testing"][0]["image"])
+
+
+def test_a_bad_value_is_found_where_the_case_is_decoded_and_named_in_one_line(brats_root, tmp_path, capsys):
+    """No full read up front any more: a NaN in a contrast and a foreign label are found by the first decode,
+    inside MONAI's caching and a reader process, and still reported as one line naming the file."""
+    import shutil
+
+    from brats_fl import cli
+
+    root = tmp_path / "root"
+    shutil.copytree(brats_root, root)
+    lists = write_datalists(root, tmp_path / "lists")
+    site = read_datalist(lists["site-1"], root)
+    flair = Path(site["validation"][0]["image"][3])
+    image = nib.load(str(flair))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    data[0, 0, 0] = np.nan
+    header = image.header.copy()
+    header.set_data_dtype(np.float32)
+    nib.save(nib.Nifti1Image(data, image.affine, header), str(flair))
+    args = ["train", "--datalist", str(lists["site-1"]), "--data-root", str(root), "--epochs", "1", "--set",
+            f"crop={list(CROP)}", "--set", "num_workers=0"]
+    assert cli.main([*args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {flair}: contains NaN or infinite values"
+    label = Path(site["testing"][0]["label"])
+    image = nib.load(str(label))
+    data = np.asarray(image.dataobj).copy()
+    data[data == 4] = 3
+    nib.save(nib.Nifti1Image(data, image.affine, image.header), str(label))
+    checkpoint = _save_model(BratsSegResNet(crop=CROP), tmp_path / "model.pt")
+    assert cli.main(["validate", "--checkpoint", str(checkpoint), "--datalist", str(lists["site-1"]),
+                     "--data-root", str(root), "--out", str(tmp_path / "v.csv")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {label}: label values [3] are not BraTS labels [0, 1, 2, 4]"
+    assert not (tmp_path / "v.csv").exists()

@@ -19,7 +19,10 @@ from medcore.files import atomic_path, npy_header, read_json, read_npy, require_
 from ..data.slide import Slide, opened
 from .geometry import MapGeometry
 
-__all__ = ["describe_map", "load_map", "map_maximum", "write_map", "write_heatmap"]
+__all__ = ["MAP_ENDINGS", "describe_map", "load_map", "map_maximum", "write_map", "write_heatmap"]
+
+#: What :func:`write_map` writes per slide, as endings of the slide's name: the map, its description, the heatmap.
+MAP_ENDINGS = (".npy", ".json", "_heatmap.png")
 
 
 def _whole(value) -> bool:
@@ -98,7 +101,7 @@ def write_map(npy: str | Path, probs: np.ndarray, description: dict, slide: Slid
     npy = Path(npy)
     with atomic_path(npy) as tmp:
         np.save(tmp, probs)
-    write_heatmap(slide, probs, description["stride"], npy.with_name(f"{npy.stem}_heatmap.png"))
+    write_heatmap(slide, probs, description["stride"], npy.with_name(f"{npy.stem}{MAP_ENDINGS[2]}"))
     # the slide by its absolute path and pixel size: detect and evaluate need neither the folder infer ran in nor
     # the slide itself
     write_json(npy.with_suffix(".json"), {**description, "slide": str(Path(slide.path).resolve()), "mpp": slide.mpp,

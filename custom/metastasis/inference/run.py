@@ -51,7 +51,7 @@ from ..data.tissue import TissueMask, compute_tissue_mask, mask_paths
 from ..data.transforms import to_input
 from ..model import OUTPUT_STRIDE, PatchClassifier, fold_batchnorm
 from .geometry import MapGeometry, tile_plan, tissue_pixels
-from .maps import write_map
+from .maps import MAP_ENDINGS, write_map
 
 __all__ = ["MODES", "probability_map", "infer_slides"]
 
@@ -281,7 +281,7 @@ def infer_slides(slides: Sequence[str | Path], model: PatchClassifier, out_dir: 
     for path in todo:  # every mask is checked before the first map is written (decoded when its slide's turn comes)
         check_mask(path)
     claim_output_dir(out_dir, "probability maps", [f"{p.stem}{end}" for p in todo
-                                                   for end in (".npy", ".json", "_heatmap.png")])
+                                                   for end in MAP_ENDINGS])
     progress = Progress(len(slides), "slides", logger)
     written = []
     for path in slides:

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from medcore.command import (add_compute_options, command_parser, existing_dir, existing_file, named_file, non_empty,
-                             number, output_dir, output_file, parse_setting, run_command)
+from medcore.command import (add_compute_options, add_generator_options, command_parser, existing_dir, existing_file,
+                            named_file, non_empty, number, output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
 from medflare.cli import add_deploy_parser, add_evaluation_parser, add_job_parsers, add_report_parser, job_overrides
 
@@ -187,7 +187,10 @@ def _add_datalist_options(parser: argparse.ArgumentParser, pooled: bool = False)
                         help="folder the datalist paths are relative to")
 
 
-def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+def _inference_parser(sub: argparse._SubParsersAction, name: str, help: str,
+                      description: str) -> argparse.ArgumentParser:
+    """A sub-command that runs a checkpoint over cases: the checkpoint, the windows and where to compute."""
+    parser = sub.add_parser(name, help=help, description=description)
     defaults = TrainConfig()
     parser.add_argument("--checkpoint", required=True, type=existing_file,
                         help="model file: FL_global_model.pt, best_FL_global_model.pt or a site's local_best_model.pt")
@@ -205,6 +208,7 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sw-batch-size", type=number(int, minimum=1, maximum=1024), default=1,
                         help="sliding windows per forward pass, 1-1024 (default: 1)")
     add_compute_options(parser, threads=False)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,11 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                       metavar=("X", "Y", "Z"),
                       help="volume size in voxels, 16-512 each; the field of view stays 240x240x155 mm, so smaller "
                            "shapes have coarser voxels (default: the release's 240 240 155 at 1 mm)")
-    make.add_argument("--seed", type=number(int, minimum=0), default=0,
-                      help="random seed; the same seed gives the same cases (default: 0)")
-    make.add_argument("--overwrite", action="store_true",
-                      help="regenerate cases that already exist (default: keep them); only cases this command "
-                           "generated are replaced, any other case folder of the same name stops the run")
+    add_generator_options(make, "cases")
     make.set_defaults(func=_make_data, memory_options="--shape")
 
     check = sub.add_parser(
@@ -296,24 +296,22 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--restart", action="store_true", help="start afresh even if OUT holds a training state")
     tr.set_defaults(func=_train, memory_options="--set crop, batch_size and cache_rate")
 
-    val = sub.add_parser(
-        "validate", help="score a checkpoint on a datalist split: per-case Dice and HD95 to CSV",
+    val = _inference_parser(
+        sub, "validate", help="score a checkpoint on a datalist split: per-case Dice and HD95 to CSV",
         description="Run sliding-window inference of a checkpoint on one split of a site datalist and write "
                     "per-case Dice (TC, WT, ET, mean) and Hausdorff 95 distances in mm to a CSV, with the means.",
     )
-    _add_inference_options(val)
     _add_datalist_options(val)
     val.add_argument("--split", choices=SPLITS, default="testing", help="which list to score (default: testing)")
     val.add_argument("--out", required=True, type=output_file,
                      help="CSV file to write (an existing file is replaced only if it is a CSV validate wrote)")
     val.set_defaults(func=_validate, memory_options="--roi and --sw-batch-size")
 
-    inf = sub.add_parser(
-        "infer", help="segment one case: four NIfTI contrasts in, a BraTS label map out",
+    inf = _inference_parser(
+        sub, "infer", help="segment one case: four NIfTI contrasts in, a BraTS label map out",
         description="Segment one case into a NIfTI label map with BraTS labels (1 necrotic/non-enhancing core, "
                     "2 edema, 4 enhancing tumour) in the input's exact shape, affine and orientation.",
     )
-    _add_inference_options(inf)
     inf.add_argument("--case-dir", type=existing_dir,
                      help="a case folder of the release layout (instead of the four files)")
     for m in MODALITIES:

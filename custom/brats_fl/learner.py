@@ -46,7 +46,6 @@ class BratsLearner(EngineLearner):
 
     task = TASK
     config: TrainConfig
-    #: Exported by FLARE's job API even when they are the defaults: where the data are is what a site checks first.
     _always_serialize_args = ("data_root", "datalist_dir")
     cross_site_split = "testing"
 

@@ -301,7 +301,8 @@ class SlideScene:
 def _hash_uniform(cx: np.ndarray, cy: np.ndarray, seed: int, salt: int, count: int) -> list[np.ndarray]:
     """``count`` uniform [0, 1) values per integer cell (cx, cy), a pure function of the cell, seed and salt."""
     with np.errstate(over="ignore"):
-        h = (cx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ (cy.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F))
+        h = (cx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ \
+            (cy.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F))
         h ^= np.uint64((seed * 0x165667B1 + salt * 0x27D4EB2F) & 0xFFFFFFFFFFFFFFFF)
         out = []
         for k in range(count):

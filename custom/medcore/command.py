@@ -27,7 +27,7 @@ from .settings import MAX_PARALLEL, out_of_range
 
 __all__ = ["CommandParser", "command_parser", "run_command", "number", "non_empty", "existing_file", "named_file",
            "existing_dir", "existing_path", "output_file", "output_dir", "device_option", "add_compute_options",
-           "parse_setting"]
+           "add_generator_options", "parse_setting"]
 
 #: File-system errors that come from the user's files and folders (permissions, space, wrong kind of path), not
 #: from the code; reported like user errors even when the OS does not name the file.
@@ -233,6 +233,16 @@ def add_compute_options(parser: argparse.ArgumentParser, amp: bool = True, threa
     if threads:
         parser.add_argument("--num-threads", type=number(int, minimum=0, maximum=MAX_PARALLEL), default=0,
                             help=f"PyTorch CPU threads, 0-{MAX_PARALLEL}; 0: PyTorch's default (default: 0)")
+
+
+def add_generator_options(parser: argparse.ArgumentParser, things: str, outputs: str | None = None) -> None:
+    """``--seed`` and ``--overwrite`` of a command that generates demo data: the same seed gives the same
+    ``things`` (e.g. ``"cases"``), and a rerun replaces only the ``outputs`` (default: ``things``) it generated."""
+    parser.add_argument("--seed", type=number(int, minimum=0), default=0,
+                        help=f"random seed; the same seed gives the same {things} (default: 0)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"regenerate {things} that already exist (default: keep them); only {outputs or things} "
+                             "this command generated are replaced, any other file of the same name stops the run")
 
 
 def device_option(text: str) -> str:

@@ -53,7 +53,10 @@ class EngineLearner(Learner):
     * :attr:`task`: the task (:class:`~medflare.task.TaskSpec`), whose training settings the learner's ``train``
       block is read into (:attr:`config`, stored with the local best model, :meth:`train_config`) and whose key
       metric the server selects the global best model on (:attr:`key_metric`, sent in ``initial_metrics``);
-    * :attr:`cross_site_split`: the split other sites' models are scored on in cross-site validation;
+    * :attr:`cross_site_split`: the split other sites' models are scored on in cross-site validation (default:
+      ``validation``);
+    * ``_always_serialize_args``: the arguments FLARE's job API exports even when they are the defaults (where the
+      data are: what a site checks first);
     * :meth:`setup`: read the site's data, then call :meth:`start_engine` with the model and its trainer;
     * :meth:`score_split`: a summary dict of the current model on a split (:meth:`key_score` picks the
       :attr:`key_metric` out of it);

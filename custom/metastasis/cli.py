@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Sequence
 
 from demodata.centres import CENTRES
-from medcore.command import (add_compute_options, command_parser, existing_dir, existing_file, existing_path, non_empty,
-                             number, output_dir, output_file, parse_setting, run_command)
+from medcore.command import (add_compute_options, add_generator_options, command_parser, existing_dir, existing_file,
+                            existing_path, non_empty, number, output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
 from medcore.files import check_distinct_names, check_replaceable, claim_output_dir, input_files
 from medcore.settings import MAX_PARALLEL, MAX_WHOLE
@@ -188,11 +188,11 @@ def _detect(args: argparse.Namespace) -> int:
     # folder is claimed once the first map has passed its value checks (a bad map leaves nothing behind)
     described = {npy: describe_map(npy) for npy in maps}
     mpps = {npy: pixel_size(npy, meta) for npy, meta in described.items()}
-    for number, npy in enumerate(maps):
+    for index, npy in enumerate(maps):
         probs, meta = load_map(npy, described[npy])
         found = find_detections(probs, meta["stride"], tuple(meta["origin"]), mpps[npy], args.threshold,
                                 args.radius_um)
-        if number == 0:
+        if index == 0:
             claim_output_dir(args.out, "detections", [f"{npy.stem}.csv" for npy in maps])
         out = write_detections(Path(args.out) / f"{npy.stem}.csv", found)
         print(f"{out}: {len(found)} detections")
@@ -272,8 +272,6 @@ def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
                       help="TIFF tile size in pixels, a multiple of 16 (default: 512)")
     make.add_argument("--workers", type=number(int, minimum=1, maximum=MAX_PARALLEL), default=1,
                       help=f"processes rendering tiles, 1-{MAX_PARALLEL} (default: 1)")
-    make.add_argument("--seed", type=number(int, minimum=0), default=0,
-                      help="random seed; the same seed gives the same slides (default: 0)")
     make.add_argument("--centre", choices=sorted(CENTRES),
                       help="render the slides as this centre's lab and scanner would (stain hue and strength, glass "
                            "colour, focus, noise, JPEG quality; see demodata/centres.py); default: the "
@@ -282,9 +280,7 @@ def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
                       help="0-1: tumour cells closer to lymphocytes, plus benign mimics (germinal centres, "
                            "histiocyte clusters, sinuses) and artefacts (pen marks, folds, air bubbles, "
                            "out-of-focus areas), more the higher (default: 0, the easy demo data)")
-    make.add_argument("--overwrite", action="store_true",
-                      help="regenerate slides that already exist; only slides, annotations and reference.csv this "
-                           "command generated are replaced, any other file of the same name stops the run")
+    add_generator_options(make, "slides", "slides, annotations and reference.csv")
     make.set_defaults(func=_make_data, memory_options="--tile and --workers")
 
     tissue = sub.add_parser(
@@ -442,14 +438,16 @@ def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--detections", required=True, help="folder of NAME.csv detections (missing: none)")
     evaluate.add_argument("--annotations", type=existing_dir,
                           help="ASAP XML folder: NAME.xml ground truth, rasterised at --level")
-    evaluate.add_argument("--masks", type=existing_dir, help="ground-truth mask folder (NAME.npy / NAME.tif / NAME_mask.tif at --level, "
-                                          "uint8 0/1 or 0/255 indexed [y, x]); used where no XML exists")
+    evaluate.add_argument("--masks", type=existing_dir,
+                          help="ground-truth mask folder (NAME.npy / NAME.tif / NAME_mask.tif at --level, uint8 0/1 "
+                               "or 0/255 indexed [y, x]); used where no XML exists")
     evaluate.add_argument("--level", type=number(int, minimum=0, maximum=16), default=5,
                           help="pyramid level of the ground truth, 0-16 (default: 5)")
     evaluate.add_argument("--maps", type=existing_dir, help="probability map folder: slide score = map maximum "
                                                             "(default: the highest detection probability)")
-    evaluate.add_argument("--reference", type=existing_file, help="reference.csv (name,Tumor|Normal) for the slide labels "
-                                              "(default: whether the ground truth has tumour)")
+    evaluate.add_argument("--reference", type=existing_file,
+                          help="reference.csv (name,Tumor|Normal) for the slide labels (default: whether the ground "
+                               "truth has tumour)")
     evaluate.add_argument("--no-reference-conventions", action="store_true",
                           help="turn off the evaluation code's two corner-case conventions (zeros for missed "
                                "lesions with the lowest threshold dropped; float32 true-positive probabilities)")
@@ -462,7 +460,8 @@ def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
                                "FROC, tumour / normal for the AUC); 0: no intervals (default: 2000)")
     evaluate.add_argument("--seed", type=number(int, minimum=0, maximum=MAX_WHOLE), default=0,
                           help="seed of the bootstrap (default: 0)")
-    evaluate.add_argument("--out", required=True, type=output_dir, help="folder for froc.json, froc_slides.csv, froc.png")
+    evaluate.add_argument("--out", required=True, type=output_dir,
+                          help="folder for froc.json, froc_slides.csv, froc.png")
     evaluate.set_defaults(func=_evaluate)
 
 

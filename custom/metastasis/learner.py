@@ -44,9 +44,7 @@ class MetastasisLearner(EngineLearner):
 
     task = TASK
     config: TrainConfig
-    #: Exported by FLARE's job API even when they are the defaults: where the data are is what a site checks first.
     _always_serialize_args = ("data_root", "patch_list")
-    cross_site_split = "validation"
 
     def __init__(self, data_root: str = "$CAMELYON_DATA_ROOT", patch_list: str = "$CAMELYON_DATA_ROOT/patches.json",
                  train: Mapping[str, Any] | None = None, analytic_sender_id: str = "analytic_sender",

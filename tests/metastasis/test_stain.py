@@ -12,7 +12,7 @@ from metastasis.data.patch_lists import read_patch_list
 from metastasis.data.stain import (MACENKO_TARGET, RGB_FROM_HED, HEDJitter, StainNormalizer, StainVariation,
                               estimate_stain_vectors, slide_stain_vectors, tissue_weight)
 from demodata.camelyon import make_scene, write_slide
-from metastasis.data.slide import SlideError, open_slide
+from metastasis.data.slide import Slide, SlideError
 
 def hed_image(concentrations: np.ndarray) -> np.ndarray:
     """RGB in [0, 1] (H, W, 3) of HED amounts (H, W, 3) in optical density (``-ln rgb``), by hand."""
@@ -182,8 +182,8 @@ def test_no_stain_is_a_clear_error(tmp_path):
     scene = make_scene("glass", 512, 512, False, 0, 0)
     scene.tissue_field[:] = -1.0  # no tissue: glass only
     path = write_slide(scene, tmp_path / "glass.tif")
-    with pytest.raises(SlideError, match="glass.tif: no stained tissue"):
-        slide_stain_vectors(open_slide(path), path)
+    with pytest.raises(SlideError, match="glass.tif: (no tissue in its tissue mask|cannot estimate the stain vectors)"), Slide(path) as slide:
+        slide_stain_vectors(slide)
 
 
 @pytest.fixture(scope="module")
@@ -194,12 +194,12 @@ def centre_slides(tmp_path_factory):
 
 
 def test_slide_estimates_differ_by_centre_and_normalisation_maps_them_to_the_target(centre_slides):
-    slides = {c: open_slide(p) for c, p in centre_slides.items()}
-    vectors = {c: slide_stain_vectors(s, centre_slides[c]) for c, s in slides.items()}
-    again = slide_stain_vectors(slides["A"], centre_slides["A"])
+    slides = {c: Slide(p) for c, p in centre_slides.items()}
+    vectors = {c: slide_stain_vectors(s) for c, s in slides.items()}
+    again = slide_stain_vectors(slides["A"])
     assert np.array_equal(again.he, vectors["A"].he)  # deterministic
     assert np.abs(vectors["A"].he - vectors["B"].he).max() > 0.03
-    whole = {c: np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB")) for c, s in slides.items()}
+    whole = {c: np.asarray(s.handle.read_region((0, 0), 0, s.dimensions).convert("RGB")) for c, s in slides.items()}
     normalised = {c: StainNormalizer(vectors[c])(whole[c]) for c in whole}
     for c in whole:  # each slide, normalised with its own vectors, has the target's vectors
         after = estimate_stain_vectors(normalised[c])
@@ -214,6 +214,35 @@ def test_slide_estimates_differ_by_centre_and_normalisation_maps_them_to_the_tar
     assert gap(normalised) < gap(whole) / 2
 
 
+def test_slide_estimate_takes_the_slides_tissue_mask_and_shares_its_thumbnail(centre_slides, monkeypatch):
+    import metastasis.data.slide as slide_module
+    import metastasis.data.stain as stain_module
+    from metastasis.data.tissue import TissueMask, compute_tissue_mask
+
+    views, windows = [], []
+    read_downsampled, read_rgb = slide_module.read_downsampled, stain_module.read_rgb
+    monkeypatch.setattr(slide_module, "read_downsampled", lambda *a: views.append(a[1]) or read_downsampled(*a))
+    monkeypatch.setattr(stain_module, "read_rgb", lambda *a, **k: windows.append(a[1]) or read_rgb(*a, **k))
+    with Slide(centre_slides["A"]) as slide:
+        mask = compute_tissue_mask(slide)[0]
+        assert views == [32.0]
+        own = slide_stain_vectors(slide)  # a small slide's overview is the mask's 1/32: the same estimate
+        given = slide_stain_vectors(slide, mask)
+        assert views == [32.0]  # one read of the slide's thumbnail, shared by the mask and both estimates
+        assert np.array_equal(own.he, given.he)
+        # Every window is centred on the mask's tissue: a mask holding only the top-left piece moves them there.
+        rows, cols = np.nonzero(mask.mask)
+        corner = np.zeros_like(mask.mask)
+        corner[: rows.min() + 8, : cols.min() + 8] = mask.mask[: rows.min() + 8, : cols.min() + 8]
+        windows.clear()
+        slide_stain_vectors(slide, TissueMask(corner, mask.downsample, mask.level0_size, mask.level, 0.1))
+        assert windows and all(x + 128 < (cols.min() + 8) * 32 and y + 128 < (rows.min() + 8) * 32
+                               for x, y in windows)
+        other = TissueMask(mask.mask, mask.downsample, (2070, 1536), mask.level, 0.1)  # another slide
+        with pytest.raises(SlideError, match="A.tif: the tissue mask is for a"):
+            slide_stain_vectors(slide, other)
+
+
 def test_slide_estimate_is_robust_to_artefacts(tmp_path):
     """On a hard slide (pen marks, folds, bubbles, mimics), the per-window medians stay near the centre's true stain
     vectors: pooling every window's pixels let an ink-covered minority tilt them by up to 30 degrees."""
@@ -226,7 +255,8 @@ def test_slide_estimate_is_robust_to_artefacts(tmp_path):
     for centre, seed in (("A", 10), ("B", 21)):
         path = write_slide(make_scene(f"hard_{centre}", 3072, 2304, True, seed, 0, centre=centre, difficulty=1.0),
                            tmp_path / f"hard_{centre}.tif")
-        vectors = slide_stain_vectors(open_slide(path), path)
+        with Slide(path) as slide:
+            vectors = slide_stain_vectors(slide)
         truth = CENTRES[centre]
         assert degrees(vectors.he[:, 0], truth.haematoxylin) < 6, centre
         assert degrees(vectors.he[:, 1], truth.eosin) < 12, centre

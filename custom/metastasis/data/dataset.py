@@ -10,7 +10,7 @@ import numpy as np
 import openslide
 import torch
 
-from .slide import open_slide, read_rgb
+from .slide import Slide, read_rgb
 from .stain import StainNormalizer, slide_stain_vectors
 from .transforms import normalize, to_unit
 
@@ -47,7 +47,7 @@ class PatchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def _slide(self, image: str):
+    def _slide(self, image: str) -> Slide:
         if self._pid != os.getpid():  # a forked worker must not share its parent's OpenSlide handles
             self._slides, self._cache, self._pid = OrderedDict(), None, os.getpid()
         if self._cache is None and self.cache_mb is not None:
@@ -55,7 +55,7 @@ class PatchDataset(torch.utils.data.Dataset):
         if image in self._slides:
             self._slides.move_to_end(image)
         else:
-            self._slides[image] = open_slide(image, self._cache)
+            self._slides[image] = Slide(image, self._cache)
             while len(self._slides) > self.max_open:
                 self._slides.popitem(last=False)[1].close()
         return self._slides[image]
@@ -65,13 +65,15 @@ class PatchDataset(torch.utils.data.Dataset):
         entry = self.entries[index]
         y, x = entry["location"]
         half = self.patch_size // 2
-        return read_rgb(self._slide(entry["image"]), (x - half, y - half), 0, (self.patch_size, self.patch_size),
-                        entry["image"])
+        return read_rgb(self._slide(entry["image"]).handle, (x - half, y - half), 0,
+                        (self.patch_size, self.patch_size), entry["image"])
 
     def normalizer(self, image: str) -> StainNormalizer:
         """The stain normaliser of slide ``image`` (its vectors estimated on first use)."""
         if image not in self._normalizers:
-            self._normalizers[image] = StainNormalizer(slide_stain_vectors(self._slide(image), image))
+            slide = self._slide(image)
+            self._normalizers[image] = StainNormalizer(slide_stain_vectors(slide))
+            slide.release_views()  # the overview served the estimate; up to max_open slides stay open
         return self._normalizers[image]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -148,7 +148,8 @@ def generate_patch_list(sources: Sequence[SlideSource], tumor_per_slide: int = 2
                 _vertex_cells(s.annotations, shape, d)
             reach = int(math.ceil((patch_size / 2 + margin_um / s.mpp) / d)) + 1
             normal_cells[s.path] = s.tissue.mask & ~ndimage.binary_dilation(cells, iterations=reach)
-            entries += _sample(s, cells, tumor_per_slide, 1, patch_size, np.random.default_rng([seed, 1, index_split, i]))
+            rng = np.random.default_rng([seed, 1, index_split, i])
+            entries += _sample(s, cells, tumor_per_slide, 1, patch_size, rng)
         n_tumour = len(entries)
         from_tumour_slides = n_tumour // 2 if normal_slides else n_tumour
         for k, (slides, total) in enumerate([(tumour_slides, from_tumour_slides),

@@ -125,13 +125,14 @@ def read_downsampled(slide, downsample: float, path: str | Path = "") -> tuple[n
 class Slide:
     """A whole-slide image opened once: its OpenSlide handle and the downsampled views its users share.
 
-    ``with Slide(path) as slide:``; :meth:`downsampled` reads the whole slide at ``1/downsample`` once (in bounded
-    memory) and serves the same view to every later caller, e.g. the tissue mask and the heatmap at 1/32.
+    ``with Slide(path) as slide:`` (``cache``: see :func:`open_slide`); :meth:`downsampled` reads the whole slide at
+    ``1/downsample`` once (in bounded memory) and serves the same view to every later caller, e.g. the tissue mask,
+    the stain estimate and the heatmap at 1/32.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, cache: openslide.OpenSlideCache | None = None) -> None:
         self.path = Path(path)
-        self.handle = open_slide(self.path)
+        self.handle = open_slide(self.path, cache)
         self._views: dict[float, tuple[np.ndarray, float, int]] = {}
 
     def __enter__(self) -> "Slide":
@@ -142,7 +143,7 @@ class Slide:
 
     def close(self) -> None:
         self.handle.close()
-        self._views.clear()
+        self.release_views()
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -153,6 +154,10 @@ class Slide:
     def mpp(self) -> float:
         """Level-0 microns per pixel."""
         return slide_mpp(self.handle, self.path)
+
+    def release_views(self) -> None:
+        """Let go of the downsampled views read so far (a slide kept open for its patches needs none of them)."""
+        self._views.clear()
 
     def downsampled(self, downsample: float) -> tuple[np.ndarray, float, int]:
         """:func:`read_downsampled` of this slide, read once per ``downsample``."""

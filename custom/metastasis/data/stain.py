@@ -18,8 +18,8 @@ applied:
 * :class:`StainNormalizer` (Macenko et al., 2009): every pixel's optical density is deconvolved into H and E
   concentrations with the *slide's* stain vectors, the concentrations scaled so that their 99th percentiles match
   the target's, and recomposed with the target's vectors. The slide's vectors are estimated once
-  (:func:`slide_stain_vectors`: MONAI's ``ExtractHEStains`` on tissue windows sampled over the slide at level 0,
-  the windows' medians taken), not per patch or tile: all of a slide's tiles then get the same linear map in
+  (:func:`slide_stain_vectors`: MONAI's ``ExtractHEStains`` on windows sampled over the slide's tissue mask at
+  level 0, the windows' medians taken), not per patch or tile: all of a slide's tiles then get the same linear map in
   optical density, so tiles join without seams and a training patch looks as it does in the whole-slide map. The
   map is one 3 x 3 matrix per slide.
 """
@@ -27,16 +27,16 @@ applied:
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import torch
-from monai.transforms import Randomizable
 
-from .slide import SlideError, read_downsampled, read_rgb
+from .augmentation import RandomAugmentation
+from .slide import Slide, SlideError, read_rgb
+from .tissue import TissueMask, compute_tissue_mask
 
 __all__ = ["RGB_FROM_HED", "map_stains", "tissue_weight", "HEDJitter", "StainVariation", "StainVectors",
-           "MACENKO_TARGET", "estimate_stain_vectors", "slide_stain_vectors", "StainNormalizer"]
+           "MACENKO_TARGET", "estimate_stain_vectors", "overview_downsample", "slide_stain_vectors", "StainNormalizer"]
 
 #: Stain optical densities (rows H, E, DAB; columns R, G, B) of Ruifrok & Johnston, as in scikit-image.
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -83,18 +83,20 @@ def tissue_weight(image: torch.Tensor) -> torch.Tensor:
     return ((od - _GLASS_OD) / (_TISSUE_OD - _GLASS_OD)).clamp(0, 1)
 
 
-class _StainAugmentation(Randomizable):
-    """A random stain change of (3, H, W) RGB images in [0, 1]: a new draw per call; strength 0 is the identity."""
+class _StainAugmentation(RandomAugmentation):
+    """A random stain change of strength ``strength`` (0: the identity, up to ``maximum``), applied with probability
+    ``prob``; ``name`` is what its errors call it."""
 
-    strength: float
+    def __init__(self, name: str, strength: float, prob: float, maximum: float = np.inf) -> None:
+        if not 0 <= strength <= maximum:
+            bounds = f"between 0 and {maximum:g}" if np.isfinite(maximum) else "at least 0"
+            raise ValueError(f"{name} strength must be {bounds}, got {strength}")
+        super().__init__(prob)
+        self.strength = strength
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        self.randomize()
-        x = torch.as_tensor(image).float()
-        return x if self.strength == 0 else self.apply_drawn(x)
-
-    def apply_drawn(self, image: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @property
+    def identity(self) -> bool:
+        return self.strength == 0
 
 
 def _he_only(he: np.ndarray) -> np.ndarray:
@@ -120,17 +122,16 @@ class HEDJitter(_StainAugmentation):
     glass, on the 0-1 scale (median over draws; 90th percentile 0.016 and 0.003). The jitter as first written
     (shift in scikit-image's units, 13.8 times optical density, on glass and DAB too) changed them by 0.116 and
     0.076.
-    Output clipped to [0, 1]; ``s = 0`` returns the image unchanged.
+    Output clipped to [0, 1]; ``s = 0`` returns the image unchanged. Applied with probability ``prob``
+    (:class:`~metastasis.data.augmentation.RandomAugmentation`).
     """
 
-    def __init__(self, strength: float = 0.05) -> None:
-        if strength < 0:
-            raise ValueError(f"HED jitter strength must be >= 0, got {strength}")
-        self.strength = strength
+    def __init__(self, strength: float = 0.05, prob: float = 1.0) -> None:
+        super().__init__("HED jitter", strength, prob)
         self.alpha = np.ones(2)
         self.beta = np.zeros(2)
 
-    def randomize(self, data: object = None) -> None:
+    def draw(self) -> None:
         s = self.strength
         self.alpha = self.R.uniform(1 - s, 1 + s, 2)
         self.beta = self.R.uniform(-s, s, 2)
@@ -160,17 +161,16 @@ class StainVariation(_StainAugmentation):
 
     Size in pixels (``benchmarks/stain_augmentation.py``, as for :class:`HEDJitter`): at ``s = 0.5`` the median
     absolute change per pixel and channel is 0.031 on tissue and 0.025 on glass (the white balance); at ``s = 1``
-    0.055 and 0.040. Output clipped to [0, 1]; ``s = 0`` returns the image unchanged.
+    0.055 and 0.040. Output clipped to [0, 1]; ``s = 0`` returns the image unchanged. Applied with probability
+    ``prob``.
     """
 
-    def __init__(self, strength: float = 1.0) -> None:
-        if not 0 <= strength <= 1:
-            raise ValueError(f"stain variation strength must be between 0 and 1, got {strength}")
-        self.strength = strength
+    def __init__(self, strength: float = 1.0, prob: float = 1.0) -> None:
+        super().__init__("stain variation", strength, prob, maximum=1.0)
         self.matrix = np.eye(2)
         self.balance = np.ones(3)
 
-    def randomize(self, data: object = None) -> None:
+    def draw(self) -> None:
         s = self.strength
         scale = np.exp(self.R.uniform(-np.log1p(s), np.log1p(s), 2))
         self.matrix = np.diag(scale) + (1 - np.eye(2)) * self.R.uniform(-s / 10, s / 10, (2, 2))
@@ -248,13 +248,23 @@ def estimate_stain_vectors(pixels: np.ndarray, background: np.ndarray | None = N
     return StainVectors(he, np.percentile(concentration, 99, axis=1), background)
 
 
-def slide_stain_vectors(slide, path: str | Path = "", regions: int = 32, size: int = 256) -> StainVectors:
+def overview_downsample(slide: Slide) -> float:
+    """The downsample at which a slide's longest side is about 1024 pixels (at least 32, a tissue mask's own): the
+    overview a stain estimate finds tissue on when it is given no tissue mask."""
+    return max(32.0, max(slide.dimensions) / 1024)
+
+
+def slide_stain_vectors(slide: Slide, tissue: TissueMask | None = None, regions: int = 32,
+                        size: int = 256) -> StainVectors:
     """A slide's stain vectors from ``regions`` level-0 windows of ``size`` pixels spread over its tissue.
 
-    On an overview (longest side about 1024 pixels), the glass colour is the median of the brightest 2% of pixels
-    and tissue the pixels stained above the glass threshold in all three channels; the windows are centred on
-    evenly spaced tissue pixels (in row-major order), so the estimate is deterministic, does not depend on how the
-    slide is tiled, and reads about 2 megapixels whatever the slide's size.
+    ``tissue``: the slide's tissue mask (``infer`` passes the one its map is restricted to); None: one computed on
+    the slide's overview (:func:`overview_downsample`, what training does: a mask at 1/32 reads a 100k x 200k slide
+    for 16 s, the overview in about 1 s). The glass colour is the median of the brightest 2% of the open slide's
+    view at the mask's downsample (the thumbnail the mask was computed from, and the heatmap is painted on, when
+    they share it); the windows are centred on evenly spaced tissue pixels of the mask (in row-major order), so the
+    estimate is deterministic, does not depend on how the slide is tiled, and reads about 2 megapixels of level 0
+    whatever the slide's size.
 
     The estimate is robust to a minority of windows on artefacts: each window gets its own Macenko vectors and
     the slide's are their element-wise median (renormalised); each window's 99th-percentile concentrations (with
@@ -263,18 +273,21 @@ def slide_stain_vectors(slide, path: str | Path = "", regions: int = 32, size: i
     that tilted a slide's vectors by up to 30 degrees and moved its haematoxylin percentile by 2x between slides
     of one centre (``benchmarks/centre_shift.py``'s diagnosis in docs/metastasis.md).
     """
-    width, height = slide.dimensions
-    overview, downsample, _ = read_downsampled(slide, max(1.0, max(width, height) / 1024), path)
-    pixels = overview.reshape(-1, 3).astype(np.float64)
+    if tissue is None:
+        tissue = compute_tissue_mask(slide, overview_downsample(slide))[0]
+    if tuple(tissue.level0_size) != tuple(slide.dimensions):
+        raise SlideError(f"{slide.path}: the tissue mask is for a {tissue.level0_size} slide, the slide is "
+                         f"{slide.dimensions}")
+    pixels = slide.downsampled(tissue.downsample)[0].reshape(-1, 3).astype(np.float64)
     brightness = pixels.mean(axis=1)
     background = np.median(pixels[brightness >= np.percentile(brightness, 98)], axis=0)
-    stained = (_optical_density(pixels, background) > _BETA).all(axis=1)
-    stained = np.argwhere(stained.reshape(overview.shape[:2]))
-    if not len(stained):
-        raise SlideError(f"{path}: no stained tissue found to estimate the stain vectors from")
-    picks = stained[np.unique(np.linspace(0, len(stained) - 1, regions).round().astype(int))]
-    windows = [read_rgb(slide, (int((col + 0.5) * downsample) - size // 2, int((row + 0.5) * downsample) - size // 2),
-                        0, (size, size), path, pad_outside=True) for row, col in picks]
+    on_tissue = np.argwhere(tissue.mask)
+    if not len(on_tissue):
+        raise SlideError(f"{slide.path}: no tissue in its tissue mask to estimate the stain vectors from")
+    picks = on_tissue[np.unique(np.linspace(0, len(on_tissue) - 1, regions).round().astype(int))]
+    ds, half = tissue.downsample, size // 2
+    windows = [read_rgb(slide.handle, (int((col + 0.5) * ds) - half, int((row + 0.5) * ds) - half), 0, (size, size),
+                        slide.path, pad_outside=True) for row, col in picks]
     vectors = []
     for window in windows:
         try:
@@ -284,7 +297,8 @@ def slide_stain_vectors(slide, path: str | Path = "", regions: int = 32, size: i
         if np.isfinite(he).all():
             vectors.append(he)
     if not vectors:
-        raise SlideError(f"{path}: cannot estimate the stain vectors (no window has stained pixels)")
+        raise SlideError(f"{slide.path}: cannot estimate the stain vectors (no window on its tissue has stained "
+                         "pixels)")
     he = np.median(np.stack(vectors), axis=0)
     he /= np.linalg.norm(he, axis=0, keepdims=True)
     percentiles = []
@@ -294,7 +308,7 @@ def slide_stain_vectors(slide, path: str | Path = "", regions: int = 32, size: i
         if len(od) >= 100:  # enough stained pixels for a 99th percentile
             percentiles.append(np.percentile(np.linalg.lstsq(he, od.T, rcond=None)[0], 99, axis=1))
     if not percentiles:
-        raise SlideError(f"{path}: cannot estimate the stain concentrations (too few stained pixels)")
+        raise SlideError(f"{slide.path}: cannot estimate the stain concentrations (too few stained pixels)")
     return StainVectors(he, np.median(np.stack(percentiles), axis=0), background)
 
 

@@ -64,7 +64,7 @@ class TissueMask:
     def __post_init__(self) -> None:
         width, height = self.level0_size
         expected = (math.ceil(height / self.downsample - 1e-6), math.ceil(width / self.downsample - 1e-6))
-        if self.mask.ndim != 2 or abs(self.mask.shape[0] - expected[0]) > 1 or abs(self.mask.shape[1] - expected[1]) > 1:
+        if self.mask.ndim != 2 or any(abs(n - e) > 1 for n, e in zip(self.mask.shape, expected)):
             raise UserError(f"tissue mask of shape {self.mask.shape} does not cover a {width}x{height} slide at "
                              f"downsample {self.downsample} (expected about {expected})")
 

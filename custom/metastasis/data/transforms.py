@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.transforms import Compose, RandFlip, RandRotate90, RandScaleIntensity, RandZoom, Randomizable
+from monai.transforms import Compose, RandFlip, RandRotate90, RandScaleIntensity, RandZoom
 
+from .augmentation import RandomAugmentation, RandomAugmentationd
 from .stain import HEDJitter, StainVariation
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "to_unit", "normalize", "to_input", "ColorJitter", "train_augmentation"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "to_unit", "normalize", "to_input", "ColorJitter", "ColorJitterd",
+           "HEDJitterd", "StainVariationd", "train_augmentation"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,28 +63,28 @@ def to_input(rgb: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.sub_(mean).div_(std)
 
 
-class ColorJitter(Randomizable):
+class ColorJitter(RandomAugmentation):
     """Random brightness, contrast, saturation and hue of a (3, H, W) image in [0, 1] (clipped back into [0, 1]).
 
     Factors are drawn uniformly: brightness and contrast and saturation in ``[1 - v, 1 + v]``, the hue turn in
     ``[-hue, hue]`` of a full turn. Defaults are Clara's (brightness 64/255, contrast 0.75, saturation 0.25,
-    hue 0.04).
+    hue 0.04). Applied with probability ``prob`` (:class:`~metastasis.data.augmentation.RandomAugmentation`).
     """
 
     def __init__(self, brightness: float = 64 / 255, contrast: float = 0.75, saturation: float = 0.25,
-                 hue: float = 0.04) -> None:
+                 hue: float = 0.04, prob: float = 1.0) -> None:
+        super().__init__(prob)
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
         self.factors = (1.0, 1.0, 1.0, 0.0)
 
-    def randomize(self, data: object = None) -> None:
+    def draw(self) -> None:
         r = self.R.uniform
         self.factors = (r(1 - self.brightness, 1 + self.brightness), r(1 - self.contrast, 1 + self.contrast),
                         r(1 - self.saturation, 1 + self.saturation), r(-self.hue, self.hue))
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        self.randomize()
+    def apply_drawn(self, image: torch.Tensor) -> torch.Tensor:
         brightness, contrast, saturation, hue = self.factors
-        x = torch.as_tensor(image).float() * brightness
+        x = image * brightness
         grey = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).clamp(0, 1)
         x = (grey.mean() + contrast * (x.clamp(0, 1) - grey.mean())).clamp(0, 1)
         grey = 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]
@@ -94,6 +96,29 @@ class ColorJitter(Randomizable):
             matrix = _YIQ_TO_RGB @ turn @ _RGB_TO_YIQ
             x = torch.einsum("ij,jhw->ihw", matrix, x).clamp(0, 1)
         return x
+
+
+class ColorJitterd(RandomAugmentationd):
+    """Dictionary form of :class:`ColorJitter`: one draw for all ``keys``, with probability ``prob``."""
+
+    def __init__(self, keys, prob: float = 1.0, allow_missing_keys: bool = False, **factors: float) -> None:
+        super().__init__(keys, ColorJitter(**factors), prob, allow_missing_keys)
+
+
+class HEDJitterd(RandomAugmentationd):
+    """Dictionary form of :class:`~metastasis.data.stain.HEDJitter`: one draw for all ``keys``, with probability
+    ``prob``."""
+
+    def __init__(self, keys, strength: float = 0.05, prob: float = 1.0, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, HEDJitter(strength), prob, allow_missing_keys)
+
+
+class StainVariationd(RandomAugmentationd):
+    """Dictionary form of :class:`~metastasis.data.stain.StainVariation`: one draw for all ``keys``, with
+    probability ``prob``."""
+
+    def __init__(self, keys, strength: float = 1.0, prob: float = 1.0, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, StainVariation(strength), prob, allow_missing_keys)
 
 
 def train_augmentation(seed: int = 0, hed_jitter: float = 0.05, stain_variation: float = 0.0) -> Compose:

@@ -208,7 +208,7 @@ def probability_map(slide: str | Path | Slide, model: PatchClassifier, stride: i
                             f"{geometry.level0_size}")
         todo = tissue_pixels(geometry, tissue)
         start = time.perf_counter()
-        normalizer = StainNormalizer(slide_stain_vectors(slide.handle, slide.path)) \
+        normalizer = StainNormalizer(slide_stain_vectors(slide, tissue)) \
             if stain_normalization == "macenko" else None
         run = _MapRun(slide.handle, slide.path, net, geometry, todo, device, amp, on_progress, normalizer)
         if mode == "tiled":

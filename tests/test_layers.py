@@ -26,8 +26,8 @@ STEPS = {
     "brats_fl.learner": 6, "brats_fl.job": 7, "brats_fl.cli": 9,
     # metastasis: what is read; recipe, network, scores; training and whole-slide inference; evaluation of maps;
     # the FLARE layer; CLI
-    "metastasis.data": 2, "metastasis.config": 2, "metastasis.metrics": 2, "metastasis.report": 2,
-    "metastasis.model": 3,
+    "metastasis.data": 2, "metastasis.config": 2, "metastasis.metrics": 2,
+    "metastasis.model": 3, "metastasis.report": 3,
     "metastasis.engine": 4, "metastasis.inference": 4,
     "metastasis.evaluation": 5, "metastasis.task": 5,
     "metastasis.learner": 6, "metastasis.job": 7, "metastasis.cli": 9,

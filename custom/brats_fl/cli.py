@@ -116,14 +116,20 @@ def _extra_models(args: argparse.Namespace):
     datalists = {site.name: datalist_dir / site.datalist for site in CLARA_SITES}
 
     def score(sites: Sequence[str]) -> dict:
+        from medflare.crosssite import ITEMS, item_lists
+
         from .engine import summarize
         from .inference import score_checkpoint
 
         unknown = [s for s in sites if s not in datalists]
         if unknown:
             raise UserError(f"--extra: no datalist known for site(s) {unknown} (known: {sorted(datalists)})")
-        return {name: {site: summarize(score_checkpoint(checkpoint, datalists[site], args.data_root, "testing"))
-                       for site in sites} for name, checkpoint in args.extra}
+
+        def scored(checkpoint: Path, site: str) -> dict:
+            per_case = score_checkpoint(checkpoint, datalists[site], args.data_root, "testing")
+            return {**summarize(per_case), ITEMS: item_lists(per_case)}
+
+        return {name: {site: scored(checkpoint, site) for site in sites} for name, checkpoint in args.extra}
 
     return score
 

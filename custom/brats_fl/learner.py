@@ -15,6 +15,7 @@ from nvflare.apis.signal import Signal
 
 from medcore.errors import UserError
 from medcore.files import resolve_path
+from medflare.crosssite import ITEMS, item_lists
 from medflare.learner import EngineLearner
 
 from .config import TrainConfig
@@ -77,13 +78,15 @@ class BratsLearner(EngineLearner):
                 eval_dataset(entries, self.config.cache_rate)
         return self._datasets[split]
 
-    def score_split(self, split: str, abort_signal: Signal, hd95: bool = False) -> dict:
-        return summarize(evaluate(self.model, self.dataset(split), self.config, self.device, spacing=hd95,
-                                  abort=lambda: abort_signal.triggered))
+    def score_split(self, split: str, abort_signal: Signal, hd95: bool = False, items: bool = False) -> dict:
+        per_case = evaluate(self.model, self.dataset(split), self.config, self.device, spacing=hd95,
+                            abort=lambda: abort_signal.triggered)
+        return {**summarize(per_case), **({ITEMS: item_lists(per_case)} if items else {})}
 
     def score_cross_site(self, abort_signal: Signal) -> dict:
-        # HD95 (in mm, each case's voxel size) only here: Dice alone decides the best models round by round.
-        return self.score_split(self.cross_site_split, abort_signal, hd95=True)
+        # HD95 (in mm, each case's voxel size) only here: Dice alone decides the best models round by round. The
+        # per-case scores go with the means, for the report's intervals (no case names leave the site).
+        return self.score_split(self.cross_site_split, abort_signal, hd95=True, items=True)
 
     def key_score(self, summary: dict) -> float:
         return float(summary["mean"])

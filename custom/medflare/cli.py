@@ -239,7 +239,8 @@ def add_report_parser(sub: argparse._SubParsersAction, task: TaskSpec, descripti
         from .crosssite import report_command
 
         return report_command(args.path, task.report, weights=weights(args), markdown=args.markdown, out=args.out,
-                              plot=not args.no_plot, added=args.add or (), extra=extra(args))
+                              plot=not args.no_plot, added=args.add or (), extra=extra(args),
+                              resamples=args.resamples, seed=args.seed, compare=args.compare or ())
 
     rep = sub.add_parser("report", help="print the cross-site table from cross_val_results.json and plot training "
                                         "curves", description=description)
@@ -251,6 +252,16 @@ def add_report_parser(sub: argparse._SubParsersAction, task: TaskSpec, descripti
     rep.add_argument("--out", type=output_dir, help="folder for report.txt/.md/.csv/.json and training_curves.png "
                                                     "(from the TensorBoard events found under PATH)")
     rep.add_argument("--no-plot", action="store_true", help="do not plot the training curves")
+    rep.add_argument("--resamples", type=number(int, minimum=0, maximum=100_000), default=2000,
+                     help=f"bootstrap resamples of each site's {task.report.count_name} for the 95%% intervals of every "
+                          "value (percentile method; the AVE's resampled within each site); 0: no intervals "
+                          "(default: 2000)")
+    rep.add_argument("--seed", type=number(int, minimum=0, maximum=2**32 - 1), default=0,
+                     help="seed of the bootstrap (default: 0)")
+    rep.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                     help="also give model A minus model B (names as in the results, e.g. SRV_best_FL_global_model.pt "
+                          "site-1) on the same items: per site and AVE, the difference, its paired 95%% bootstrap "
+                          "interval and p-value; written to comparison.json with --out")
     rep.set_defaults(func=run)
     return rep
 

@@ -102,7 +102,8 @@ class EngineLearner(Learner):
 
     def score_cross_site(self, abort_signal: Signal) -> dict:
         """What cross-site validation reports for a model: by default :meth:`score_split` on
-        :attr:`cross_site_split` (a subclass may add metrics too costly for every round's validation)."""
+        :attr:`cross_site_split` (a subclass may add metrics too costly for every round's validation, and the
+        per-item scores behind the report's intervals, :data:`~medflare.crosssite.ITEMS`)."""
         return self.score_split(self.cross_site_split, abort_signal)
 
     def key_score(self, summary: dict) -> float:

@@ -86,10 +86,10 @@ def predict(model: torch.nn.Module, dataset: PatchDataset, config: TrainConfig, 
 def evaluate(model: torch.nn.Module, dataset: PatchDataset, config: TrainConfig, device: torch.device,
              abort: Callable[[], bool] = lambda: False) -> dict[str, float]:
     """Patch-level scores (:func:`~metastasis.metrics.classification_scores`) plus the mean BCE ``loss``."""
-    return _scores(*predict(model, dataset, config, device, abort), config.threshold)
+    return patch_scores(*predict(model, dataset, config, device, abort), config.threshold)
 
 
-def _scores(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+def patch_scores(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
     if probabilities.size == 0:
         raise UserError("no validation patches to evaluate")
     scores = classification_scores(probabilities, labels, threshold)
@@ -120,7 +120,7 @@ def validate_checkpoint(checkpoint: str | Path, patch_list: str | Path, data_roo
     if csv_path:
         write_csv(csv_path, ([entry["image"], *entry["location"], entry["label"], f"{p:.6f}"]
                              for entry, p in zip(dataset.entries, probabilities)), header=PROBABILITY_COLUMNS)
-    return _scores(probabilities, labels, config.threshold)
+    return patch_scores(probabilities, labels, config.threshold)
 
 
 _HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_auc", "val_sensitivity",

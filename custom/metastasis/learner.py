@@ -15,10 +15,11 @@ from nvflare.apis.signal import Signal
 
 from medcore.errors import UserError
 from medcore.files import resolve_path
+from medflare.crosssite import ITEMS
 from medflare.learner import EngineLearner
 
 from .config import TrainConfig
-from .engine import Trainer, evaluate, patch_datasets
+from .engine import Trainer, patch_datasets, patch_scores, predict
 from .model import PatchClassifier
 from .data.patch_lists import read_patch_list
 from .task import TASK
@@ -70,11 +71,20 @@ class MetastasisLearner(EngineLearner):
     def dataset(self, split: str):
         return self.datasets[split]
 
-    def score_split(self, split: str, abort_signal: Signal) -> dict:
-        scores = evaluate(self.model, self.datasets[split], self.config, self.device,
-                          abort=lambda: abort_signal.triggered)
-        return {f"val_{k}" if k in ("accuracy", "auc", "loss", "sensitivity", "specificity") else k: v
-                for k, v in scores.items()}
+    def score_split(self, split: str, abort_signal: Signal, items: bool = False) -> dict:
+        probabilities, labels = predict(self.model, self.datasets[split], self.config, self.device,
+                                        abort=lambda: abort_signal.triggered)
+        scores = patch_scores(probabilities, labels, self.config.threshold)
+        summary = {f"val_{k}" if k in ("accuracy", "auc", "loss", "sensitivity", "specificity") else k: v
+                   for k, v in scores.items()}
+        if items:  # per patch, for the report's intervals (:func:`metastasis.report.patch_columns`)
+            summary[ITEMS] = {"probability": [round(float(p), 6) for p in probabilities],
+                              "label": [int(y) for y in labels],
+                              "predicted": [int(p >= self.config.threshold) for p in probabilities]}
+        return summary
+
+    def score_cross_site(self, abort_signal: Signal) -> dict:
+        return self.score_split(self.cross_site_split, abort_signal, items=True)
 
     def format_scores(self, summary: dict) -> str:
         return (f"accuracy {summary['val_accuracy']:.4f} AUC {summary['val_auc']:.4f} "

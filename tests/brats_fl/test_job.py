@@ -143,6 +143,7 @@ def _check_simulation(job, out, threads) -> dict:
         assert set(per_model) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", "site-1", "site-2"}
         for metrics in per_model.values():
             assert all(0 <= metrics[k] <= 1 for k in ("TC", "WT", "ET", "mean")) and metrics["n_cases"] == 1
+            assert metrics["items"]["mean"] == [metrics["mean"]]  # the per-case scores behind the intervals
     # TensorBoard events streamed to the server; the report command reads all of it.
     assert {p.name for p in (run / "tb_events").iterdir()} == {"site-1", "site-2"}
     assert cli.main(["report", str(ws), "--out", str(out / "report")]) == 0

@@ -68,10 +68,11 @@ def test_text_markdown_and_files(tmp_path):
     assert "  AVE:    TC: 0.8057 WT: 0.9083 ET: 0.7448" in text
     assert "Site-2 best model selected via site-2 local validation" in text
     md = format_markdown(report)
-    assert md.count("\n") == 2 + 4 * 3
+    assert md.count("\n") == 2 + 4 * 3 + 2  # header, a row per model and site, a blank line and the interval note
     paths = write_report(report, tmp_path)
     csv_lines = paths["csv"].read_text().splitlines()
-    assert csv_lines[0] == "model,site,TC,WT,ET,mean,weight" and len(csv_lines) == 1 + 4 * 3
+    assert csv_lines[0] == "model,site,TC,WT,ET,mean,weight," + ",".join(
+        f"{c}_{end}" for c in ("TC", "WT", "ET", "mean") for end in ("low", "high")) and len(csv_lines) == 1 + 4 * 3
     data = json.loads(paths["json"].read_text())
     assert data["models"]["SRV_FL_global_model.pt"]["AVE"]["TC"] == pytest.approx(0.805666, abs=1e-5)
 
@@ -110,7 +111,8 @@ def test_hd95_columns_when_every_result_has_them(tmp_path):
     assert "HD95_ET: 108.04" in text and "TC: 0.8790" in text
     assert "| HD95_TC |" in format_markdown(report).splitlines()[0]
     write_report(report, tmp_path)
-    assert (tmp_path / "report.csv").read_text().splitlines()[0].endswith("HD95_TC,HD95_WT,HD95_ET,weight")
+    assert (tmp_path / "report.csv").read_text().splitlines()[0].startswith(
+        "model,site,TC,WT,ET,mean,HD95_TC,HD95_WT,HD95_ET,weight,TC_low,TC_high")
     # Results of older runs, or with one model lacking them, show the Dice columns only.
     del results["site-1"]["site-2"]["HD95_WT"]
     assert build_report(results).columns == ("TC", "WT", "ET", "mean", "HD95_TC", "HD95_ET")
@@ -119,3 +121,78 @@ def test_hd95_columns_when_every_result_has_them(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(results))
     with pytest.raises(ReportError, match="HD95_TC = -1.0, a negative distance"):
         load_results(tmp_path / "bad.json")
+
+
+def _with_items(per_case: dict[str, dict[str, list[float]]]) -> dict:
+    """Results whose every (site, model) carries per-case TC/WT/ET scores (``per_case[site][model]``: TC values;
+    WT and ET are TC + 0.05 and TC - 0.05), means and counts to match."""
+    results = {}
+    for site, per_model in per_case.items():
+        results[site] = {}
+        for model, tc in per_model.items():
+            items = {"TC": tc, "WT": [v + 0.05 for v in tc], "ET": [v - 0.05 for v in tc]}
+            items["mean"] = [sum(v) / 3 for v in zip(*items.values())]
+            results[site][model] = {**{k: sum(v) / len(v) for k, v in items.items()}, "n_cases": len(tc),
+                                    "items": items}
+    return results
+
+
+def test_intervals_per_cell_and_a_stratified_ave(tmp_path):
+    results = _with_items({"site-1": {"site-1": [0.8, 0.9, 0.7, 0.6, 0.85], "site-2": [0.9] * 5},
+                           "site-2": {"site-1": [0.5, 0.4, 0.6], "site-2": [0.5] * 3}})
+    report = build_report(results)
+    cell = report.intervals["site-1"]["site-1"]["TC"]
+    assert cell.low < report.scores["site-1"]["site-1"]["TC"] < cell.high and cell.resamples == 2000
+    # site-2's model scores every case of a site alike (0.9 and 0.5): resampled within each site its AVE never
+    # moves, where resampling the pooled cases would mix the sites' counts
+    ave = report.intervals["site-2"]["AVE"]["TC"]
+    assert ave.low == ave.high == pytest.approx((0.9 * 5 + 0.5 * 3) / 8)
+    assert report.intervals["site-1"]["AVE"]["WT"].low == pytest.approx(report.intervals["site-1"]["AVE"]["TC"].low
+                                                                         + 0.05)
+    text = format_text(report)
+    assert f"TC: {report.scores['site-1']['site-1']['TC']:.4f} [{cell.low:.4f}, {cell.high:.4f}]" in text
+    assert "95% percentile bootstrap intervals over each site's test cases (2000 resamples, seed 0)" in text
+    written = write_report(report, tmp_path)
+    data = json.loads(written["json"].read_text())
+    assert data["models"]["site-1"]["intervals"]["AVE"]["TC"]["low"] == pytest.approx(
+        report.intervals["site-1"]["AVE"]["TC"].low)
+    assert "TC_low" in written["csv"].read_text().splitlines()[0]
+    assert build_report(results, resamples=0).intervals == {}
+
+
+def test_results_without_per_case_scores_have_no_intervals_and_say_so():
+    report = build_report(RESULTS)
+    assert report.intervals == {} and "No intervals: the results carry no per-item scores" in format_text(report)
+    bad = _with_items({"site-1": {"site-1": [0.8, 0.9]}})
+    bad["site-1"]["site-1"]["items"]["TC"] = [0.8]
+    with pytest.raises(ReportError, match="'items' that are not lists of numbers of one length"):
+        load_results_from(bad)
+
+
+def load_results_from(results: dict):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "cross_val_results.json"
+        path.write_text(json.dumps(results))
+        return load_results(path)
+
+
+def test_paired_comparison_of_two_models(tmp_path, capsys):
+    results = _with_items({"site-1": {"a": [0.8, 0.9, 0.7, 0.6], "b": [0.75, 0.85, 0.65, 0.55]},
+                           "site-2": {"a": [0.5, 0.4, 0.6], "b": [0.5, 0.4, 0.6]}})
+    comparison = crosssite.compare_models(results, BRATS_REPORT, "a", "b", {"site-1": 4, "site-2": 3})
+    assert comparison["site-1"]["TC"].difference.low == pytest.approx(0.05) and comparison["site-1"]["TC"].p_value == 0
+    assert comparison["site-2"]["TC"].difference.high == 0 and comparison["site-2"]["TC"].p_value == 1
+    assert comparison["AVE"]["mean"].difference.estimate == pytest.approx(0.05 * 4 / 7)
+    path = tmp_path / "cross_val_results.json"
+    path.write_text(json.dumps(results))
+    assert crosssite.report_command(path, BRATS_REPORT, out=tmp_path / "out", plot=False, compare=("a", "b")) == 0
+    assert "a minus b, paired on the same test cases" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert saved["rows"]["site-1"]["TC"]["p_value"] == 0
+    with pytest.raises(ReportError, match="no model named 'c'"):
+        crosssite.compare_models(results, BRATS_REPORT, "a", "c", {"site-1": 4, "site-2": 3})
+    with pytest.raises(ReportError, match="no per-item scores"):
+        crosssite.compare_models(RESULTS, BRATS_REPORT, "site-1", "site-2", {"site-1": 30, "site-2": 12})

@@ -115,9 +115,12 @@ def test_simulator_end_to_end(camelyon_root, tmp_path):
     assert set(results["site-1"]) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", "site-1"}
     for metrics in results["site-1"].values():
         assert 0 <= metrics["val_accuracy"] <= 1 and 0 <= metrics["val_auc"] <= 1 and metrics["n"] == 40
+        assert len(metrics["items"]["probability"]) == 40 and sorted(set(metrics["items"]["label"])) == [0, 1]
     assert {p.name for p in (run / "tb_events").iterdir()} == {"site-1"}
     assert cli.main(["report", str(ws), "--out", str(tmp_path / "report")]) == 0
-    assert "Global best model selected via IntimeModelSelector" in (tmp_path / "report/report.txt").read_text()
+    text = (tmp_path / "report/report.txt").read_text()
+    assert "Global best model selected via IntimeModelSelector" in text
+    assert "95% percentile bootstrap intervals over each site's validation patches" in text
     assert (tmp_path / "report/training_curves.png").stat().st_size > 10_000
 
 

@@ -8,7 +8,6 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from metastasis.data import dataset as dataset_module
 from metastasis.data.annotations import AnnotationError, read_asap_xml, rasterize
 from metastasis.data.dataset import PatchDataset
 from metastasis.data.patch_lists import PatchListError, read_ncrf_coords, read_patch_list, write_patch_list
@@ -143,15 +142,17 @@ def test_bad_annotations_stop_generation(camelyon_root, camelyon_patches, tmp_pa
 
 def test_dataset_reads_patches_with_one_handle_per_slide(camelyon_root, camelyon_patches, monkeypatch):
     """One handle per slide, all sharing the process's one bounded tile cache (not OpenSlide's 32 MiB each)."""
+    import metastasis.data.slide as slide_module
+
     opened, caches = Counter(), set()
-    real_open = dataset_module.open_slide
+    real_open = slide_module.open_slide
 
     def counting_open(path, cache=None):
         opened[path] += 1
         caches.add(id(cache))
         return real_open(path, cache)
 
-    monkeypatch.setattr(dataset_module, "open_slide", counting_open)
+    monkeypatch.setattr(slide_module, "open_slide", counting_open)  # the dataset's Slide opens through it
     patches = read_patch_list(camelyon_patches, camelyon_root, check=False)
     dataset = PatchDataset(patches["training"], 64)
     for i in range(len(dataset)):

@@ -122,6 +122,34 @@ def brats_validation(device, args) -> dict:
     return out
 
 
+def brats_torchscript(device, args) -> dict:
+    """The exported bundle's TorchScript (models/model.ts) against the checkpoint's network on this device: the
+    largest difference of their logits on a generated case (issue 28)."""
+    import torch
+
+    from brats_fl.bundle import export_bundle
+    from brats_fl.data import MODALITIES, case_files, find_cases
+    from brats_fl.model import BratsSegResNet, load_checkpoint
+    from brats_fl.transforms import infer_transforms
+    from demodata.brats import generate_dataset
+
+    crop = [32, 32, 32] if args.quick else [128, 128, 128]
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_dataset(tmp, 1, 0, shape=(48, 48, 32) if args.quick else (160, 160, 128), seed=7)
+        files = case_files(find_cases(tmp)["HGG"][0])
+        image = infer_transforms()({"image": [str(files[m]) for m in MODALITIES]})["image"].as_tensor()
+        image = image[None, :, : crop[0], : crop[1], : crop[2]].to(device)
+        checkpoint = Path(tmp) / "model.pt"
+        torch.save({"model": BratsSegResNet(crop=crop, seed=1).state_dict(), "train_conf": {"crop": crop}}, checkpoint)
+        bundle = export_bundle(checkpoint, Path(tmp) / "bundle")
+        model = load_checkpoint(checkpoint)[0].to(device).eval()
+        scripted = torch.jit.load(str(bundle / "models/model.ts"), map_location=device)
+        with torch.no_grad():
+            expected, got = model(image), scripted(image)
+        return {"device": str(device), "max_abs_difference": float((expected - got).abs().max()),
+                "max_abs_logit": float(expected.abs().max())}
+
+
 def brats_simulator(device, args) -> dict:
     from brats_fl.datalist import write_datalists
     from brats_fl.job import make_job
@@ -203,7 +231,8 @@ def pathology_input(device, args) -> dict:
 
 
 SECTIONS: dict[str, Callable] = {"environment": environment, "brats_train": brats_train,
-                                 "brats_validation": brats_validation, "brats_simulator": brats_simulator,
+                                 "brats_validation": brats_validation, "brats_torchscript": brats_torchscript,
+                                 "brats_simulator": brats_simulator,
                                  "pathology_train": pathology_train, "pathology_inference": pathology_inference,
                                  "pathology_input": pathology_input}
 

@@ -22,7 +22,7 @@ STEPS = {
     "brats_fl.data": 2, "brats_fl.config": 2, "brats_fl.metrics": 2, "brats_fl.model": 2,
     "brats_fl.datalist": 3, "brats_fl.transforms": 3, "brats_fl.report": 3,
     "brats_fl.engine": 4,
-    "brats_fl.inference": 5, "brats_fl.task": 5,
+    "brats_fl.inference": 5, "brats_fl.bundle": 5, "brats_fl.task": 5,
     "brats_fl.learner": 6, "brats_fl.job": 7, "brats_fl.cli": 9,
     # metastasis: what is read; recipe, network, scores; training and whole-slide inference; evaluation of maps;
     # the FLARE layer; CLI

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Sequence
 
 from medcore.command import (add_compute_options, add_generator_options, command_parser, existing_dir, existing_file,
-                            named_file, non_empty, number, output_dir, output_file, parse_setting, run_command)
+                            existing_path, named_file, non_empty, number, output_dir, output_file, parse_setting,
+                            run_command)
 from medcore.errors import UserError
 from medflare.cli import add_deploy_parser, add_evaluation_parser, add_job_parsers, add_report_parser, job_overrides
 
@@ -177,6 +178,15 @@ def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_bundle(args: argparse.Namespace) -> int:
+    from .bundle import export_bundle
+
+    out = export_bundle(args.checkpoint, args.out)
+    print(f"MONAI bundle written to {out}; run it with: python -m monai.bundle run --config_file "
+          f"{out / 'configs/inference.json'} --bundle_root {out} --dataset_dir CASES --output_dir OUT")
+    return 0
+
+
 def _nifti_output(text: str) -> Path:
     path = output_file(text)
     if not path.name.endswith((".nii", ".nii.gz")):
@@ -198,8 +208,9 @@ def _inference_parser(sub: argparse._SubParsersAction, name: str, help: str,
     """A sub-command that runs a checkpoint over cases: the checkpoint, the windows and where to compute."""
     parser = sub.add_parser(name, help=help, description=description)
     defaults = TrainConfig()
-    parser.add_argument("--checkpoint", required=True, type=existing_file,
-                        help="model file: FL_global_model.pt, best_FL_global_model.pt or a site's local_best_model.pt")
+    parser.add_argument("--checkpoint", required=True, type=existing_path,
+                        help="model file (FL_global_model.pt, best_FL_global_model.pt, a site's local_best_model.pt) "
+                             "or a MONAI bundle folder export-bundle wrote")
     parser.add_argument("--roi", type=number(int, above=0, multiple_of=8), nargs=3, default=list(defaults.crop),
                         metavar=("X", "Y", "Z"),
                         help="window size in voxels, each divisible by 8 (default: Clara's training crop "
@@ -326,6 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="label map to write (.nii or .nii.gz; an existing file is replaced only if it is a label "
                           "map infer wrote)")
     inf.set_defaults(func=_infer, memory_options="--roi and --sw-batch-size")
+
+    bundle = sub.add_parser(
+        "export-bundle", help="write a checkpoint as a MONAI bundle that runs without this project",
+        description="Write a MONAI bundle of a checkpoint (a FLARE global or best global model, a site's "
+                    "local_best_model.pt, a central or standalone best_model.pt): configs/metadata.json (with the "
+                    "model's provenance and, when the checkpoint lies in a FLARE run with cross-site results, its "
+                    "measured Dice and HD95), configs/inference.json for `python -m monai.bundle run`, "
+                    "models/model.pt and model.ts (TorchScript), scripts/, docs/README.md and LICENSE.",
+    )
+    bundle.add_argument("--checkpoint", required=True, type=existing_file, help="the model file to export")
+    bundle.add_argument("--out", required=True, type=output_dir,
+                        help="bundle folder to write (an existing folder is written into only if it is a bundle "
+                             "export-bundle wrote)")
+    bundle.set_defaults(func=_export_bundle)
     return parser
 
 

@@ -11,10 +11,13 @@ import torch
 from monai.networks.nets import SegResNet, SegResNetVAE
 
 from medcore.errors import UserError
-from medcore.files import load_torch, state_dict_of
+from medcore.files import load_torch, read_json, state_dict_of
 from medcore.seeding import seeded
 
-__all__ = ["BratsSegResNet", "load_checkpoint"]
+__all__ = ["BratsSegResNet", "BUNDLE_METADATA", "BUNDLE_WEIGHTS", "load_checkpoint"]
+
+#: Where a MONAI bundle (:mod:`brats_fl.bundle`) keeps its metadata and its SegResNet's weights.
+BUNDLE_METADATA, BUNDLE_WEIGHTS = "configs/metadata.json", "models/model.pt"
 
 
 class BratsSegResNet(torch.nn.Module):
@@ -58,6 +61,8 @@ def load_checkpoint(path: str | Path) -> tuple[BratsSegResNet, dict]:
     VAE's input layer size in ``train_conf`` or, failing that, must match Clara's default.
     """
     path = Path(path)
+    if path.is_dir():
+        return _from_bundle(path)
     content = load_torch(path, "checkpoint")
     state = state_dict_of(content, path)
     vae = any(".vae_" in k for k in state)
@@ -75,3 +80,26 @@ def load_checkpoint(path: str | Path) -> tuple[BratsSegResNet, dict]:
     extras = {k: v for k, v in content.items() if k != "model"} if isinstance(content, dict) and "model" in content \
         else {}
     return model, extras
+
+
+def _from_bundle(folder: Path) -> tuple[BratsSegResNet, dict]:
+    """The network of a MONAI bundle :mod:`brats_fl.bundle` wrote (plain SegResNet weights, no VAE branch), with its
+    training settings and window as the ``train_conf`` a checkpoint carries."""
+    meta_path = folder / BUNDLE_METADATA
+    if not meta_path.is_file():
+        raise UserError(f"{folder}: a folder, but not a MONAI bundle (no {BUNDLE_METADATA})")
+    meta = read_json(meta_path, "bundle metadata")
+    provenance = meta.get("provenance") if isinstance(meta, dict) else None
+    inference = provenance.get("inference", {}) if isinstance(provenance, dict) else {}
+    conf = dict(provenance.get("settings") or {}) if isinstance(provenance, dict) else {}
+    for key, setting in (("roi", "crop"), ("overlap", "val_overlap")):  # the window the bundle infers with
+        if key in inference:
+            conf[setting] = inference[key]
+    state = state_dict_of(load_torch(folder / BUNDLE_WEIGHTS, "bundle weights"), folder / BUNDLE_WEIGHTS)
+    model = BratsSegResNet(vae=False)
+    try:
+        model.net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise UserError(f"{folder / BUNDLE_WEIGHTS}: weights do not fit the BraTS SegResNet "
+                        f"({str(err).splitlines()[0]})") from err
+    return model, {"train_conf": conf}

@@ -1,0 +1,330 @@
+"""A trained BraTS model as a MONAI bundle: what a radiology deployment team runs without this project's code.
+
+``export_bundle(checkpoint, out)`` writes the bundle layout MONAI's model zoo uses (``brats_mri_segmentation``)::
+
+    OUT/configs/metadata.json    MONAI's bundle metadata, with the model's provenance and measured numbers
+    OUT/configs/inference.json   python -m monai.bundle run --config_file OUT/configs/inference.json
+                                 [--dataset_dir CASES] [--output_dir SEGMENTATIONS]
+    OUT/models/model.pt          the SegResNet's state dict (MONAI's ``SegResNet``, no VAE branch)
+    OUT/models/model.ts          the same network as TorchScript
+    OUT/scripts/brats.py         the two pieces MONAI lacks: finding the cases, TC/WT/ET masks to BraTS labels
+    OUT/docs/README.md, OUT/LICENSE
+
+The inference config is MONAI's own pieces (``LoadImaged`` of the four contrasts, ``NormalizeIntensityd`` over
+the brain, ``SlidingWindowInferer`` with the checkpoint's window and overlap, sigmoid, threshold 0.5, labels,
+``SaveImaged``), so a case's segmentation is the one ``brats-fl infer --window sliding --no-amp`` writes, voxel for
+voxel (tested, in a process that cannot import this project).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import warnings
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import monai
+import nibabel
+import numpy as np
+import torch
+from monai.networks.nets import SegResNet
+
+from medcore.errors import UserError
+from medcore.files import atomic_path, claim_output_dir, read_json, write_json, write_text
+from medcore.provenance import file_digest
+
+from .config import TrainConfig
+from .data import MODALITIES
+from .metrics import REGIONS
+from .model import BUNDLE_METADATA, BUNDLE_WEIGHTS, BratsSegResNet, load_checkpoint
+
+__all__ = ["BUNDLE_FILES", "export_bundle", "segresnet_of"]
+
+logger = logging.getLogger(__name__)
+
+#: What a bundle holds, relative to its folder.
+BUNDLE_FILES = (BUNDLE_METADATA, "configs/inference.json", BUNDLE_WEIGHTS, "models/model.ts",
+                "scripts/__init__.py", "scripts/brats.py", "docs/README.md", "LICENSE")
+
+#: The bundle's code (``scripts/brats.py``): plain MONAI and nibabel, nothing of this project. Its label rule is
+#: :func:`brats_fl.metrics.regions_to_labels`' (tested equal).
+_SCRIPT = '''"""Case discovery and BraTS labels for this bundle's inference config (MONAI only)."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import decollate_batch
+from monai.transforms import MapTransform
+
+CONTRASTS = {contrasts!r}
+
+
+def cases(dataset_dir):
+    """Every case folder under ``dataset_dir`` holding the four contrasts (``CASE/CASE_t1ce.nii.gz``, ...), as
+    ``{{"image": [t1ce, t1, t2, flair], "name": CASE}}``, in name order."""
+    found = []
+    for t1ce in sorted(Path(dataset_dir).rglob("*_t1ce.nii.gz")):
+        name = t1ce.name[: -len("_t1ce.nii.gz")]
+        files = [t1ce.parent / f"{{name}}_{{c}}.nii.gz" for c in CONTRASTS]
+        if all(f.is_file() for f in files):
+            found.append({{"image": [str(f) for f in files], "name": name}})
+    if not found:
+        raise FileNotFoundError(f"no BraTS case (CASE/CASE_t1ce.nii.gz and the other contrasts) under {{dataset_dir}}")
+    return found
+
+
+def infer(network, weights, dataloader, inferer, postprocessing, device):
+    """Load ``weights`` into ``network``, run ``inferer`` over every case of ``dataloader`` and post-process each
+    (the last step saves it): what MONAI's SupervisedEvaluator does, without needing pytorch-ignite."""
+    network.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+    network.to(device).eval()
+    with torch.no_grad():
+        for batch in dataloader:
+            batch["pred"] = inferer(batch["image"].to(device), network)
+            for case in decollate_batch(batch):
+                postprocessing(case)
+
+
+class RegionsToLabelsd(MapTransform):
+    """(3, X, Y, Z) TC, WT, ET masks -> (1, X, Y, Z) BraTS labels (uint8, the image's metadata kept): WT 2, inside
+    TC 1, inside ET 4."""
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            masks = d[key]
+            regions = (masks.as_tensor() if hasattr(masks, "as_tensor") else torch.as_tensor(masks)) > 0.5
+            labels = (masks[:1] * 0).to(torch.uint8)  # a MetaTensor stays one, with its affine
+            labels[0][regions[1]] = 2
+            labels[0][regions[0]] = 1
+            labels[0][regions[2]] = 4
+            d[key] = labels
+        return d
+'''
+
+
+def segresnet_of(model: BratsSegResNet) -> SegResNet:
+    """The segmentation network of ``model`` as MONAI's plain ``SegResNet`` (the VAE branch, a training aid, left
+    out), in evaluation mode."""
+    net = SegResNet(spatial_dims=3, init_filters=model.init_filters, in_channels=4, out_channels=3,
+                    dropout_prob=model.dropout, blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1))
+    state = {k: v for k, v in model.net.state_dict().items() if not k.startswith("vae_")}
+    net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+def _code_commit() -> str:
+    """The git commit of this code, or ``unknown`` outside a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10)
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def _evaluation(checkpoint: Path) -> tuple[dict, dict]:
+    """``eval_metrics`` and a description of where they come from: the cross-site results of the run the
+    checkpoint belongs to (a FLARE workspace's ``cross_site_val``), for the row of this model."""
+    names = {"FL_global_model.pt": "SRV_FL_global_model.pt", "best_FL_global_model.pt": "SRV_best_FL_global_model.pt"}
+    run = checkpoint.parent.parent  # .../simulate_job/app_server/X.pt -> .../simulate_job
+    results_path = run / "cross_site_val" / "cross_val_results.json"
+    model = names.get(checkpoint.name)
+    if model is None or not results_path.is_file():
+        return {}, {"source": "none: no cross-site results found next to the checkpoint; eval_metrics is empty"}
+    results = read_json(results_path, "cross-site results")
+    per_site = {site: per[model] for site, per in results.items() if isinstance(per, dict) and model in per}
+    if not per_site:
+        return {}, {"source": f"none: {results_path} holds no row for {model}"}
+    metrics: dict[str, Any] = {}
+    counts = {site: m.get("n_cases", 0) for site, m in per_site.items()}
+    total = sum(counts.values())
+    for key in (*REGIONS, "mean", *(f"HD95_{r}" for r in REGIONS)):
+        if all(key in m for m in per_site.values()):
+            for site, m in per_site.items():
+                metrics[f"{site}_{key}"] = round(float(m[key]), 4)
+            if total:
+                metrics[f"AVE_{key}"] = round(sum(float(m[key]) * counts[s] for s, m in per_site.items()) / total, 4)
+    return metrics, {"source": str(results_path), "model": model, "split": "each site's testing split",
+                     "cases_per_site": counts, "average": "AVE: weighted by the number of test cases"}
+
+
+def _metadata(model: BratsSegResNet, extras: dict, checkpoint: Path, config: TrainConfig) -> dict:
+    eval_metrics, evaluation = _evaluation(checkpoint)
+    train_conf = extras.get("train_conf") if isinstance(extras.get("train_conf"), dict) else {}
+    contrasts = {str(i): {"type": "image", "description": m.upper()} for i, m in enumerate(MODALITIES)}
+    return {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
+                  "meta_schema_20220324.json",
+        "version": "0.1.0",
+        "changelog": {"0.1.0": f"exported by brats-fl export-bundle from {checkpoint.name}"},
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": np.__version__,
+        "required_packages_version": {"nibabel": nibabel.__version__},
+        "name": "BraTS 2018 brain tumour segmentation (federated SegResNet)",
+        "task": "Segmentation of tumour core, whole tumour and enhancing tumour in multimodal brain MRI",
+        "description": "SegResNet (Myronenko 2018) trained with NVIDIA FLARE on BraTS 2018-format data, as Clara "
+                       "Train 4.1's federated BraTS model: 4 MRI contrasts in, TC/WT/ET masks out, written as BraTS "
+                       "labels (1 necrotic and non-enhancing core, 2 oedema, 4 enhancing tumour).",
+        "authors": "clara-open contributors",
+        "copyright": "Copyright (c) clara-open contributors",
+        "data_source": "BraTS 2018 release layout (https://www.med.upenn.edu/sbia/brats2018/data.html)",
+        "data_type": "nibabel",
+        "image_classes": "4 channels: T1c, T1, T2, FLAIR MRI, co-registered and skull-stripped, each normalised to "
+                         "zero mean and unit deviation over its brain voxels",
+        "label_classes": "3 channels: tumour core (TC), whole tumour (WT), enhancing tumour (ET)",
+        "pred_classes": "3 channels of logits (sigmoid > 0.5 per region); saved as BraTS labels 0/1/2/4",
+        "eval_metrics": eval_metrics,
+        "intended_use": "Research only; not for clinical use.",
+        "references": [
+            "Myronenko, A. 3D MRI brain tumor segmentation using autoencoder regularization. BrainLes 2018.",
+            "NVIDIA Clara Train 4.1: clara_pt_fed_learning_brain_tumor_mri_segmentation (model card).",
+            "Menze et al. The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS). IEEE TMI 2015."],
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "magnitude", "modality": "MR", "num_channels": 4,
+                                 "spatial_shape": ["8*n", "8*n", "8*n"], "dtype": "float32", "value_range": [],
+                                 "is_patch_data": True, "channel_def": contrasts}},
+            "outputs": {"pred": {"type": "image", "format": "classes", "modality": "n/a", "num_channels": 3,
+                                 "spatial_shape": ["8*n", "8*n", "8*n"], "dtype": "float32", "value_range": [],
+                                 "is_patch_data": True,
+                                 "channel_def": {"0": "tumour core", "1": "whole tumour", "2": "enhancing tumour"}}},
+        },
+        "provenance": {
+            "exported": date.today().isoformat(),
+            "code": {"package": "clara-open", "commit": _code_commit()},
+            "checkpoint": {"file": checkpoint.name, "sha256_16": file_digest(checkpoint),
+                           "vae_branch_in_training": bool(model.vae)},
+            "settings": train_conf,
+            "inference": {"window": "sliding", "roi": list(config.crop), "overlap": config.val_overlap},
+            "evaluation": evaluation,
+        },
+    }
+
+
+def _inference_config(config: TrainConfig) -> dict:
+    keys = ["image"]
+    return {
+        "imports": ["$import sys", "$from importlib import import_module as load_module"],
+        "bundle_root": ".",
+        # The bundle's own code, found from bundle_root whatever the working folder is (no word "import" in an
+        # expression with references: MONAI would parse it as an import statement).
+        "scripts": "$sys.path.insert(0, @bundle_root) or load_module('scripts.brats')",
+        "output_dir": "$@bundle_root + '/eval'",
+        "dataset_dir": "/workspace/data/brats",
+        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        "datalist": "$@scripts.cases(@dataset_dir)",
+        "network_def": {"_target_": "SegResNet", "spatial_dims": 3, "init_filters": 16, "in_channels": 4,
+                        "out_channels": 3, "dropout_prob": 0.2, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1]},
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": keys, "reader": "NibabelReader", "image_only": True},
+            {"_target_": "EnsureChannelFirstd", "keys": keys},
+            {"_target_": "EnsureTyped", "keys": keys, "dtype": "$torch.float32"},
+            {"_target_": "NormalizeIntensityd", "keys": keys, "nonzero": True, "channel_wise": True}]},
+        "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
+                       "num_workers": 0},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(config.crop), "sw_batch_size": 1,
+                    "overlap": config.val_overlap},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
+            "$@scripts.RegionsToLabelsd(keys='pred')",
+            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
+             "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False, "print_log": False}]},
+        "weights": "$@bundle_root + '/models/model.pt'",
+        "initialize": ["$monai.utils.set_determinism(seed=0)"],
+        "run": ["$@scripts.infer(@network, @weights, @dataloader, @inferer, @postprocessing, @device)"],
+    }
+
+
+def _readme(metadata: dict) -> str:
+    metrics = metadata["eval_metrics"]
+    measured = "\n".join(f"| {k} | {v} |" for k, v in metrics.items()) if metrics else \
+        "| (none) | this model was exported without cross-site results |"
+    prov = metadata["provenance"]
+    return f"""# {metadata['name']}
+
+{metadata['description']}
+
+## Run it
+
+```
+python -m monai.bundle run --config_file configs/inference.json --bundle_root . \\
+    --dataset_dir /path/to/cases --output_dir /path/to/segmentations
+```
+
+`dataset_dir` holds BraTS case folders (`CASE/CASE_t1ce.nii.gz`, `_t1.nii.gz`, `_t2.nii.gz`, `_flair.nii.gz`, in
+any sub-folders); each case becomes `CASE_t1ce_seg.nii.gz` (uint8 BraTS labels 0/1/2/4) in the input's voxel grid
+and affine. It needs monai, torch and nibabel only. Sliding windows of {prov['inference']['roi']} voxels overlapping
+by {prov['inference']['overlap']}, as in training's validation.
+
+`models/model.ts` is the same network as TorchScript: `torch.jit.load("models/model.ts")` takes (B, 4, X, Y, Z)
+with X, Y, Z divisible by 8 and returns TC, WT, ET logits. MONAI Label and MONAI Deploy load a bundle folder like
+this one as it is (MONAI Deploy's `MonaiBundleInferenceOperator`, MONAI Label's bundle apps).
+
+## How it was made
+
+- checkpoint `{prov['checkpoint']['file']}` (sha256 {prov['checkpoint']['sha256_16']}...), code commit
+  {prov['code']['commit']}
+- training settings: `{json.dumps(prov['settings'], sort_keys=True)}`
+- evaluation: {prov['evaluation'].get('source')}
+
+## Measured
+
+| metric | value |
+| --- | --- |
+{measured}
+
+Intended use: {metadata['intended_use']}
+"""
+
+
+_LICENSE = """Apache License, Version 2.0 (https://www.apache.org/licenses/LICENSE-2.0)
+
+Copyright (c) clara-open contributors. The model weights in models/ were trained by the user who exported this
+bundle, on their data; their use is governed by that data's terms as well.
+"""
+
+
+def _is_bundle(path: Path) -> bool:
+    meta = path / BUNDLE_METADATA
+    try:
+        return meta.is_file() and "brats-fl export-bundle" in json.dumps(read_json(meta).get("changelog", {}))
+    except UserError:
+        return False
+
+
+def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Write the MONAI bundle of a BraTS checkpoint (any of :func:`~brats_fl.model.load_checkpoint`'s) to
+    ``out_dir``; an existing folder is replaced only file by file and only if it is a bundle this function wrote.
+    Returns ``out_dir``."""
+    checkpoint, out = Path(checkpoint), Path(out_dir)
+    model, extras = load_checkpoint(checkpoint)
+    conf = extras.get("train_conf") if isinstance(extras.get("train_conf"), dict) else {}
+    config = TrainConfig.from_dict({k: conf[k] for k in ("crop", "val_overlap") if k in conf})
+    net = segresnet_of(model)
+    metadata = _metadata(model, extras, checkpoint, config)
+    if out.is_dir() and any(out.iterdir()) and not _is_bundle(out):
+        claim_output_dir(out, "MONAI bundle", BUNDLE_FILES)  # refuses, naming a file that is not ours
+    claim_output_dir(out, "MONAI bundle", BUNDLE_FILES)
+    for folder in ("configs", "models", "scripts", "docs"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / BUNDLE_WEIGHTS) as tmp:
+        torch.save(net.state_dict(), tmp)
+    with atomic_path(out / "models/model.ts") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.x deprecates TorchScript; MONAI bundles use it
+        torch.jit.script(net).save(str(tmp))
+    write_text(out / "scripts/__init__.py", "")
+    write_text(out / "scripts/brats.py", _SCRIPT.format(contrasts=list(MODALITIES)))
+    write_json(out / "configs/inference.json", _inference_config(config))
+    write_text(out / "docs/README.md", _readme(metadata))
+    write_text(out / "LICENSE", _LICENSE)
+    write_json(out / BUNDLE_METADATA, metadata)  # last: marks a finished bundle
+    logger.info("%s: MONAI bundle of %s (%d eval metrics)", out, checkpoint, len(metadata["eval_metrics"]))
+    return out

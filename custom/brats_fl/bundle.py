@@ -24,7 +24,6 @@ import subprocess
 import warnings
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import monai
 import nibabel
@@ -32,14 +31,14 @@ import numpy as np
 import torch
 from monai.networks.nets import SegResNet
 
-from medcore.errors import UserError
-from medcore.files import atomic_path, claim_output_dir, read_json, write_json, write_text
+from medcore.files import atomic_path, claim_output_dir, write_json, write_text
 from medcore.provenance import file_digest
+from medflare.crosssite import SERVER_BEST, SERVER_FINAL, build_report, load_results
 
 from .config import TrainConfig
 from .data import MODALITIES
-from .metrics import REGIONS
 from .model import BUNDLE_METADATA, BUNDLE_WEIGHTS, BratsSegResNet, load_checkpoint
+from .report import BRATS_REPORT
 
 __all__ = ["BUNDLE_FILES", "export_bundle", "segresnet_of"]
 
@@ -128,29 +127,23 @@ def _code_commit() -> str:
 
 
 def _evaluation(checkpoint: Path) -> tuple[dict, dict]:
-    """``eval_metrics`` and a description of where they come from: the cross-site results of the run the
-    checkpoint belongs to (a FLARE workspace's ``cross_site_val``), for the row of this model."""
-    names = {"FL_global_model.pt": "SRV_FL_global_model.pt", "best_FL_global_model.pt": "SRV_best_FL_global_model.pt"}
+    """``eval_metrics`` and a description of where they come from: the cross-site report's row of this model
+    (:func:`medflare.crosssite.build_report`, per site and the AVE weighted by test cases) from the results of the
+    run the checkpoint belongs to (a FLARE workspace's ``cross_site_val``)."""
+    names = {"FL_global_model.pt": SERVER_FINAL, "best_FL_global_model.pt": SERVER_BEST}
     run = checkpoint.parent.parent  # .../simulate_job/app_server/X.pt -> .../simulate_job
     results_path = run / "cross_site_val" / "cross_val_results.json"
     model = names.get(checkpoint.name)
     if model is None or not results_path.is_file():
         return {}, {"source": "none: no cross-site results found next to the checkpoint; eval_metrics is empty"}
-    results = read_json(results_path, "cross-site results")
-    per_site = {site: per[model] for site, per in results.items() if isinstance(per, dict) and model in per}
-    if not per_site:
+    report = build_report(load_results(results_path, BRATS_REPORT), BRATS_REPORT, resamples=0)
+    if model not in report.models:
         return {}, {"source": f"none: {results_path} holds no row for {model}"}
-    metrics: dict[str, Any] = {}
-    counts = {site: m.get("n_cases", 0) for site, m in per_site.items()}
-    total = sum(counts.values())
-    for key in (*REGIONS, "mean", *(f"HD95_{r}" for r in REGIONS)):
-        if all(key in m for m in per_site.values()):
-            for site, m in per_site.items():
-                metrics[f"{site}_{key}"] = round(float(m[key]), 4)
-            if total:
-                metrics[f"AVE_{key}"] = round(sum(float(m[key]) * counts[s] for s, m in per_site.items()) / total, 4)
+    rows = {**report.scores[model], "AVE": report.average[model]}
+    metrics = {f"{row}_{column}": round(values[column], 4) for row, values in rows.items() for column in report.columns}
     return metrics, {"source": str(results_path), "model": model, "split": "each site's testing split",
-                     "cases_per_site": counts, "average": "AVE: weighted by the number of test cases"}
+                     "cases_per_site": {site: report.weights[site] for site in report.scores[model]},
+                     "average": f"AVE: weighted by {report.weights_source}"}
 
 
 def _metadata(model: BratsSegResNet, extras: dict, checkpoint: Path, config: TrainConfig) -> dict:
@@ -292,14 +285,6 @@ bundle, on their data; their use is governed by that data's terms as well.
 """
 
 
-def _is_bundle(path: Path) -> bool:
-    meta = path / BUNDLE_METADATA
-    try:
-        return meta.is_file() and "brats-fl export-bundle" in json.dumps(read_json(meta).get("changelog", {}))
-    except UserError:
-        return False
-
-
 def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Write the MONAI bundle of a BraTS checkpoint (any of :func:`~brats_fl.model.load_checkpoint`'s) to
     ``out_dir``; an existing folder is replaced only file by file and only if it is a bundle this function wrote.
@@ -310,9 +295,7 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> Path:
     config = TrainConfig.from_dict({k: conf[k] for k in ("crop", "val_overlap") if k in conf})
     net = segresnet_of(model)
     metadata = _metadata(model, extras, checkpoint, config)
-    if out.is_dir() and any(out.iterdir()) and not _is_bundle(out):
-        claim_output_dir(out, "MONAI bundle", BUNDLE_FILES)  # refuses, naming a file that is not ours
-    claim_output_dir(out, "MONAI bundle", BUNDLE_FILES)
+    claim_output_dir(out, "MONAI bundle", BUNDLE_FILES)  # refuses a folder holding such a file not written by us
     for folder in ("configs", "models", "scripts", "docs"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     with atomic_path(out / BUNDLE_WEIGHTS) as tmp:

@@ -213,6 +213,11 @@ def _items(metrics: Mapping) -> dict[str, np.ndarray] | None:
     return None if not items else {k: np.asarray(v, dtype=np.float64) for k, v in items.items()}
 
 
+def _strata(spec: ReportSpec, items: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Each of a result's items' stratum within its site (one stratum when the spec has none)."""
+    return np.asarray(spec.item_strata(items)) if spec.item_strata else np.zeros(len(next(iter(items.values()))))
+
+
 def _cell_statistics(spec: ReportSpec, items: Mapping[str, np.ndarray], columns: Sequence[str]):
     """The report's ``columns`` of a subset of one result's items, as a bootstrap statistic."""
     statistic = spec.item_statistics(items)
@@ -232,8 +237,7 @@ def _pooled(spec: ReportSpec, per_site: Mapping[str, Mapping[str, np.ndarray]], 
     sizes = [len(next(iter(per_site[s].values()))) for s in sites]
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     site_of = np.repeat(np.arange(len(sites)), sizes)
-    within = np.concatenate([spec.item_strata(per_site[s]) if spec.item_strata else np.zeros(n)
-                             for s, n in zip(sites, sizes)]).astype(np.int64)
+    within = np.concatenate([_strata(spec, per_site[s]) for s in sites]).astype(np.int64)
     strata = site_of * (int(within.max(initial=0)) + 1) + within
     total = sum(weights[s] for s in sites)
     per_site_statistics = [_cell_statistics(spec, per_site[s], columns) for s in sites]
@@ -262,9 +266,8 @@ def _intervals(results: Mapping, spec: ReportSpec, models: Sequence[str], sites:
             continue  # the AVE needs every site's items
         rows = {}
         for site, items in per_site.items():
-            strata = spec.item_strata(items) if spec.item_strata else np.zeros(len(next(iter(items.values()))))
-            rows[site] = bootstrap_columns(_cell_statistics(spec, items, columns), strata, resamples=resamples,
-                                           seed=seed)
+            rows[site] = bootstrap_columns(_cell_statistics(spec, items, columns), _strata(spec, items),
+                                           resamples=resamples, seed=seed)
         if len(per_site) == 1:  # the AVE of one site is that site's value, and so is its interval
             rows["AVE"] = next(iter(rows.values()))
         else:
@@ -340,7 +343,7 @@ def compare_models(results: Mapping[str, Mapping[str, Mapping]], spec: ReportSpe
     Both models need per-item scores on every site, of the same length (each site scores its items in one order
     for every model); else :class:`ReportError`.
     """
-    columns = (*spec.columns, *(c for c in spec.distances))
+    columns = (*spec.columns, *spec.distances)
     per_model = {}
     for model in (model_a, model_b):
         sites = [s for s in sorted(results) if model in results[s]]
@@ -365,9 +368,8 @@ def compare_models(results: Mapping[str, Mapping[str, Mapping]], spec: ReportSpe
     columns = [c for c in columns if all(c in spec.item_statistics(a[s])(np.arange(1)) for s in a)]
     out = {}
     for site in a:
-        strata = spec.item_strata(a[site]) if spec.item_strata else np.zeros(len(next(iter(a[site].values()))))
         out[site] = compare_columns(_cell_statistics(spec, a[site], columns), _cell_statistics(spec, b[site], columns),
-                                    strata, resamples=resamples, seed=seed)
+                                    _strata(spec, a[site]), resamples=resamples, seed=seed)
     pooled_a, strata = _pooled(spec, a, weights, columns)
     pooled_b, _ = _pooled(spec, b, weights, columns)
     out["AVE"] = compare_columns(pooled_a, pooled_b, strata, resamples=resamples, seed=seed)

@@ -348,8 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bundle.add_argument("--checkpoint", required=True, type=existing_file, help="the model file to export")
     bundle.add_argument("--out", required=True, type=output_dir,
-                        help="bundle folder to write (an existing folder is written into only if it is a bundle "
-                             "export-bundle wrote)")
+                        help="bundle folder to write (created if missing; a file of a bundle's names in it is replaced "
+                             "only if export-bundle wrote it)")
     bundle.set_defaults(func=_export_bundle)
     return parser
 

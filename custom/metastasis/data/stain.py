@@ -259,8 +259,9 @@ def slide_stain_vectors(slide: Slide, tissue: TissueMask | None = None, regions:
     """A slide's stain vectors from ``regions`` level-0 windows of ``size`` pixels spread over its tissue.
 
     ``tissue``: the slide's tissue mask (``infer`` passes the one its map is restricted to); None: one computed on
-    the slide's overview (:func:`overview_downsample`, what training does: a mask at 1/32 reads a 100k x 200k slide
-    for 16 s, the overview in about 1 s). The glass colour is the median of the brightest 2% of the open slide's
+    the slide's overview (:func:`overview_downsample`, what training does: a mask at 1/32 took 16 s for a
+    100k x 200k slide in ``benchmarks/results/wsi_real_scale.md``, and the overview of such a slide is read from a
+    level of about 1/16 of those pixels; not measured at that size). The glass colour is the median of the brightest 2% of the open slide's
     view at the mask's downsample (the thumbnail the mask was computed from, and the heatmap is painted on, when
     they share it); the windows are centred on evenly spaced tissue pixels of the mask (in row-major order), so the
     estimate is deterministic, does not depend on how the slide is tiled, and reads about 4 megapixels of level 0

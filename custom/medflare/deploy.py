@@ -42,7 +42,7 @@ from medcore.files import atomic_directory, check_replaceable, mark_output
 
 __all__ = ["DeploymentError", "Kits", "ProjectFile", "read_project", "project_server", "check_workspace", "poc_kits",
            "provision_kits",
-           "port_in_use", "check_port_free", "Federation"]
+           "port_in_use", "check_port_free", "wait_for_poc_stop", "Federation"]
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +200,32 @@ def check_port_free(host: str, port: int, where: str = "the project file") -> No
         raise DeploymentError(f"port {port} on {host} is already in use (another FLARE server, or one stopped "
                               "less than a minute ago whose socket is in TIME_WAIT); stop it or change "
                               f"fed_learn_port in {where}")
+
+
+def _live_pid(pid_file: Path) -> int | None:
+    """The process id ``pid_file`` names if that process is alive, else None."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def wait_for_poc_stop(poc_workspace: str | Path, timeout: float = 60.0) -> list[Path]:
+    """Wait until every participant of a stopped POC federation has ended; return those still running at
+    ``timeout`` (their folders), empty when all ended.
+
+    FLARE's ``PocEnv.stop`` returns once the server is down, but each participant's kit loop
+    (``startup/sub_start.sh``) notices the shutdown only at its next 5-second check and then waits 5 s more; until
+    it ends, a new ``nvflare poc start`` on the same workspace refuses that participant ("one instance running")."""
+    pid_files = sorted(Path(poc_workspace).glob("*/prod_*/*/*pid.fl"))
+    deadline = time.monotonic() + timeout
+    while True:
+        running = sorted({p.parent for p in pid_files if _live_pid(p) is not None})
+        if not running or time.monotonic() > deadline:
+            return running
+        time.sleep(0.5)
 
 
 def _tail(path: Path, lines: int = 30) -> str:

@@ -394,6 +394,12 @@ def run_recipe(recipe: _TaskJob, env: str = "sim", workspace: str | Path = "work
     run = recipe.run(exec_env)
     # POC: keep FLARE's POC workspace after the run (clean_up=False): the downloaded results live in it.
     result = run.get_result(timeout=timeout, clean_up=False) if env == "poc" else run.get_result(timeout=timeout)
+    if env == "poc":
+        from .deploy import wait_for_poc_stop
+
+        for folder in wait_for_poc_stop(exec_env.poc_workspace):
+            warnings.warn(f"{folder}: this POC participant is still running after the job; stop it with "
+                          f"`nvflare poc stop` (NVFLARE_POC_WORKSPACE={exec_env.poc_workspace})")
     status = run.get_status()
     if status != COMPLETED or not result:
         where = f"; the sites' logs: {exec_env.poc_workspace}/*/prod_00/<site>/log.txt" if env == "poc" else ""

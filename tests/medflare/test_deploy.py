@@ -6,6 +6,7 @@ import socket
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from brats_fl import cli
 from brats_fl.datalist import write_datalists
 from brats_fl.job import make_job
 from medflare.algorithms import FederatedAlgorithm
-from medflare.deploy import DeploymentError, Federation, Kits, poc_kits
+from medflare.deploy import DeploymentError, Federation, Kits, poc_kits, wait_for_poc_stop
 from medflare.workflow import CHECKPOINT_NAME, load_round_checkpoint
 
 from tests.support import JOBS, TINY_BRATS_SHAPE
@@ -77,6 +78,29 @@ def test_port_in_use_stops_before_starting_anything(tmp_path):
         assert federation.processes == {}
     with pytest.raises(DeploymentError, match="not a job folder"):
         federation.run_job(tmp_path)
+
+
+def test_wait_for_poc_stop_waits_for_each_participants_kit_loop(tmp_path):
+    """After FLARE stops a POC, a participant's kit loop may run up to 10 s longer; the wait ends when its process
+    does, and names a participant still running at the timeout. A stale pid file (process gone) is not running."""
+    ending, lasting = (subprocess.Popen(["sleep", seconds]) for seconds in ("1", "30"))
+    reaper = threading.Thread(target=ending.wait)  # the kit loops are not our children: nothing stays a zombie
+    reaper.start()
+    try:
+        for name, process in (("site-1", ending), ("site-2", lasting), ("server", None)):
+            folder = tmp_path / f"example_project/prod_00/{name}"
+            folder.mkdir(parents=True)
+            (folder / "daemon_pid.fl").write_text(f"{process.pid if process else 2 ** 22 + 1}\n")
+        (tmp_path / "example_project/prod_00/site-1/pid.fl").write_text("not a number")
+        assert wait_for_poc_stop(tmp_path, timeout=3) == [tmp_path / "example_project/prod_00/site-2"]
+        reaper.join()
+        lasting.kill()
+        lasting.wait()
+        assert wait_for_poc_stop(tmp_path, timeout=3) == []
+    finally:
+        for process in (ending, lasting):
+            process.kill()
+            process.wait()
 
 
 def test_sigterm_to_the_driving_process_still_tears_down(tmp_path):

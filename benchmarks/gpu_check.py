@@ -12,6 +12,8 @@ Sections, each timed, each allowed to fail without hiding the others (its traceb
 * ``pathology_train``: ResNet18 patch classifier steps (batch 64, 224 px, fp16 + GradScaler): patches per second.
 * ``pathology_inference``: tiled whole-slide inference at stride 32 on a generated slide: outputs per second,
   projected to slides per hour at Camelyon16's 100,000 x 200,000 pixels with the slide's tissue share.
+* ``brats_torchscript``, ``pathology_torchscript``: each bundle's TorchScript against the checkpoint's network on
+  the device (largest logit difference).
 * ``pathology_input``: the patch input pipeline with 4, 8 and 16 DataLoader workers (patches per second, memory
   per worker), written to OUT/patch_reading.json and .md.
 
@@ -150,6 +152,35 @@ def brats_torchscript(device, args) -> dict:
                 "max_abs_logit": float(expected.abs().max())}
 
 
+def pathology_torchscript(device, args) -> dict:
+    """The pathology bundle's TorchScript against the checkpoint's network on this device, on a whole tile of a
+    generated slide: the largest difference of their logit maps (issue 28)."""
+    import numpy as np
+    import torch
+
+    from demodata.camelyon import generate_dataset
+    from metastasis.bundle import export_bundle
+    from metastasis.data.slide import Slide
+    from metastasis.data.transforms import to_input
+    from metastasis.model import PatchClassifier, load_checkpoint
+
+    side = 224 + 32 * (7 if args.quick else 63)
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_dataset(tmp, 1, 0, 4096, 4096, seed=7)
+        with Slide(next(Path(tmp).rglob("tumor_*.tif"))) as slide:
+            rgb = np.asarray(slide.handle.read_region((0, 0), 0, (side, side)))[..., :3].copy()
+        checkpoint = Path(tmp) / "model.pt"
+        torch.save({"model": PatchClassifier(224, seed=1).state_dict(), "train_conf": {"patch_size": 224}}, checkpoint)
+        bundle = export_bundle(checkpoint, Path(tmp) / "bundle")
+        model = load_checkpoint(checkpoint)[0].to(device).eval()
+        scripted = torch.jit.load(str(bundle / "models/model.ts"), map_location=device)
+        x = to_input(rgb[None]).to(device)
+        with torch.no_grad():
+            expected, got = model(x), scripted(x)
+        return {"device": str(device), "tile": side, "max_abs_difference": float((expected - got).abs().max()),
+                "max_abs_logit": float(expected.abs().max())}
+
+
 def brats_simulator(device, args) -> dict:
     from brats_fl.datalist import write_datalists
     from brats_fl.job import make_job
@@ -234,6 +265,7 @@ SECTIONS: dict[str, Callable] = {"environment": environment, "brats_train": brat
                                  "brats_validation": brats_validation, "brats_torchscript": brats_torchscript,
                                  "brats_simulator": brats_simulator,
                                  "pathology_train": pathology_train, "pathology_inference": pathology_inference,
+                                 "pathology_torchscript": pathology_torchscript,
                                  "pathology_input": pathology_input}
 
 

@@ -4,6 +4,8 @@ readers of job configurations."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 #: The repository's root.
@@ -24,3 +26,29 @@ def component(config: dict, component_id: str) -> dict:
     """The component or workflow ``component_id`` of a FLARE configuration."""
     return next(c for section in ("components", "workflows") for c in config.get(section, [])
                 if c.get("id") == component_id)
+
+
+#: Runs ``monai.bundle run`` where the project's packages cannot be imported (they are installed in this venv):
+#: ``python -c ISOLATED CONFIG BUNDLE_ROOT DATASET_DIR OUTPUT_DIR [KEY=VALUE...]`` (values as JSON).
+_ISOLATED = '''
+import importlib.abc, json, sys
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"brats_fl", "metastasis", "medcore", "medflare", "demodata"}:
+            raise ImportError(f"{name}: this project's code must not be needed")
+
+sys.meta_path.insert(0, Blocker())
+from monai.bundle import run
+overrides = {k: json.loads(v) for k, v in (a.split("=", 1) for a in sys.argv[5:])}
+run("run", config_file=sys.argv[1], bundle_root=sys.argv[2], dataset_dir=sys.argv[3], output_dir=sys.argv[4],
+    **overrides)
+'''
+
+
+def run_bundle_isolated(bundle: Path, dataset_dir: Path, output_dir: Path, cwd: Path,
+                        **overrides: object) -> subprocess.CompletedProcess:
+    """Run a bundle's inference config in a process that cannot import this project; ``overrides``: config values."""
+    return subprocess.run([sys.executable, "-c", _ISOLATED, str(bundle / "configs/inference.json"), str(bundle),
+                           str(dataset_dir), str(output_dir), *(f"{k}={json.dumps(v)}" for k, v in overrides.items())],
+                          capture_output=True, text=True, timeout=600, cwd=cwd)

@@ -29,7 +29,7 @@ STEPS = {
     "metastasis.data": 2, "metastasis.config": 2, "metastasis.metrics": 2,
     "metastasis.model": 3, "metastasis.report": 3,
     "metastasis.engine": 4, "metastasis.inference": 4,
-    "metastasis.evaluation": 5, "metastasis.task": 5,
+    "metastasis.evaluation": 5, "metastasis.task": 5, "metastasis.bundle": 5,
     "metastasis.learner": 6, "metastasis.job": 7, "metastasis.cli": 9,
     # generated data: written with the tasks' readers and writers, used only by the command lines' make-data
     "demodata": 8,

@@ -20,33 +20,21 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import warnings
-from datetime import date
 from pathlib import Path
 
-import monai
 import nibabel
-import numpy as np
-import torch
 from monai.networks.nets import SegResNet
 
-from medcore.files import atomic_path, claim_output_dir, write_json, write_text
-from medcore.provenance import file_digest
-from medflare.crosssite import SERVER_BEST, SERVER_FINAL, build_report, load_results
+from medflare.bundle import base_metadata, checkpoint_provenance, cross_site_metrics, write_bundle
 
 from .config import TrainConfig
 from .data import MODALITIES
-from .model import BUNDLE_METADATA, BUNDLE_WEIGHTS, BratsSegResNet, load_checkpoint
+from .model import BratsSegResNet, load_checkpoint
 from .report import BRATS_REPORT
 
-__all__ = ["BUNDLE_FILES", "export_bundle", "segresnet_of"]
+__all__ = ["export_bundle", "segresnet_of"]
 
 logger = logging.getLogger(__name__)
-
-#: What a bundle holds, relative to its folder.
-BUNDLE_FILES = (BUNDLE_METADATA, "configs/inference.json", BUNDLE_WEIGHTS, "models/model.ts",
-                "scripts/__init__.py", "scripts/brats.py", "docs/README.md", "LICENSE")
 
 #: The bundle's code (``scripts/brats.py``): plain MONAI and nibabel, nothing of this project. Its label rule is
 #: :func:`brats_fl.metrics.regions_to_labels`' (tested equal).
@@ -116,56 +104,20 @@ def segresnet_of(model: BratsSegResNet) -> SegResNet:
     return net.eval()
 
 
-def _code_commit() -> str:
-    """The git commit of this code, or ``unknown`` outside a checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10)
-    except OSError:
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
-def _evaluation(checkpoint: Path) -> tuple[dict, dict]:
-    """``eval_metrics`` and a description of where they come from: the cross-site report's row of this model
-    (:func:`medflare.crosssite.build_report`, per site and the AVE weighted by test cases) from the results of the
-    run the checkpoint belongs to (a FLARE workspace's ``cross_site_val``)."""
-    names = {"FL_global_model.pt": SERVER_FINAL, "best_FL_global_model.pt": SERVER_BEST}
-    run = checkpoint.parent.parent  # .../simulate_job/app_server/X.pt -> .../simulate_job
-    results_path = run / "cross_site_val" / "cross_val_results.json"
-    model = names.get(checkpoint.name)
-    if model is None or not results_path.is_file():
-        return {}, {"source": "none: no cross-site results found next to the checkpoint; eval_metrics is empty"}
-    report = build_report(load_results(results_path, BRATS_REPORT), BRATS_REPORT, resamples=0)
-    if model not in report.models:
-        return {}, {"source": f"none: {results_path} holds no row for {model}"}
-    rows = {**report.scores[model], "AVE": report.average[model]}
-    metrics = {f"{row}_{column}": round(values[column], 4) for row, values in rows.items() for column in report.columns}
-    return metrics, {"source": str(results_path), "model": model, "split": "each site's testing split",
-                     "cases_per_site": {site: report.weights[site] for site in report.scores[model]},
-                     "average": f"AVE: weighted by {report.weights_source}"}
-
-
 def _metadata(model: BratsSegResNet, extras: dict, checkpoint: Path, config: TrainConfig) -> dict:
-    eval_metrics, evaluation = _evaluation(checkpoint)
+    eval_metrics, evaluation = cross_site_metrics(checkpoint, BRATS_REPORT)
     train_conf = extras.get("train_conf") if isinstance(extras.get("train_conf"), dict) else {}
     contrasts = {str(i): {"type": "image", "description": m.upper()} for i, m in enumerate(MODALITIES)}
+    provenance = checkpoint_provenance(checkpoint, train_conf, evaluation, inference={
+        "window": "sliding", "roi": list(config.crop), "overlap": config.val_overlap})
+    provenance["checkpoint"]["vae_branch_in_training"] = bool(model.vae)
     return {
-        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
-                  "meta_schema_20220324.json",
-        "version": "0.1.0",
-        "changelog": {"0.1.0": f"exported by brats-fl export-bundle from {checkpoint.name}"},
-        "monai_version": monai.__version__,
-        "pytorch_version": torch.__version__.split("+")[0],
-        "numpy_version": np.__version__,
-        "required_packages_version": {"nibabel": nibabel.__version__},
+        **base_metadata(checkpoint, "brats-fl export-bundle", {"nibabel": nibabel.__version__}),
         "name": "BraTS 2018 brain tumour segmentation (federated SegResNet)",
         "task": "Segmentation of tumour core, whole tumour and enhancing tumour in multimodal brain MRI",
         "description": "SegResNet (Myronenko 2018) trained with NVIDIA FLARE on BraTS 2018-format data, as Clara "
                        "Train 4.1's federated BraTS model: 4 MRI contrasts in, TC/WT/ET masks out, written as BraTS "
                        "labels (1 necrotic and non-enhancing core, 2 oedema, 4 enhancing tumour).",
-        "authors": "clara-open contributors",
-        "copyright": "Copyright (c) clara-open contributors",
         "data_source": "BraTS 2018 release layout (https://www.med.upenn.edu/sbia/brats2018/data.html)",
         "data_type": "nibabel",
         "image_classes": "4 channels: T1c, T1, T2, FLAIR MRI, co-registered and skull-stripped, each normalised to "
@@ -173,7 +125,6 @@ def _metadata(model: BratsSegResNet, extras: dict, checkpoint: Path, config: Tra
         "label_classes": "3 channels: tumour core (TC), whole tumour (WT), enhancing tumour (ET)",
         "pred_classes": "3 channels of logits (sigmoid > 0.5 per region); saved as BraTS labels 0/1/2/4",
         "eval_metrics": eval_metrics,
-        "intended_use": "Research only; not for clinical use.",
         "references": [
             "Myronenko, A. 3D MRI brain tumor segmentation using autoencoder regularization. BrainLes 2018.",
             "NVIDIA Clara Train 4.1: clara_pt_fed_learning_brain_tumor_mri_segmentation (model card).",
@@ -187,15 +138,7 @@ def _metadata(model: BratsSegResNet, extras: dict, checkpoint: Path, config: Tra
                                  "is_patch_data": True,
                                  "channel_def": {"0": "tumour core", "1": "whole tumour", "2": "enhancing tumour"}}},
         },
-        "provenance": {
-            "exported": date.today().isoformat(),
-            "code": {"package": "clara-open", "commit": _code_commit()},
-            "checkpoint": {"file": checkpoint.name, "sha256_16": file_digest(checkpoint),
-                           "vae_branch_in_training": bool(model.vae)},
-            "settings": train_conf,
-            "inference": {"window": "sliding", "roi": list(config.crop), "overlap": config.val_overlap},
-            "evaluation": evaluation,
-        },
+        "provenance": provenance,
     }
 
 
@@ -278,13 +221,6 @@ Intended use: {metadata['intended_use']}
 """
 
 
-_LICENSE = """Apache License, Version 2.0 (https://www.apache.org/licenses/LICENSE-2.0)
-
-Copyright (c) clara-open contributors. The model weights in models/ were trained by the user who exported this
-bundle, on their data; their use is governed by that data's terms as well.
-"""
-
-
 def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Write the MONAI bundle of a BraTS checkpoint (any of :func:`~brats_fl.model.load_checkpoint`'s) to
     ``out_dir``; an existing folder is replaced only file by file and only if it is a bundle this function wrote.
@@ -293,21 +229,8 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> Path:
     model, extras = load_checkpoint(checkpoint)
     conf = extras.get("train_conf") if isinstance(extras.get("train_conf"), dict) else {}
     config = TrainConfig.from_dict({k: conf[k] for k in ("crop", "val_overlap") if k in conf})
-    net = segresnet_of(model)
     metadata = _metadata(model, extras, checkpoint, config)
-    claim_output_dir(out, "MONAI bundle", BUNDLE_FILES)  # refuses a folder holding such a file not written by us
-    for folder in ("configs", "models", "scripts", "docs"):
-        (out / folder).mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / BUNDLE_WEIGHTS) as tmp:
-        torch.save(net.state_dict(), tmp)
-    with atomic_path(out / "models/model.ts") as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.x deprecates TorchScript; MONAI bundles use it
-        torch.jit.script(net).save(str(tmp))
-    write_text(out / "scripts/__init__.py", "")
-    write_text(out / "scripts/brats.py", _SCRIPT.format(contrasts=list(MODALITIES)))
-    write_json(out / "configs/inference.json", _inference_config(config))
-    write_text(out / "docs/README.md", _readme(metadata))
-    write_text(out / "LICENSE", _LICENSE)
-    write_json(out / BUNDLE_METADATA, metadata)  # last: marks a finished bundle
+    write_bundle(out, "brats", segresnet_of(model), metadata, _inference_config(config),
+                 _SCRIPT.format(contrasts=list(MODALITIES)), _readme(metadata))
     logger.info("%s: MONAI bundle of %s (%d eval metrics)", out, checkpoint, len(metadata["eval_metrics"]))
     return out

@@ -13,7 +13,8 @@ from medcore.command import (add_compute_options, add_generator_options, command
                             existing_path, named_file, non_empty, number, output_dir, output_file, parse_setting,
                             run_command)
 from medcore.errors import UserError
-from medflare.cli import add_deploy_parser, add_evaluation_parser, add_job_parsers, add_report_parser, job_overrides
+from medflare.cli import (add_bundle_parser, add_deploy_parser, add_evaluation_parser, add_job_parsers,
+                          add_report_parser, job_overrides)
 
 from .config import VAL_WINDOWS, TrainConfig
 from .data import MODALITIES, RELEASE_SHAPE, CaseError, case_files, check_case, find_cases
@@ -178,13 +179,10 @@ def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_bundle(args: argparse.Namespace) -> int:
+def _export_bundle(checkpoint: Path, out: Path) -> Path:
     from .bundle import export_bundle
 
-    out = export_bundle(args.checkpoint, args.out)
-    print(f"MONAI bundle written to {out}; run it with: python -m monai.bundle run --config_file "
-          f"{out / 'configs/inference.json'} --bundle_root {out} --dataset_dir CASES --output_dir OUT")
-    return 0
+    return export_bundle(checkpoint, out)
 
 
 def _nifti_output(text: str) -> Path:
@@ -338,19 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "map infer wrote)")
     inf.set_defaults(func=_infer, memory_options="--roi and --sw-batch-size")
 
-    bundle = sub.add_parser(
-        "export-bundle", help="write a checkpoint as a MONAI bundle that runs without this project",
-        description="Write a MONAI bundle of a checkpoint (a FLARE global or best global model, a site's "
-                    "local_best_model.pt, a central or standalone best_model.pt): configs/metadata.json (with the "
-                    "model's provenance and, when the checkpoint lies in a FLARE run with cross-site results, its "
-                    "measured Dice and HD95), configs/inference.json for `python -m monai.bundle run`, "
-                    "models/model.pt and model.ts (TorchScript), scripts/, docs/README.md and LICENSE.",
-    )
-    bundle.add_argument("--checkpoint", required=True, type=existing_file, help="the model file to export")
-    bundle.add_argument("--out", required=True, type=output_dir,
-                        help="bundle folder to write (created if missing; a file of a bundle's names in it is replaced "
-                             "only if export-bundle wrote it)")
-    bundle.set_defaults(func=_export_bundle)
+    add_bundle_parser(sub, _export_bundle, "Dice and HD95", "--dataset_dir CASES --output_dir OUT")
     return parser
 
 

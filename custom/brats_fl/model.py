@@ -11,13 +11,11 @@ import torch
 from monai.networks.nets import SegResNet, SegResNetVAE
 
 from medcore.errors import UserError
-from medcore.files import load_torch, read_json, state_dict_of
+from medcore.files import load_torch, state_dict_of
 from medcore.seeding import seeded
+from medflare.bundle import BUNDLE_WEIGHTS, read_bundle
 
-__all__ = ["BratsSegResNet", "BUNDLE_METADATA", "BUNDLE_WEIGHTS", "load_checkpoint"]
-
-#: Where a MONAI bundle (:mod:`brats_fl.bundle`) keeps its metadata and its SegResNet's weights.
-BUNDLE_METADATA, BUNDLE_WEIGHTS = "configs/metadata.json", "models/model.pt"
+__all__ = ["BratsSegResNet", "load_checkpoint"]
 
 
 class BratsSegResNet(torch.nn.Module):
@@ -85,17 +83,11 @@ def load_checkpoint(path: str | Path) -> tuple[BratsSegResNet, dict]:
 def _from_bundle(folder: Path) -> tuple[BratsSegResNet, dict]:
     """The network of a MONAI bundle :mod:`brats_fl.bundle` wrote (plain SegResNet weights, no VAE branch), with its
     training settings and window as the ``train_conf`` a checkpoint carries."""
-    meta_path = folder / BUNDLE_METADATA
-    if not meta_path.is_file():
-        raise UserError(f"{folder}: a folder, but not a MONAI bundle (no {BUNDLE_METADATA})")
-    meta = read_json(meta_path, "bundle metadata")
-    provenance = meta.get("provenance") if isinstance(meta, dict) else None
-    inference = provenance.get("inference", {}) if isinstance(provenance, dict) else {}
-    conf = dict(provenance.get("settings") or {}) if isinstance(provenance, dict) else {}
+    state, provenance, conf = read_bundle(folder)
+    inference = provenance.get("inference") if isinstance(provenance.get("inference"), dict) else {}
     for key, setting in (("roi", "crop"), ("overlap", "val_overlap")):  # the window the bundle infers with
         if key in inference:
             conf[setting] = inference[key]
-    state = state_dict_of(load_torch(folder / BUNDLE_WEIGHTS, "bundle weights"), folder / BUNDLE_WEIGHTS)
     model = BratsSegResNet(vae=False)
     try:
         model.net.load_state_dict(state, strict=True)

@@ -8,6 +8,7 @@
 * :mod:`medflare.algorithms`: FedOpt's server optimisers and the privacy filters;
 * :mod:`medflare.deploy`: a real local federation from startup kits;
 * :mod:`medflare.crosssite`: the cross-site validation report;
+* :mod:`medflare.bundle`: a trained model as a MONAI bundle, with its provenance and measured numbers;
 * :mod:`medflare.cli`: the sub-commands both tools share (job, make-job, report, deploy).
 
 Nothing here names a job: each task package passes what is its own (:class:`medflare.task.TaskSpec`).

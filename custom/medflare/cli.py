@@ -1,6 +1,6 @@
 """The sub-commands both command-line tools share, built from a task's :class:`~medflare.task.TaskSpec`:
-``job`` and ``make-job`` (the common options; the task adds its own and builds its recipe), ``report`` and
-``deploy``."""
+``job`` and ``make-job`` (the common options; the task adds its own and builds its recipe), ``report``,
+``deploy`` and ``export-bundle``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from medcore.files import read_json
 from .algorithms import PRIVACY_FILTERS, SERVER_OPTIMIZERS, FederatedAlgorithm
 from .task import TaskSpec, is_job_id
 
-__all__ = ["add_job_parsers", "add_evaluation_parser", "job_overrides", "add_report_parser", "add_deploy_parser"]
+__all__ = ["add_job_parsers", "add_evaluation_parser", "job_overrides", "add_report_parser", "add_deploy_parser",
+           "add_bundle_parser"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -312,3 +313,30 @@ def add_deploy_parser(sub: argparse._SubParsersAction, task: TaskSpec) -> None:
                         help="seconds to wait for the server and every client to come up (default: 120)")
     deploy.add_argument("--out", type=output_dir, help="folder for the report files (report.txt/.md/.csv/.json)")
     deploy.set_defaults(func=run)
+
+
+def add_bundle_parser(sub: argparse._SubParsersAction, export: Callable[[Path, Path], Path], measured: str,
+                      run_options: str) -> None:
+    """``export-bundle``: a checkpoint as a MONAI bundle (``export(checkpoint, out)``, the task's
+    ``export_bundle``); ``measured``: what its ``eval_metrics`` hold; ``run_options``: the bundle's run options
+    printed after the export."""
+
+    def run(args: argparse.Namespace) -> int:
+        out = export(args.checkpoint, args.out)
+        print(f"MONAI bundle written to {out}; run it with: python -m monai.bundle run --config_file "
+              f"{out / 'configs/inference.json'} --bundle_root {out} {run_options}")
+        return 0
+
+    bundle = sub.add_parser(
+        "export-bundle", help="write a checkpoint as a MONAI bundle that runs without this project",
+        description="Write a MONAI bundle of a checkpoint (a FLARE global or best global model, a site's "
+                    "local_best_model.pt, a central or standalone best_model.pt): configs/metadata.json (with the "
+                    "model's provenance and, when the checkpoint lies in a FLARE run with cross-site results, its "
+                    f"measured {measured}), configs/inference.json for `python -m monai.bundle run`, "
+                    "models/model.pt and model.ts (TorchScript), scripts/, docs/README.md and LICENSE.",
+    )
+    bundle.add_argument("--checkpoint", required=True, type=existing_file, help="the model file to export")
+    bundle.add_argument("--out", required=True, type=output_dir,
+                        help="bundle folder to write (created if missing; a file of a bundle's names in it is replaced "
+                             "only if export-bundle wrote it)")
+    bundle.set_defaults(func=run)

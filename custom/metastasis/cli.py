@@ -28,8 +28,8 @@ from medcore.command import (add_compute_options, add_generator_options, command
 from medcore.errors import UserError
 from medcore.files import check_distinct_names, check_replaceable, claim_output_dir, input_files
 from medcore.settings import MAX_PARALLEL, MAX_WHOLE
-from medflare.cli import (add_deploy_parser, add_evaluation_parser, add_job_parsers, add_report_parser,
-                          job_overrides)
+from medflare.cli import (add_bundle_parser, add_deploy_parser, add_evaluation_parser, add_job_parsers,
+                          add_report_parser, job_overrides)
 
 from .config import DEFAULT_TILE_OUTPUTS, DEFAULT_TILE_PIXELS, TrainConfig, default_tile_outputs
 from .task import TASK
@@ -138,6 +138,12 @@ def _validate(args: argparse.Namespace) -> int:
     print(f"{args.checkpoint} on {args.split} ({scores['n']} patches): accuracy {scores['accuracy']:.4f}, "
           f"AUC {scores['auc']:.4f}, sensitivity {scores['sensitivity']:.4f}, specificity {scores['specificity']:.4f}")
     return 0
+
+
+def _export_bundle(checkpoint: Path, out: Path) -> Path:
+    from .bundle import export_bundle
+
+    return export_bundle(checkpoint, out)
 
 
 def _infer(args: argparse.Namespace) -> int:
@@ -364,7 +370,9 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
         description="Score a trained checkpoint (best_model.pt, a FLARE model) on one split of a patch list: "
                     "accuracy at the recipe's threshold, ROC AUC, sensitivity, specificity.",
     )
-    val.add_argument("--checkpoint", required=True, type=existing_file, help="model file written by training")
+    val.add_argument("--checkpoint", required=True, type=existing_path,
+                     help="model file written by training (or a FLARE model), or a MONAI bundle folder "
+                          "export-bundle wrote")
     val.add_argument("--patches", required=True, type=existing_file, help="patch list JSON")
     val.add_argument("--data-root", type=existing_dir,
                      help="folder the list's slide paths are relative to (default: the list's folder)")
@@ -393,8 +401,9 @@ def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
                     "i stride)), NAME_heatmap.png. Finished slides are skipped, so a folder can be resumed.",
     )
     infer.add_argument("slides", nargs="+", help="slide files, or folders searched for .tif slides")
-    infer.add_argument("--checkpoint", required=True, type=existing_file,
-                       help="model file written by training (or a FLARE model)")
+    infer.add_argument("--checkpoint", required=True, type=existing_path,
+                       help="model file written by training (or a FLARE model), or a MONAI bundle folder "
+                            "export-bundle wrote")
     infer.add_argument("--out", required=True, type=output_dir, help="folder for the maps")
     infer.add_argument("--masks", type=existing_dir, help="tissue mask folder (NAME_tissue.png from `metastasis "
                                                           "tissue`); missing masks are computed on the fly")
@@ -474,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_parsers(sub)
     _add_slide_parsers(sub)
 
+    add_bundle_parser(sub, _export_bundle, "validation patch accuracy and AUC",
+                      "--dataset_dir SLIDES --output_dir MAPS [--stride 32] [--mode tiled|patch]")
     add_report_parser(sub, TASK, "Read FLARE's cross_site_val/cross_val_results.json (PATH is the file, a simulator "
                                  "workspace or a downloaded job folder) and print, per model (final global, best "
                                  "global, the site's local best), validation patch accuracy, AUC, sensitivity and "

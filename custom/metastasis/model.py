@@ -27,10 +27,12 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from medcore.errors import UserError
 from medcore.files import load_torch, resolve_path, state_dict_of
 from medcore.seeding import seeded
+from medflare.bundle import BUNDLE_WEIGHTS, read_bundle
 
 from .config import STAIN_NORMALIZATIONS
 
-__all__ = ["OUTPUT_STRIDE", "PatchClassifier", "fold_batchnorm", "load_pretrained", "load_checkpoint"]
+__all__ = ["OUTPUT_STRIDE", "FullyConvolutionalResNet18", "PatchClassifier", "fold_batchnorm", "load_pretrained",
+           "load_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +40,37 @@ logger = logging.getLogger(__name__)
 OUTPUT_STRIDE = 32
 
 
-class PatchClassifier(ResNet):
+class FullyConvolutionalResNet18(ResNet):
     """ResNet18 with a 1x1-convolution head: (N, 3, H, W) -> (N, 1, (H - patch_size) / 32 + 1, ...) logits.
+
+    The architecture alone (plain MONAI and PyTorch: a MONAI bundle's scripts carry this class as it is).
+
+    Args:
+        patch_size: training patch size in pixels (a multiple of 32, at least 32); sets the average-pool window.
+    """
+
+    def __init__(self, patch_size: int = 224) -> None:
+        if patch_size < OUTPUT_STRIDE or patch_size % OUTPUT_STRIDE:
+            raise ValueError(f"patch_size must be a positive multiple of {OUTPUT_STRIDE}, got {patch_size}")
+        super().__init__(block=ResNetBlock, layers=[2, 2, 2, 2], block_inplanes=[64, 128, 256, 512],
+                         spatial_dims=2, n_input_channels=3, conv1_t_size=7, conv1_t_stride=2, shortcut_type="B",
+                         bias_downsample=False, num_classes=1, feed_forward=False)
+        self.fc = nn.Conv2d(512, 1, kernel_size=1)
+        self.patch_size = patch_size
+        self.avgpool = nn.AvgPool2d(patch_size // OUTPUT_STRIDE, stride=1)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] < self.patch_size or x.shape[-2] < self.patch_size:
+            raise ValueError(f"input {list(x.shape)} is smaller than the {self.patch_size}-pixel patch")
+        x = self.maxpool(self.act(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.avgpool(x))
+
+
+class PatchClassifier(FullyConvolutionalResNet18):
+    """The project's patch classifier: :class:`FullyConvolutionalResNet18` with seeded initial weights and,
+    optionally, pretrained backbone weights.
 
     Args:
         patch_size: training patch size in pixels (a multiple of 32, at least 32); sets the average-pool window.
@@ -51,29 +82,15 @@ class PatchClassifier(ResNet):
     """
 
     def __init__(self, patch_size: int = 224, seed: int | None = None, pretrained: str | Path = "") -> None:
-        if patch_size < OUTPUT_STRIDE or patch_size % OUTPUT_STRIDE:
-            raise ValueError(f"patch_size must be a positive multiple of {OUTPUT_STRIDE}, got {patch_size}")
         with seeded(seed):
-            super().__init__(block=ResNetBlock, layers=[2, 2, 2, 2], block_inplanes=[64, 128, 256, 512],
-                             spatial_dims=2, n_input_channels=3, conv1_t_size=7, conv1_t_stride=2, shortcut_type="B",
-                             bias_downsample=False, num_classes=1, feed_forward=False)
-            self.fc = nn.Conv2d(512, 1, kernel_size=1)
+            super().__init__(patch_size)
         # Every argument kept under its own name: FLARE's job API exports a model component from them (FedOpt).
-        self.patch_size, self.seed, self.pretrained = patch_size, seed, str(pretrained)
-        self.avgpool = nn.AvgPool2d(patch_size // OUTPUT_STRIDE, stride=1)
-        nn.init.zeros_(self.fc.bias)
+        self.seed, self.pretrained = seed, str(pretrained)
         if pretrained:
             path = resolve_path(str(pretrained), "pretrained")
             skipped = load_pretrained(self, path)
             logger.info("loaded pretrained weights from %s%s", path,
                         f" (kept the new head: {skipped})" if skipped else "")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] < self.patch_size or x.shape[-2] < self.patch_size:
-            raise ValueError(f"input {tuple(x.shape)} is smaller than the {self.patch_size}-pixel patch")
-        x = self.maxpool(self.act(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(self.avgpool(x))
 
 
 def fold_batchnorm(model: PatchClassifier) -> PatchClassifier:
@@ -125,9 +142,14 @@ def load_pretrained(model: PatchClassifier, path: str | Path) -> list[str]:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[PatchClassifier, dict]:
-    """A trained model and its checkpoint metadata, from a file written by training (or a bare state dict)."""
+    """A trained model and its checkpoint metadata, from a file written by training (or a bare state dict), or from
+    a MONAI bundle folder :mod:`metastasis.bundle` wrote."""
     path = Path(path)
-    checkpoint = load_torch(path, "checkpoint", unreadable="cannot read checkpoint")
+    if path.is_dir():  # a MONAI bundle (metastasis.bundle): its weights, and its recipe's settings as train_conf
+        state, _, train_conf = read_bundle(path)
+        checkpoint, path = {"model": state, "train_conf": train_conf}, path / BUNDLE_WEIGHTS
+    else:
+        checkpoint = load_torch(path, "checkpoint", unreadable="cannot read checkpoint")
     meta = {k: v for k, v in checkpoint.items() if k != "model"} if isinstance(checkpoint, dict) else {}
     train_conf = meta.setdefault("train_conf", {})
     patch_size = train_conf.get("patch_size", 224) if isinstance(train_conf, dict) else None

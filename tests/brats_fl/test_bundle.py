@@ -1,8 +1,6 @@
 """The BraTS model as a MONAI bundle: its metadata, its TorchScript, and inference in a process without this project."""
 
 import json
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -16,19 +14,7 @@ from brats_fl.transforms import infer_transforms
 from brats_fl.data import MODALITIES, case_files
 from medcore.errors import UserError
 
-#: Runs ``monai.bundle run`` where the project's packages cannot be imported (they are installed in this venv).
-ISOLATED = '''
-import importlib.abc, sys
-
-class Blocker(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"brats_fl", "metastasis", "medcore", "medflare", "demodata"}:
-            raise ImportError(f"{name}: this project's code must not be needed")
-
-sys.meta_path.insert(0, Blocker())
-from monai.bundle import run
-run("run", config_file=sys.argv[1], bundle_root=sys.argv[2], dataset_dir=sys.argv[3], output_dir=sys.argv[4])
-'''
+from tests.support import run_bundle_isolated
 
 CROP = [16, 16, 16]  # smaller than the cases: the sliding windows overlap and blend
 
@@ -68,7 +54,7 @@ def test_metadata_carries_the_specs_keys_provenance_and_measured_numbers(run_che
     assert meta["eval_metrics"]["site-1_TC"] == 0.5 and meta["eval_metrics"]["AVE_TC"] == pytest.approx(
         (0.5 * 3 + 0.2 * 1) / 4, abs=1e-4)
     provenance = meta["provenance"]
-    assert provenance["evaluation"]["cases_per_site"] == {"site-1": 3, "site-2": 1}
+    assert provenance["evaluation"]["items_per_site"] == {"site-1": 3, "site-2": 1}
     assert provenance["settings"]["lr"] == 1e-4 and provenance["inference"]["roi"] == CROP
     assert len(provenance["checkpoint"]["sha256_16"]) == 16 and provenance["code"]["commit"]
     assert "site-1_TC" in (bundle / "docs/README.md").read_text()
@@ -101,9 +87,7 @@ def test_the_bundle_runs_without_this_project_and_segments_as_infer_does(run_che
         (data / case.name).mkdir(parents=True)
         for m in MODALITIES:
             (data / case.name / case_files(case)[m].name).symlink_to(case_files(case)[m])
-    result = subprocess.run([sys.executable, "-c", ISOLATED, str(bundle / "configs/inference.json"), str(bundle),
-                             str(data), str(tmp_path / "out")], capture_output=True, text=True, timeout=600,
-                            cwd=tmp_path)
+    result = run_bundle_isolated(bundle, data, tmp_path / "out", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     for case in cases:
         own = tmp_path / f"{case.name}.nii.gz"

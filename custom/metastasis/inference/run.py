@@ -43,6 +43,7 @@ from medcore.memory import release_free_memory
 from medcore.progress import Progress
 from medcore.provenance import check_described, file_digest
 from medcore.threads import prefetch
+from medflare.bundle import BUNDLE_WEIGHTS
 
 from ..config import STAIN_NORMALIZATIONS, default_tile_outputs
 from ..data.slide import Slide, check_slide_file, opened, read_rgb
@@ -248,7 +249,8 @@ def infer_slides(slides: Sequence[str | Path], model: PatchClassifier, out_dir: 
     for path in slides:  # every slide must be one before any work starts (headers only: each opens once, below)
         check_slide_file(path)
     out_dir = Path(out_dir)
-    model_digest = file_digest(checkpoint) if checkpoint and Path(checkpoint).is_file() else "(in memory)"
+    weights = Path(checkpoint) / BUNDLE_WEIGHTS if checkpoint and Path(checkpoint).is_dir() else Path(checkpoint)
+    model_digest = file_digest(weights) if checkpoint and weights.is_file() else "(in memory)"
 
     def finished(npy: Path) -> bool:
         return npy.is_file() and npy.with_suffix(".json").is_file() and not overwrite

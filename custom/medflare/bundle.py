@@ -1,0 +1,151 @@
+"""What every task's MONAI bundle shares: the folder layout, the metadata's common keys and provenance, the
+measured numbers from a FLARE run's cross-site results, writing the bundle, and reading one back.
+
+A bundle (MONAI's specification, ``docs/source/mb_specification.rst``) is a folder::
+
+    configs/metadata.json    the metadata: versions, the network's data format, eval_metrics, provenance
+    configs/inference.json   python -m monai.bundle run --config_file configs/inference.json
+    models/model.pt          the network's state dict
+    models/model.ts          the same network as TorchScript
+    scripts/                 code the configs need that MONAI lacks (``scripts/<task>.py``)
+    docs/README.md, LICENSE
+
+Each task (``brats_fl.bundle``, ``metastasis.bundle``) supplies its network, its metadata's task-specific keys, its
+inference config and its script; :func:`write_bundle` writes them all, the metadata last (it marks a finished
+bundle), into a folder that is new or a bundle written before (any other file of a bundle's names is refused).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import warnings
+from datetime import date
+from pathlib import Path
+from typing import Mapping
+
+import monai
+import numpy as np
+import torch
+
+from medcore.errors import UserError
+from medcore.files import atomic_path, claim_output_dir, load_torch, read_json, state_dict_of, write_json, write_text
+from medcore.provenance import file_digest
+
+from .crosssite import SERVER_BEST, SERVER_FINAL, ReportSpec, build_report, load_results
+
+__all__ = ["BUNDLE_METADATA", "BUNDLE_WEIGHTS", "BUNDLE_TORCHSCRIPT", "BUNDLE_INFERENCE", "bundle_files",
+           "code_commit", "base_metadata", "checkpoint_provenance", "cross_site_metrics", "write_bundle",
+           "read_bundle"]
+
+BUNDLE_METADATA = "configs/metadata.json"
+BUNDLE_INFERENCE = "configs/inference.json"
+BUNDLE_WEIGHTS = "models/model.pt"
+BUNDLE_TORCHSCRIPT = "models/model.ts"
+_README, _LICENSE_FILE = "docs/README.md", "LICENSE"
+
+_LICENSE = """Apache License, Version 2.0 (https://www.apache.org/licenses/LICENSE-2.0)
+
+Copyright (c) clara-open contributors. The model weights in models/ were trained by the user who exported this
+bundle, on their data; their use is governed by that data's terms as well.
+"""
+
+
+def bundle_files(script: str) -> tuple[str, ...]:
+    """What a bundle whose code is ``scripts/<script>.py`` holds, relative to its folder."""
+    return (BUNDLE_METADATA, BUNDLE_INFERENCE, BUNDLE_WEIGHTS, BUNDLE_TORCHSCRIPT, "scripts/__init__.py",
+            f"scripts/{script}.py", _README, _LICENSE_FILE)
+
+
+def code_commit() -> str:
+    """The git commit of this code, or ``unknown`` outside a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10)
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def base_metadata(checkpoint: Path, command: str, required_packages: Mapping[str, str]) -> dict:
+    """The metadata keys every bundle has the same way: the schema, version and changelog, the versions of MONAI,
+    PyTorch, NumPy and ``required_packages``, authorship and intended use."""
+    return {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
+                  "meta_schema_20220324.json",
+        "version": "0.1.0",
+        "changelog": {"0.1.0": f"exported by {command} from {checkpoint.name}"},
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": np.__version__,
+        "required_packages_version": dict(required_packages),
+        "authors": "clara-open contributors",
+        "copyright": "Copyright (c) clara-open contributors",
+        "intended_use": "Research only; not for clinical use.",
+    }
+
+
+def checkpoint_provenance(checkpoint: Path, settings: Mapping, evaluation: Mapping, **more: object) -> dict:
+    """The ``provenance`` entry: export date, code commit, the checkpoint's name and digest, the recipe's settings,
+    where ``eval_metrics`` came from, and ``more`` (task-specific: the inference window, ...)."""
+    return {"exported": date.today().isoformat(), "code": {"package": "clara-open", "commit": code_commit()},
+            "checkpoint": {"file": checkpoint.name, "sha256_16": file_digest(checkpoint)},
+            "settings": dict(settings), **more, "evaluation": dict(evaluation)}
+
+
+def cross_site_metrics(checkpoint: Path, spec: ReportSpec) -> tuple[dict, dict]:
+    """``eval_metrics`` and where they come from: the cross-site report's row of this model
+    (:func:`~medflare.crosssite.build_report`: per site and the AVE, weighted as the report weights it) from the
+    results of the FLARE run the checkpoint belongs to (``<run>/app_server/<model>.pt`` beside
+    ``<run>/cross_site_val/cross_val_results.json``). None found: empty metrics, and the description says so."""
+    names = {"FL_global_model.pt": SERVER_FINAL, "best_FL_global_model.pt": SERVER_BEST}
+    results_path = checkpoint.parent.parent / "cross_site_val" / "cross_val_results.json"
+    model = names.get(checkpoint.name)
+    if model is None or not results_path.is_file():
+        return {}, {"source": "none: no cross-site results found next to the checkpoint; eval_metrics is empty"}
+    report = build_report(load_results(results_path, spec), spec, resamples=0)
+    if model not in report.models:
+        return {}, {"source": f"none: {results_path} holds no row for {model}"}
+    rows = {**report.scores[model], "AVE": report.average[model]}
+    metrics = {f"{row}_{column}": round(values[column], 4) for row, values in rows.items() for column in report.columns}
+    return metrics, {"source": str(results_path), "model": model, "split": "each site's cross-site evaluation data",
+                     "items_per_site": {site: report.weights[site] for site in report.scores[model]},
+                     "average": f"AVE: weighted by {report.weights_source}"}
+
+
+def write_bundle(out: str | Path, script: str, network: torch.nn.Module, metadata: Mapping, inference: Mapping,
+                 code: str, readme: str) -> Path:
+    """Write a bundle to ``out``: ``network``'s state dict and TorchScript, ``scripts/<script>.py`` holding
+    ``code``, the inference config, README, LICENSE and, last, the metadata. ``out`` is refused when it holds a
+    file of a bundle's names that this project did not write there."""
+    out = claim_output_dir(out, "MONAI bundle", bundle_files(script))
+    for folder in ("configs", "models", "scripts", "docs"):
+        (out / folder).mkdir(exist_ok=True)
+    network = network.eval()
+    with atomic_path(out / BUNDLE_WEIGHTS) as tmp:
+        torch.save(network.state_dict(), tmp)
+    with atomic_path(out / BUNDLE_TORCHSCRIPT) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.x deprecates TorchScript; MONAI bundles use it
+        torch.jit.script(network).save(str(tmp))
+    write_text(out / "scripts/__init__.py", "")
+    write_text(out / f"scripts/{script}.py", code)
+    write_json(out / BUNDLE_INFERENCE, dict(inference))
+    write_text(out / _README, readme)
+    write_text(out / _LICENSE_FILE, _LICENSE)
+    write_json(out / BUNDLE_METADATA, dict(metadata))  # last: marks a finished bundle
+    return out
+
+
+def read_bundle(folder: str | Path) -> tuple[dict, dict, dict]:
+    """A bundle's weights (state dict), its provenance and its recipe's settings (what a checkpoint's
+    ``train_conf`` holds), for loading a bundle wherever a checkpoint is taken. Errors name the file."""
+    folder = Path(folder)
+    meta_path = folder / BUNDLE_METADATA
+    if not meta_path.is_file():
+        raise UserError(f"{folder}: a folder, but not a MONAI bundle (no {BUNDLE_METADATA})")
+    meta = read_json(meta_path, "bundle metadata")
+    provenance = meta.get("provenance") if isinstance(meta, dict) else None
+    if not isinstance(provenance, dict):
+        raise UserError(f"{meta_path}: no provenance entry (not a bundle this project exported)")
+    settings = provenance.get("settings")
+    state = state_dict_of(load_torch(folder / BUNDLE_WEIGHTS, "bundle weights"), folder / BUNDLE_WEIGHTS)
+    return state, provenance, dict(settings) if isinstance(settings, dict) else {}

@@ -27,6 +27,7 @@ STEPS = {
     # metastasis: what is read; recipe, network, scores; training and whole-slide inference; evaluation of maps;
     # the FLARE layer; CLI
     "metastasis.data": 2, "metastasis.config": 2, "metastasis.metrics": 2,
+    "metastasis.evaluation.staging": 2,  # CAMELYON17's staging rules and kappa: labels only, the core's files
     "metastasis.model": 3, "metastasis.report": 3,
     "metastasis.engine": 4, "metastasis.inference": 4,
     "metastasis.evaluation": 5, "metastasis.task": 5, "metastasis.bundle": 5,

@@ -10,6 +10,7 @@ The data preparation and training path, each step a file a user can open::
     metastasis report      # the job's cross-site validation table (final / best global, local best)
     metastasis infer       # slides + checkpoint -> probability maps (.npy + geometry .json + heatmap .png)
     metastasis detect      # maps -> Camelyon16 detection CSVs (probability,x,y)
+    metastasis lesions     # maps -> lesions (QuPath GeoJSON, ASAP XML, JSON), CAMELYON17 slide labels, pN stages
     metastasis evaluate    # CSVs + XML / mask ground truth -> FROC, sensitivities, slide AUC (JSON, CSV, PNG)
     metastasis validate    # a checkpoint's patch accuracy / AUC on a patch list split
 """
@@ -33,6 +34,9 @@ from medflare.cli import (add_bundle_parser, add_deploy_parser, add_evaluation_p
 
 from .config import DEFAULT_TILE_OUTPUTS, DEFAULT_TILE_PIXELS, TrainConfig, default_tile_outputs
 from .task import TASK
+
+#: What ``lesions`` writes per map, as endings of the map's name: QuPath's GeoJSON, ASAP's XML, the lesions' JSON.
+LESION_ENDINGS = ("_lesions.geojson", "_lesions.xml", "_lesions.json")
 
 _SETTINGS_HELP = (f"training setting ({', '.join(f.name for f in dataclasses.fields(TrainConfig))}; see "
                   "metastasis.config.TrainConfig); values are JSON or else text, e.g. --set lr=5e-4 "
@@ -202,6 +206,81 @@ def _detect(args: argparse.Namespace) -> int:
             claim_output_dir(args.out, "detections", [f"{npy.stem}.csv" for npy in maps])
         out = write_detections(Path(args.out) / f"{npy.stem}.csv", found)
         print(f"{out}: {len(found)} detections")
+    return 0
+
+
+def _lesion_patients(maps: Sequence[Path], patients_csv: Path | None) -> dict[str, str]:
+    """Each map's slide (its name) -> its patient: from ``patients_csv`` (a CSV ``slide,patient``) when it names
+    the slide, else from the CAMELYON17 slide name; a slide that is neither is an error naming it."""
+    from .evaluation.staging import patient_of, read_patient_map
+
+    given = read_patient_map(patients_csv) if patients_csv is not None else {}
+    patients = {}
+    for npy in maps:
+        if npy.stem in given:
+            patients[npy.stem] = given[npy.stem]
+            continue
+        try:
+            patients[npy.stem] = patient_of(npy.stem)
+        except ValueError:
+            where = f"not in {patients_csv}" if patients_csv is not None else "no --patients given"
+            raise UserError(f"{npy}: slide {npy.stem!r} is not a CAMELYON17 slide name (patient_XXX_node_Y) and "
+                            f"{where}; pass --patients with a CSV 'slide,patient' naming its patient") from None
+    return patients
+
+
+def _lesions(args: argparse.Namespace) -> int:
+    from medcore.files import write_json
+
+    from .evaluation.lesions import find_lesions, map_mpp, slide_result, write_lesions_json
+    from .evaluation.overlays import write_lesions_geojson, write_lesions_xml
+    from .evaluation.staging import PN_STAGES, evaluate_staging, read_stage_csv, stage_patients, write_stage_csv
+    from .inference.maps import describe_map, load_map
+
+    maps = input_files(args.maps, "*.npy") if args.maps.is_dir() else [args.maps]
+    if not maps:
+        raise UserError(f"{args.maps}: no .npy probability maps")
+    check_distinct_names(maps, "maps", "lesion files")
+    # every input is checked before any work (the maps' JSON and headers, pixel sizes, patients, the reference);
+    # the output folder is claimed once the first map has passed its value checks (a bad map leaves nothing)
+    described = {npy: describe_map(npy) for npy in maps}
+    mpps = {npy: map_mpp(meta, args.mpp, npy.with_suffix(".json")) for npy, meta in described.items()}
+    patients = _lesion_patients(maps, args.patients)
+    if args.reference is not None:
+        ref_stages, ref_labels = read_stage_csv(args.reference)
+        missing = sorted(set(ref_stages) - set(patients.values())) + sorted(set(ref_labels) - set(patients))
+        if missing:
+            raise UserError(f"{args.reference}: {len(missing)} of its patients and slides have no map in "
+                            f"{args.maps}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    out = Path(args.out)
+    outputs = {"stages": out / "stages.csv", "staging": out / "staging.json"}
+    names = [f"{npy.stem}{ending}" for npy in maps for ending in LESION_ENDINGS]
+    names += ["stages.csv", "staging.json"]  # staging.json: written with --reference, else a stale one removed
+    labels: dict[str, str] = {}
+    for index, npy in enumerate(maps):
+        probs, meta = load_map(npy, described[npy])
+        lesions = find_lesions(probs, meta, args.threshold, mpps[npy], npy)
+        if index == 0:
+            claim_output_dir(out, "lesions", names)
+        geojson, xml, record = (out / f"{npy.stem}{ending}" for ending in LESION_ENDINGS)
+        write_lesions_geojson(geojson, lesions)
+        write_lesions_xml(xml, lesions, comment=f"lesions of {npy.name} at threshold {args.threshold:g}")
+        write_lesions_json(record, lesions, meta, args.threshold, mpps[npy], npy)
+        labels[npy.stem], score = slide_result(lesions)
+        largest = f"largest {lesions[0].longest_diameter_um:.0f} um" if lesions else "none"
+        print(f"{npy.stem}: {labels[npy.stem]}, {len(lesions)} lesion{'' if len(lesions) == 1 else 's'} "
+              f"({largest}), score {score:.3f}")
+    stages = stage_patients(labels, patients)
+    write_stage_csv(outputs["stages"], stages, labels, patients)
+    counts = ", ".join(f"{stage} {n}" for stage in PN_STAGES if (n := list(stages.values()).count(stage)))
+    print(f"{outputs['stages']}: {len(labels)} slides, {len(stages)} patients ({counts})")
+    if args.reference is not None:
+        result = evaluate_staging(args.reference, outputs["stages"])
+        write_json(outputs["staging"], {"reference": str(Path(args.reference).resolve()),
+                                        "prediction": str(outputs["stages"].resolve()), **result.to_dict()})
+        print(f"{result.summary()} -> {outputs['staging']}")
+    else:  # an earlier run's evaluation would no longer be of these stages (the folder is claimed: it is ours)
+        outputs["staging"].unlink(missing_ok=True)
     return 0
 
 
@@ -436,6 +515,33 @@ def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
     detect.add_argument("--mpp", type=number(float, above=0),
                         help="level-0 microns per pixel (default: read from each slide)")
     detect.set_defaults(func=_detect)
+
+    lesions = sub.add_parser(
+        "lesions", help="probability maps -> lesions for QuPath and ASAP, CAMELYON17 slide labels and pN stages",
+        description="A lesion is an 8-connected region of a map at or above --threshold: its outline (along the "
+                    "map pixels' block edges, level-0 pixels), longest diameter, area, maximum and mean "
+                    "probability, and its CAMELYON17 category by longest diameter (ITC up to 200 um, "
+                    "micro-metastasis up to 2 mm, macro-metastasis above). Per map: OUT/NAME_lesions.geojson "
+                    "(QuPath), OUT/NAME_lesions.xml (ASAP), OUT/NAME_lesions.json (the lesions, the slide's label "
+                    "and score). Then OUT/stages.csv in CAMELYON17's format: each patient's pN stage and each "
+                    "slide's label; with --reference, the quadratic weighted kappa in OUT/staging.json.",
+    )
+    lesions.add_argument("maps", type=existing_path,
+                         help="a folder of NAME.npy maps (with their NAME.json), or one map")
+    lesions.add_argument("--out", required=True, type=output_dir,
+                         help="folder for the lesion files, stages.csv and staging.json")
+    lesions.add_argument("--threshold", type=number(float, above=0, maximum=1), default=0.5,
+                         help="map pixels at or above this probability are lesion, in (0, 1] (default: 0.5)")
+    lesions.add_argument("--mpp", type=number(float, above=0),
+                         help="level-0 microns per pixel, for every map (default: each map's record of its "
+                              "slide's; needed for slides without it)")
+    lesions.add_argument("--patients", type=existing_file,
+                         help="CSV with the header slide,patient giving each slide's patient (default: from "
+                              "CAMELYON17 slide names, patient_XXX_node_Y)")
+    lesions.add_argument("--reference", type=existing_file,
+                         help="CAMELYON17 stage CSV (stage_labels.csv: patient,stage rows of patients and slides) "
+                              "to score stages.csv against: kappa, accuracies, confusion matrices in staging.json")
+    lesions.set_defaults(func=_lesions)
 
     evaluate = sub.add_parser(
         "evaluate", help="Camelyon16 lesion FROC and slide-level AUC of detection CSVs",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -72,13 +72,16 @@ def check_inside(annotations: Sequence[Annotation], size: tuple[int, int], sourc
                                   f"outside the {width}x{height} slide")
 
 
-def read_asap_xml(path: str | Path) -> list[Annotation]:
+def read_asap_xml(path: str | Path, groups: Sequence[str] | None = None) -> list[Annotation]:
     """Parse an ASAP XML file into polygons (tumour and exclusion groups).
+
+    ``groups``: the groups accepted, for files of another schema (the lesion outlines that
+    :mod:`metastasis.evaluation.overlays` writes are grouped by clinical category); default: Camelyon16's.
 
     Raises:
         AnnotationError: the file is missing or not well-formed XML, has no ``Annotations`` element, an annotation
             has fewer than 3 coordinates or a coordinate that is not a finite number, or a group is not a
-            Camelyon16 group.
+            Camelyon16 group (not one of ``groups``, when given).
     """
     path = Path(path)
     require_file(path, "annotation file", AnnotationError)
@@ -93,11 +96,14 @@ def read_asap_xml(path: str | Path) -> list[Annotation]:
     for index, node in enumerate(container.findall("Annotation")):
         name = node.get("Name", f"Annotation {index}")
         group = node.get("PartOfGroup", "")
-        if group not in TUMOR_GROUPS + EXCLUSION_GROUPS:
+        if groups is None and group not in TUMOR_GROUPS + EXCLUSION_GROUPS:
             raise AnnotationError(
                 f"{path}: annotation {name!r} is in group {group!r}; Camelyon16 groups are "
                 f"{', '.join(TUMOR_GROUPS)} (tumour) and {', '.join(EXCLUSION_GROUPS)} (exclusion)"
             )
+        if groups is not None and group not in groups:
+            raise AnnotationError(f"{path}: annotation {name!r} is in group {group!r}; expected one of "
+                                  f"{', '.join(groups)}")
         coords = node.findall("Coordinates/Coordinate")
         try:
             ordered = sorted(coords, key=lambda c: int(float(c.get("Order", "0"))))
@@ -112,25 +118,28 @@ def read_asap_xml(path: str | Path) -> list[Annotation]:
     return annotations
 
 
-def write_asap_xml(path: str | Path, annotations: Sequence[Annotation], comment: str | None = None) -> Path:
+def write_asap_xml(path: str | Path, annotations: Sequence[Annotation], comment: str | None = None,
+                   colors: Mapping[str, str] | None = None) -> Path:
     """Write polygons as an ASAP XML file in the Camelyon16 schema (atomically) and return the path.
 
     ``comment``: an XML comment put first inside the root element (readers ignore it), e.g. the file's origin.
+    ``colors``: ``#RRGGBB`` by group, for groups other than Camelyon16's (default: Camelyon16's tumour colour).
     """
+    palette = {**_GROUP_COLORS, **(colors or {})}
     root = ET.Element("ASAP_Annotations")
     if comment:
         root.append(ET.Comment(f" {comment} "))
     container = ET.SubElement(root, "Annotations")
     for ann in annotations:
         node = ET.SubElement(container, "Annotation", Name=ann.name, Type="Polygon", PartOfGroup=ann.group,
-                             Color=_GROUP_COLORS.get(ann.group, "#F4FA58"))
+                             Color=palette.get(ann.group, "#F4FA58"))
         coords = ET.SubElement(node, "Coordinates")
         for order, (x, y) in enumerate(ann.points):
             ET.SubElement(coords, "Coordinate", Order=str(order), X=f"{x:.4f}".rstrip("0").rstrip("."),
                           Y=f"{y:.4f}".rstrip("0").rstrip("."))
     groups = ET.SubElement(root, "AnnotationGroups")
     for group in dict.fromkeys(a.group for a in annotations):
-        node = ET.SubElement(groups, "Group", Name=group, PartOfGroup="None", Color=_GROUP_COLORS.get(group, "#F4FA58"))
+        node = ET.SubElement(groups, "Group", Name=group, PartOfGroup="None", Color=palette.get(group, "#F4FA58"))
         ET.SubElement(node, "Attributes")
     ET.indent(root, space="\t")
     with atomic_path(path) as tmp:

@@ -35,8 +35,9 @@ from medflare.cli import (add_bundle_parser, add_deploy_parser, add_evaluation_p
 from .config import DEFAULT_TILE_OUTPUTS, DEFAULT_TILE_PIXELS, TrainConfig, default_tile_outputs
 from .task import TASK
 
-#: What ``lesions`` writes per map, as endings of the map's name: QuPath's GeoJSON, ASAP's XML, the lesions' JSON.
-LESION_ENDINGS = ("_lesions.geojson", "_lesions.xml", "_lesions.json")
+#: What ``lesions`` writes per map, as endings of the map's name: QuPath's GeoJSON, ASAP's XML, the lesions' JSON,
+#: the pyramidal TIFF heatmap.
+LESION_ENDINGS = ("_lesions.geojson", "_lesions.xml", "_lesions.json", "_heatmap.tif")
 
 _SETTINGS_HELP = (f"training setting ({', '.join(f.name for f in dataclasses.fields(TrainConfig))}; see "
                   "metastasis.config.TrainConfig); values are JSON or else text, e.g. --set lr=5e-4 "
@@ -233,7 +234,7 @@ def _lesions(args: argparse.Namespace) -> int:
     from medcore.files import write_json
 
     from .evaluation.lesions import find_lesions, map_mpp, slide_result, write_lesions_json
-    from .evaluation.overlays import write_lesions_geojson, write_lesions_xml
+    from .evaluation.overlays import write_heatmap_tiff, write_lesions_geojson, write_lesions_xml
     from .evaluation.staging import PN_STAGES, evaluate_staging, read_stage_csv, stage_patients, write_stage_csv
     from .inference.maps import describe_map, load_map
 
@@ -262,7 +263,8 @@ def _lesions(args: argparse.Namespace) -> int:
         lesions = find_lesions(probs, meta, args.threshold, mpps[npy], npy)
         if index == 0:
             claim_output_dir(out, "lesions", names)
-        geojson, xml, record = (out / f"{npy.stem}{ending}" for ending in LESION_ENDINGS)
+        geojson, xml, record, heatmap = (out / f"{npy.stem}{ending}" for ending in LESION_ENDINGS)
+        write_heatmap_tiff(heatmap, probs, meta["stride"], mpps[npy], meta["slide"])
         write_lesions_geojson(geojson, lesions)
         write_lesions_xml(xml, lesions, comment=f"lesions of {npy.name} at threshold {args.threshold:g}")
         write_lesions_json(record, lesions, meta, args.threshold, mpps[npy], npy)
@@ -523,7 +525,8 @@ def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
                     "probability, and its CAMELYON17 category by longest diameter (ITC up to 200 um, "
                     "micro-metastasis up to 2 mm, macro-metastasis above). Per map: OUT/NAME_lesions.geojson "
                     "(QuPath), OUT/NAME_lesions.xml (ASAP), OUT/NAME_lesions.json (the lesions, the slide's label "
-                    "and score). Then OUT/stages.csv in CAMELYON17's format: each patient's pN stage and each "
+                    "and score), OUT/NAME_heatmap.tif (the map as a pyramidal TIFF at the map's resolution, for "
+                    "viewers to overlay). Then OUT/stages.csv in CAMELYON17's format: each patient's pN stage and each "
                     "slide's label; with --reference, the quadratic weighted kappa in OUT/staging.json.",
     )
     lesions.add_argument("maps", type=existing_path,

@@ -13,7 +13,7 @@ from medcore.errors import UserError
 from metastasis import cli
 from metastasis.evaluation.lesions import find_lesions, lesions_record, map_mpp, slide_result
 from metastasis.evaluation.overlays import (CLASSES, LESION_GROUPS, lesions_geojson, read_lesions_xml,
-                                           write_lesions_geojson, write_lesions_xml)
+                                           write_heatmap_tiff, write_lesions_geojson, write_lesions_xml)
 from metastasis.evaluation.staging import quadratic_weighted_kappa, read_stage_csv
 from metastasis.inference.maps import describe_map, load_map
 
@@ -232,6 +232,28 @@ def test_asap_xml_round_trip(tmp_path):
         read_asap_xml(path)
 
 
+def test_heatmap_tiff_opens_in_openslide_at_every_level(tmp_path):
+    """Level 0 is the map at 255 steps, on the slide scaled by the stride; each level the 2 x 2 maximum of the one
+    before (a one-pixel lesion stays visible), down to 256 pixels a side; the pixel size is stride x mpp."""
+    import openslide
+    import tifffile
+
+    probs = np.zeros((700, 530), np.float32)
+    probs[3, 5], probs[400:410, 100:120], probs[699, 529] = 0.9, 0.5, 1.0
+    path = write_heatmap_tiff(tmp_path / "s_heatmap.tif", probs, stride=32, mpp=0.25, slide="/data/s.tif")
+    with openslide.OpenSlide(str(path)) as slide:
+        assert slide.level_dimensions == ((530, 700), (265, 350), (133, 175))
+        assert float(slide.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(8.0)
+        level0 = np.asarray(slide.read_region((0, 0), 0, (530, 700)))[..., 0]
+        assert np.array_equal(level0, np.rint(probs * 255).astype(np.uint8))
+        level2 = np.asarray(slide.read_region((0, 0), 2, (133, 175)))[..., 0]
+        assert level2[0, 1] == 230 and level2[174, 132] == 255 and level2[100, 25] == 128
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == 3 and all(page.is_tiled for page in tif.pages)
+        described = json.loads(tif.pages[0].description)
+        assert described["stride"] == 32 and described["heatmap_of"] == "/data/s.tif"
+
+
 def test_lesions_record():
     probs = np.zeros((4, 4), np.float32)
     probs[1, 1] = 0.9
@@ -308,9 +330,10 @@ def test_command_end_to_end(tmp_path, capsys):
     assert [a.group for a in read_lesions_xml(out / "slideA_lesions.xml")] == ["Micro-metastasis"]
     assert read_lesions_xml(out / "patient_000_node_1_lesions.xml") == []
     written = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    assert written == sorted([f"{name}_lesions.{ext}" for name in ("patient_000_node_0", "patient_000_node_1",
-                                                                    "patient_001_node_0", "slideA")
-                              for ext in ("geojson", "xml", "json")] + ["stages.csv", "staging.json"])
+    assert written == sorted([f"{name}{ending}" for name in ("patient_000_node_0", "patient_000_node_1",
+                                                              "patient_001_node_0", "slideA")
+                              for ending in ("_lesions.geojson", "_lesions.xml", "_lesions.json", "_heatmap.tif")]
+                             + ["stages.csv", "staging.json"])
     # a second run into the same folder replaces its own files; a higher threshold drops the ITC
     assert cli.main(["lesions", str(maps), "--out", str(out), "--patients", str(tmp_path / "patients.csv"),
                      "--threshold", "0.7"]) == 0

@@ -8,21 +8,27 @@
   longest diameter in microns).
 * ``NAME_lesions.xml`` (ASAP): the contours as ASAP polygons, grouped by category (the groups of
   :data:`CLASSES`, in their colours); ``read_asap_xml(path, groups=LESION_GROUPS)`` reads them back.
+* ``NAME_heatmap.tif`` (any viewer of pyramidal TIFFs: OpenSlide, QuPath, ASAP): the probability map as a tiled,
+  pyramidal 8-bit grayscale TIFF (:func:`write_heatmap_tiff`), its pixel size in the resolution tags.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Sequence
 
-from medcore.files import write_json
+import numpy as np
+import tifffile
+
+from medcore.files import atomic_path, write_json
 
 from ..data.annotations import Annotation, read_asap_xml, write_asap_xml
 from .lesions import Lesion
 
 __all__ = ["CLASSES", "LESION_GROUPS", "lesions_geojson", "write_lesions_geojson", "write_lesions_xml",
-           "read_lesions_xml"]
+           "read_lesions_xml", "write_heatmap_tiff"]
 
 #: Each lesion category's (:func:`~metastasis.evaluation.staging.lesion_category`) class in the viewers: its name
 #: (QuPath's classification, ASAP's group) and fixed colour (RGB).
@@ -72,3 +78,44 @@ def write_lesions_xml(path: str | Path, lesions: Sequence[Lesion], comment: str 
 def read_lesions_xml(path: str | Path) -> list[Annotation]:
     """The polygons of a lesion XML file (:func:`write_lesions_xml`), their groups the categories' names."""
     return read_asap_xml(path, groups=LESION_GROUPS)
+
+
+def _max_halved(image: np.ndarray) -> np.ndarray:
+    """``image`` at half size (rounded up), each pixel the maximum of its 2 x 2 block."""
+    padded = np.pad(image, ((0, image.shape[0] % 2), (0, image.shape[1] % 2)))
+    return padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).max(axis=(1, 3))
+
+
+def write_heatmap_tiff(path: str | Path, probs: np.ndarray, stride: int, mpp: float, slide: str = "",
+                       tile: int = 256) -> Path:
+    """Write a probability map (rows, cols) as a pyramidal tiled TIFF that OpenSlide and tifffile open at every
+    level (atomically).
+
+    Level 0 is the map itself: pixel (x, y) holds ``round(255 p)`` of map pixel (row y, column x), whose window is
+    centred on the slide's level-0 block ``[x s, (x + 1) s) x [y s, (y + 1) s)`` (``s`` = ``stride``;
+    :mod:`~metastasis.inference.geometry`), so level 0 lies on the slide scaled by ``s`` from the slide's
+    top-left corner. The resolution tags give its pixel size, ``s * mpp`` microns, which is what QuPath and ASAP
+    scale an overlay by. Each further level halves the one before, taking each 2 x 2 block's maximum (a small
+    lesion stays visible when zoomed out), down to at most 256 pixels a side. Lossless (zlib) 8-bit grayscale; the
+    ImageDescription of level 0 is JSON stating the slide, stride and pixel convention.
+    """
+    if probs.ndim != 2 or stride < 1 or not mpp > 0:
+        raise ValueError(f"expected a 2-d map, a stride >= 1 and a pixel size > 0, got {probs.shape}, {stride}, {mpp}")
+    level = np.rint(np.clip(probs, 0.0, 1.0) * 255).astype(np.uint8)
+    pixel_um = stride * mpp
+    description = json.dumps({"heatmap_of": slide, "stride": stride, "pixel_um": pixel_um,
+                              "value": "round(255 x tumour probability); 0 off tissue",
+                              "level0_pixel": "(x, y) is the slide's level-0 block [x stride, (x + 1) stride) x "
+                                              "[y stride, (y + 1) stride)",
+                              "levels": "each further level the 2 x 2 maximum of the one before"})
+    res = 1e4 / pixel_um  # pixels per centimetre
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=level.size > 2 ** 31) as tif:
+        first = True
+        while True:
+            tif.write(level, tile=(tile, tile), photometric="minisblack", compression="zlib",
+                      resolution=(res, res), resolutionunit="CENTIMETER", subfiletype=0 if first else 1,
+                      metadata=None, description=description if first else None)
+            if max(level.shape) <= 256:
+                break
+            level, first, res = _max_halved(level), False, res / 2
+    return Path(path)

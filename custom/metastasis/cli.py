@@ -233,6 +233,7 @@ def _lesion_patients(maps: Sequence[Path], patients_csv: Path | None) -> dict[st
 def _lesions(args: argparse.Namespace) -> int:
     from medcore.files import write_json
 
+    from .evaluation.detection import read_detections
     from .evaluation.lesions import find_lesions, map_mpp, slide_result, write_lesions_json
     from .evaluation.overlays import write_heatmap_tiff, write_lesions_geojson, write_lesions_xml
     from .evaluation.staging import PN_STAGES, evaluate_staging, read_stage_csv, stage_patients, write_stage_csv
@@ -247,6 +248,8 @@ def _lesions(args: argparse.Namespace) -> int:
     described = {npy: describe_map(npy) for npy in maps}
     mpps = {npy: map_mpp(meta, args.mpp, npy.with_suffix(".json")) for npy, meta in described.items()}
     patients = _lesion_patients(maps, args.patients)
+    csvs = {npy: args.detections / f"{npy.stem}.csv" for npy in maps} if args.detections is not None else {}
+    points = {npy: read_detections(csv) for npy, csv in csvs.items() if csv.is_file()}
     if args.reference is not None:
         ref_stages, ref_labels = read_stage_csv(args.reference)
         missing = sorted(set(ref_stages) - set(patients.values())) + sorted(set(ref_labels) - set(patients))
@@ -265,7 +268,7 @@ def _lesions(args: argparse.Namespace) -> int:
             claim_output_dir(out, "lesions", names)
         geojson, xml, record, heatmap = (out / f"{npy.stem}{ending}" for ending in LESION_ENDINGS)
         write_heatmap_tiff(heatmap, probs, meta["stride"], mpps[npy], meta["slide"])
-        write_lesions_geojson(geojson, lesions)
+        write_lesions_geojson(geojson, lesions, points.get(npy))
         write_lesions_xml(xml, lesions, comment=f"lesions of {npy.name} at threshold {args.threshold:g}")
         write_lesions_json(record, lesions, meta, args.threshold, mpps[npy], npy)
         labels[npy.stem], score = slide_result(lesions)
@@ -538,6 +541,10 @@ def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
     lesions.add_argument("--mpp", type=number(float, above=0),
                          help="level-0 microns per pixel, for every map (default: each map's record of its "
                               "slide's; needed for slides without it)")
+    lesions.add_argument("--detections", type=existing_dir,
+                         help="folder of Camelyon16 detection CSVs (`metastasis detect` output): each slide's points "
+                              "go into its GeoJSON as Detection points with their probability (a slide without a "
+                              "CSV has none)")
     lesions.add_argument("--patients", type=existing_file,
                          help="CSV with the header slide,patient giving each slide's patient (default: from "
                               "CAMELYON17 slide names, patient_XXX_node_Y)")

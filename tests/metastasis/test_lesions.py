@@ -12,8 +12,9 @@ import pytest
 from medcore.errors import UserError
 from metastasis import cli
 from metastasis.evaluation.lesions import find_lesions, lesions_record, map_mpp, slide_result
-from metastasis.evaluation.overlays import (CLASSES, LESION_GROUPS, lesions_geojson, read_lesions_xml,
-                                           write_heatmap_tiff, write_lesions_geojson, write_lesions_xml)
+from metastasis.evaluation.overlays import (CLASSES, LESION_GROUPS, lesions_geojson, read_geojson_detections,
+                                           read_lesions_xml, write_heatmap_tiff, write_lesions_geojson,
+                                           write_lesions_xml)
 from metastasis.evaluation.staging import quadratic_weighted_kappa, read_stage_csv
 from metastasis.inference.maps import describe_map, load_map
 
@@ -254,6 +255,53 @@ def test_heatmap_tiff_opens_in_openslide_at_every_level(tmp_path):
         assert described["stride"] == 32 and described["heatmap_of"] == "/data/s.tif"
 
 
+def test_every_geojson_geometry_is_valid_for_an_independent_reader():
+    """shapely (GEOS) parses every feature and finds it valid, also where pixels touch only at a corner (a
+    MultiPolygon of the parts, touching there); each part is the union of its pixels' blocks, or the region with
+    its enclosed holes filled (holes are not traced)."""
+    from scipy import ndimage
+    from shapely.geometry import box, shape
+    from shapely.ops import unary_union
+
+    corner = np.zeros((6, 6), np.float32)
+    corner[1, 1] = corner[2, 2] = 0.9
+    geometry = lesions_geojson(find_lesions(corner, _meta(corner.shape, stride=1)))["features"][0]["geometry"]
+    assert geometry["type"] == "MultiPolygon" and shape(geometry).is_valid and shape(geometry).area == 2
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        probs = (rng.random((14, 14)) < 0.5).astype(np.float32)
+        labels = ndimage.label(probs >= 0.5, structure=np.ones((3, 3)))[0]
+        for lesion in find_lesions(probs, _meta(probs.shape, stride=1)):
+            geometry = shape(lesions_geojson([lesion])["features"][0]["geometry"])
+            assert geometry.is_valid, lesion.contour
+            x, y = lesion.contour[0]
+            region = labels == labels[int(y), int(x)]
+            blocks = unary_union([box(j, i, j + 1, i + 1) for i, j in zip(*np.nonzero(region))])
+            assert geometry.area in (blocks.area, ndimage.binary_fill_holes(region).sum())
+
+
+def test_detection_points_read_back_from_the_geojson_give_the_same_froc(tmp_path):
+    from metastasis.evaluation.detection import Detections, find_detections
+    from metastasis.evaluation.froc import EvalCase, evaluate_froc
+
+    probs = np.zeros((40, 40), np.float32)
+    probs[5:9, 5:9], probs[20, 30], probs[30:33, 10:12] = 0.9, 0.7, 0.6
+    meta = _meta(probs.shape, stride=32, mpp=0.25)
+    found = find_detections(probs, 32, tuple(meta["origin"]), 0.25)
+    path = write_lesions_geojson(tmp_path / "s_lesions.geojson", find_lesions(probs, meta), found)
+    back = read_geojson_detections(path)
+    assert len(back.probability) == 3
+    assert all(np.array_equal(getattr(back, k), getattr(found, k)) for k in ("probability", "x", "y"))
+    mask = np.zeros((40, 40), np.uint8)  # ground truth at the map's scale: the first lesion only
+    mask[5:9, 5:9] = 1
+
+    def froc(detections: Detections) -> float:
+        cases = [EvalCase("s", detections, mask, 100.0, 0.9, 1)]  # 100 um mask pixels: the lesion is no ITC
+        return evaluate_froc(cases, level=5, resamples=0).score
+
+    assert froc(back) == froc(found) and froc(found) > 0
+
+
 def test_lesions_record():
     probs = np.zeros((4, 4), np.float32)
     probs[1, 1] = 0.9
@@ -357,6 +405,15 @@ def test_command_on_one_map_with_mpp(tmp_path, capsys):
     assert json.loads((tmp_path / "out/patient_007_node_3_lesions.json").read_text())["mpp"] == 0.5
     assert (tmp_path / "out/stages.csv").read_text() == "patient,stage\npatient_007.zip,pN0(i+)\n" \
                                                         "patient_007_node_3.tif,itc\n"
+    # the detect command's points go into the GeoJSON with --detections (a malformed CSV stops before any work)
+    (tmp_path / "detections").mkdir()
+    (tmp_path / "detections/patient_007_node_3.csv").write_text("0.9,80,80\n")
+    assert cli.main(args + ["--mpp", "0.5", "--detections", str(tmp_path / "detections")]) == 0
+    back = read_geojson_detections(tmp_path / "out/patient_007_node_3_lesions.geojson")
+    assert back.probability.tolist() == [0.9] and (back.x[0], back.y[0]) == (80, 80)
+    (tmp_path / "detections/patient_007_node_3.csv").write_text("0.9,eighty,80\n")
+    assert cli.main(args + ["--mpp", "0.5", "--detections", str(tmp_path / "detections")]) == 2
+    assert "patient_007_node_3.csv" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("threshold,problem", [("0", "must be > 0"), ("1.5", "must be > 0 and <= 1"),

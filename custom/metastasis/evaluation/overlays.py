@@ -5,7 +5,9 @@
   a ``Polygon`` of one closed ring (the lesion's contour, its first point repeated last) and whose ``properties``
   are QuPath's: ``objectType`` ``"annotation"``, ``name`` (``Lesion 1``, ...), ``classification`` (the category's
   name and colour, :data:`CLASSES`) and ``measurements`` (maximum and mean probability, area in square microns,
-  longest diameter in microns).
+  longest diameter in microns). The geometry is valid in the simple-features sense (:func:`lesion_geometry`).
+  Optionally the Camelyon16 detections follow as ``Point`` features of class ``Detection``
+  (:func:`read_geojson_detections` reads them back).
 * ``NAME_lesions.xml`` (ASAP): the contours as ASAP polygons, grouped by category (the groups of
   :data:`CLASSES`, in their colours); ``read_asap_xml(path, groups=LESION_GROUPS)`` reads them back.
 * ``NAME_heatmap.tif`` (any viewer of pyramidal TIFFs: OpenSlide, QuPath, ASAP): the probability map as a tiled,
@@ -22,12 +24,15 @@ from typing import Sequence
 import numpy as np
 import tifffile
 
-from medcore.files import atomic_path, write_json
+from medcore.errors import UserError
+from medcore.files import atomic_path, read_json, write_json
 
 from ..data.annotations import Annotation, read_asap_xml, write_asap_xml
+from .detection import Detections
 from .lesions import Lesion
 
-__all__ = ["CLASSES", "LESION_GROUPS", "lesions_geojson", "write_lesions_geojson", "write_lesions_xml",
+__all__ = ["CLASSES", "DETECTION_CLASS", "LESION_GROUPS", "lesion_geometry", "lesions_geojson",
+           "read_geojson_detections", "write_lesions_geojson", "write_lesions_xml",
            "read_lesions_xml", "write_heatmap_tiff"]
 
 #: Each lesion category's (:func:`~metastasis.evaluation.staging.lesion_category`) class in the viewers: its name
@@ -38,11 +43,68 @@ CLASSES = {"itc": ("ITC", (255, 215, 0)), "micro": ("Micro-metastasis", (255, 12
 LESION_GROUPS = tuple(name for name, _ in CLASSES.values())
 
 
+def _signed_area(ring: np.ndarray) -> float:
+    """Shoelace area of a ring (N, 2), positive for the outline's own orientation (region on the right, y down)."""
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+
+
+def _simple_rings(ring: list[tuple[float, float]]) -> list[list[tuple[float, float]]]:
+    """``ring`` cut at every vertex it passes twice (where pixels of the region touch only at a corner) into rings
+    that pass no vertex twice."""
+    seen: dict[tuple[float, float], int] = {}
+    for k, vertex in enumerate(ring):
+        if vertex in seen:  # the loop between the two visits is a ring of its own; the rest goes on without it
+            first = seen[vertex]
+            return _simple_rings(ring[first:k]) + _simple_rings(ring[:first] + ring[k:])
+        seen[vertex] = k
+    return [ring]
+
+
+def _inside(point: np.ndarray, ring: np.ndarray) -> bool:
+    """Whether ``point`` lies inside ``ring`` (ray casting; ``point`` not on its edges)."""
+    x, y = point
+    x0, y0, x1, y1 = ring[:, 0], ring[:, 1], np.roll(ring[:, 0], -1), np.roll(ring[:, 1], -1)
+    crosses = (y0 > y) != (y1 > y)
+    xs = x0[crosses] + (y - y0[crosses]) * (x1[crosses] - x0[crosses]) / (y1[crosses] - y0[crosses])
+    return bool(np.count_nonzero(xs > x) % 2)
+
+
+def lesion_geometry(contour: np.ndarray) -> dict:
+    """A lesion's outline as a valid GeoJSON geometry (OGC simple features, as shapely checks them).
+
+    The traced outline passes a vertex twice where the region's pixels touch only at a corner, which a viewer
+    draws but the simple-features rules forbid. It is cut there into simple rings: those of the outline's own
+    orientation are the parts (a ``MultiPolygon`` when there are several, touching at corners), the others are
+    background enclosed through such a corner, each a hole of the part it lies in. Rings are closed (the first
+    point repeated last), parts counter-clockwise and holes clockwise as seen in GeoJSON's x-right, y-up axes
+    (RFC 7946's right-hand rule)."""
+    rings = [np.asarray(r, np.float64) for r in _simple_rings([tuple(v) for v in contour.tolist()])]
+    shells = [r for r in rings if _signed_area(r) > 0]
+    holes = [r for r in rings if _signed_area(r) < 0]
+    parts = [[shell] for shell in shells]
+    for hole in holes:
+        corners = {tuple(v) for shell in shells for v in shell.tolist()}
+        probe = next((v for v in hole if tuple(v.tolist()) not in corners), hole[0])
+        probe = probe + 0.25 * np.sign(hole.mean(axis=0) - probe)  # just inside the hole: off every edge
+        owner = next((part for part in parts if _inside(probe, part[0])), parts[0])
+        owner.append(hole)
+
+    def closed(ring: np.ndarray) -> list[list[float]]:
+        # a positive shoelace area is counter-clockwise in GeoJSON's x-right, y-up axes: parts already are, holes
+        # (negative) clockwise
+        return ring.tolist() + ring[:1].tolist()
+
+    polygons = [[closed(ring) for ring in part] for part in parts]
+    if len(polygons) == 1:
+        return {"type": "Polygon", "coordinates": polygons[0]}
+    return {"type": "MultiPolygon", "coordinates": polygons}
+
+
 def _feature(number: int, lesion: Lesion) -> dict:
     name, color = CLASSES[lesion.category]
-    ring = lesion.contour.tolist()
     return {"type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": [ring + ring[:1]]},
+            "geometry": lesion_geometry(lesion.contour),
             "properties": {"objectType": "annotation", "name": f"Lesion {number}",
                            "classification": {"name": name, "color": list(color)},
                            "measurements": {"Max probability": lesion.max_probability,
@@ -51,15 +113,49 @@ def _feature(number: int, lesion: Lesion) -> dict:
                                             "Longest diameter \u00b5m": lesion.longest_diameter_um}}}
 
 
-def lesions_geojson(lesions: Sequence[Lesion]) -> dict:
-    """The lesions as a QuPath GeoJSON ``FeatureCollection`` (the module docstring gives its layout)."""
-    return {"type": "FeatureCollection",
-            "features": [_feature(number, lesion) for number, lesion in enumerate(lesions, start=1)]}
+#: QuPath's class of the Camelyon16 detection points in the GeoJSON, and its colour.
+DETECTION_CLASS = ("Detection", (0, 160, 255))
 
 
-def write_lesions_geojson(path: str | Path, lesions: Sequence[Lesion]) -> Path:
+def _point(number: int, probability: float, x: float, y: float) -> dict:
+    name, color = DETECTION_CLASS
+    return {"type": "Feature", "geometry": {"type": "Point", "coordinates": [float(x), float(y)]},
+            "properties": {"objectType": "annotation", "name": f"Detection {number}",
+                           "classification": {"name": name, "color": list(color)},
+                           "measurements": {"Probability": float(probability)}}}
+
+
+def lesions_geojson(lesions: Sequence[Lesion], detections: Detections | None = None) -> dict:
+    """The lesions as a QuPath GeoJSON ``FeatureCollection`` (the module docstring gives its layout), and the
+    Camelyon16 detections as ``Point`` features of class ``Detection`` (their probability the one measurement)
+    when given."""
+    features = [_feature(number, lesion) for number, lesion in enumerate(lesions, start=1)]
+    if detections is not None:
+        features += [_point(n, p, x, y) for n, (p, x, y) in enumerate(
+            zip(detections.probability, detections.x, detections.y), start=1)]
+    return {"type": "FeatureCollection", "features": features}
+
+
+def write_lesions_geojson(path: str | Path, lesions: Sequence[Lesion], detections: Detections | None = None) -> Path:
     """Write :func:`lesions_geojson` atomically."""
-    return write_json(path, lesions_geojson(lesions))
+    return write_json(path, lesions_geojson(lesions, detections))
+
+
+def read_geojson_detections(path: str | Path) -> Detections:
+    """The detection points of a lesion GeoJSON (:func:`write_lesions_geojson`), as written (highest first)."""
+    collection = read_json(path, "lesion GeoJSON")
+    points = [f for f in collection.get("features", []) if isinstance(f, dict) and f.get("geometry", {}).get("type")
+              == "Point" and f.get("properties", {}).get("classification", {}).get("name") == DETECTION_CLASS[0]] \
+        if isinstance(collection, dict) else None
+    if points is None:
+        raise UserError(f"{path}: not a GeoJSON FeatureCollection")
+    try:
+        rows = [(float(f["properties"]["measurements"]["Probability"]), *map(float, f["geometry"]["coordinates"]))
+                for f in points]
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{path}: a detection point without a position or probability ({err})") from None
+    return Detections(*(np.array(column) for column in zip(*rows))) if rows else \
+        Detections(np.zeros(0), np.zeros(0), np.zeros(0))
 
 
 def write_lesions_xml(path: str | Path, lesions: Sequence[Lesion], comment: str | None = None) -> Path:

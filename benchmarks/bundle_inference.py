@@ -62,8 +62,8 @@ def main() -> None:
         slide = slides / "tumor_001.tif"
         if not slide.is_file():
             generate = timed([str(Path(sys.executable).with_name("metastasis")), "make-data", "--out",
-                              str(work / "data"), "--tumor", "1", "--normal", "0", "--width", str(args.size[0]), "--height", str(args.size[1]),
-                              "--seed", str(args.seed)])
+                              str(work / "data"), "--tumor", "1", "--normal", "0", "--width", str(args.size[0]),
+                              "--height", str(args.size[1]), "--seed", str(args.seed)])
             slides.mkdir(parents=True, exist_ok=True)
             slide.symlink_to(next((work / "data").rglob("tumor_001.tif")))
             print(f"generated {slide} in {generate['seconds']} s", flush=True)

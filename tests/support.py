@@ -52,3 +52,19 @@ def run_bundle_isolated(bundle: Path, dataset_dir: Path, output_dir: Path, cwd: 
     return subprocess.run([sys.executable, "-c", _ISOLATED, str(bundle / "configs/inference.json"), str(bundle),
                            str(dataset_dir), str(output_dir), *(f"{k}={json.dumps(v)}" for k, v in overrides.items())],
                           capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def bundle_metadata(bundle: Path) -> dict:
+    """A bundle's ``configs/metadata.json``, checked against MONAI's bundle specification
+    (docs/source/mb_specification.rst): its mandatory keys and each tensor's format specifier. The published JSON
+    schema is a release download that this offline machine cannot fetch, so the specification's list is checked."""
+    meta = json.loads((bundle / "configs/metadata.json").read_text())
+    for key in ("version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version", "task",
+                "description", "authors", "copyright", "network_data_format"):
+        assert meta[key], key
+    for direction in ("inputs", "outputs"):
+        for spec in meta["network_data_format"][direction].values():
+            for key in ("type", "format", "modality", "num_channels", "spatial_shape", "dtype", "value_range",
+                        "is_patch_data", "channel_def"):
+                assert key in spec, (direction, key)
+    return meta

@@ -18,14 +18,13 @@ voxel (tested, in a process that cannot import this project).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import nibabel
 from monai.networks.nets import SegResNet
 
-from medflare.bundle import base_metadata, checkpoint_provenance, cross_site_metrics, write_bundle
+from medflare.bundle import base_metadata, bundle_readme, checkpoint_provenance, cross_site_metrics, write_bundle
 
 from .config import TrainConfig
 from .data import MODALITIES
@@ -180,16 +179,8 @@ def _inference_config(config: TrainConfig) -> dict:
 
 
 def _readme(metadata: dict) -> str:
-    metrics = metadata["eval_metrics"]
-    measured = "\n".join(f"| {k} | {v} |" for k, v in metrics.items()) if metrics else \
-        "| (none) | this model was exported without cross-site results |"
     prov = metadata["provenance"]
-    return f"""# {metadata['name']}
-
-{metadata['description']}
-
-## Run it
-
+    return bundle_readme(metadata, f"""
 ```
 python -m monai.bundle run --config_file configs/inference.json --bundle_root . \\
     --dataset_dir /path/to/cases --output_dir /path/to/segmentations
@@ -203,22 +194,7 @@ by {prov['inference']['overlap']}, as in training's validation.
 `models/model.ts` is the same network as TorchScript: `torch.jit.load("models/model.ts")` takes (B, 4, X, Y, Z)
 with X, Y, Z divisible by 8 and returns TC, WT, ET logits. MONAI Label and MONAI Deploy load a bundle folder like
 this one as it is (MONAI Deploy's `MonaiBundleInferenceOperator`, MONAI Label's bundle apps).
-
-## How it was made
-
-- checkpoint `{prov['checkpoint']['file']}` (sha256 {prov['checkpoint']['sha256_16']}...), code commit
-  {prov['code']['commit']}
-- training settings: `{json.dumps(prov['settings'], sort_keys=True)}`
-- evaluation: {prov['evaluation'].get('source')}
-
-## Measured
-
-| metric | value |
-| --- | --- |
-{measured}
-
-Intended use: {metadata['intended_use']}
-"""
+""")
 
 
 def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> Path:

@@ -17,6 +17,7 @@ bundle), into a folder that is new or a bundle written before (any other file of
 
 from __future__ import annotations
 
+import json
 import subprocess
 import warnings
 from datetime import date
@@ -34,8 +35,8 @@ from medcore.provenance import file_digest
 from .crosssite import SERVER_BEST, SERVER_FINAL, ReportSpec, build_report, load_results
 
 __all__ = ["BUNDLE_METADATA", "BUNDLE_WEIGHTS", "BUNDLE_TORCHSCRIPT", "BUNDLE_INFERENCE", "bundle_files",
-           "code_commit", "base_metadata", "checkpoint_provenance", "cross_site_metrics", "write_bundle",
-           "read_bundle"]
+           "code_commit", "base_metadata", "checkpoint_provenance", "cross_site_metrics", "bundle_readme",
+           "write_bundle", "read_bundle"]
 
 BUNDLE_METADATA = "configs/metadata.json"
 BUNDLE_INFERENCE = "configs/inference.json"
@@ -110,6 +111,38 @@ def cross_site_metrics(checkpoint: Path, spec: ReportSpec) -> tuple[dict, dict]:
     return metrics, {"source": str(results_path), "model": model, "split": "each site's cross-site evaluation data",
                      "items_per_site": {site: report.weights[site] for site in report.scores[model]},
                      "average": f"AVE: weighted by {report.weights_source}"}
+
+
+def bundle_readme(metadata: Mapping, run: str) -> str:
+    """The bundle's ``docs/README.md``: its name and description, ``run`` (the task's "Run it" section, Markdown),
+    how it was made (checkpoint, commit, settings, evaluation) and the measured numbers (``eval_metrics``)."""
+    metrics = metadata["eval_metrics"]
+    measured = "\n".join(f"| {k} | {v} |" for k, v in metrics.items()) if metrics else \
+        "| (none) | this model was exported without cross-site results |"
+    prov = metadata["provenance"]
+    return f"""# {metadata['name']}
+
+{metadata['description']}
+
+## Run it
+
+{run.strip()}
+
+## How it was made
+
+- checkpoint `{prov['checkpoint']['file']}` (sha256 {prov['checkpoint']['sha256_16']}...), code commit
+  {prov['code']['commit']}
+- training settings: `{json.dumps(prov['settings'], sort_keys=True)}`
+- evaluation: {prov['evaluation'].get('source')}
+
+## Measured
+
+| metric | value |
+| --- | --- |
+{measured}
+
+Intended use: {metadata['intended_use']}
+"""
 
 
 def write_bundle(out: str | Path, script: str, network: torch.nn.Module, metadata: Mapping, inference: Mapping,

@@ -21,7 +21,6 @@ also need the stain estimate, which is not carried yet.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import openslide
 import skimage
 
 from medcore.errors import UserError
-from medflare.bundle import base_metadata, checkpoint_provenance, cross_site_metrics, write_bundle
+from medflare.bundle import base_metadata, bundle_readme, checkpoint_provenance, cross_site_metrics, write_bundle
 
 from . import config as config_module
 from . import model as model_module
@@ -252,16 +251,7 @@ def _inference_config(model: FullyConvolutionalResNet18) -> dict:
 
 
 def _readme(metadata: dict) -> str:
-    metrics = metadata["eval_metrics"]
-    measured = "\n".join(f"| {k} | {v} |" for k, v in metrics.items()) if metrics else \
-        "| (none) | this model was exported without cross-site results |"
-    prov = metadata["provenance"]
-    return f"""# {metadata['name']}
-
-{metadata['description']}
-
-## Run it
-
+    return bundle_readme(metadata, f"""
 ```
 python -m monai.bundle run --config_file configs/inference.json --bundle_root . \\
     --dataset_dir /path/to/slides --output_dir /path/to/maps [--stride 32] [--mode tiled]
@@ -278,22 +268,7 @@ needs monai, torch, openslide-python and scikit-image.
 `models/model.ts` is the same network as TorchScript: `torch.jit.load("models/model.ts")` takes (B, 3, H, W)
 normalised RGB and returns one tumour logit per 32 pixels of stride. MONAI Label and MONAI Deploy load a bundle
 folder like this one as it is (MONAI Deploy's `MonaiBundleInferenceOperator`, MONAI Label's bundle apps).
-
-## How it was made
-
-- checkpoint `{prov['checkpoint']['file']}` (sha256 {prov['checkpoint']['sha256_16']}...), code commit
-  {prov['code']['commit']}
-- training settings: `{json.dumps(prov['settings'], sort_keys=True)}`
-- evaluation: {prov['evaluation'].get('source')}
-
-## Measured
-
-| metric | value |
-| --- | --- |
-{measured}
-
-Intended use: {metadata['intended_use']}
-"""
+""")
 
 
 def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> Path:

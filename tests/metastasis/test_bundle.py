@@ -17,7 +17,7 @@ from metastasis.inference.maps import load_map
 from metastasis.model import PatchClassifier, load_checkpoint
 from medcore.errors import UserError
 
-from tests.support import run_bundle_isolated
+from tests.support import bundle_metadata, run_bundle_isolated
 
 PATCH = 64
 #: How far the bundle's maps may lie from ``metastasis infer --no-amp``'s: infer folds the batch norms into the
@@ -42,15 +42,7 @@ def run_checkpoint(tmp_path_factory):
 
 def test_metadata_carries_the_specs_keys_provenance_and_measured_numbers(run_checkpoint, tmp_path):
     bundle = export_bundle(run_checkpoint, tmp_path / "bundle")
-    meta = json.loads((bundle / "configs/metadata.json").read_text())
-    for key in ("version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version", "task",
-                "description", "authors", "copyright", "network_data_format"):
-        assert meta[key], key
-    for direction in ("inputs", "outputs"):
-        for spec in meta["network_data_format"][direction].values():
-            for key in ("type", "format", "modality", "num_channels", "spatial_shape", "dtype", "value_range",
-                        "is_patch_data", "channel_def"):
-                assert key in spec, (direction, key)
+    meta = bundle_metadata(bundle)
     assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [PATCH, PATCH]
     assert set(meta["required_packages_version"]) == {"openslide-python", "scikit-image"}
     assert meta["eval_metrics"] == {"site-1_val_accuracy": 0.9, "site-1_val_auc": 0.95, "site-1_val_sensitivity": 0.8,

@@ -24,7 +24,8 @@ from pathlib import Path
 import nibabel
 from monai.networks.nets import SegResNet
 
-from medflare.bundle import base_metadata, bundle_readme, checkpoint_provenance, cross_site_metrics, write_bundle
+from medflare.bundle import (base_metadata, bundle_readme, checkpoint_provenance, cross_site_metrics, inference_base,
+                             write_bundle)
 
 from .config import TrainConfig
 from .data import MODALITIES
@@ -144,14 +145,7 @@ def _metadata(model: BratsSegResNet, extras: dict, checkpoint: Path, config: Tra
 def _inference_config(config: TrainConfig) -> dict:
     keys = ["image"]
     return {
-        "imports": ["$import sys", "$from importlib import import_module as load_module"],
-        "bundle_root": ".",
-        # The bundle's own code, found from bundle_root whatever the working folder is (no word "import" in an
-        # expression with references: MONAI would parse it as an import statement).
-        "scripts": "$sys.path.insert(0, @bundle_root) or load_module('scripts.brats')",
-        "output_dir": "$@bundle_root + '/eval'",
-        "dataset_dir": "/workspace/data/brats",
-        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        **inference_base("brats", "/workspace/data/brats"),
         "datalist": "$@scripts.cases(@dataset_dir)",
         "network_def": {"_target_": "SegResNet", "spatial_dims": 3, "init_filters": 16, "in_channels": 4,
                         "out_channels": 3, "dropout_prob": 0.2, "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1]},

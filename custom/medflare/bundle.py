@@ -35,7 +35,8 @@ from medcore.provenance import file_digest
 from .crosssite import SERVER_BEST, SERVER_FINAL, ReportSpec, build_report, load_results
 
 __all__ = ["BUNDLE_METADATA", "BUNDLE_WEIGHTS", "BUNDLE_TORCHSCRIPT", "BUNDLE_INFERENCE", "bundle_files",
-           "code_commit", "base_metadata", "checkpoint_provenance", "cross_site_metrics", "bundle_readme",
+           "code_commit", "base_metadata", "checkpoint_provenance", "cross_site_metrics", "inference_base",
+           "bundle_readme",
            "write_bundle", "read_bundle"]
 
 BUNDLE_METADATA = "configs/metadata.json"
@@ -111,6 +112,22 @@ def cross_site_metrics(checkpoint: Path, spec: ReportSpec) -> tuple[dict, dict]:
     return metrics, {"source": str(results_path), "model": model, "split": "each site's cross-site evaluation data",
                      "items_per_site": {site: report.weights[site] for site in report.scores[model]},
                      "average": f"AVE: weighted by {report.weights_source}"}
+
+
+def inference_base(script: str, dataset_dir: str) -> dict:
+    """The entries every bundle's ``inference.json`` starts with: ``bundle_root``, the bundle's own code as
+    ``@scripts`` (``scripts/<script>.py``), ``output_dir`` and ``dataset_dir`` (both overridable on the command
+    line) and ``device`` (CUDA when there is one)."""
+    return {
+        "imports": ["$import sys", "$from importlib import import_module as load_module"],
+        "bundle_root": ".",
+        # The bundle's own code, found from bundle_root whatever the working folder is (no word "import" in an
+        # expression with references: MONAI would parse it as an import statement).
+        "scripts": f"$sys.path.insert(0, @bundle_root) or load_module('scripts.{script}')",
+        "output_dir": "$@bundle_root + '/eval'",
+        "dataset_dir": dataset_dir,
+        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+    }
 
 
 def bundle_readme(metadata: Mapping, run: str) -> str:

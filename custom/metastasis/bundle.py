@@ -28,7 +28,8 @@ import openslide
 import skimage
 
 from medcore.errors import UserError
-from medflare.bundle import base_metadata, bundle_readme, checkpoint_provenance, cross_site_metrics, write_bundle
+from medflare.bundle import (base_metadata, bundle_readme, checkpoint_provenance, cross_site_metrics, inference_base,
+                             write_bundle)
 
 from . import config as config_module
 from . import model as model_module
@@ -229,14 +230,7 @@ def _metadata(model: FullyConvolutionalResNet18, meta: dict, checkpoint: Path) -
 
 def _inference_config(model: FullyConvolutionalResNet18) -> dict:
     return {
-        "imports": ["$import sys", "$from importlib import import_module as load_module"],
-        "bundle_root": ".",
-        # The bundle's own code, found from bundle_root whatever the working folder is (no word "import" in an
-        # expression with references: MONAI would parse it as an import statement).
-        "scripts": "$sys.path.insert(0, @bundle_root) or load_module('scripts.metastasis')",
-        "output_dir": "$@bundle_root + '/eval'",
-        "dataset_dir": "/workspace/data/camelyon16/testing/images",
-        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        **inference_base("metastasis", "/workspace/data/camelyon16/testing/images"),
         "patch_size": model.patch_size,
         "network_def": "$@scripts.FullyConvolutionalResNet18(@patch_size)",
         "weights": "$@bundle_root + '/models/model.pt'",

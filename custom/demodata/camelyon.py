@@ -7,7 +7,9 @@ Real Camelyon16 slides cannot be downloaded here, so the demo and the tests run 
 * for tumour slides, an ASAP XML file with the lesion outlines as level-0 polygons in the Camelyon16 schema
   (group ``Tumor``, and ``_2`` exclusions of normal tissue inside a lesion);
 * the release's folder layout (``training/tumor``, ``training/normal``, ``training/lesion_annotations``, or
-  ``testing/images``, ``testing/lesion_annotations`` and ``testing/reference.csv``).
+  ``testing/images``, ``testing/lesion_annotations`` and ``testing/reference.csv``), or CAMELYON17's patients of
+  five lymph nodes with their pN stages (``camelyon17/patient_XXX_node_Y.tif``, ``lesion_annotations`` and
+  ``stage_labels.csv``: :func:`generate_camelyon17`).
 
 The scene is procedural in level-0 coordinates: tissue sections are smooth random blobs on white glass; normal
 lymph-node tissue is dense small dark lymphocyte nuclei in pink cytoplasm; metastases are sheets of large, pale,
@@ -25,16 +27,19 @@ sinuses; artefacts such as pen marks, folds, air bubbles and out-of-focus areas)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
 import multiprocessing
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tifffile
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+from scipy.spatial.distance import pdist, squareform
 
 from medcore.errors import UserError
 from medcore.files import atomic_path, check_replaceable, first_line_is, write_text
@@ -42,12 +47,15 @@ from medcore.progress import Progress
 from medcore.provenance import check_made_with
 from metastasis.data.annotations import Annotation, rasterize, read_asap_xml, write_asap_xml
 from metastasis.data.slide import SlideError, open_slide, read_rgb, slide_mpp
+from metastasis.evaluation.staging import (PN_STAGES, SLIDE_LABELS, lesion_category, read_stage_csv, slide_label,
+                                           stage_patients, write_stage_csv)
 
 from .centres import CENTRES, REFERENCE_GLASS, Appearance, blur_margin, reference_stains
 from .random_fields import item_rng, smooth_field
 
-__all__ = ["CAMELYON_MPP", "REFERENCE_STAINS", "SlideScene", "make_scene", "write_slide", "generate_dataset",
-           "pyramid_shapes"]
+__all__ = ["CAMELYON_MPP", "REFERENCE_STAINS", "LESION_DIAMETERS_UM", "CAMELYON17_NODES", "SlideScene",
+           "NoRoomError", "make_scene", "longest_diameter_um", "write_slide", "generate_dataset", "camelyon17_plan",
+           "generate_camelyon17", "pyramid_shapes"]
 
 logger = logging.getLogger(__name__)
 
@@ -315,12 +323,18 @@ def _hash_uniform(cx: np.ndarray, cy: np.ndarray, seed: int, salt: int, count: i
 
 
 def make_scene(name: str, width: int, height: int, tumour: bool, seed: int, index: int, centre: str | None = None,
-               difficulty: float = 0.0) -> SlideScene:
+               difficulty: float = 0.0, classes: Sequence[str] | None = None) -> SlideScene:
     """Design one slide: tissue sections and, for tumour slides, lesions of several sizes.
 
-    The scene depends only on (width, height, tumour, seed, index, centre, difficulty). Tumour slides get one or
-    two isolated-tumour-cell clusters (< 200 um), one or two micro-metastases (0.25-2 mm) and, when the tissue is
-    large enough, a macro-metastasis (> 2 mm); some lesions carry a ``_2`` exclusion of normal tissue.
+    The scene depends only on (width, height, tumour, seed, index, centre, difficulty, classes). Tumour slides get
+    one or two isolated-tumour-cell clusters (< 200 um), one or two micro-metastases (0.25-2 mm) and, when the
+    tissue is large enough, a macro-metastasis (> 2 mm); some lesions carry a ``_2`` exclusion of normal tissue.
+
+    ``classes``: instead, exactly one lesion per entry, of that CAMELYON17 class (``"itc"``, ``"micro"``,
+    ``"macro"``; a tumour slide only), each outline's longest diameter drawn within :data:`LESION_DIAMETERS_UM`
+    (checked after placing), on one tissue section (room for large lesions on small slides); a lesion that does
+    not fit raises a :class:`NoRoomError` (:func:`generate_camelyon17` makes such slides larger). None (the
+    default) leaves the scene exactly as without the argument.
 
     ``centre``: a key of :data:`~demodata.centres.CENTRES` (that centre's stain, scanner colour, focus, noise
     and JPEG quality), or None for the reference look. ``difficulty`` (0 to 1) makes tumour cells look more like
@@ -334,19 +348,27 @@ def make_scene(name: str, width: int, height: int, tumour: bool, seed: int, inde
         raise UserError(f"unknown centre {centre!r} (known: {', '.join(CENTRES)})")
     if not 0 <= difficulty <= 1:
         raise UserError(f"difficulty must be between 0 and 1, got {difficulty}")
+    if classes is not None and (not tumour or not classes or any(c not in LESION_DIAMETERS_UM for c in classes)):
+        raise UserError(f"lesion classes must be a non-empty list of {', '.join(LESION_DIAMETERS_UM)} on a tumour "
+                        f"slide, got {list(classes)!r}{'' if tumour else ' on a slide without tumour'}")
     rng = item_rng(seed, 1 if tumour else 0, index)
     rows, cols = math.ceil(height / _DESIGN_STEP) + 1, math.ceil(width / _DESIGN_STEP) + 1
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64) * _DESIGN_STEP
     field = np.full((rows, cols), -1.0)
     n_sections = int(rng.integers(1, 4))
+    # with lesion classes, one section nearly as large as the slide, its axes nearly along the slide's: room for
+    # the largest lesions a slide of that size can hold
+    fill, turn = ((0.28, 0.4), (0, math.pi)) if classes is None else ((0.46, 0.5), (-0.1, 0.1))
+    if classes is not None:
+        n_sections = 1
     for k in range(n_sections):
         # Sections side by side along the long axis, each an irregular ellipse.
         t = (k + 0.5) / n_sections
         cx = width * (t if width >= height else rng.uniform(0.4, 0.6))
         cy = height * (t if height > width else rng.uniform(0.4, 0.6))
-        rx = (width / (n_sections if width >= height else 1)) * rng.uniform(0.28, 0.4)
-        ry = (height / (n_sections if height > width else 1)) * rng.uniform(0.28, 0.4)
-        angle = rng.uniform(0, math.pi)
+        rx = (width / (n_sections if width >= height else 1)) * rng.uniform(*fill)
+        ry = (height / (n_sections if height > width else 1)) * rng.uniform(*fill)
+        angle = rng.uniform(*turn)
         dx, dy = xx - cx, yy - cy
         u = (dx * math.cos(angle) + dy * math.sin(angle)) / rx
         v = (-dx * math.sin(angle) + dy * math.cos(angle)) / ry
@@ -356,7 +378,7 @@ def make_scene(name: str, width: int, height: int, tumour: bool, seed: int, inde
 
     annotations: list[Annotation] = []
     if tumour:
-        annotations = _lesions(field, width, height, rng)
+        annotations = _lesions(field, width, height, rng, classes)
     stain = rng.uniform(0.92, 1.08, 2)
     mimics, artefacts = _difficulties(field, width, height, annotations, difficulty, item_rng(seed, 7, index))
     return SlideScene(name=name, width=width, height=height, seed=int(seed) * 100003 + index,
@@ -428,38 +450,111 @@ def _circle(cx: float, cy: float, radius: float) -> np.ndarray:
     return np.stack([cx + radius * np.cos(theta), cy + radius * np.sin(theta)], axis=1)
 
 
-def _lesions(field: np.ndarray, width: int, height: int, rng: np.random.Generator) -> list[Annotation]:
-    """Lesion polygons of several sizes, placed well inside tissue and apart from each other."""
+#: Longest diameters (um) of the lesions of scenes made with lesion ``classes`` (:func:`make_scene`), per
+#: CAMELYON17 class: well inside its limits (ITC up to 200 um, micro-metastasis up to 2 mm, macro-metastasis above),
+#: farther from them than measuring a lesion on a probability map can err (a map pixel's diagonal, 11 um at stride
+#: 32), so that a perfect map gives every lesion the class it was made with.
+LESION_DIAMETERS_UM = {"itc": (40.0, 150.0), "micro": (300.0, 1500.0), "macro": (2200.0, 3000.0)}
+
+
+class NoRoomError(UserError):
+    """A lesion of a requested class does not fit the slide's tissue (:func:`make_scene` with ``classes``)."""
+
+
+def longest_diameter_um(points: np.ndarray, mpp: float = CAMELYON_MPP) -> float:
+    """A polygon's longest diameter in microns: the largest distance between two of its level-0 vertices (N, 2),
+    as CAMELYON17 measures a lesion (:func:`metastasis.evaluation.staging.lesion_category`)."""
+    points = np.asarray(points, np.float64)
+    i, j = _farthest_pair(points)
+    return float(np.hypot(*(points[i] - points[j]))) * mpp
+
+
+def _farthest_pair(points: np.ndarray) -> tuple[int, int]:
+    """Indices of the two points (N >= 2, 2) farthest apart (over the convex hull's vertices)."""
+    try:
+        index = ConvexHull(points).vertices if len(points) > 3 else np.arange(len(points))
+    except QhullError:  # all on a line: every point
+        index = np.arange(len(points))
+    distances = squareform(pdist(points[index]))
+    i, j = np.unravel_index(int(np.argmax(distances)), distances.shape)
+    return int(index[i]), int(index[j])
+
+
+def _lesions(field: np.ndarray, width: int, height: int, rng: np.random.Generator,
+             classes: Sequence[str] | None = None) -> list[Annotation]:
+    """Lesion polygons of several sizes (or one per entry of ``classes``, see :func:`make_scene`), placed well
+    inside tissue and apart from each other."""
     um = 1.0 / CAMELYON_MPP  # level-0 pixels per micron
     inner = np.argwhere(field > 0.12)  # design cells deep inside tissue
     if len(inner) == 0:
         raise UserError("the slide has no tissue deep enough to place lesions; make it larger")
     depth_um = float(field.max()) * min(width, height) * 0.3 / um  # rough size of the tissue, in microns
-    sizes = [("itc", rng.uniform(40, 150)) for _ in range(int(rng.integers(1, 3)))]
-    sizes += [("micro", rng.uniform(250, max(260.0, min(2000.0, depth_um)))) for _ in range(int(rng.integers(1, 3)))]
-    if depth_um > 2500:
-        sizes.append(("macro", rng.uniform(2100, min(6000.0, depth_um))))
+    if classes is None:
+        sizes = [("itc", rng.uniform(40, 150)) for _ in range(int(rng.integers(1, 3)))]
+        sizes += [("micro", rng.uniform(250, max(260.0, min(2000.0, depth_um))))
+                  for _ in range(int(rng.integers(1, 3)))]
+        if depth_um > 2500:
+            sizes.append(("macro", rng.uniform(2100, min(6000.0, depth_um))))
+        smallest_um = {"itc": 20.0, "micro": 210.0, "macro": 2010.0}  # keep each lesion in its class when shrinking
+    else:  # longest diameters, each in its class's range and, where it allows, below 0.8 of the widest tissue disc
+        rows, cols = np.indices(field.shape) * _DESIGN_STEP
+        tissue = (field > 0.02) & (rows < height) & (cols < width)
+        clearance = ndimage.distance_transform_edt(np.pad(tissue, 1))[1:-1, 1:-1] * _DESIGN_STEP  # level-0 px
+        room_um = 1.6 * float(clearance.max()) / um
+        bounds = [LESION_DIAMETERS_UM[kind] for kind in classes]
+        sizes = [(kind, rng.uniform(lo, max(lo, min(hi, room_um)))) for kind, (lo, hi) in zip(classes, bounds)]
+        smallest_um = {kind: lo for kind, (lo, _) in zip(classes, bounds)}
+    # lesions keep apart by this factor of their radii plus a gap; with classes, outlines are scaled to their
+    # longest diameter (no point farther than 1.08 radius from the centre) and kept just far enough apart not to
+    # touch in a probability map (50 um: 6 map pixels at stride 32)
+    spread, gap_um = (1.5, 120.0) if classes is None else (1.1, 50.0)
     placed: list[tuple[float, float, float]] = []
     annotations = []
-    smallest_um = {"itc": 20.0, "micro": 210.0, "macro": 2010.0}  # keep each lesion in its class when shrinking
     for kind, diameter_um in sorted(sizes, key=lambda s: -s[1]):
         radius = diameter_um * um / 2
+        centres = inner
         for attempt in range(300):
             if attempt and attempt % 50 == 0:  # no room: try a smaller lesion of the same class
                 radius = max(radius * 0.85, smallest_um[kind] * um / 2)
-            i, j = inner[rng.integers(len(inner))]
+            if classes is not None:  # centres far enough from the tissue's edge (every point of a scaled outline
+                # lies 0.46 to 1.08 radius from its centre)
+                centres = inner[clearance[inner[:, 0], inner[:, 1]] >= 0.46 * radius - _DESIGN_STEP]
+                if len(centres) == 0:
+                    continue
+            i, j = centres[rng.integers(len(centres))]
             cx, cy = (j + rng.uniform(-0.5, 0.5)) * _DESIGN_STEP, (i + rng.uniform(-0.5, 0.5)) * _DESIGN_STEP
             outline = _blob(cx, cy, radius, rng)
-            apart = all(math.hypot(cx - px, cy - py) > 1.5 * (radius + pr) + 120 * um for px, py, pr in placed)
+            if classes is not None:  # scaled about its centre to a longest diameter of 2 radius exactly, that
+                # diameter turned to within 0.25 rad of the slide's longer side (room for large lesions)
+                a, b = outline[list(_farthest_pair(outline))]
+                along = 0.0 if width >= height else math.pi / 2
+                turn = along + rng.uniform(-0.25, 0.25) - math.atan2(b[1] - a[1], b[0] - a[0])
+                scale = 2 * radius / float(np.hypot(*(b - a)))
+
+                def shape(points: np.ndarray) -> np.ndarray:
+                    return _turn((points - (cx, cy)) * scale, turn) + (cx, cy)
+
+                outline = shape(outline)
+            apart = all(math.hypot(cx - px, cy - py) > spread * (radius + pr) + gap_um * um
+                        for px, py, pr in placed)
             if apart and _inside_tissue(outline, field, width, height):
                 break
         else:
+            if classes is not None:
+                raise NoRoomError(f"no room for a {kind} lesion of {smallest_um[kind]:g} um or more on the {width} x "
+                                  f"{height} slide's tissue; make the slide larger")
             continue  # no room for this lesion on a small slide
         placed.append((cx, cy, radius))
         annotations.append(Annotation(f"Annotation {len(annotations)}", "Tumor", outline))
+        if classes is not None:  # the class a user measures
+            measured, (lo, hi) = longest_diameter_um(outline), LESION_DIAMETERS_UM[kind]
+            if not lo * 0.999 <= measured <= hi * 1.001 or lesion_category(measured) != kind:  # pragma: no cover
+                raise AssertionError(f"a {kind} lesion measures {measured:.1f} um")  # a bug, not an input
         if kind != "itc" and rng.random() < 0.5:
-            annotations.append(Annotation(f"Annotation {len(annotations)}", "_2",
-                                          _blob(cx + radius * 0.15, cy - radius * 0.1, radius * 0.2, rng)))
+            hole = _blob(cx + radius * 0.15, cy - radius * 0.1, radius * 0.2, rng)
+            if classes is not None:  # where it lies in the outline without classes
+                hole = shape(hole)
+            annotations.append(Annotation(f"Annotation {len(annotations)}", "_2", hole))
     return annotations
 
 
@@ -567,13 +662,15 @@ def write_slide(scene: SlideScene, path: str | Path, tile: int = 512, quality: i
 
 @dataclasses.dataclass(frozen=True)
 class _Layout:
-    """Where the Camelyon16 release keeps slides and annotations, per split."""
+    """Where the Camelyon16 release keeps slides and annotations, per split (and CAMELYON17's, ``camelyon17``)."""
 
     split: str
 
     def slide(self, name: str, tumour: bool) -> Path:
         if self.split == "testing":
             return Path("testing/images") / f"{name}.tif"
+        if self.split == "camelyon17":
+            return Path("camelyon17") / f"{name}.tif"
         return Path("training") / ("tumor" if tumour else "normal") / f"{name}.tif"
 
     def annotation(self, name: str) -> Path:
@@ -642,7 +739,7 @@ def generate_dataset(root: str | Path, n_tumour: int, n_normal: int, width: int,
     pixels against the scene) before the next one starts. Existing slides are kept unless ``overwrite``. Only
     files this generator wrote are ever replaced: a slide, annotation or ``reference.csv`` of the same name that it
     did not write (a real data set) stops the run before anything is written. ``centre`` and ``difficulty``: see
-    :func:`make_scene`.
+    :func:`make_scene`. CAMELYON17's layout (patients, lymph nodes, pN stages): :func:`generate_camelyon17`.
     """
     if split not in ("training", "testing"):
         raise UserError(f"split must be 'training' or 'testing', got {split!r}")
@@ -651,7 +748,6 @@ def generate_dataset(root: str | Path, n_tumour: int, n_normal: int, width: int,
         raise UserError("nothing to generate: no tumour and no normal slides requested")
     root = Path(root)
     layout = _Layout(split)
-    todo = []
 
     def made_with(tumour: bool) -> dict:
         """What decides a slide: a kept slide must have been made with the same (the seed and the counts decide
@@ -659,39 +755,205 @@ def generate_dataset(root: str | Path, n_tumour: int, n_normal: int, width: int,
         return {"width": width, "height": height, "seed": seed, "centre": centre, "difficulty": difficulty,
                 "tumour": tumour}
 
-    for index, (name, tumour) in enumerate(names):
-        path, xml = root / layout.slide(name, tumour), root / layout.annotation(name)
-        keep = path.is_file() and not overwrite and (xml.is_file() or not tumour)
-        if keep:
-            check_made_with(path, slide_made_with(path), made_with(tumour),
-                            "pass --overwrite to regenerate the slides, or choose another --out")
-        else:
-            check_replaceable(path, "synthetic slide", is_synthetic_slide)
-            check_replaceable(xml, "synthetic annotation file", _is_synthetic_xml)
-        todo.append((index, name, tumour, path, xml, keep))
-    if split == "testing":
-        check_replaceable(root / "testing" / "reference.csv", "synthetic reference.csv",
-                          first_line_is(_REFERENCE_HEADER))
-    progress = Progress(len(names), "slides", logger)
-    paths = []
-    for index, name, tumour, path, xml, keep in todo:
-        paths.append(path)
-        if keep:
-            progress.step(f"kept existing {path.name}")
-            continue
-        scene = make_scene(name, width, height, tumour, seed, index, centre, difficulty)
-        write_slide(scene, path, tile=tile, workers=workers, made_with=made_with(tumour))  # first: an interrupted
-        # slide leaves no orphan XML
-        if scene.annotations:
-            write_asap_xml(xml, scene.annotations, comment=f"{SYNTHETIC_DESCRIPTION} {name}")
-        elif xml.is_file():  # the generator's own (checked above) XML of a test slide that had tumour before
-            xml.unlink()
-        verify_slide(scene, path, xml if scene.annotations else None)
-        lesions = sum(not a.is_exclusion for a in scene.annotations)
-        progress.step(f"wrote {path.name} {width}x{height}, {lesions} lesion(s)")
+    jobs = [_Job(name, root / layout.slide(name, tumour), root / layout.annotation(name), tumour, made_with(tumour),
+                 functools.partial(make_scene, name, width, height, tumour, seed, index, centre, difficulty))
+            for index, (name, tumour) in enumerate(names)]
+    reference = root / "testing" / "reference.csv"
+    paths = _write_slides(jobs, tile, workers, overwrite,
+                          [(reference, "synthetic reference.csv", first_line_is(_REFERENCE_HEADER))]
+                          if split == "testing" else [])
     if split == "testing":
         rows = "".join(f"{name},{'Tumor' if t else 'Normal'}\n" for name, t in names)
-        write_text(root / "testing" / "reference.csv", f"{_REFERENCE_HEADER}\n" + rows)
+        write_text(reference, f"{_REFERENCE_HEADER}\n" + rows)
+    return paths
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One slide to write: its name, files, settings record (:func:`write_slide`'s ``made_with``) and design."""
+
+    name: str
+    path: Path
+    xml: Path
+    tumour: bool
+    made_with: dict
+    design: Callable[[], SlideScene]
+
+
+def _write_slides(jobs: Sequence[_Job], tile: int, workers: int, overwrite: bool,
+                  also: Sequence[tuple[Path, str, Callable[[Path], bool]]] = ()) -> list[Path]:
+    """Write each job's slide (then its annotations, or remove a stale XML of ours), verify it, and return the
+    slide paths. Existing slides made with the same settings are kept unless ``overwrite``; before anything is
+    written, every file to replace, and each ``(path, what, recognise)`` of ``also`` (files the caller writes
+    afterwards), must be this generator's (:func:`~medcore.files.check_replaceable`)."""
+    todo = []
+    for job in jobs:
+        keep = job.path.is_file() and not overwrite and (job.xml.is_file() or not job.tumour)
+        if keep:
+            check_made_with(job.path, slide_made_with(job.path), job.made_with,
+                            "pass --overwrite to regenerate the slides, or choose another --out")
+        else:
+            check_replaceable(job.path, "synthetic slide", is_synthetic_slide)
+            check_replaceable(job.xml, "synthetic annotation file", _is_synthetic_xml)
+        todo.append((job, keep))
+    for path, what, recognise in also:
+        check_replaceable(path, what, recognise)
+    progress = Progress(len(todo), "slides", logger)
+    for job, keep in todo:
+        if keep:
+            progress.step(f"kept existing {job.path.name}")
+            continue
+        scene = job.design()
+        write_slide(scene, job.path, tile=tile, workers=workers, made_with=job.made_with)  # first: an interrupted
+        # slide leaves no orphan XML
+        if scene.annotations:
+            write_asap_xml(job.xml, scene.annotations, comment=f"{SYNTHETIC_DESCRIPTION} {job.name}")
+        elif job.xml.is_file():  # the generator's own (checked above) XML of a slide that had tumour before
+            job.xml.unlink()
+        verify_slide(scene, job.path, job.xml if scene.annotations else None)
+        lesions = sum(not a.is_exclusion for a in scene.annotations)
+        progress.step(f"wrote {job.path.name} {scene.width}x{scene.height}, {lesions} lesion(s)")
+    return [job.path for job in jobs]
+
+
+#: CAMELYON17's lymph nodes per patient (one slide each).
+CAMELYON17_NODES = 5
+
+
+def camelyon17_plan(patients: int, nodes: int = CAMELYON17_NODES, seed: int = 0) -> list[tuple[str, str, list]]:
+    """What :func:`generate_camelyon17` makes: per patient ``(name, planned pN stage, [(node slide name, lesion
+    classes), ...])``, a node without classes being negative.
+
+    Patient ``k`` (``patient_XXX``, from 000) is planned the stage ``k`` modulo 5 on CAMELYON17's scale
+    (:data:`~metastasis.evaluation.staging.PN_STAGES`: pN0, pN0(i+), pN1mi, pN1, pN2; pN2 needs four nodes or more
+    and is skipped with fewer), so any five patients in a row hold every stage. Its nodes' labels are drawn (from
+    ``seed`` and ``k``) to realise it: pN0(i+) 1-3 nodes with ITCs; pN1mi 1 to all nodes with micro-metastases;
+    pN1 1-3 and pN2 4 or more positive nodes, one of them with a macro-metastasis and the others with
+    micro-metastases; the remaining nodes of pN1mi, pN1 and pN2 patients are negative or (30 %) hold ITCs. A node
+    holds one lesion of its label's class: a macro-metastasis alone (it fills the node's tissue), a
+    micro-metastasis sometimes (50 %) beside an ITC, and an ITC node one or two ITCs.
+    """
+    if patients < 1 or nodes < 1:
+        raise UserError(f"nothing to generate: {patients} patients of {nodes} lymph nodes each requested")
+    stages = [stage for stage in PN_STAGES if stage != "pN2" or nodes >= 4]
+    plan = []
+    for k in range(patients):
+        stage = stages[k % len(stages)]
+        rng = item_rng(seed, 1717, k)
+        order = [int(i) for i in rng.permutation(nodes)]
+        labels = ["negative"] * nodes
+        if stage == "pN0(i+)":
+            for i in order[:int(rng.integers(1, min(3, nodes) + 1))]:
+                labels[i] = "itc"
+        elif stage != "pN0":
+            low, high = {"pN1mi": (1, nodes), "pN1": (1, min(3, nodes)), "pN2": (4, nodes)}[stage]
+            positive = int(rng.integers(low, high + 1))
+            for rank, i in enumerate(order):
+                if rank < positive:
+                    labels[i] = "macro" if rank == 0 and stage != "pN1mi" else "micro"
+                elif rng.random() < 0.3:
+                    labels[i] = "itc"
+        name = f"patient_{k:03d}"
+        node_classes = []
+        for j, label in enumerate(labels):
+            if label == "negative":
+                classes: tuple[str, ...] = ()
+            elif label == "itc":
+                classes = ("itc",) * int(rng.integers(1, 3))
+            elif label == "micro":
+                classes = ("micro",) + (("itc",) if rng.random() < 0.5 else ())
+            else:  # alone: a macro-metastasis fills the node's section
+                classes = ("macro",)
+            node_classes.append((f"{name}_node_{j}", classes))
+        plan.append((name, stage, node_classes))
+    return plan
+
+
+def _node_scene(name: str, width: int, height: int, seed: int, index: int, centre: str | None, difficulty: float,
+                classes: tuple[str, ...]) -> SlideScene:
+    """A lymph node's scene: ``width`` x ``height`` or, when its lesions do not fit there, larger (both sides
+    grown alike: first to about what its largest lesion class needs, then by a sixteenth at a time)."""
+    if not classes:
+        return make_scene(name, width, height, False, seed, index, centre, difficulty)
+    longest = max(LESION_DIAMETERS_UM[kind][0] for kind in classes) / CAMELYON_MPP  # level-0 pixels
+    grow = max(1.0, longest / (0.9 * max(width, height)))
+    for _ in range(80):
+        try:
+            return make_scene(name, round(width * grow), round(height * grow), True, seed, index, centre,
+                              difficulty, classes)
+        except NoRoomError:
+            grow *= 1.0625
+    raise AssertionError(f"{name}: no room for lesions {classes} on slides up to {round(width * grow)} x "
+                         f"{round(height * grow)}")  # pragma: no cover - a bug, not an input
+
+
+def _xml_label(xml: Path) -> str:
+    """A node's CAMELYON17 label measured from its annotation file, as a user would: the class of its largest
+    tumour polygon's longest diameter (``negative`` without a file)."""
+    if not xml.is_file():
+        return "negative"
+    return slide_label(longest_diameter_um(a.points) for a in read_asap_xml(xml) if not a.is_exclusion)
+
+
+def _is_synthetic_stage_csv(path: Path) -> bool:
+    """A ``stage_labels.csv`` this generator wrote: CAMELYON17's format (its header is the challenge's too), and
+    every slide it lists, beside it, a synthetic slide."""
+    try:
+        _, labels = read_stage_csv(path)
+    except UserError:
+        return False
+    return bool(labels) and all(is_synthetic_slide(path.parent / f"{name}.tif") for name in labels)
+
+
+def generate_camelyon17(root: str | Path, patients: int, width: int, height: int, seed: int = 0,
+                        nodes: int = CAMELYON17_NODES, tile: int = 512, workers: int = 1, overwrite: bool = False,
+                        centre: str | None = None, difficulty: float = 0.0) -> list[Path]:
+    """Write a CAMELYON17-format set under ``root``: ``patients`` patients of ``nodes`` lymph nodes, one slide each,
+    with pN stages (:func:`camelyon17_plan`); return the slide paths.
+
+    Writes ``camelyon17/patient_XXX_node_Y.tif``, ``camelyon17/lesion_annotations/patient_XXX_node_Y.xml`` for
+    the nodes with lesions (ASAP XML, as CAMELYON17's annotations) and ``camelyon17/stage_labels.csv`` in
+    CAMELYON17's format (:func:`~metastasis.evaluation.staging.write_stage_csv`: ``patient,stage``, then each
+    ``patient_XXX.zip,<pN stage>`` and its ``patient_XXX_node_Y.tif,<label>`` rows). The labels there are measured
+    from the written XML, each lesion's class by its polygon's longest diameter
+    (:func:`~metastasis.evaluation.staging.slide_label`), and the stages follow from them
+    (:func:`~metastasis.evaluation.staging.stage_patients`); both are checked against the plan. Lesions are made
+    with :func:`make_scene`'s ``classes``, their longest diameters within :data:`LESION_DIAMETERS_UM`.
+
+    Slides are ``width`` x ``height``, except nodes whose lesions need more tissue: those are made larger, both
+    sides alike, until the lesions fit (at 4:3, a macro-metastasis needs about 100 megapixels, 10000 x 7500 to
+    13600 x 10200; a micro-metastasis 1500 x 1100 to 2300 x 1700). Slides are written, verified, kept and never
+    replaced unless this generator wrote them, as by :func:`generate_dataset` (a kept slide must have been made
+    with the same ``width``, ``height``, ``seed``, ``nodes``, ``centre`` and ``difficulty``, which its settings
+    record holds). A kept node whose annotations no longer measure its planned label is an error.
+    """
+    plan = camelyon17_plan(patients, nodes, seed)
+    root = Path(root)
+    layout = _Layout("camelyon17")
+    jobs = []
+    for k, (_, _, node_classes) in enumerate(plan):
+        for j, (name, classes) in enumerate(node_classes):
+            made_with = {"layout": "camelyon17", "width": width, "height": height, "seed": seed, "nodes": nodes,
+                         "centre": centre, "difficulty": difficulty, "lesions": list(classes)}
+            jobs.append(_Job(name, root / layout.slide(name, bool(classes)), root / layout.annotation(name),
+                             bool(classes), made_with,
+                             functools.partial(_node_scene, name, width, height, seed, k * nodes + j, centre,
+                                               difficulty, classes)))
+    csv_path = root / "camelyon17" / "stage_labels.csv"
+    paths = _write_slides(jobs, tile, workers, overwrite,
+                          [(csv_path, "synthetic stage_labels.csv", _is_synthetic_stage_csv)])
+    labels = {job.name: _xml_label(job.xml) for job in jobs}
+    stages = stage_patients(labels)
+    for patient, stage, node_classes in plan:
+        for name, classes in node_classes:
+            planned = max(classes, key=SLIDE_LABELS.index, default="negative")
+            if labels[name] != planned:  # a kept node's XML edited since
+                where = root / layout.annotation(name)
+                raise UserError(f"{where}: its lesions measure {labels[name]}, the node was made {planned}; pass "
+                                "--overwrite to regenerate the slides, or choose another --out")
+        if stages[patient] != stage:  # pragma: no cover - a bug, not an input
+            raise AssertionError(f"{patient}: planned {stage}, its nodes' labels give {stages[patient]}")
+    write_stage_csv(csv_path, stages, labels)
     return paths
 
 

@@ -2,7 +2,7 @@
 
 The data preparation and training path, each step a file a user can open::
 
-    metastasis make-data   # (demo) synthetic Camelyon16-format slides + ASAP XML
+    metastasis make-data   # (demo) synthetic Camelyon16- or CAMELYON17-format slides + ASAP XML (+ pN stages)
     metastasis tissue      # slides -> tissue masks (PNG + JSON geometry + overlay PNG)
     metastasis patches     # slides + XML + tissue masks (or NCRF coordinate files) -> patch list JSON
     metastasis train       # patch list -> best_model.pt, metrics.csv, TensorBoard (standalone, no FLARE)
@@ -60,11 +60,24 @@ def _slides(paths: Sequence[str]) -> list[Path]:
 
 
 def _make_data(args: argparse.Namespace) -> int:
-    from demodata.camelyon import generate_dataset
+    from demodata.camelyon import generate_camelyon17, generate_dataset
 
-    paths = generate_dataset(args.out, args.tumor, args.normal, args.width, args.height, seed=args.seed,
-                             split=args.split, tile=args.tile, workers=args.workers, overwrite=args.overwrite,
-                             centre=args.centre, difficulty=args.difficulty)
+    options = {"seed": args.seed, "tile": args.tile, "workers": args.workers, "overwrite": args.overwrite,
+               "centre": args.centre, "difficulty": args.difficulty}
+    if args.split == "camelyon17":
+        given = [flag for flag, value in (("--tumor", args.tumor), ("--normal", args.normal)) if value is not None]
+        if given:
+            raise UserError(f"{' and '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to --split "
+                            "camelyon17 (each patient's nodes follow its pN stage); give --patients")
+        paths = generate_camelyon17(args.out, 5 if args.patients is None else args.patients, args.width,
+                                    args.height, **options)
+    else:
+        if args.patients is not None:
+            raise UserError(f"--patients applies to --split camelyon17 only; give --tumor and --normal for "
+                            f"--split {args.split}")
+        paths = generate_dataset(args.out, 2 if args.tumor is None else args.tumor,
+                                 2 if args.normal is None else args.normal, args.width, args.height,
+                                 split=args.split, **options)
     print(f"{len(paths)} slides under {args.out}/{args.split}")
     return 0
 
@@ -340,24 +353,36 @@ def _job_options(parser: argparse.ArgumentParser) -> None:
 def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
     """make-data, tissue, patches: the data preparation path."""
     make = sub.add_parser(
-        "make-data", help="generate synthetic Camelyon16-format slides and ASAP XML annotations",
+        "make-data", help="generate synthetic Camelyon16- or CAMELYON17-format slides and ASAP XML annotations",
         description="Generate synthetic H&E lymph-node slides as pyramidal tiled JPEG TIFFs (0.243 um/px, "
                     "OpenSlide-readable) with ASAP XML lesion annotations, in the Camelyon16 release layout, "
-                    "and verify each slide by reading it back with OpenSlide.",
+                    "and verify each slide by reading it back with OpenSlide. With --split camelyon17: --patients "
+                    "patients of 5 lymph nodes each (camelyon17/patient_XXX_node_Y.tif, lesion_annotations/ for "
+                    "the nodes with lesions) and camelyon17/stage_labels.csv (CAMELYON17's patient,stage format): "
+                    "patient k is planned the pN stage k modulo 5 (pN0, pN0(i+), pN1mi, pN1, pN2), its nodes "
+                    "negative or holding ITCs, micro- or macro-metastases to match, and the CSV's labels and "
+                    "stages are measured from the written XML (each lesion's longest diameter). Nodes whose "
+                    "lesions need more tissue than --width x --height are made larger (a macro-metastasis needs "
+                    "about 100 megapixels).",
     )
     make.add_argument("--out", required=True, type=output_dir,
-                      help="data root to write (training/ or testing/ is created inside)")
-    make.add_argument("--tumor", type=number(int, minimum=0), default=2,
-                      help="number of slides with metastases (default: 2)")
-    make.add_argument("--normal", type=number(int, minimum=0), default=2,
-                      help="number of slides without metastases (default: 2)")
+                      help="data root to write (training/, testing/ or camelyon17/ is created inside)")
+    make.add_argument("--tumor", type=number(int, minimum=0),
+                      help="number of slides with metastases (default: 2; not with --split camelyon17)")
+    make.add_argument("--normal", type=number(int, minimum=0),
+                      help="number of slides without metastases (default: 2; not with --split camelyon17)")
+    make.add_argument("--patients", type=number(int, minimum=1, maximum=1000),
+                      help="--split camelyon17: number of patients, 5 lymph-node slides each, 1-1000 (default: 5, "
+                           "one of each pN stage)")
     make.add_argument("--width", type=number(int, minimum=512, maximum=400_000), default=8192,
                       help="level-0 width in pixels, 512-400000 (default: 8192)")
     make.add_argument("--height", type=number(int, minimum=512, maximum=400_000), default=6144,
                       help="level-0 height in pixels, 512-400000 (default: 6144)")
-    make.add_argument("--split", choices=("training", "testing"), default="training",
+    make.add_argument("--split", choices=("training", "testing", "camelyon17"), default="training",
                       help="release layout to write: training/{tumor,normal,lesion_annotations} or "
-                           "testing/{images,lesion_annotations} plus testing/reference.csv (default: training)")
+                           "testing/{images,lesion_annotations} plus testing/reference.csv (Camelyon16), or "
+                           "camelyon17/ with lesion_annotations/ and stage_labels.csv (CAMELYON17's patients, nodes "
+                           "and pN stages) (default: training)")
     make.add_argument("--tile", type=number(int, minimum=16, multiple_of=16), default=512,
                       help="TIFF tile size in pixels, a multiple of 16 (default: 512)")
     make.add_argument("--workers", type=number(int, minimum=1, maximum=MAX_PARALLEL), default=1,
@@ -370,7 +395,7 @@ def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
                       help="0-1: tumour cells closer to lymphocytes, plus benign mimics (germinal centres, "
                            "histiocyte clusters, sinuses) and artefacts (pen marks, folds, air bubbles, "
                            "out-of-focus areas), more the higher (default: 0, the easy demo data)")
-    add_generator_options(make, "slides", "slides, annotations and reference.csv")
+    add_generator_options(make, "slides", "slides, annotations, reference.csv and stage_labels.csv")
     make.set_defaults(func=_make_data, memory_options="--tile and --workers")
 
     tissue = sub.add_parser(

@@ -21,9 +21,12 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator, Sequence
 
 from .errors import UserError, first_line
+
+if TYPE_CHECKING:  # numpy is imported where an array is read, not by every command that writes a file
+    import numpy as np
 
 __all__ = ["OUTPUT_MARKER", "is_byte_code_cache", "listed_outputs", "check_replaceable", "first_line_is",
            "mark_output", "claim_output_dir", "atomic_path", "atomic_directory", "write_json", "write_text",

@@ -271,7 +271,6 @@ def add_deploy_parser(sub: argparse._SubParsersAction, task: TaskSpec) -> None:
     """``deploy``: kits -> federation -> job -> report."""
 
     def run(args: argparse.Namespace) -> int:
-        from .crosssite import report_command
         from .deploy import (DeploymentError, Federation, check_port_free, check_workspace, poc_kits,
                              project_server, provision_kits)
 

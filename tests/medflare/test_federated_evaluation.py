@@ -68,7 +68,7 @@ def test_report_adds_another_results_file(tmp_path, capsys):
     scores = {"TC": 0.5, "WT": 0.6, "ET": 0.4, "n_cases": 2}
     training = _results(tmp_path / "train/cross_site_val/cross_val_results.json",
                         {s: {"SRV_FL_global_model.pt": scores} for s in ("site-1", "site-2")})
-    evaluation = _results(tmp_path / "eval/cross_site_val/cross_val_results.json",
+    _results(tmp_path / "eval/cross_site_val/cross_val_results.json",
                           {s: {"SRV_central": {**scores, "TC": 0.9}} for s in ("site-1", "site-2")})
     assert brats_cli.main(["report", str(training), "--add", str(tmp_path / "eval"), "--no-plot"]) == 0
     out = capsys.readouterr().out

@@ -22,7 +22,7 @@ from medflare.algorithms import MODEL_ID, FederatedAlgorithm
 from metastasis import cli as metastasis_cli
 from metastasis.job import make_job as make_metastasis_job
 
-from tests.support import JOBS, component, load_job_configs
+from tests.support import component, load_job_configs
 
 
 class _SquaredError(EpochTrainer):

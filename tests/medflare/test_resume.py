@@ -12,7 +12,7 @@ from medflare.workflow import RoundCheckpoint, load_round_checkpoint, save_round
 from metastasis import cli as metastasis_cli
 from metastasis.job import make_job as make_metastasis_job
 
-from tests.support import JOBS, component, load_job_configs
+from tests.support import load_job_configs
 
 
 def _resume_args(job_dir):

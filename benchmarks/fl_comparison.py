@@ -14,11 +14,18 @@ on each site's testing split, the sites averaged weighted by their test cases (t
 report's AVE). Per run the results keep per-site and AVE TC/WT/ET/mean Dice and HD95, ``ave_mean_dice``, the wall
 time and the curves PNG.
 
+Which differences are real: the sites score every model on the same test cases and keep each case's scores, so
+each run's best model is compared with FedAvg's of the same seed case by case
+(:func:`medflare.crosssite.compare_models`: the paired difference of the AVE mean Dice, its 95% percentile bootstrap
+interval over the test cases, resampled within each site with the AVE's weights, and a two-sided p-value; 2,000
+resamples, seed 0). The interval is over test cases for the trained models at hand; how much a training seed moves
+a run is the spread between seeds, a separate thing.
+
 Run: .venv/bin/python benchmarks/fl_comparison.py --work DIR [--rounds 30] [--seeds 0 1] [--runs ...]
-(about 30 minutes per federated run at 30 rounds on 2 cores, central training a little longer). Runs already done
-in DIR are kept and skipped, so several sessions can fill one table. A seed fixes a run (:mod:`medcore.seeding`):
-the same seed and code give the same numbers. Writes benchmarks/results/fl_comparison.json and .md, and the curves
-under benchmarks/results/fl_comparison/.
+[--name fl_comparison] (about 30 minutes per federated run at 30 rounds on 2 cores, central training a little
+longer). Runs already done in DIR are kept and skipped, so several sessions can fill one table. A seed fixes a run
+(:mod:`medcore.seeding`): the same seed and code give the same numbers. Writes benchmarks/results/NAME.json and .md,
+and the curves under benchmarks/results/fl_comparison/.
 """
 
 from __future__ import annotations
@@ -69,6 +76,13 @@ def _data(work: Path) -> Path:
     return root
 
 
+def _results_file(folder: Path) -> str:
+    """The cross-site results file below a run's workspace (its per-case scores make the paired comparison)."""
+    from medflare.crosssite import find_results
+
+    return str(find_results(folder))
+
+
 def _scores(report_json: Path, model: str) -> dict:
     report = json.loads(report_json.read_text())["models"][model]
     return {"sites": report["sites"], "ave": report["AVE"], "ave_mean_dice": report["AVE"]["mean"]}
@@ -84,7 +98,8 @@ def federated(name: str, options: list[str], root: Path, run_dir: Path, rounds: 
                    run_dir / "simulator.log")
     _run([str(BIN / "brats-fl"), "report", str(ws), "--out", str(run_dir / "report")], run_dir / "report.log")
     return {**_scores(run_dir / "report/report.json", SERVER_BEST), "seconds": round(seconds, 1),
-            "model": SERVER_BEST, "options": options, "curves": run_dir / "report/training_curves.png"}
+            "model": SERVER_BEST, "options": options, "curves": run_dir / "report/training_curves.png",
+            "results": _results_file(ws)}
 
 
 def central(root: Path, run_dir: Path, rounds: int, seed: int, fedavg_dir: Path) -> dict:
@@ -102,7 +117,8 @@ def central(root: Path, run_dir: Path, rounds: int, seed: int, fedavg_dir: Path)
     _run([str(BIN / "brats-fl"), "report", str(fedavg_dir / "simulation"), "--add", str(run_dir / "evaluation"),
           "--out", str(run_dir / "report"), "--no-plot"], run_dir / "report.log")
     return {**_scores(run_dir / "report/report.json", "SRV_central"), "seconds": round(seconds, 1),
-            "model": "train/best_model.pt", "options": [], "curves": central_curves(run_dir)}
+            "model": "train/best_model.pt", "options": [], "curves": central_curves(run_dir),
+            "results": _results_file(run_dir / "evaluation"), "scored_as": "SRV_central"}
 
 
 def central_curves(run_dir: Path) -> Path | None:
@@ -127,12 +143,43 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def write_results(runs: dict, rounds: int) -> None:
+def paired_with_fedavg(per_seed_runs: dict[int, dict[str, dict]]) -> dict[int, dict[str, dict]]:
+    """Per seed, each run's best model against FedAvg's, case by case: ``{seed: {run: {column: comparison}}}``
+    with the AVE's difference (run - FedAvg), its 95% interval and p-value per column. Runs whose results carry no
+    per-case scores (made before the sites kept them) are left out."""
+    from brats_fl.report import BRATS_REPORT
+    from medflare.crosssite import ReportError, build_report, compare_models, load_results
+
+    out: dict[int, dict[str, dict]] = {}
+    for seed, runs in sorted(per_seed_runs.items()):
+        if not runs.get("fedavg", {}).get("results"):
+            continue
+        combined: dict[str, dict[str, dict]] = {}
+        for name, result in runs.items():
+            if result.get("results"):
+                for site, per_model in load_results(result["results"], BRATS_REPORT).items():
+                    combined.setdefault(site, {})[name] = per_model[result.get("scored_as", SERVER_BEST)]
+        weights = build_report(combined, BRATS_REPORT, resamples=0).weights
+        for name in runs:
+            if name == "fedavg" or not runs[name].get("results"):
+                continue
+            try:
+                ave = compare_models(combined, BRATS_REPORT, name, "fedavg", weights)["AVE"]
+            except ReportError as err:  # results of an older version, without per-case scores
+                print(f"  no paired comparison of {name} (seed {seed}): {err}")
+                continue
+            out.setdefault(seed, {})[name] = {c: v.to_dict() for c, v in ave.items()}
+    return out
+
+
+def write_results(runs: dict, rounds: int, stem: str = "fl_comparison") -> None:
     """The table of ``runs`` ({name: {seed: result}}): per run, the mean over its seeds (each seed's AVE listed)."""
     seeds = sorted({seed for per_seed in runs.values() for seed in per_seed})
     out_dir = RESULTS / "fl_comparison"
     out_dir.mkdir(parents=True, exist_ok=True)
     table = {}
+    paired = paired_with_fedavg({seed: {run: per_seed[seed] for run, per_seed in runs.items() if seed in per_seed}
+                                 for seed in {s for per_seed in runs.values() for s in per_seed}})
     for name, per_seed in runs.items():
         for seed, result in per_seed.items():
             if result.get("curves"):
@@ -147,7 +194,11 @@ def write_results(runs: dict, rounds: int) -> None:
             "seeds": seeds, "local_epochs": 1, "settings": SETTINGS, "runs_options": RUNS,
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU",
             "scoring": "best model of each run on each site's testing split; AVE weighted by test cases"}
-    (RESULTS / "fl_comparison.json").write_text(json.dumps({"runs": table, **meta}, indent=1, default=str) + "\n")
+    meta["paired_with_fedavg"] = {str(seed): per_run for seed, per_run in paired.items()}
+    meta["paired_method"] = ("each run's best model minus FedAvg's of the same seed on the same test cases: paired "
+                             "95% percentile bootstrap over the cases, within sites, AVE weights (2,000 resamples, "
+                             "seed 0), two-sided p-value")
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"runs": table, **meta}, indent=1, default=str) + "\n")
     lines = [f"# Central vs federated, {rounds} rounds (epochs for central), seeds {seeds}", "",
              f"Demo data ({DEMO['hgg']} HGG + {DEMO['lgg']} LGG cases of {'x'.join(map(str, DEMO['shape']))}), "
              "best model of each run scored on each site's testing split, AVE weighted by test cases; each row the "
@@ -164,7 +215,23 @@ def write_results(runs: dict, rounds: int) -> None:
                      f"{sites.get('site-1', float('nan')):.4f} | {sites.get('site-2', float('nan')):.4f} | "
                      f"{row['ave']['TC']:.4f} | {row['ave']['WT']:.4f} | {row['ave']['ET']:.4f} | "
                      f"**{row['ave_mean_dice']:.4f}** | {per_seed} | {hd:.2f} | {row['seconds']:.0f} |")
-    (RESULTS / "fl_comparison.md").write_text("\n".join(lines) + "\n")
+    if paired:
+        lines += ["", "Each run's best model against FedAvg's of the same seed, paired on the same test cases: the "
+                  "difference in AVE mean Dice (run - FedAvg) with its 95% bootstrap interval over the cases "
+                  "(resampled within each site, AVE weights; 2,000 resamples) and a two-sided p-value. Significant "
+                  "at 5%: the interval excludes 0. The interval is over test cases for these trained models, not "
+                  "over training seeds.", "",
+                  "| run | seed | AVE mean Dice - FedAvg | 95% interval | p | significant at 5% |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for seed, per_run in paired.items():
+            for run, columns in per_run.items():
+                diff, p = columns["mean"]["difference"], columns["mean"]["p_value"]
+                low, high = diff["low"], diff["high"]
+                real = "-" if low is None else ("yes" if low > 0 or high < 0 else "no")
+                bounds = "-" if low is None else f"[{low:+.4f}, {high:+.4f}]"
+                lines.append(f"| {run} | {seed} | {diff['estimate']:+.4f} | {bounds} | "
+                             f"{'-' if p is None else f'{p:.3g}'} | {real} |")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> int:
@@ -173,6 +240,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=30, help="rounds, and epochs of central training (default 30)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="runs (default: all)")
+    parser.add_argument("--name", default="fl_comparison",
+                        help="results file name under benchmarks/results (default fl_comparison: the README's table)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     root = _data(args.work)
@@ -202,8 +271,8 @@ def main() -> int:
         name, rounds, seed = key.split("/")
         if rounds == f"r{args.rounds}" and name in RUNS:
             found.setdefault(name, {})[int(seed[1:])] = result
-    write_results({name: dict(sorted(found[name].items())) for name in RUNS if name in found}, args.rounds)
-    print((RESULTS / "fl_comparison.md").read_text())
+    write_results({name: dict(sorted(found[name].items())) for name in RUNS if name in found}, args.rounds, args.name)
+    print((RESULTS / f"{args.name}.md").read_text())
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Callable, NoReturn, Sequence
 from .errors import UserError
 from .files import path_problem
 from .progress import configure_logging
-from .settings import MAX_PARALLEL, out_of_range
+from .settings import MAX_PARALLEL, MAX_WHOLE, out_of_range
 
 __all__ = ["CommandParser", "command_parser", "run_command", "number", "non_empty", "existing_file", "named_file",
            "existing_dir", "existing_path", "output_file", "output_dir", "device_option", "add_compute_options",
@@ -233,6 +233,16 @@ def add_compute_options(parser: argparse.ArgumentParser, amp: bool = True, threa
     if threads:
         parser.add_argument("--num-threads", type=number(int, minimum=0, maximum=MAX_PARALLEL), default=0,
                             help=f"PyTorch CPU threads, 0-{MAX_PARALLEL}; 0: PyTorch's default (default: 0)")
+
+
+def add_bootstrap_options(parser: argparse.ArgumentParser, resampled: str, zero: bool = True) -> None:
+    """``--resamples`` and ``--seed`` of a command that gives 95% bootstrap intervals (:mod:`medcore.bootstrap`);
+    ``resampled`` says what is resampled and how, for the help text; ``zero``: 0 resamples means no intervals."""
+    parser.add_argument("--resamples", type=number(int, minimum=0 if zero else 100, maximum=100_000), default=2000,
+                        help=f"bootstrap resamples of {resampled} (percentile method)"
+                             + ("; 0: no intervals" if zero else ", at least 100") + " (default: 2000)")
+    parser.add_argument("--seed", type=number(int, minimum=0, maximum=MAX_WHOLE), default=0,
+                        help="seed of the bootstrap: the same seed gives the same intervals (default: 0)")
 
 
 def add_generator_options(parser: argparse.ArgumentParser, things: str, outputs: str | None = None) -> None:

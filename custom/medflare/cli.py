@@ -9,8 +9,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
-from medcore.command import (existing_dir, existing_file, existing_path, named_file, non_empty, number, output_dir,
-                             parse_setting)
+from medcore.command import (add_bootstrap_options, existing_dir, existing_file, existing_path, named_file, non_empty,
+                             number, output_dir, parse_setting)
 from medcore.errors import UserError
 from medcore.files import read_json
 
@@ -253,12 +253,8 @@ def add_report_parser(sub: argparse._SubParsersAction, task: TaskSpec, descripti
     rep.add_argument("--out", type=output_dir, help="folder for report.txt/.md/.csv/.json and training_curves.png "
                                                     "(from the TensorBoard events found under PATH)")
     rep.add_argument("--no-plot", action="store_true", help="do not plot the training curves")
-    rep.add_argument("--resamples", type=number(int, minimum=0, maximum=100_000), default=2000,
-                     help=f"bootstrap resamples of each site's {task.report.count_name} for the 95%% intervals of every "
-                          "value (percentile method; the AVE's resampled within each site); 0: no intervals "
-                          "(default: 2000)")
-    rep.add_argument("--seed", type=number(int, minimum=0, maximum=2**32 - 1), default=0,
-                     help="seed of the bootstrap (default: 0)")
+    add_bootstrap_options(rep, f"each site's {task.report.count_name} for the 95%% intervals of every value (the "
+                               "AVE's resampled within each site)")
     rep.add_argument("--compare", nargs=2, metavar=("A", "B"),
                      help="also give model A minus model B (names as in the results, e.g. SRV_best_FL_global_model.pt "
                           "site-1) on the same items: per site and AVE, the difference, its paired 95%% bootstrap "

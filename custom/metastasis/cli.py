@@ -12,6 +12,7 @@ The data preparation and training path, each step a file a user can open::
     metastasis detect      # maps -> Camelyon16 detection CSVs (probability,x,y)
     metastasis lesions     # maps -> lesions (QuPath GeoJSON, ASAP XML, JSON), CAMELYON17 slide labels, pN stages
     metastasis evaluate    # CSVs + XML / mask ground truth -> FROC, sensitivities, slide AUC (JSON, CSV, PNG)
+    metastasis compare     # two evaluations of the same slides -> FROC and AUC differences, intervals, p-values
     metastasis validate    # a checkpoint's patch accuracy / AUC on a patch list split
 """
 
@@ -24,11 +25,12 @@ from pathlib import Path
 from typing import Sequence
 
 from demodata.centres import CENTRES
-from medcore.command import (add_compute_options, add_generator_options, command_parser, existing_dir, existing_file,
-                            existing_path, non_empty, number, output_dir, output_file, parse_setting, run_command)
+from medcore.command import (add_bootstrap_options, add_compute_options, add_generator_options, command_parser,
+                            existing_dir, existing_file, existing_path, non_empty, number, output_dir, output_file,
+                            parse_setting, run_command)
 from medcore.errors import UserError
 from medcore.files import check_distinct_names, check_replaceable, claim_output_dir, input_files
-from medcore.settings import MAX_PARALLEL, MAX_WHOLE
+from medcore.settings import MAX_PARALLEL
 from medflare.cli import (add_bundle_parser, add_deploy_parser, add_evaluation_parser, add_job_parsers,
                           add_report_parser, job_overrides)
 
@@ -322,6 +324,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from medcore.files import write_json
+
+    from .evaluation.froc import FROC_KIND, compare_froc, read_slide_scores
+
+    (a, excluded_a), (b, excluded_b) = read_slide_scores(args.a), read_slide_scores(args.b)
+    if sorted(excluded_a) != sorted(excluded_b):
+        raise UserError(f"{args.a} left out {excluded_a or 'no slides'}, {args.b} {excluded_b or 'no slides'}: "
+                        "compare evaluations of the same slides")
+    comparison = compare_froc(a, b, resamples=args.resamples, seed=args.seed)
+    left_out = f"; excluded: {', '.join(excluded_a)}" if excluded_a else ""
+    print(f"A = {args.a}\nB = {args.b}\nA minus B, paired on the same {len(a.results)} slides (95% bootstrap "
+          f"intervals, {args.resamples} resamples, seed {args.seed}; two-sided bootstrap p-values){left_out}:")
+    print(f"  FROC score ({FROC_KIND}): {comparison['froc_score'].text()}")
+    print(f"  slide AUC: {comparison['slide_auc'].text()}")
+    if args.out:
+        write_json(args.out, {"a": str(args.a), "b": str(args.b), "difference": "a - b", "froc_kind": FROC_KIND,
+                              "slides": len(a.results), "excluded_slides": excluded_a,
+                              **{key: value.to_dict() for key, value in comparison.items()}})
+        print(f"wrote {args.out}")
+    return 0
+
+
 def _recipe(args: argparse.Namespace):
     """The metastasis job of ``job`` and ``make-job``'s options (:class:`~metastasis.job.MetastasisRecipe`)."""
     from .job import MetastasisRecipe
@@ -604,15 +629,27 @@ def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--exclude", action="append", metavar="NAME",
                           help="leave slide NAME out of the evaluation (repeatable; Camelyon16's Test_049 and "
                                "Test_114 are commonly left out); every output names the slides left out")
-    evaluate.add_argument("--resamples", type=number(int, minimum=0, maximum=100_000), default=2000,
-                          help="bootstrap resamples of the slides for the 95%% intervals of the FROC score and the "
-                               "slide AUC (percentile method, stratified: slides with lesions / the others for the "
-                               "FROC, tumour / normal for the AUC); 0: no intervals (default: 2000)")
-    evaluate.add_argument("--seed", type=number(int, minimum=0, maximum=MAX_WHOLE), default=0,
-                          help="seed of the bootstrap (default: 0)")
+    add_bootstrap_options(evaluate, "the slides for the 95%% intervals of the FROC score and the slide AUC "
+                                    "(stratified: slides with lesions / the others for the FROC, tumour / normal for "
+                                    "the AUC)")
     evaluate.add_argument("--out", required=True, type=output_dir,
                           help="folder for froc.json, froc_slides.csv, froc.png")
     evaluate.set_defaults(func=_evaluate)
+
+    compare = sub.add_parser(
+        "compare", help="paired comparison of two FROC evaluations of the same slides",
+        description="Evaluation A minus evaluation B of the same test slides and ground truth (two models' "
+                    "detections and maps, each scored by metastasis evaluate): the differences of the FROC score "
+                    "and of the slide AUC, each with its paired 95% bootstrap interval over the slides (each "
+                    "resample scores both evaluations on the same slides, stratified as evaluate's intervals) and "
+                    "a two-sided bootstrap p-value. Slides are matched by name; a difference in slides, ground "
+                    "truth, labels or conventions is an error.",
+    )
+    compare.add_argument("a", type=existing_path, help="evaluation A: metastasis evaluate's --out folder or froc.json")
+    compare.add_argument("b", type=existing_path, help="evaluation B, of the same slides")
+    add_bootstrap_options(compare, "the slides for the paired 95%% intervals", zero=False)
+    compare.add_argument("--out", type=output_file, help="also write the comparison to this JSON file")
+    compare.set_defaults(func=_compare)
 
 
 def build_parser() -> argparse.ArgumentParser:

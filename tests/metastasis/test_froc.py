@@ -283,3 +283,82 @@ def test_froc_and_auc_carry_slide_bootstrap_intervals(tmp_path):
     assert saved["froc_kind"] == "all slides (challenge rules)" and saved["excluded_slides"] == ["Test_049"]
     assert saved["intervals"]["slide_auc"]["strata"] == "tumour / normal slides"
     assert evaluate_froc(cases, resamples=0).intervals == {}
+
+
+def _scored(tmp_path, name, cases, **options):
+    """``cases`` evaluated and written as ``evaluate`` writes them: the folder of froc.json."""
+    from metastasis.evaluation.froc import write_froc
+
+    write_froc(evaluate_froc(cases, **options), tmp_path / name)
+    return tmp_path / name
+
+
+def _test_set(shift=0.0, scale=1.0):
+    """Four tumour slides (two lesions each, one of them found with a probability that falls by slide) and four
+    normal ones; ``scale`` multiplies every probability (a monotone change: the same ranks), ``shift`` raises the
+    normal slides' false positives."""
+    mask = _mask(squares=[(10, 10, 40), (100, 100, 40)])
+    return [_case(f"t{i}", [(scale * (0.9 - 0.1 * i), 20, 20), (scale * (0.3 + 0.1 * i), 180, 10)], mask)
+            for i in range(4)] + [_case(f"n{i}", [(scale * (0.2 + 0.15 * i + shift), 5, 5)]) for i in range(4)]
+
+
+@pytest.mark.parametrize("conventions", [True, False])
+def test_saved_slide_scores_give_the_evaluation_numbers_again(tmp_path, conventions):
+    from metastasis.evaluation.froc import read_slide_scores
+
+    cases = _test_set()
+    result = evaluate_froc(cases, reference_conventions=conventions, excluded=["Test_049"])
+    scores, excluded = read_slide_scores(_scored(tmp_path, "a", cases, reference_conventions=conventions,
+                                                 excluded=["Test_049"]) / "froc.json")
+    every = np.arange(len(cases))
+    assert scores.froc(every) == result.score and scores.auc(every) == result.slide_auc
+    assert scores.reference_conventions is conventions and excluded == ["Test_049"]
+    assert scores.intervals(2000, 0) == evaluate_froc(cases, reference_conventions=conventions).intervals
+
+
+def test_compare_is_paired_on_the_same_slides(tmp_path):
+    """Scaling every probability by 0.5 keeps every rank, so on each resample both evaluations give the same FROC
+    and AUC: the paired difference is 0 with a zero-width interval (unpaired resampling would spread it); and a
+    model whose normal slides score far lower separates the classes on every resample: its AUC difference is never
+    negative."""
+    from metastasis.evaluation.froc import compare_froc, read_slide_scores
+
+    a, _ = read_slide_scores(_scored(tmp_path, "a", _test_set()))
+    same, _ = read_slide_scores(_scored(tmp_path, "half", _test_set(scale=0.5)))
+    for key, comparison in compare_froc(a, same).items():
+        assert (comparison.difference.estimate, comparison.difference.low, comparison.difference.high) == (0, 0, 0)
+        assert comparison.p_value == 1.0, key
+    better, _ = read_slide_scores(_scored(tmp_path, "better", _test_set(shift=-0.5)))
+    auc = compare_froc(better, a, seed=3)["slide_auc"]
+    assert auc.difference.estimate == pytest.approx(evaluate_froc(_test_set(shift=-0.5)).slide_auc
+                                                    - evaluate_froc(_test_set()).slide_auc)
+    # Ties (both 1.0 on a resample without the one misranked pair) count on both sides: p stays 1 at 8 slides.
+    assert auc.difference.estimate > 0 and auc.difference.low >= 0 and auc.p_value == 1.0
+    froc = compare_froc(better, a, seed=3)["froc_score"]
+    assert froc.difference.estimate == pytest.approx(evaluate_froc(_test_set(shift=-0.5)).score
+                                                     - evaluate_froc(_test_set()).score)
+
+
+def test_compare_command_and_its_refusals(tmp_path, capsys):
+    from metastasis.cli import main
+
+    a, half = _scored(tmp_path, "a", _test_set()), _scored(tmp_path, "half", _test_set(scale=0.5))
+    assert main(["compare", str(a), str(half / "froc.json"), "--out", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    assert "A minus B, paired on the same 8 slides" in out and "FROC score (all slides (challenge rules)): +0.0000" in out
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["slides"] == 8 and saved["froc_score"]["p_value"] == 1.0 and saved["difference"] == "a - b"
+
+    fewer = _scored(tmp_path, "fewer", _test_set()[1:])
+    other_truth = _scored(tmp_path, "truth", [_case(c.name, [], _mask(squares=[(10, 10, 40)]) if c.label else None)
+                                              for c in _test_set()])
+    plain = _scored(tmp_path, "plain", _test_set(), reference_conventions=False)
+    left_out = _scored(tmp_path, "left_out", _test_set(), excluded=["Test_049"])
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({k: v for k, v in json.loads((a / "froc.json").read_text()).items()
+                               if k != "per_slide"}))
+    for b, message in ((fewer, "different slides (only in A: ['t0']"), (other_truth, "slide t0: its ground truth"),
+                       (plain, "reference conventions"), (left_out, "left out"), (old, "older version")):
+        assert main(["compare", str(a), str(b)]) == 2, b
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err

@@ -22,6 +22,10 @@ the leaderboard; ``reference_conventions=False`` turns both off:
 2. true-positive probabilities are float32 and false-positive ones float64, so a tie at a value float32 cannot hold
    exactly (e.g. 0.7) splits into two thresholds.
 
+Every evaluation keeps what its numbers come from (each slide's lesion hits, ITC flags, false-positive
+probabilities, slide score and label, in ``froc.json``), so two evaluations of the same slides compare slide by
+slide (:func:`compare_froc`: the paired bootstrap difference of FROC and AUC) without recomputing the ground truth.
+
 Speed: the distance transform and hole filling run only in boxes around the tumour (a normal slide needs no
 morphology at all), with exactly the whole-mask result (:func:`evaluation_regions` with ``whole_mask=True`` is
 the literal whole-mask computation, kept as the reference).
@@ -37,15 +41,16 @@ import numpy as np
 from scipy import ndimage
 from skimage import measure
 
-from medcore.bootstrap import Interval, stratified_bootstrap
+from medcore.bootstrap import Comparison, Interval, compare_columns, stratified_bootstrap
 from medcore.errors import UserError
-from medcore.files import atomic_path, claim_output_dir, write_csv, write_json
+from medcore.files import atomic_path, claim_output_dir, read_json, write_csv, write_json
 
 from .detection import Detections
 from ..metrics import roc_auc
 
 __all__ = ["EVAL_FP_RATES", "Regions", "evaluation_regions", "SlideResult", "score_slide",
-           "froc_curve", "froc_score", "EvalCase", "FROC_KIND", "FrocResult", "evaluate_froc", "write_froc"]
+           "froc_curve", "froc_score", "EvalCase", "FROC_KIND", "SlideScores", "FrocResult", "evaluate_froc",
+           "write_froc", "read_slide_scores", "compare_froc"]
 
 EVAL_FP_RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 GROW_UM = 75.0
@@ -132,6 +137,22 @@ class SlideResult:
                 "lesions": self.lesions, "lesions_hit": int((self.hit & ~self.itc).sum()),
                 "itc_detections": self.itc_hits, "false_positives": len(self.fp_probs)}
 
+    def record(self) -> dict:
+        """Everything the FROC takes from this slide, as JSON (floats round-trip exactly)."""
+        return {"slide": self.name, "itc": self.itc.tolist(), "hit": self.hit.tolist(), "best": self.best.tolist(),
+                "false_positive_probabilities": self.fp_probs.tolist(), "itc_detections": self.itc_hits}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "SlideResult":
+        """The inverse of :meth:`record` (KeyError, TypeError or ValueError when it is not one)."""
+        itc, hit = np.array(record["itc"], bool), np.array(record["hit"], bool)
+        best = np.array(record["best"], np.float64)
+        if not itc.shape == hit.shape == best.shape or itc.ndim != 1:
+            raise ValueError("per-region lists of different lengths")
+        return cls(str(record["slide"]), len(itc) > 0, itc, hit, best,
+                   np.array(record["false_positive_probabilities"], np.float64).reshape(-1),
+                   int(record["itc_detections"]))
+
 
 def score_slide(name: str, detections: Detections, regions: Regions | None, level: int = 5) -> SlideResult:
     """Split a slide's detections into hits and false positives (``regions`` None or empty: a normal slide).
@@ -217,6 +238,35 @@ BOOTSTRAP_STRATA = {"froc_score": "slides with lesions / the others", "slide_auc
 
 
 @dataclasses.dataclass
+class SlideScores:
+    """What an evaluation's two numbers are computed from, per slide: its FROC share, slide score and label. The
+    statistics take an index array into the slides (repeats allowed), so the bootstrap resamples them."""
+
+    results: list[SlideResult]
+    slide_scores: np.ndarray
+    labels: np.ndarray
+    reference_conventions: bool = True
+
+    def froc(self, idx: np.ndarray) -> float:
+        return froc_score(*froc_curve([self.results[i] for i in idx], self.reference_conventions))[0]
+
+    def auc(self, idx: np.ndarray) -> float:
+        return roc_auc(self.slide_scores[idx], self.labels[idx])
+
+    def strata(self, statistic: str) -> np.ndarray:
+        """Each slide's stratum for a statistic's bootstrap (:data:`BOOTSTRAP_STRATA`)."""
+        if statistic == "froc_score":
+            return np.array([int(r.lesions > 0) for r in self.results])
+        return self.labels.astype(int)
+
+    def intervals(self, resamples: int, seed: int) -> dict[str, Interval]:
+        """95% bootstrap intervals of the FROC score and the slide AUC over slides, stratified."""
+        return {"froc_score": stratified_bootstrap(self.froc, self.strata("froc_score"), resamples=resamples,
+                                                   seed=seed),
+                "slide_auc": stratified_bootstrap(self.auc, self.strata("slide_auc"), resamples=resamples, seed=seed)}
+
+
+@dataclasses.dataclass
 class FrocResult:
     """Everything the evaluation reports; ``intervals``: 95% bootstrap intervals of the FROC score and the slide
     AUC over slides (:func:`evaluate_froc`); ``excluded``: slides left out of the evaluation by name."""
@@ -231,6 +281,7 @@ class FrocResult:
     reference_conventions: bool
     intervals: dict[str, Interval] = dataclasses.field(default_factory=dict)
     excluded: list[str] = dataclasses.field(default_factory=list)
+    scores: SlideScores | None = None
 
     def summary(self) -> str:
         """One line: the FROC (with its kind) and the slide AUC, each with its interval, and any exclusions."""
@@ -247,7 +298,8 @@ class FrocResult:
                 "intervals": {key: {**value.to_dict(), "strata": BOOTSTRAP_STRATA[key]}
                               for key, value in self.intervals.items()},
                 "curve": {"fp_per_slide": self.fp_rate.tolist(), "sensitivity": self.sensitivity.tolist()},
-                "slides": self.slides}
+                "slides": self.slides,
+                "per_slide": [] if self.scores is None else [r.record() for r in self.scores.results]}
 
 
 def evaluate_froc(cases: Sequence[EvalCase], level: int = 5, reference_conventions: bool = True,
@@ -269,17 +321,12 @@ def evaluate_froc(cases: Sequence[EvalCase], level: int = 5, reference_conventio
     fp_rate, sensitivity = froc_curve(results, reference_conventions)
     score, at = froc_score(fp_rate, sensitivity)
     slides = [{**r.row(), "slide_score": c.slide_score, "label": c.label} for r, c in zip(results, cases)]
-    scores, labels = np.array([c.slide_score for c in cases]), np.array([c.label for c in cases])
-    auc = roc_auc(scores, labels)
-    intervals = {}
-    if resamples:
-        intervals["froc_score"] = stratified_bootstrap(
-            lambda idx: froc_score(*froc_curve([results[i] for i in idx], reference_conventions))[0],
-            [int(r.lesions > 0) for r in results], resamples=resamples, seed=seed)
-        intervals["slide_auc"] = stratified_bootstrap(lambda idx: roc_auc(scores[idx], labels[idx]), labels,
-                                                      resamples=resamples, seed=seed)
+    scores = SlideScores(results, np.array([c.slide_score for c in cases], np.float64),
+                         np.array([c.label for c in cases]), reference_conventions)
+    auc = scores.auc(np.arange(len(cases)))
+    intervals = scores.intervals(resamples, seed) if resamples else {}
     return FrocResult(score, {f"{rate:g}": v for rate, v in zip(EVAL_FP_RATES, at)}, fp_rate, sensitivity, slides,
-                      auc, sum(r.lesions for r in results), reference_conventions, intervals, list(excluded))
+                      auc, sum(r.lesions for r in results), reference_conventions, intervals, list(excluded), scores)
 
 
 def write_froc(result: FrocResult, out_dir: str | Path) -> dict[str, Path]:
@@ -310,3 +357,58 @@ def write_froc(result: FrocResult, out_dir: str | Path) -> dict[str, Path]:
     return {"json": write_json(out / "froc.json", result.to_dict()),
             "csv": write_csv(out / "froc_slides.csv", ([row[f] for f in fields] for row in result.slides),
                              header=fields), "png": png}
+
+
+def read_slide_scores(path: str | Path) -> tuple[SlideScores, list[str]]:
+    """An evaluation's per-slide scores and its excluded slides, from its ``froc.json`` (or the folder holding
+    it), checked; an evaluation of an older version, which kept no per-slide scores, is a one-line error."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "froc.json"
+    record = read_json(path, "FROC evaluation")
+    if not isinstance(record, dict) or not isinstance(record.get("slides"), list):
+        raise UserError(f"{path}: not a FROC evaluation (metastasis evaluate's froc.json)")
+    if not record.get("per_slide"):
+        raise UserError(f"{path}: keeps no per-slide scores (an evaluation of an older version): run "
+                        "metastasis evaluate again to compare it")
+    try:
+        results = [SlideResult.from_record(r) for r in record["per_slide"]]
+        rows = {str(row["slide"]): row for row in record["slides"]}
+        slide_scores = np.array([float(rows[r.name]["slide_score"]) for r in results], np.float64)
+        labels = np.array([int(rows[r.name]["label"]) for r in results])
+        reference = bool(record["reference_conventions"])
+        excluded = [str(name) for name in record.get("excluded_slides", [])]
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{path}: malformed per-slide scores ({type(err).__name__}: {err})") from None
+    if len(rows) != len(results) or not np.isfinite(slide_scores).all() or not np.isin(labels, (0, 1)).all():
+        raise UserError(f"{path}: its per-slide scores do not match its slides (an edited file?)")
+    return SlideScores(results, slide_scores, labels, reference), excluded
+
+
+def compare_froc(a: SlideScores, b: SlideScores, *, resamples: int = 2000,
+                 seed: int = 0) -> dict[str, Comparison]:
+    """Evaluation A against B of the same slides and ground truth (two models' detections, say): the differences
+    ``A - B`` of the FROC score and of the slide AUC, each with its paired 95% bootstrap interval and p-value. Each
+    resample draws slides (stratified as each number's own interval, :data:`BOOTSTRAP_STRATA`) and scores both
+    evaluations on the same draw. B's slides are matched to A's by name; different slides, ground truth, labels or
+    conventions are a :class:`~medcore.errors.UserError`."""
+    by_name = {r.name.lower(): i for i, r in enumerate(b.results)}
+    names_a = [r.name for r in a.results]
+    if sorted(n.lower() for n in names_a) != sorted(by_name):
+        only_a = sorted({n.lower() for n in names_a} - set(by_name))
+        only_b = sorted(set(by_name) - {n.lower() for n in names_a})
+        raise UserError(f"the evaluations are of different slides (only in A: {only_a[:5] or 'none'}; only in B: "
+                        f"{only_b[:5] or 'none'}): a paired comparison needs the same slides")
+    order = np.array([by_name[n.lower()] for n in names_a], dtype=int)
+    b = SlideScores([b.results[i] for i in order], b.slide_scores[order], b.labels[order], b.reference_conventions)
+    if a.reference_conventions != b.reference_conventions:
+        raise UserError("one evaluation used the reference conventions and the other did not: not comparable")
+    for ra, rb, la, lb in zip(a.results, b.results, a.labels, b.labels):
+        if not np.array_equal(ra.itc, rb.itc) or la != lb:
+            raise UserError(f"slide {ra.name}: its ground truth differs between the evaluations ({len(ra.itc)} vs "
+                            f"{len(rb.itc)} regions, label {la} vs {lb}): not the same test set")
+    out = {}
+    for key, stat_a, stat_b in (("froc_score", a.froc, b.froc), ("slide_auc", a.auc, b.auc)):
+        out[key] = compare_columns(lambda d: {key: stat_a(d)}, lambda d: {key: stat_b(d)}, a.strata(key),
+                                   resamples=resamples, seed=seed)[key]
+    return out

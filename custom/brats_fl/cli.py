@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from medcore.command import (add_compute_options, add_generator_options, command_parser, existing_dir, existing_file,
-                            existing_path, named_file, non_empty, number, output_dir, output_file, parse_setting,
+                            existing_path, named_checkpoint, non_empty, number, output_dir, output_file, parse_setting,
                             run_command)
 from medcore.errors import UserError
 from medflare.cli import (add_bundle_parser, add_deploy_parser, add_evaluation_parser, add_job_parsers,
@@ -279,9 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
         weights=lambda args: dict(args.weights) if args.weights else None, extra=_extra_models)
     rep.add_argument("--weights", type=_weight, nargs="+", metavar="SITE=W",
                      help="site weights for AVE instead of the test-case counts, e.g. Clara's site-1=30 site-2=12")
-    rep.add_argument("--extra", type=named_file, nargs="+", metavar="NAME=CHECKPOINT",
-                     help="further models to score on every site's testing split and add as rows, e.g. the "
-                          "centrally trained baseline: central=RUN/best_model.pt (needs --data-root). It reads "
+    rep.add_argument("--extra", type=named_checkpoint, nargs="+", metavar="NAME=CHECKPOINT",
+                     help="further models (checkpoints or exported bundles) to score on every site's testing split "
+                          "and add as rows, e.g. the centrally trained baseline: central=RUN/best_model.pt (needs "
+                          "--data-root). It reads "
                           "every site's data in this process, so it needs all of it on this machine (the "
                           "simulator's case); at real sites score the model where the data are: fed-eval, then "
                           "--add its results")

@@ -18,4 +18,5 @@ TASK = TaskSpec(
     settings=TrainConfig,
     report=BRATS_REPORT,
     key_metric="val_dice",  # mean Dice over TC, WT and ET on the site's validation split
+    bundle_key_prefix="net.",  # BratsSegResNet holds MONAI's SegResNet as .net
 )

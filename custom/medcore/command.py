@@ -25,7 +25,7 @@ from .files import path_problem
 from .progress import configure_logging
 from .settings import MAX_PARALLEL, MAX_WHOLE, out_of_range
 
-__all__ = ["CommandParser", "command_parser", "run_command", "number", "non_empty", "existing_file", "named_file",
+__all__ = ["CommandParser", "command_parser", "run_command", "number", "non_empty", "existing_file", "named_checkpoint",
            "existing_dir", "existing_path", "output_file", "output_dir", "device_option", "add_compute_options",
            "add_generator_options", "parse_setting"]
 
@@ -161,12 +161,13 @@ def existing_file(text: str) -> Path:
     return _existing(text, "file")
 
 
-def named_file(text: str) -> tuple[str, Path]:
-    """``NAME=FILE`` with an existing file, e.g. a model's name and its checkpoint (argparse type)."""
+def named_checkpoint(text: str) -> tuple[str, Path]:
+    """``NAME=CHECKPOINT``: a model's name and its checkpoint, an existing file or (a MONAI bundle) folder
+    (argparse type)."""
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {text!r}")
-    return name, existing_file(path)
+        raise argparse.ArgumentTypeError(f"expected NAME=CHECKPOINT, got {text!r}")
+    return name, existing_path(path)
 
 
 def existing_dir(text: str) -> Path:

@@ -9,8 +9,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
-from medcore.command import (add_bootstrap_options, existing_dir, existing_file, existing_path, named_file, non_empty,
-                             number, output_dir, parse_setting)
+from medcore.command import (add_bootstrap_options, existing_dir, existing_file, existing_path, named_checkpoint,
+                             non_empty, number, output_dir, parse_setting)
 from medcore.errors import UserError
 from medcore.files import read_json
 
@@ -155,8 +155,9 @@ def add_evaluation_parser(sub: argparse._SubParsersAction, task: TaskSpec,
                     "the results land in cross_val_results.json in a training job's shape, each checkpoint as "
                     "SRV_<NAME>, and the report is printed (put them beside a training job's rows with `report "
                     "TRAINING_RESULTS --add EVALUATION_RESULTS`). Runs where `job` runs (--env), or --export.")
-    evaluation.add_argument("checkpoints", nargs="+", type=named_file, metavar="NAME=CHECKPOINT",
-                            help="a model's name in the results and its checkpoint file (shipped with the job)")
+    evaluation.add_argument("checkpoints", nargs="+", type=named_checkpoint, metavar="NAME=CHECKPOINT",
+                            help="a model's name in the results and its checkpoint file or exported MONAI bundle "
+                                 "folder (its weights are shipped with the job)")
     _add_run_options(evaluation)
     evaluation.add_argument("--data-root", type=non_empty,
                             help=f"data folder the sites read (default: ${task.data_variable}, expanded on each "

@@ -24,11 +24,17 @@ from medcore.files import load_torch, state_dict_of
 __all__ = ["CheckpointLocator", "checkpoint_weights"]
 
 
-def checkpoint_weights(path: str | Path) -> dict[str, np.ndarray]:
-    """The weights of a checkpoint this project writes (``{"model": state_dict, ...}``) or of a bare state dict,
-    as arrays; a :class:`~medcore.errors.UserError` naming the file for anything else."""
-    state = state_dict_of(load_torch(path, "checkpoint"), path)
-    return {str(k): v.detach().cpu().numpy() for k, v in state.items()}
+def checkpoint_weights(path: str | Path, key_prefix: str = "") -> dict[str, np.ndarray]:
+    """The weights of a checkpoint this project writes (``{"model": state_dict, ...}``), of a bare state dict or of
+    a MONAI bundle folder this project exported, as arrays, each name after ``key_prefix``; a
+    :class:`~medcore.errors.UserError` naming the file for anything else."""
+    if Path(path).is_dir():
+        from .bundle import read_bundle
+
+        state = read_bundle(path)[0]
+    else:
+        state = state_dict_of(load_torch(path, "checkpoint"), path)
+    return {key_prefix + str(k): v.detach().cpu().numpy() for k, v in state.items()}
 
 
 class CheckpointLocator(ModelLocator):
@@ -37,11 +43,14 @@ class CheckpointLocator(ModelLocator):
     Args:
         checkpoints: model name -> checkpoint file; a relative path is inside the job's ``app/custom`` (where the
             job puts the files it ships), an absolute one (``$VARS`` expanded) is a file on the server.
+        key_prefixes: model name -> what to put before each weight's name (a bundle's network inside the task's
+            model, :attr:`medflare.task.TaskSpec.bundle_key_prefix`); none for the others.
     """
 
-    def __init__(self, checkpoints: Mapping[str, str]) -> None:
+    def __init__(self, checkpoints: Mapping[str, str], key_prefixes: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.checkpoints = dict(checkpoints)
+        self.key_prefixes = dict(key_prefixes or {})
 
     def get_model_names(self, fl_ctx: FLContext) -> list[str]:
         return list(self.checkpoints)
@@ -51,7 +60,7 @@ class CheckpointLocator(ModelLocator):
         if not path.is_absolute():
             path = Path(fl_ctx.get_engine().get_workspace().get_app_custom_dir(fl_ctx.get_job_id())) / path
         try:
-            weights = checkpoint_weights(path)
+            weights = checkpoint_weights(path, self.key_prefixes.get(model_name, ""))
         except UserError as err:  # the workflow stops the run on a missing model, and says so
             self.log_error(fl_ctx, f"model {model_name!r}: {err}")
             return None

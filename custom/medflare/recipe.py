@@ -50,6 +50,7 @@ from medcore.files import (OUTPUT_MARKER, atomic_directory, check_replaceable, i
                            mark_output, read_json, writing_into)
 
 from .algorithms import MODEL_ID, FederatedAlgorithm
+from .bundle import BUNDLE_WEIGHTS
 from .evaluation import CheckpointLocator, checkpoint_weights
 from .outcome import failure_reasons
 from .persistor import TrainConfPersistor
@@ -217,8 +218,9 @@ class EvaluationRecipe(_TaskJob):
     Args:
         task: the task.
         learner: the sites' learner (its recipe's validation settings score every checkpoint).
-        checkpoints: model name -> checkpoint file; the files travel inside the job (its one app, which FLARE deploys
-            to the server and the sites alike; the server's locator reads them).
+        checkpoints: model name -> checkpoint file or MONAI bundle folder this project exported; the files (a
+            bundle's weights) travel inside the job (its one app, which FLARE deploys to the server and the sites
+            alike; the server's locator reads them).
         sites: sites the job needs.
         name: the job's name.
     """
@@ -226,20 +228,22 @@ class EvaluationRecipe(_TaskJob):
     def __init__(self, task: TaskSpec, learner: Any, checkpoints: Mapping[str, str | Path], *, sites: int,
                  name: str) -> None:
         if not checkpoints:
-            raise UserError("federated evaluation needs at least one checkpoint (NAME=FILE)")
+            raise UserError("federated evaluation needs at least one checkpoint (NAME=CHECKPOINT)")
         if sites < 1:
             raise UserError(f"sites must be at least 1, got {sites}")
         job = FedJob(name=name, min_clients=sites)
-        shipped = {}
+        shipped, prefixes = {}, {}
         for model_name, path in checkpoints.items():
             if not model_name or not all(c.isalnum() or c in "-_." for c in model_name) or model_name[0] == ".":
                 raise UserError(f"model name {model_name!r}: use letters, digits, '-', '_' and '.'")
             path = Path(path)
             checkpoint_weights(path)  # a missing, corrupt or weightless file fails here, not at the server
+            if path.is_dir():  # a bundle: its weights are MONAI's network, inside the task's model by a prefix
+                path, prefixes[model_name] = path / BUNDLE_WEIGHTS, task.bundle_key_prefix
             job.add_file_to_server(str(path), dest_dir=f"{MODELS_DIR}/{model_name}")
             shipped[model_name] = f"{MODELS_DIR}/{model_name}/{path.name}"
         _add_server_settings(job, Polling())
-        job.to_server(CheckpointLocator(checkpoints=shipped), id="model_locator")
+        job.to_server(CheckpointLocator(checkpoints=shipped, key_prefixes=prefixes), id="model_locator")
         job.to_server(ValidationJsonGenerator(), id="json_generator")
         job.to_server(_stated(CrossSiteModelEval(model_locator_id="model_locator", submit_model_task_name="",
                                                  validation_timeout=6000,

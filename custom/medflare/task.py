@@ -37,6 +37,9 @@ class TaskSpec:
         report: what the cross-site results hold.
         key_metric: the validation score the server selects the global best model on (the ``key_metric`` of the
             job's ``IntimeModelSelector``, and what the learner sends in ``initial_metrics``).
+        bundle_key_prefix: what the learner's model puts before the names of a MONAI bundle network's weights
+            (the bundle holds MONAI's network alone; the task's model may wrap it), so a bundle is scored where a
+            checkpoint is.
     """
 
     name: str
@@ -47,3 +50,4 @@ class TaskSpec:
     settings: type[TrainingSettings]
     report: ReportSpec
     key_metric: str
+    bundle_key_prefix: str = ""

@@ -35,6 +35,13 @@ def test_evaluation_job_ships_the_checkpoints_and_only_validates(checkpoint, tmp
     assert client["executors"][0]["tasks"] == ["validate"]
     shipped = job / "app/custom/models/central/best_model.pt"
     assert shipped.read_bytes() == checkpoint.read_bytes()
+    from brats_fl.bundle import export_bundle
+
+    bundle = export_bundle(checkpoint, tmp_path / "bundle")
+    server, _ = load_job_configs(export_job(BratsEvaluation({"bundled": bundle}), tmp_path / "bundle_job"))
+    locator = component(server, "model_locator")["args"]
+    assert locator["checkpoints"] == {"bundled": "models/bundled/model.pt"}
+    assert locator["key_prefixes"] == {"bundled": "net."}  # MONAI's SegResNet inside BratsSegResNet
     assert component(client, "learner")["args"]["datalist_dir"] == "$BRATS_DATA_ROOT/datalists"
     export_job(BratsEvaluation({"central": checkpoint}), job)  # an earlier export is replaced
 
@@ -55,6 +62,10 @@ def test_evaluation_refuses_bad_checkpoints_and_names(checkpoint, tmp_path, caps
     assert "model name(s) ['a'] given more than once" in capsys.readouterr().err
     assert brats_cli.main(["fed-eval", f"a={tmp_path / 'nope.pt'}"]) == 2
     assert "nope.pt" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    assert brats_cli.main(["fed-eval", f"a={tmp_path / 'folder'}", "--export", "--export-dir",
+                           str(tmp_path / "out")]) == 2
+    assert "folder: a folder, but not a MONAI bundle" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -84,14 +95,20 @@ def test_report_adds_another_results_file(tmp_path, capsys):
 @pytest.mark.slow
 def test_federated_evaluation_scores_as_the_local_scorer(brats_root, checkpoint, tmp_path, capsys):
     """`fed-eval` in the simulator: each site scores the checkpoint on its testing split, and the scores are those
-    `report --extra` computes with all data in one process (the same scorer, run where the data are)."""
+    `report --extra` computes with all data in one process (the same scorer, run where the data are). The same
+    model exported as a MONAI bundle (MONAI's SegResNet weights alone) scores the same at every site."""
+    from brats_fl.bundle import export_bundle
+
+    bundle = export_bundle(checkpoint, tmp_path / "bundle")
     lists = write_datalists(brats_root, tmp_path / "lists")
     ws = tmp_path / "ws"
-    assert brats_cli.main(["fed-eval", f"central={checkpoint}", "--workspace", str(ws), "--data-root",
-                           str(brats_root), "--datalist-dir", str(lists["site-1"].parent), "--set", "num_workers=0",
-                           "--set", "num_threads=1"]) == 0  # the seed's window settings, as --extra for this file
+    assert brats_cli.main(["fed-eval", f"central={checkpoint}", f"bundled={bundle}", "--workspace", str(ws),
+                           "--data-root", str(brats_root), "--datalist-dir", str(lists["site-1"].parent), "--set",
+                           "num_workers=0", "--set", "num_threads=1"]) == 0  # Clara's window, as --extra's
     results = json.loads(next(ws.rglob("cross_site_val/cross_val_results.json")).read_text())
-    assert set(results) == {"site-1", "site-2"} and all(set(r) == {"SRV_central"} for r in results.values())
+    assert set(results) == {"site-1", "site-2"} and all(set(r) == {"SRV_central", "SRV_bundled"}
+                                                         for r in results.values())
+    assert all(r["SRV_bundled"] == r["SRV_central"] for r in results.values())
     capsys.readouterr()
     assert brats_cli.main(["report", str(ws), "--no-plot", "--extra", f"local={checkpoint}", "--data-root",
                            str(brats_root), "--datalist-dir", str(lists["site-1"].parent)]) == 0

@@ -229,8 +229,8 @@ def write_results(runs: dict, rounds: int, stem: str = "fl_comparison") -> None:
                 low, high = diff["low"], diff["high"]
                 real = "-" if low is None else ("yes" if low > 0 or high < 0 else "no")
                 bounds = "-" if low is None else f"[{low:+.4f}, {high:+.4f}]"
-                lines.append(f"| {run} | {seed} | {diff['estimate']:+.4f} | {bounds} | "
-                             f"{'-' if p is None else f'{p:.3g}'} | {real} |")
+                p_text = "-" if p is None else f"< {1 / diff['resamples']:.2g}" if p == 0 else f"{p:.3g}"
+                lines.append(f"| {run} | {seed} | {diff['estimate']:+.4f} | {bounds} | {p_text} | {real} |")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 

@@ -120,8 +120,15 @@ class Comparison:
     def to_dict(self) -> dict:
         return {"difference": self.difference.to_dict(), "p_value": self.p_value}
 
+    @property
+    def p_text(self) -> str:
+        """The p-value as text; 0 (no resample on the far side of 0) is below one in the number of resamples."""
+        if self.p_value is None:
+            return "-"
+        return f"< {1 / self.difference.resamples:.2g}" if self.p_value == 0 else f"{self.p_value:.3g}"
+
     def text(self, digits: int = 4) -> str:
-        p = "" if self.p_value is None else f", p = {self.p_value:.3g}"
+        p = "" if self.p_value is None else f", p {'= ' if self.p_value else ''}{self.p_text}"
         return f"{self.difference.estimate:+.{digits}f}" + self.difference.text(digits)[
             len(f"{self.difference.estimate:.{digits}f}"):] + p
 

@@ -224,8 +224,10 @@ def output_dir(text: str) -> Path:
     return path
 
 
-def add_compute_options(parser: argparse.ArgumentParser, amp: bool = True, threads: bool = True) -> None:
-    """``--device`` and, as asked, ``--no-amp`` and ``--num-threads``: where and how a command computes."""
+def add_compute_options(parser: argparse.ArgumentParser, amp: bool = True, threads: bool = True,
+                        shared: str | None = None) -> None:
+    """``--device`` and, as asked, ``--no-amp``, ``--num-threads`` and (``shared``: what the processes share out,
+    e.g. "the slides") ``--processes``: where and how a command computes."""
     parser.add_argument("--device", type=device_option, default="auto",
                         help="auto (CUDA if available, else CPU), cpu or cuda[:n] (default: auto)")
     if amp:
@@ -233,7 +235,16 @@ def add_compute_options(parser: argparse.ArgumentParser, amp: bool = True, threa
                             help="run in float32 instead of mixed precision (fp16 on CUDA, bf16 on CPU)")
     if threads:
         parser.add_argument("--num-threads", type=number(int, minimum=0, maximum=MAX_PARALLEL), default=0,
-                            help=f"PyTorch CPU threads, 0-{MAX_PARALLEL}; 0: PyTorch's default (default: 0)")
+                            help=f"PyTorch CPU threads, 0-{MAX_PARALLEL}; 0: PyTorch's default (default: 0)"
+                                 + ("; with --processes, per process, and 0 shares the cores out" if shared else ""))
+    if shared:
+        from .distributed import processes_option
+
+        parser.add_argument("--processes", type=processes_option, default=1,
+                            help=f"processes to share {shared} out over (torch.distributed's launcher), one per GPU "
+                                 "on CUDA; auto: every visible GPU, or one process on a CPU machine; each of {shared} "
+                                 "is done by one process and the outputs are those of one process. Under torchrun, "
+                                 "leave it at 1: the ranks torchrun started share the work (default: 1)")
 
 
 def add_bootstrap_options(parser: argparse.ArgumentParser, resampled: str, zero: bool = True) -> None:

@@ -170,6 +170,7 @@ def _infer(args: argparse.Namespace) -> int:
     import torch
 
     from medcore.device import select_device
+    from medcore.distributed import resolve_processes
 
     from .inference.run import infer_slides
     from .model import load_checkpoint
@@ -179,13 +180,15 @@ def _infer(args: argparse.Namespace) -> int:
                         "other strides)")
     slides = _slides(args.slides)
     device = select_device(args.device)
+    processes = resolve_processes(args.processes, args.device)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     model, meta = load_checkpoint(args.checkpoint, device)
     maps = infer_slides(slides, model, args.out, stride=args.stride, mask_dir=args.masks,
                         mode=args.mode, device=device, amp=not args.no_amp, tile_outputs=args.tile_outputs,
                         batch_size=args.batch_size, overwrite=args.overwrite, checkpoint=str(args.checkpoint),
-                        stain_normalization=meta["train_conf"]["stain_normalization"])
+                        stain_normalization=meta["train_conf"]["stain_normalization"], processes=processes,
+                        threads=args.num_threads)
     print(f"{len(maps)} probability maps in {args.out}")
     return 0
 
@@ -553,7 +556,7 @@ def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
     infer.add_argument("--batch-size", type=number(int, minimum=1), default=32,
                        help="patch mode: windows per batch (default: 32)")
     infer.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
-    add_compute_options(infer)
+    add_compute_options(infer, shared="the slides")
     infer.set_defaults(func=_infer, memory_options="--tile-outputs and --batch-size")
 
     detect = sub.add_parser(

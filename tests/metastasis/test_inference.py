@@ -306,3 +306,35 @@ def test_heatmap_leaves_the_slides_shared_thumbnail_alone(camelyon_root, tmp_pat
         before = slide.downsampled(32)[0].copy()
         write_heatmap(slide, np.full(before.shape[:2], 0.9, np.float32), 32, tmp_path / "heat.png")
         assert np.array_equal(slide.downsampled(32)[0], before)
+
+
+def test_slides_shared_out_over_processes_give_the_maps_of_one(camelyon_root, tmp_path, capsys):
+    """`infer --processes 2` (two CPU processes by torch.distributed's launcher, each slide done by one of them)
+    writes the maps one process writes, value for value; a rank that meets a bad input ends the command with
+    that input's one-line error."""
+    from metastasis.model import PatchClassifier
+
+    checkpoint = tmp_path / "model.pt"
+    torch.manual_seed(0)
+    torch.save({"model": PatchClassifier(64).state_dict(), "train_conf": {"patch_size": 64}}, checkpoint)
+    common = [str(camelyon_root / "training"), "--checkpoint", str(checkpoint), "--stride", "64", "--tile-outputs",
+              "16", "--num-threads", "1"]
+    assert cli.main(["infer", *common, "--out", str(tmp_path / "one")]) == 0
+    assert cli.main(["infer", *common, "--out", str(tmp_path / "two"), "--processes", "2"]) == 0
+    one, two = sorted((tmp_path / "one").glob("*.npy")), sorted((tmp_path / "two").glob("*.npy"))
+    assert [p.name for p in one] == [p.name for p in two] and len(one) == 4
+    for a, b in zip(one, two):
+        assert np.array_equal(np.load(a), np.load(b)), a.name
+        meta_a, meta_b = (json.loads(p.with_suffix(".json").read_text()) for p in (a, b))
+        assert meta_a["made_with"] == meta_b["made_with"] and meta_a["max_probability"] == meta_b["max_probability"]
+    capsys.readouterr()
+    # A tissue mask that breaks only when its slide's turn comes (its PNG decodes to garbage after the header).
+    masks = tmp_path / "masks"
+    assert cli.main(["tissue", str(camelyon_root / "training"), "--out", str(masks)]) == 0
+    png = sorted(masks.glob("*_tissue.png"))[-1]
+    png.write_bytes(png.read_bytes()[:60] + b"\0" * (png.stat().st_size - 60))
+    capsys.readouterr()
+    assert cli.main(["infer", *common, "--out", str(tmp_path / "bad"), "--masks", str(masks),
+                     "--processes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert png.name in err and "Traceback" not in err, err

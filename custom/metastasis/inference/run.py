@@ -22,10 +22,15 @@ current one (:func:`medcore.threads.prefetch`); a bounded queue keeps memory fla
 memory goes back to the system before a tile larger than the last and after each slide (glibc would keep it, and a
 folder run's memory would ratchet up from slide to slide). Each slide is opened once: its tissue mask, stain
 estimate, map and heatmap share the open :class:`~metastasis.data.slide.Slide` and its thumbnail.
+
+A folder of slides can be shared out over processes (``processes``; one per GPU, or CPU processes, started by
+PyTorch's elastic launcher, :mod:`medcore.distributed`), or over the ranks ``torchrun`` started (also on several
+nodes): each slide is done by one rank, with the same network, so the maps are those of one process.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -37,6 +42,7 @@ import openslide
 import torch
 
 from medcore.device import amp_dtype, autocast
+from medcore.distributed import current_rank, joined_group, rank_device, run_processes
 from medcore.errors import UserError
 from medcore.files import check_distinct_names, claim_output_dir
 from medcore.memory import release_free_memory
@@ -231,16 +237,70 @@ def probability_map(slide: str | Path | Slide, model: PatchClassifier, stride: i
     return probs, info
 
 
+@dataclasses.dataclass(frozen=True)
+class _MapJob:
+    """One slide's map to make, with what a process needs to make it (picklable, for other processes)."""
+
+    slide: Path
+    npy: Path
+    mask: Path | None
+    made_with: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class _MapSettings:
+    stride: int
+    mode: str
+    device: torch.device | None
+    amp: bool
+    tile_outputs: int | None
+    batch_size: int
+    checkpoint: str
+    stain_normalization: str
+
+
+def _make_maps(jobs: Sequence[_MapJob], model: PatchClassifier, settings: _MapSettings) -> int:
+    """Make this rank's share of the maps (all of them in one process); returns how many it made."""
+    rank = current_rank()
+    jobs = rank.shard(jobs)
+    device = rank_device(settings.device or next(model.parameters()).device, rank)
+    progress = Progress(len(jobs), "slides" if rank.world == 1 else f"slides of rank {rank.rank}", logger)
+    for job in jobs:
+        tissue = TissueMask.load(job.mask) if job.mask is not None else None
+        last_log = [time.perf_counter()]
+
+        def report(done: int, total: int, name: str = job.slide.name) -> None:
+            if time.perf_counter() - last_log[0] > 30 or done == total:
+                logger.info("%s: %d/%d %s", name, done, total, "tiles" if settings.mode == "tiled" else "patches")
+                last_log[0] = time.perf_counter()
+
+        with Slide(job.slide) as slide:  # opened once: the tissue mask, the map and the heatmap share its thumbnail
+            probs, info = probability_map(slide, model, settings.stride, tissue, settings.mode, device, settings.amp,
+                                          settings.tile_outputs, settings.batch_size, settings.stain_normalization,
+                                          on_progress=report)
+            write_map(job.npy, probs, {**info, "checkpoint": settings.checkpoint, "made_with": job.made_with}, slide)
+        release_free_memory()  # the slide's thumbnail, map and tiles go back before the next slide starts
+        progress.step(f"{job.slide.name}: {info['tissue_outputs']} outputs in {info['seconds']:.1f} s "
+                      f"({info['outputs_per_second']:.0f}/s, {settings.mode}), max probability "
+                      f"{float(probs.max()):.3f}")
+    return len(jobs)
+
+
 def infer_slides(slides: Sequence[str | Path], model: PatchClassifier, out_dir: str | Path, stride: int = 32,
                  mask_dir: str | Path | None = None, mode: str = "tiled", device: torch.device | None = None,
                  amp: bool = True, tile_outputs: int | None = None, batch_size: int = 32,
-                 overwrite: bool = False, checkpoint: str = "", stain_normalization: str = "none") -> list[Path]:
+                 overwrite: bool = False, checkpoint: str = "", stain_normalization: str = "none",
+                 processes: int = 1, threads: int = 0) -> list[Path]:
     """Probability maps of a folder's worth of slides, resumable: a slide whose JSON exists is skipped.
 
     ``stain_normalization`` must be the one the model was trained with (the checkpoint's recipe records it).
 
     Tissue masks come from ``mask_dir`` (``NAME_tissue.png``, as ``metastasis tissue`` writes them) when given and
     present, else are computed. Returns the ``.npy`` paths.
+
+    ``processes``: the slides to make are shared out over that many processes (``threads`` PyTorch threads each;
+    0: the cores shared out), on CUDA one GPU each (:func:`medcore.distributed.run_processes`). Under ``torchrun``
+    every rank runs this: each checks every input, rank 0 claims the folder, and each makes its share.
     """
     slides = [Path(s) for s in slides]
     if not slides:
@@ -282,30 +342,18 @@ def infer_slides(slides: Sequence[str | Path], model: PatchClassifier, out_dir: 
     todo = [p for p in slides if not finished(out_dir / f"{p.stem}.npy")]
     for path in todo:  # every mask is checked before the first map is written (decoded when its slide's turn comes)
         check_mask(path)
-    claim_output_dir(out_dir, "probability maps", [f"{p.stem}{end}" for p in todo
-                                                   for end in MAP_ENDINGS])
-    progress = Progress(len(slides), "slides", logger)
-    written = []
-    for path in slides:
-        npy = out_dir / f"{path.stem}.npy"
-        written.append(npy)
-        if finished(npy):
-            progress.step(f"kept existing {npy.name}")
-            continue
-        png = mask_png(path)
-        tissue = TissueMask.load(png) if png is not None else None
-        last_log = [time.perf_counter()]
-
-        def report(done: int, total: int, name: str = path.name) -> None:
-            if time.perf_counter() - last_log[0] > 30 or done == total:
-                logger.info("%s: %d/%d %s", name, done, total, "tiles" if mode == "tiled" else "patches")
-                last_log[0] = time.perf_counter()
-
-        with Slide(path) as slide:  # opened once: the tissue mask, the map and the heatmap share its thumbnail
-            probs, info = probability_map(slide, model, stride, tissue, mode, device, amp, tile_outputs,
-                                          batch_size, stain_normalization, on_progress=report)
-            write_map(npy, probs, {**info, "checkpoint": checkpoint, "made_with": made_with(path)}, slide)
-        release_free_memory()  # the slide's thumbnail, map and tiles go back before the next slide starts
-        progress.step(f"{path.name}: {info['tissue_outputs']} outputs in {info['seconds']:.1f} s "
-                      f"({info['outputs_per_second']:.0f}/s, {mode}), max probability {float(probs.max()):.3f}")
-    return written
+    jobs = [_MapJob(p, out_dir / f"{p.stem}.npy", mask_png(p), made_with(p)) for p in todo]
+    settings = _MapSettings(stride, mode, device, amp, tile_outputs, batch_size, checkpoint, stain_normalization)
+    if len(slides) > len(todo):
+        logger.info("kept existing maps of %d slides in %s", len(slides) - len(todo), out_dir)
+    with joined_group() as rank:  # under torchrun: rank 0 claims the folder, then every rank makes its share
+        if rank.main:
+            claim_output_dir(out_dir, "probability maps", [f"{p.stem}{end}" for p in todo for end in MAP_ENDINGS])
+        rank.barrier()
+        if rank.world > 1 or processes == 1 or len(jobs) <= 1:
+            _make_maps(jobs, model, settings)
+        else:
+            run_processes(min(processes, len(jobs)), _make_maps, jobs, copy.deepcopy(model).cpu(), settings,
+                          threads=threads)
+        rank.barrier()
+    return [out_dir / f"{p.stem}.npy" for p in slides]

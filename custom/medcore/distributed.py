@@ -1,0 +1,180 @@
+"""Work spread over processes with ``torch.distributed``: N processes on this machine (one per GPU, or CPU
+processes) started by PyTorch's elastic launcher (what ``torchrun`` runs), or the ranks ``torchrun`` itself started,
+also across nodes (``torchrun --nnodes``).
+
+A command that shards its work checks every input and claims its outputs first, in one process, then hands each
+rank its share (:meth:`Rank.shard`: items ``rank, rank + world, ...``), so every item is done exactly once and a
+rank needs no word from the others. A rank that fails stops the others (the launcher's rule): a user error there
+is the command's one-line error, anything else its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+from .errors import UserError
+
+__all__ = ["Rank", "current_rank", "joined_group", "processes_option", "resolve_processes", "rank_device", "run_processes"]
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rank:
+    """Which process of how many this is (``torchrun``'s ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Whether this is rank 0, the one that writes what is written once."""
+        return self.rank == 0
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This rank's share of ``items``: every ``world``-th one from ``rank`` (all shards together are the
+        items, each once; in the order given, so the work is spread when costs vary along the list)."""
+        return list(items[self.rank::self.world])
+
+    def barrier(self) -> None:
+        """Wait for every rank of the process group (nothing to wait for in one process)."""
+        import torch.distributed as dist
+
+        if self.world > 1 and dist.is_available() and dist.is_initialized():
+            dist.barrier()
+
+
+def current_rank() -> Rank:
+    """This process's rank from the environment ``torchrun`` and the elastic launcher set (rank 0 of 1 without)."""
+    try:
+        return Rank(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                    int(os.environ.get("LOCAL_RANK", 0)))
+    except ValueError:
+        raise UserError(f"RANK, WORLD_SIZE or LOCAL_RANK is not a whole number in the environment "
+                        f"({os.environ.get('RANK')!r}, {os.environ.get('WORLD_SIZE')!r}, "
+                        f"{os.environ.get('LOCAL_RANK')!r})") from None
+
+
+#: How long a rank waits at a barrier for the others: a rank's share of a test set may take hours, and a rank that
+#: fails stops the others through the launcher, not through this timeout.
+BARRIER_TIMEOUT = datetime.timedelta(days=7)
+
+
+@contextlib.contextmanager
+def joined_group() -> Iterator[Rank]:
+    """This process's rank; where ``torchrun`` started several, in a process group (gloo, created here when none
+    exists yet and left at the end), so :meth:`Rank.barrier` waits for them."""
+    import torch.distributed as dist
+
+    rank = current_rank()
+    create = rank.world > 1 and not dist.is_initialized()
+    if create:
+        dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+    try:
+        yield rank
+    finally:
+        if create:
+            dist.destroy_process_group()
+
+
+def processes_option(text: str) -> int | str:
+    """An argparse ``type``: ``auto`` or a number of processes from 1 to 1,024."""
+    import argparse
+
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number, got {text!r}") from None
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"must be auto or 1-1024, got {value}")
+    return value
+
+
+def resolve_processes(requested: int | str, device: str = "auto") -> int:
+    """How many processes ``requested`` (a number, or ``auto``) means for ``device`` (``auto``, ``cpu``,
+    ``cuda[:n]``): ``auto`` is every visible GPU where CUDA is used, else one process (a CPU's cores are already
+    used by one process's threads). More processes than GPUs on CUDA is refused (two processes would share one)."""
+    import torch
+
+    if current_rank().world > 1:  # torchrun started the ranks: they share the work
+        if requested not in (1, "auto"):
+            raise UserError(f"--processes {requested} under torchrun, which started {current_rank().world} ranks "
+                            "already: leave --processes at 1 (torchrun's --nproc-per-node chooses)")
+        return 1
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    gpus = torch.cuda.device_count() if cuda else 0
+    if requested == "auto":
+        return max(1, gpus)
+    if cuda and requested > 1 and ":" in device:
+        raise UserError(f"--device {device} names one GPU: {requested} processes need --device cuda or auto (one "
+                        "GPU per process)")
+    if cuda and requested > max(gpus, 1):
+        raise UserError(f"{requested} processes on CUDA, but {gpus} GPU(s) are visible: one process per GPU")
+    return int(requested)
+
+
+def rank_device(device: Any, rank: Rank | None = None) -> Any:
+    """The device of this rank: ``cuda`` becomes ``cuda:<local rank>`` (one GPU per process); others unchanged."""
+    import torch
+
+    device = torch.device(device)
+    rank = rank or current_rank()
+    if device.type == "cuda" and device.index is None and rank.world > 1:
+        return torch.device("cuda", rank.local_rank)
+    return device
+
+
+def _worker(fn: Callable[..., T], error_dir: str, threads: int, args: tuple) -> T:
+    """One launched process: its threads, its logging, ``fn(*args)``; a user error is written for the launcher
+    to raise (the process exits 2, which stops the other ranks)."""
+    import torch
+
+    from .progress import configure_logging
+
+    configure_logging()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return fn(*args)
+    except UserError as err:
+        Path(error_dir, f"rank{current_rank().rank}.txt").write_text(str(err))
+        raise SystemExit(2) from None
+
+
+def run_processes(processes: int, fn: Callable[..., T], *args: Any, threads: int = 0) -> dict[int, T]:
+    """``fn(*args)`` in ``processes`` processes on this machine, started by PyTorch's elastic launcher (each with
+    ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set, so ``fn`` may join a process
+    group); returns each rank's result. One process runs ``fn`` here, unlaunched.
+
+    ``threads``: PyTorch CPU threads per process (0: the machine's cores shared out, at least one each). ``fn``
+    and ``args`` are pickled to the processes (``fn`` must be a module-level function). The first rank to fail
+    stops the others: a :class:`UserError` there is raised here with its message; any other failure is raised as
+    the launcher's ``ChildFailedError``, with that rank's traceback.
+    """
+    if processes == 1:
+        return {0: fn(*args)}
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    threads = threads or max(1, (os.cpu_count() or 1) // processes)
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, rdzv_backend="c10d",
+                          rdzv_endpoint="localhost:0", run_id=uuid.uuid4().hex, max_restarts=0,
+                          monitor_interval=0.1, start_method="spawn")
+    with tempfile.TemporaryDirectory(prefix="ranks-") as error_dir:
+        try:
+            return elastic_launch(config, _worker)(fn, error_dir, threads, args)
+        except ChildFailedError:
+            messages = sorted(Path(error_dir).glob("rank*.txt"))
+            if messages:
+                raise UserError(messages[0].read_text()) from None
+            raise

@@ -153,10 +153,12 @@ def _inference_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from medcore.distributed import resolve_processes
+
     from .inference import validate_checkpoint
 
     summary = validate_checkpoint(args.checkpoint, args.datalist, args.data_root, args.split, args.out,
-                                  _inference_config(args))
+                                  _inference_config(args), resolve_processes(args.processes, args.device))
     print(f"{args.checkpoint} on {args.split} ({summary['n_cases']} cases): "
           + " ".join(f"{k} {summary[k]:.4f}" for k in ("TC", "WT", "ET", "mean"))
           + " | HD95 mm " + " ".join(f"{k[5:]} {summary[k]:.2f}" for k in ("HD95_TC", "HD95_WT", "HD95_ET"))
@@ -201,8 +203,8 @@ def _add_datalist_options(parser: argparse.ArgumentParser, pooled: bool = False)
                         help="folder the datalist paths are relative to")
 
 
-def _inference_parser(sub: argparse._SubParsersAction, name: str, help: str,
-                      description: str) -> argparse.ArgumentParser:
+def _inference_parser(sub: argparse._SubParsersAction, name: str, help: str, description: str,
+                      shared: str | None = None) -> argparse.ArgumentParser:
     """A sub-command that runs a checkpoint over cases: the checkpoint, the windows and where to compute."""
     parser = sub.add_parser(name, help=help, description=description)
     defaults = TrainConfig()
@@ -222,7 +224,7 @@ def _inference_parser(sub: argparse._SubParsersAction, name: str, help: str,
                         help=f"overlap of sliding windows in [0, 1) (default: {defaults.val_overlap})")
     parser.add_argument("--sw-batch-size", type=number(int, minimum=1, maximum=1024), default=1,
                         help="sliding windows per forward pass, 1-1024 (default: 1)")
-    add_compute_options(parser, threads=False)
+    add_compute_options(parser, threads=False, shared=shared)
     return parser
 
 
@@ -316,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "validate", help="score a checkpoint on a datalist split: per-case Dice and HD95 to CSV",
         description="Run sliding-window inference of a checkpoint on one split of a site datalist and write "
                     "per-case Dice (TC, WT, ET, mean) and Hausdorff 95 distances in mm to a CSV, with the means.",
+        shared="the cases",
     )
     _add_datalist_options(val)
     val.add_argument("--split", choices=SPLITS, default="testing", help="which list to score (default: testing)")

@@ -1,5 +1,9 @@
 """Checkpoints applied to data, outside FLARE: per-case validation of any model on any datalist split, and
-segmentation of a single case into a BraTS label map in the input's exact geometry."""
+segmentation of a single case into a BraTS label map in the input's exact geometry.
+
+Validation can share a split's cases out over processes (one GPU each on CUDA, or CPU processes;
+:mod:`medcore.distributed`): each case is scored once, by one process, and the scores come back in the datalist's
+order, so the CSV and the means are those of one process."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from medcore.device import select_device
+from medcore.distributed import current_rank, rank_device, run_processes
 from medcore.errors import UserError, user_errors_unwrapped
 from medcore.files import atomic_path, check_replaceable, first_line_is, write_csv
 
@@ -22,7 +27,8 @@ from .metrics import REGIONS, regions_to_labels
 from .model import load_checkpoint
 from .transforms import infer_transforms
 
-__all__ = ["VALIDATION_COLUMNS", "LABEL_MAP_DESCRIPTION", "score_checkpoint", "validate_checkpoint", "segment_case"]
+__all__ = ["VALIDATION_COLUMNS", "LABEL_MAP_DESCRIPTION", "score_checkpoint", "validate_checkpoint",
+           "segment_case"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,32 +46,46 @@ def _is_label_map(path: Path) -> bool:
     return descrip.decode(errors="replace") == LABEL_MAP_DESCRIPTION
 
 
-def score_checkpoint(checkpoint: str | Path, datalist: str | Path, data_root: str | Path, split: str,
-                     config: TrainConfig | None = None) -> list[dict]:
-    """Per-case Dice and HD95 (mm) of ``checkpoint`` on one split of a datalist (:func:`~brats_fl.engine.evaluate`
-    with each case's voxel size). ``config`` ``None``: the window settings the checkpoint was trained with
-    (``crop``, ``val_window``, ``val_overlap`` of its ``train_conf``; Clara's where it has none)."""
+def _score_cases(checkpoint: str | Path, cases: list[dict], config: TrainConfig | None) -> list[tuple[int, dict]]:
+    """This rank's share of ``cases`` scored: (index in ``cases``, the case's scores) pairs."""
     model, extras = load_checkpoint(checkpoint)
     if config is None:
         conf = extras.get("train_conf") if isinstance(extras.get("train_conf"), dict) else {}
         config = TrainConfig.from_dict({k: conf[k] for k in ("crop", "val_window", "val_overlap") if k in conf})
-    device = select_device(config.device)
-    cases = read_datalist(datalist, data_root, splits=[split])[split]
+    rank = current_rank()
+    indices = rank.shard(range(len(cases)))
+    device = rank_device(select_device(config.device), rank)
     model.to(device)
     # Streamed, one case read ahead: memory does not grow with the number of cases.
-    return evaluate(model, read_ahead(eval_dataset(cases, cached=False)), config, device, spacing=True,
-                    progress_logger=logger)
+    scores = evaluate(model, read_ahead(eval_dataset([cases[i] for i in indices], cached=False)), config, device,
+                      spacing=True, progress_logger=logger)
+    return list(zip(indices, scores))
+
+
+def score_checkpoint(checkpoint: str | Path, datalist: str | Path, data_root: str | Path, split: str,
+                     config: TrainConfig | None = None, processes: int = 1) -> list[dict]:
+    """Per-case Dice and HD95 (mm) of ``checkpoint`` on one split of a datalist (:func:`~brats_fl.engine.evaluate`
+    with each case's voxel size), in the datalist's order. ``config`` ``None``: the window settings the
+    checkpoint was trained with (``crop``, ``val_window``, ``val_overlap`` of its ``train_conf``; Clara's where it
+    has none). ``processes``: the cases shared out over that many processes (:func:`medcore.distributed.
+    run_processes`; the datalist and every case's headers are checked here first)."""
+    cases = read_datalist(datalist, data_root, splits=[split])[split]
+    processes = max(1, min(processes, len(cases)))
+    if processes > 1:
+        load_checkpoint(checkpoint)  # a bad checkpoint is one error here, not one per process
+    shares = run_processes(processes, _score_cases, checkpoint, cases, config)
+    return [scores for _, scores in sorted(pair for share in shares.values() for pair in share)]
 
 
 def validate_checkpoint(checkpoint: str | Path, datalist: str | Path, data_root: str | Path, split: str,
-                        out_csv: str | Path, config: TrainConfig) -> dict[str, float]:
+                        out_csv: str | Path, config: TrainConfig, processes: int = 1) -> dict[str, float]:
     """Score ``checkpoint`` on one split of a datalist, writing per-case Dice and HD95 (mm) to ``out_csv``.
 
     The CSV has a row per case (``name, TC, WT, ET, mean, HD95_TC, HD95_WT, HD95_ET``) and a last ``MEAN`` row;
     the means are returned. An existing ``out_csv`` is replaced only if it is such a CSV.
     """
     check_replaceable(out_csv, "validation CSV", first_line_is(",".join(VALIDATION_COLUMNS)))
-    per_case = score_checkpoint(checkpoint, datalist, data_root, split, config)
+    per_case = score_checkpoint(checkpoint, datalist, data_root, split, config, processes)
     summary = summarize(per_case)
     columns = VALIDATION_COLUMNS
     rows = [[case["name"], *(f"{case[c]:.6f}" for c in columns[1:])] for case in per_case]

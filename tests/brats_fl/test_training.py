@@ -299,3 +299,24 @@ def test_a_bad_value_is_found_where_the_case_is_decoded_and_named_in_one_line(br
                      "--data-root", str(root), "--out", str(tmp_path / "v.csv")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {label}: label values [3] are not BraTS labels [0, 1, 2, 4]"
     assert not (tmp_path / "v.csv").exists()
+
+
+def test_validation_shared_out_over_processes_gives_one_process_scores(site, brats_root, tmp_path):
+    """`validate --processes 2`: each case scored by one of two CPU processes, the CSV in the datalist's order and
+    equal, value for value, to one process's (each process with one thread, as the test's own)."""
+    lists = write_datalists(brats_root, tmp_path / "lists")
+    pooled = {"testing": [case for path in lists.values() for split in json.loads(path.read_text()).values()
+                          for case in split]}  # all six cases
+    datalist = tmp_path / "pooled.json"
+    datalist.write_text(json.dumps(pooled))
+    ckpt = _save_model(BratsSegResNet(), tmp_path / "m.pt")
+    config = TrainConfig(crop=CROP, num_workers=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        validate_checkpoint(ckpt, datalist, brats_root, "testing", tmp_path / "one.csv", config)
+    finally:
+        torch.set_num_threads(threads)
+    validate_checkpoint(ckpt, datalist, brats_root, "testing", tmp_path / "two.csv", config, processes=2)
+    one, two = (list(csv.DictReader((tmp_path / name).open())) for name in ("one.csv", "two.csv"))
+    assert len(one) == 7 and one == two

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,9 @@ from pathlib import Path
 from typing import Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
-NVFLARE = str(Path(sys.executable).parent / "nvflare")
+# The venv's console script, else one on PATH (packages installed with pip --target put it beside them).
+NVFLARE = next((str(p) for p in (Path(sys.executable).parent / "nvflare", shutil.which("nvflare")) if p and
+                Path(p).is_file()), "nvflare")
 CAMELYON_SIZE = (100_000, 200_000)
 
 
@@ -307,9 +310,10 @@ def main() -> None:
         entry["seconds"] = round(time.perf_counter() - start, 1)
         result["sections"][name] = entry
         print(name, json.dumps(entry)[:600], flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "gpu_check.md").write_text(markdown(result))
+        # Written after every section: a run stopped at a time limit keeps what it measured.
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / "gpu_check.md").write_text(markdown(result))
 
 
 if __name__ == "__main__":

@@ -97,17 +97,21 @@ def main() -> None:
     results[args.label] = {"machine": platform.platform(), "cpu_count": os.cpu_count(), "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(results, args.out / "patch_reading.md")
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    """One table per machine label of ``patch_reading.json``."""
     lines = ["# Feeding the patch classifier: DataLoader workers and OpenSlide's tile cache", "",
              "Training input pipeline (OpenSlide read of a 224 px level-0 patch, augmentation, normalisation), batch "
              "32, shuffled over 270 slide files; USS is the memory a worker holds on its own.", ""]
     for label, result in results.items():
-        lines += [f"## {label} ({result['machine']})", "",
+        lines += [f"## {label} ({result['machine']}, {result['cpu_count']} cores)", "",
                   "| workers | tile cache | patches/s | USS per worker MB |", "| --- | --- | --- | --- |"]
         lines += [f"| {r['workers']} | {r['cache']} | {r['patches_per_second']} | {r['uss_per_worker_mb']} |"
                   for r in result["runs"]]
         lines.append("")
-    (args.out / "patch_reading.md").write_text("\n".join(lines))
-
+    path.write_text("\n".join(lines))
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,7 @@ from tests.support import REPO
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 #: Option types (of medcore.command) that look at the file system: a quoted command names paths of the reader's
 #: machine, so only its syntax is checked; numbers, settings and choices are checked as the command would.
-_PATH_TYPES = ("existing_file", "existing_dir", "existing_path", "named_file", "output_file", "output_dir")
+_PATH_TYPES = ("existing_file", "existing_dir", "existing_path", "named_checkpoint", "output_file", "output_dir")
 _TOOLS = {"brats-fl": (brats_cli, []), "metastasis": (metastasis_cli, []),
           "jobs/brats_fl/job.py": (brats_cli, ["job"]), "jobs/pathology_metastasis/job.py": (metastasis_cli, ["job"])}
 

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from medcore.command import (add_compute_options, add_generator_options, command_parser, existing_dir, existing_file,
-                            existing_path, named_checkpoint, non_empty, number, output_dir, output_file, parse_setting,
-                            run_command)
+from medcore.command import (add_compute_options, add_generator_options, add_processes_option, command_parser,
+                            existing_dir, existing_file, existing_path, named_checkpoint, non_empty, number, output_dir,
+                            output_file, parse_setting, run_command)
 from medcore.errors import UserError
 from medflare.cli import (add_bundle_parser, add_deploy_parser, add_evaluation_parser, add_job_parsers,
                           add_report_parser, job_overrides)
@@ -94,6 +94,8 @@ def _job_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from medcore.distributed import data_parallel, resolve_processes
+
     from .engine import pooled_splits, train
 
     settings = dict(args.set or [])
@@ -102,7 +104,8 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict(settings)  # a bad setting fails before any case is read
     splits = pooled_splits(args.datalist, args.data_root)
     logger.info("pooled %s", ", ".join(f"{len(v)} {k}" for k, v in splits.items()) + " cases")
-    best = train(splits, config, args.out, resume=not args.restart)
+    processes = resolve_processes(args.processes, config.device)
+    best = data_parallel(processes, config.device, train, splits, config, args.out, not args.restart)
     print(f"best model: epoch {best['epoch']} with validation mean Dice {best['val_dice']:.4f} -> "
           f"{Path(args.out) / 'best_model.pt'}")
     return 0
@@ -312,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a training setting (those of make-job's --set, see brats_fl.config.TrainConfig), e.g. "
                          "--set crop=[64,64,48] --set lr=5e-4; repeatable")
     tr.add_argument("--restart", action="store_true", help="start afresh even if OUT holds a training state")
+    add_processes_option(tr, "the training cases", data_parallel=True)
     tr.set_defaults(func=_train, memory_options="--set crop, batch_size and cache_rate")
 
     val = _inference_parser(

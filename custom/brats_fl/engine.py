@@ -16,6 +16,7 @@ from monai.transforms import Compose
 from torch.utils.data import DataLoader
 
 from medcore.device import autocast, select_device
+from medcore.distributed import all_gather_shards, current_rank, rank_device
 from medcore.errors import UserError, user_error_in, user_errors_unwrapped
 from medcore.progress import Progress
 from medcore.provenance import digest
@@ -136,7 +137,7 @@ class Trainer(EpochTrainer):
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
         image = batch["image"].to(self.device)
         label = batch["label"].to(self.device)
-        loss = self.loss_fn(self.model(image).float(), label)
+        loss = self.loss_fn(self.network(image).float(), label)
         vae_loss = getattr(self.model, "vae_loss", None)
         if vae_loss is not None:
             loss = loss + self.config.vae_weight * vae_loss.float()
@@ -245,15 +246,17 @@ def train(splits: Mapping[str, Sequence[dict]], config: TrainConfig, out_dir: st
         raise UserError("centralised training needs cases in both the training and the validation splits")
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    device = select_device(config.device)
+    rank = current_rank()  # data-parallel: each rank caches and trains on its share, validates its share
+    device = rank_device(select_device(config.device), rank)
     model = BratsSegResNet(vae=config.vae, crop=config.crop, seed=config.seed)
     trainer = Trainer(model, config, device)
-    training, validation = train_dataset(splits["training"], config), eval_dataset(splits["validation"],
-                                                                                  config.cache_rate)
+    validating = rank.shard(range(len(splits["validation"])))
+    training = train_dataset(rank.shard(splits["training"]), config)
+    validation = eval_dataset([splits["validation"][i] for i in validating], config.cache_rate)
 
     def run_epoch() -> dict:
         stats = trainer.train_epoch(training)
-        scores = summarize(evaluate(model, validation, config, device))
+        scores = summarize(all_gather_shards(validating, evaluate(model, validation, config, device)))
         return {"epoch": trainer.epochs, "train_loss": stats.loss, "val_dice": scores["mean"],
                 **{f"val_dice_{r}": scores[r] for r in REGIONS}, "seconds": stats.seconds,
                 "data_wait_percent": 100 * stats.data_seconds / max(stats.seconds, 1e-9)}

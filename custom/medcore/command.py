@@ -27,7 +27,7 @@ from .settings import MAX_PARALLEL, MAX_WHOLE, out_of_range
 
 __all__ = ["CommandParser", "command_parser", "run_command", "number", "non_empty", "existing_file", "named_checkpoint",
            "existing_dir", "existing_path", "output_file", "output_dir", "device_option", "add_compute_options",
-           "add_generator_options", "parse_setting"]
+           "add_processes_option", "add_bootstrap_options", "add_generator_options", "parse_setting"]
 
 #: File-system errors that come from the user's files and folders (permissions, space, wrong kind of path), not
 #: from the code; reported like user errors even when the OS does not name the file.
@@ -238,13 +238,22 @@ def add_compute_options(parser: argparse.ArgumentParser, amp: bool = True, threa
                             help=f"PyTorch CPU threads, 0-{MAX_PARALLEL}; 0: PyTorch's default (default: 0)"
                                  + ("; with --processes, per process, and 0 shares the cores out" if shared else ""))
     if shared:
-        from .distributed import processes_option
+        add_processes_option(parser, shared)
 
-        parser.add_argument("--processes", type=processes_option, default=1,
-                            help=f"processes to share {shared} out over (torch.distributed's launcher), one per GPU "
-                                 "on CUDA; auto: every visible GPU, or one process on a CPU machine; each of {shared} "
-                                 "is done by one process and the outputs are those of one process. Under torchrun, "
-                                 "leave it at 1: the ranks torchrun started share the work (default: 1)")
+
+def add_processes_option(parser: argparse.ArgumentParser, shared: str, data_parallel: bool = False) -> None:
+    """``--processes``: how many processes share ``shared`` (e.g. "the slides") out (:mod:`medcore.distributed`);
+    ``data_parallel``: they train one model together (each on its share, gradients averaged every step)."""
+    from .distributed import processes_option
+
+    what = (f"processes training one model data-parallel (PyTorch DistributedDataParallel: each trains on its "
+            f"share of {shared}, gradients are averaged every step, and each validates its share)"
+            if data_parallel else f"processes to share {shared} out over (each done by one process; the outputs "
+                                  "are those of one process)")
+    parser.add_argument("--processes", type=processes_option, default=1,
+                        help=f"{what}, started by torch.distributed's launcher, one per GPU on CUDA; auto: every "
+                             "visible GPU, or one process on a CPU machine. Under torchrun, leave it at 1: the "
+                             "ranks torchrun started share the work (default: 1)")
 
 
 def add_bootstrap_options(parser: argparse.ArgumentParser, resampled: str, zero: bool = True) -> None:

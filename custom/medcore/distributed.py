@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from .errors import UserError
 
-__all__ = ["Rank", "current_rank", "joined_group", "processes_option", "resolve_processes", "rank_device", "run_processes"]
+__all__ = ["Rank", "current_rank", "joined_group", "all_gather", "all_gather_shards", "all_mean", "all_max",
+           "data_parallel", "processes_option", "resolve_processes", "rank_device", "run_processes"]
 
 T = TypeVar("T")
 
@@ -69,20 +70,56 @@ BARRIER_TIMEOUT = datetime.timedelta(days=7)
 
 
 @contextlib.contextmanager
-def joined_group() -> Iterator[Rank]:
-    """This process's rank; where ``torchrun`` started several, in a process group (gloo, created here when none
-    exists yet and left at the end), so :meth:`Rank.barrier` waits for them."""
+def joined_group(backend: str = "gloo") -> Iterator[Rank]:
+    """This process's rank; where ``torchrun`` or :func:`run_processes` started several, in a process group
+    (``backend``: gloo, or nccl for CUDA tensors; created here when none exists yet and left at the end), so
+    :meth:`Rank.barrier` waits for them and the ``all_*`` functions combine their values."""
     import torch.distributed as dist
 
     rank = current_rank()
     create = rank.world > 1 and not dist.is_initialized()
     if create:
-        dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+        dist.init_process_group(backend, timeout=BARRIER_TIMEOUT)
     try:
         yield rank
     finally:
         if create:
             dist.destroy_process_group()
+
+
+def _grouped() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_gather(value: T) -> list[T]:
+    """Every rank's ``value`` (any picklable object), in rank order; ``[value]`` outside a process group."""
+    import torch.distributed as dist
+
+    if not _grouped():
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def all_gather_shards(indices: Sequence[int], values: Sequence[T]) -> list[T]:
+    """Every rank's ``values`` of its shard (``values[i]`` belongs to item ``indices[i]``), put back together in
+    item order: what one process computing every item would hold."""
+    pairs = [pair for share in all_gather(list(zip(indices, values))) for pair in share]
+    return [value for _, value in sorted(pairs, key=lambda pair: pair[0])]
+
+
+def all_mean(value: float) -> float:
+    """The mean of every rank's ``value`` (NaN where a rank has none)."""
+    values = all_gather(float(value))
+    return sum(values) / len(values)
+
+
+def all_max(value: int) -> int:
+    """The largest of every rank's ``value``."""
+    return max(all_gather(int(value)))
 
 
 def processes_option(text: str) -> int | str:
@@ -149,6 +186,29 @@ def _worker(fn: Callable[..., T], error_dir: str, threads: int, args: tuple) -> 
     except UserError as err:
         Path(error_dir, f"rank{current_rank().rank}.txt").write_text(str(err))
         raise SystemExit(2) from None
+
+
+def _in_group(backend: str, fn: Callable[..., T], args: tuple) -> T:
+    """``fn(*args)`` in this rank's process group (one GPU per rank with NCCL)."""
+    if backend == "nccl":
+        import torch
+
+        torch.cuda.set_device(current_rank().local_rank)
+    with joined_group(backend):
+        return fn(*args)
+
+
+def data_parallel(processes: int, device: str, fn: Callable[..., T], *args: Any, threads: int = 0) -> T:
+    """``fn(*args)`` run by ``processes`` ranks in one process group (NCCL where ``device`` is CUDA, else gloo),
+    for work that trains one model together (``DistributedDataParallel``); returns rank 0's result. Under
+    ``torchrun`` the ranks it started run it; one process runs it here."""
+    import torch
+
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    backend = "nccl" if cuda else "gloo"
+    if current_rank().world > 1:
+        return _in_group(backend, fn, args)
+    return run_processes(processes, _in_group, backend, fn, args, threads=threads)[0]
 
 
 def run_processes(processes: int, fn: Callable[..., T], *args: Any, threads: int = 0) -> dict[int, T]:

@@ -8,6 +8,8 @@ What a run folder holds (never written over a user's files of these names, :func
 * ``trainer_state.pt``: model, optimiser and scaler state and the history, to resume;
 * ``metrics.csv`` / ``metrics.json``: one row per epoch;
 * ``tensorboard/``: the rows' scalars as TensorBoard events.
+
+In a data-parallel run (:mod:`medcore.distributed`) every rank runs the epochs and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from .distributed import current_rank
 from .errors import UserError, first_line
 from .files import atomic_path, claim_output_dir, load_torch, mark_output, write_csv, write_json
 from .provenance import check_made_with
@@ -63,6 +66,7 @@ def fit(trainer: EpochTrainer, epochs: int, run_epoch: Callable[[], dict], out_d
     from torch.utils.tensorboard import SummaryWriter
 
     out_dir = Path(out_dir)
+    rank = current_rank()
     history: list[dict] = []
     state_path = out_dir / "trainer_state.pt"
     if resume and state_path.is_file():
@@ -79,29 +83,36 @@ def fit(trainer: EpochTrainer, epochs: int, run_epoch: Callable[[], dict], out_d
                             f"{first_line(err, empty='')}); pass --restart to start over, or "
                             "choose another --out") from None
         logger.info("resumed from %s after epoch %d", state_path, trainer.epochs)
-        mark_output(out_dir, output)  # a state this recipe loads is this command's own output
-    else:
+        if rank.main:
+            mark_output(out_dir, output)  # a state this recipe loads is this command's own output
+    elif rank.main:
         claim_output_dir(out_dir, output, RUN_FILES)
+    rank.barrier()  # the folder is claimed before any rank trains
     best = max(history, key=lambda row: row[key], default=None)
-    writer = SummaryWriter(str(out_dir / "tensorboard"))
+    writer = SummaryWriter(str(out_dir / "tensorboard")) if rank.main else None
     try:
         while trainer.epochs < epochs:
-            row = run_epoch()
+            row = run_epoch()  # the same row on every rank: losses averaged, validation gathered
             history.append(row)
+            if best is None or row[key] > best[key]:
+                best = row
+                if rank.main:
+                    save_model(out_dir / "best_model.pt", row)
+                    logger.info("new best model (%s %.4f)", key, row[key])
+            if not rank.main:
+                continue
             for name in scalars:
                 if not math.isnan(row[name]):
                     writer.add_scalar(name, row[name], row["epoch"])
             logger.info("epoch %d/%d: %s", row["epoch"], epochs, describe(row))
-            if best is None or row[key] > best[key]:
-                best = row
-                save_model(out_dir / "best_model.pt", row)
-                logger.info("new best model (%s %.4f)", key, row[key])
             save_model(out_dir / "last_model.pt", row)
             with atomic_path(state_path) as tmp:
                 torch.save({"model": trainer.model.state_dict(), "trainer": trainer.state_dict(),
                             "history": history, **({"made_with": dict(made_with)} if made_with else {})}, tmp)
             write_json(out_dir / "metrics.json", list(history))
             write_csv(out_dir / "metrics.csv", ([r.get(f, "") for f in fields] for r in history), header=fields)
+        rank.barrier()  # every file is written when any rank returns
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     return dict(best or {})

@@ -1,7 +1,12 @@
 """What both models' training shares: the settings every task's recipe holds (:class:`TrainingSettings`) and the
 optimisation loop, one epoch of optimiser steps over a dataset with automatic mixed precision
 (:mod:`medcore.device`), seeded draws (:mod:`medcore.seeding`), an optional FedProx proximal term and a record of
-how long the loop waited for data."""
+how long the loop waited for data.
+
+Data-parallel: in a process group of several ranks (:mod:`medcore.distributed`), the model is wrapped in PyTorch's
+``DistributedDataParallel``: each rank trains on its own dataset (its shard of the data), gradients are averaged
+over the ranks at every step, and every rank takes the same number of steps (a rank with fewer items repeats some),
+so the ranks' models stay identical, as one process training on the ranks' batches together would."""
 
 from __future__ import annotations
 
@@ -12,9 +17,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from monai.data import DataLoader
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from .device import autocast, check_device_name, grad_scaler
+from .distributed import all_max, all_mean, current_rank
 from .seeding import epoch_seed
 from .settings import MAX_PARALLEL, Settings, setting
 
@@ -72,8 +78,26 @@ class EpochStats:
     samples: int = 0
 
 
+class _EqualShuffle(Sampler):
+    """A random order of ``size`` items, lengthened to ``length`` by items drawn again (so that every rank of a
+    data-parallel run takes the same number of steps)."""
+
+    def __init__(self, size: int, length: int, generator: torch.Generator) -> None:
+        self.size, self.length, self.generator = size, length, generator
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=self.generator).tolist()
+        while len(order) < self.length:
+            order += torch.randperm(self.size, generator=self.generator).tolist()
+        return iter(order[:self.length])
+
+
 class EpochTrainer:
-    """Trains ``model`` with ``optimizer`` one epoch at a time; subclasses define :meth:`compute_loss`.
+    """Trains ``model`` with ``optimizer`` one epoch at a time; subclasses define :meth:`compute_loss`, running
+    the model as :attr:`network` (the model itself, or its data-parallel wrapper in a process group).
 
     Args:
         batch_size, num_workers: DataLoader settings (``num_workers`` processes prepare batches in parallel).
@@ -97,6 +121,12 @@ class EpochTrainer:
         self.epochs = 0  # epochs trained so far
         self.proximal_mu = float(proximal_mu)
         self.anchor: list[torch.Tensor] | None = None
+        self.rank = current_rank()
+        self.network: torch.nn.Module = self.model
+        if self.rank.world > 1 and torch.distributed.is_initialized():
+            # Gradients averaged over the ranks each step; buffers (batch-norm statistics) broadcast from rank 0.
+            self.network = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def set_anchor(self) -> None:
         """Take the model's current trainable weights as the FedProx anchor (call when a round's global model is
@@ -122,10 +152,19 @@ class EpochTrainer:
         The loss recorded is the batch loss alone (without the FedProx term), so curves compare across methods.
         """
         seed = epoch_seed(self.seed, self.epochs)
+        parallel = self.network is not self.model
+        if parallel:  # each rank its own draws, the same for the same number of ranks
+            seed = epoch_seed(seed, self.rank.rank)
         # MONAI's DataLoader seeds the dataset's random transforms from this generator (every worker's differently;
         # a plain one would fork identical augmentation streams into all workers).
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                            generator=torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        if parallel:
+            order = _EqualShuffle(len(dataset), all_max(len(dataset)), generator)
+            loader = DataLoader(dataset, batch_size=self.batch_size, sampler=order, num_workers=self.num_workers,
+                                generator=generator)
+        else:
+            loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+                                generator=generator)
         torch.manual_seed(seed)  # dropout draws from torch's global generators
         self.model.train()
         start = time.perf_counter()
@@ -146,7 +185,13 @@ class EpochTrainer:
             samples += n
             fetch_start = time.perf_counter()
         self.epochs += 1
-        return EpochStats(loss=float(np.mean(losses)) if losses else float("nan"), steps=len(losses),
+        if parallel:
+            # DDP broadcasts buffers before each forward, so after the last step every rank holds its own batch-norm
+            # running statistics: all take rank 0's, which the saved model carries, before anything validates.
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+        loss = float(np.mean(losses)) if losses else float("nan")
+        return EpochStats(loss=all_mean(loss) if parallel else loss, steps=len(losses),
                           seconds=time.perf_counter() - start, data_seconds=data_seconds, samples=samples)
 
     def state_dict(self) -> dict:

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Sequence
 
 from demodata.centres import CENTRES
-from medcore.command import (add_bootstrap_options, add_compute_options, add_generator_options, command_parser,
-                            existing_dir, existing_file, existing_path, non_empty, number, output_dir, output_file,
-                            parse_setting, run_command)
+from medcore.command import (add_bootstrap_options, add_compute_options, add_generator_options, add_processes_option,
+                            command_parser, existing_dir, existing_file, existing_path, non_empty, number, output_dir,
+                            output_file, parse_setting, run_command)
 from medcore.errors import UserError
 from medcore.files import check_distinct_names, check_replaceable, claim_output_dir, input_files
 from medcore.settings import MAX_PARALLEL
@@ -138,13 +138,16 @@ def _config(args: argparse.Namespace, base: dict | None = None):
 
 
 def _train(args: argparse.Namespace) -> int:
+    from medcore.distributed import data_parallel, resolve_processes
+
     from .engine import train
     from .data.patch_lists import read_patch_list
 
     overrides = {"epochs": args.epochs} if args.epochs is not None else {}
     config = _config(args, overrides)
     patches = read_patch_list(args.patches, args.data_root, check=True)
-    best = train(patches, config, args.out, resume=not args.restart)
+    processes = resolve_processes(args.processes, config.device)
+    best = data_parallel(processes, config.device, train, patches, config, args.out, not args.restart)
     print(f"best model: epoch {best.get('epoch')} with validation accuracy {best.get('val_accuracy', float('nan')):.4f}"
           f" (AUC {best.get('val_auc', float('nan')):.4f}) -> {Path(args.out) / 'best_model.pt'}")
     return 0
@@ -499,6 +502,7 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, type=output_dir, help="output folder")
     train.add_argument("--epochs", type=number(int, minimum=1), help="epochs, at least 1 (default: the recipe's 20)")
     train.add_argument("--restart", action="store_true", help="start from scratch even if --out holds a state")
+    add_processes_option(train, "the training patches", data_parallel=True)
     train.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE", help=_SETTINGS_HELP)
     train.set_defaults(func=_train, memory_options="--set batch_size, patch_size and num_workers")
 

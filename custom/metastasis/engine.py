@@ -12,6 +12,7 @@ from monai.data import DataLoader
 from monai.optimizers import Novograd
 
 from medcore.device import autocast, select_device
+from medcore.distributed import all_gather_shards, current_rank, rank_device
 from medcore.errors import UserError
 from medcore.files import check_replaceable, first_line_is, write_csv
 from medcore.provenance import digest
@@ -61,7 +62,7 @@ class Trainer(EpochTrainer):
 
     def compute_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
         image, label = (t.to(self.device) for t in batch)
-        return self.loss_fn(self.model(image).flatten(1).float(), label), image.shape[0]
+        return self.loss_fn(self.network(image).flatten(1).float(), label), image.shape[0]
 
 
 @torch.no_grad()
@@ -137,17 +138,22 @@ def train(patches: Mapping, config: TrainConfig, out_dir: str | Path, resume: bo
     ``.json`` and TensorBoard events in ``out_dir``. Returns the best epoch's row."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    device = select_device(config.device)
-    model = build_model(config)
-    datasets = patch_datasets(patches, config)
-    if not len(datasets["training"]) or not len(datasets["validation"]):
+    if not patches.get("training") or not patches.get("validation"):
         raise UserError(f"{patches.get('source', 'the patch list')}: training needs patches in both 'training' and "
                         "'validation'")
+    rank = current_rank()  # data-parallel: each rank trains on its share of the patches and predicts its share
+    device = rank_device(select_device(config.device), rank)
+    model = build_model(config)
+    validating = rank.shard(range(len(patches["validation"])))
+    datasets = patch_datasets({**patches, "training": rank.shard(patches["training"]),
+                               "validation": [patches["validation"][i] for i in validating]}, config)
     trainer = Trainer(model, config, device)
 
     def run_epoch() -> dict:
         stats = trainer.train_epoch(datasets["training"])
-        scores = evaluate(model, datasets["validation"], config, device)
+        predicted = predict(model, datasets["validation"], config, device)
+        scores = patch_scores(*(np.array(all_gather_shards(validating, list(values))) for values in predicted),
+                              config.threshold)
         return {"epoch": trainer.epochs, "train_loss": stats.loss, "val_loss": scores["loss"],
                 "val_accuracy": scores["accuracy"], "val_auc": scores["auc"],
                 "val_sensitivity": scores["sensitivity"], "val_specificity": scores["specificity"],

@@ -320,3 +320,25 @@ def test_validation_shared_out_over_processes_gives_one_process_scores(site, bra
     validate_checkpoint(ckpt, datalist, brats_root, "testing", tmp_path / "two.csv", config, processes=2)
     one, two = (list(csv.DictReader((tmp_path / name).open())) for name in ("one.csv", "two.csv"))
     assert len(one) == 7 and one == two
+
+
+def test_data_parallel_training_runs_resumes_and_repeats(brats_root, tmp_path, capsys):
+    """`train --processes 2`: two CPU processes train one model (each caching and training on its share of the
+    cases, validating its share); rank 0 alone writes the run folder. The same seed and number of processes give
+    the same run again, and a run resumes where it stopped."""
+    from brats_fl import cli
+
+    lists = write_datalists(brats_root, tmp_path / "lists")
+    args = ["train", "--datalist", *map(str, lists.values()), "--data-root", str(brats_root), "--set",
+            f"crop={list(CROP)}", "--set", "num_workers=0", "--set", "num_threads=1", "--processes", "2"]
+    for run in ("a", "b"):
+        assert cli.main([*args, "--epochs", "2", "--out", str(tmp_path / run)]) == 0
+    rows = {run: json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("a", "b")}
+    timeless = {run: [{k: v for k, v in row.items() if k not in ("seconds", "data_wait_percent")} for row in r]
+                for run, r in rows.items()}
+    assert len(rows["a"]) == 2 and timeless["a"] == timeless["b"]
+    assert "best model: epoch" in capsys.readouterr().out
+    assert cli.main([*args, "--epochs", "3", "--out", str(tmp_path / "a")]) == 0
+    assert [row["epoch"] for row in json.loads((tmp_path / "a/metrics.json").read_text())] == [1, 2, 3]
+    model, extras = load_checkpoint(tmp_path / "a/last_model.pt")
+    assert extras["epoch"] == 3 and not any(k.startswith("module.") for k in model.state_dict())

@@ -131,3 +131,19 @@ def test_cli_train_and_validate(camelyon_root, camelyon_patches, tmp_path, capsy
     assert cli.main(["train", "--patches", str(camelyon_patches), "--data-root", str(camelyon_root), "--out",
                      str(out), "--set", "patch_size=224"]) == 2
     assert "made for 64-pixel patches" in capsys.readouterr().err
+
+
+def test_data_parallel_training(camelyon_root, camelyon_patches, tmp_path, capsys):
+    """`train --processes 2`: two CPU processes train one patch classifier on their shares of the patches; the
+    validation accuracy and AUC are over all 120 validation patches, gathered from both."""
+    from metastasis.engine import validate_checkpoint
+
+    out = tmp_path / "run"
+    assert cli.main(["train", "--patches", str(camelyon_patches), "--data-root", str(camelyon_root), "--out",
+                     str(out), "--epochs", "1", "--set", "patch_size=64", "--set", "num_workers=0", "--set",
+                     "num_threads=1", "--set", "amp=false", "--processes", "2"]) == 0
+    assert "best model: epoch 1" in capsys.readouterr().out
+    row = json.loads((out / "metrics.json").read_text())[0]
+    scores = validate_checkpoint(out / "best_model.pt", camelyon_patches, camelyon_root, "validation",
+                                 tmp_path / "p.csv", num_workers=0, num_threads=1, device="cpu")
+    assert scores["n"] == 120 and row["val_auc"] == pytest.approx(scores["auc"], abs=1e-6)

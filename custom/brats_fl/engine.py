@@ -184,6 +184,8 @@ def evaluate(model: torch.nn.Module, dataset: Iterable[dict], config: TrainConfi
     progress = Progress(len(dataset), "cases", progress_logger) if progress_logger and hasattr(dataset, "__len__") \
         else None
     results = []
+    if hasattr(dataset, "__len__") and not len(dataset):  # a rank's empty share (MONAI's datasets fail on it)
+        return results
     for item in dataset:
         if abort():
             break

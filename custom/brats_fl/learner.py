@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
 
+from medcore.distributed import all_gather_shards
 from medcore.errors import UserError
 from medcore.files import resolve_path
 from medflare.crosssite import ITEMS, item_lists
@@ -72,8 +73,9 @@ class BratsLearner(EngineLearner):
         self._datasets: dict[str, Any] = {}
 
     def dataset(self, split: str):
+        """The split's cases of this rank (all of them in one process)."""
         if split not in self._datasets:
-            entries = self.splits[split]
+            entries = self.rank.shard(self.splits[split])
             self._datasets[split] = train_dataset(entries, self.config) if split == "training" else \
                 eval_dataset(entries, self.config.cache_rate)
         return self._datasets[split]
@@ -81,6 +83,8 @@ class BratsLearner(EngineLearner):
     def score_split(self, split: str, abort_signal: Signal, hd95: bool = False, items: bool = False) -> dict:
         per_case = evaluate(self.model, self.dataset(split), self.config, self.device, spacing=hd95,
                             abort=lambda: abort_signal.triggered)
+        # Data-parallel: every rank's cases, back in the split's order (the summary does not depend on the ranks).
+        per_case = all_gather_shards(self.rank.shard(range(len(self.splits[split]))), per_case)
         return {**summarize(per_case), **({ITEMS: item_lists(per_case)} if items else {})}
 
     def score_cross_site(self, abort_signal: Signal) -> dict:

@@ -13,16 +13,24 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import logging
 import os
+import pickle
+import socket
+import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from .errors import UserError
 
 __all__ = ["Rank", "current_rank", "joined_group", "all_gather", "all_gather_shards", "all_mean", "all_max",
-           "data_parallel", "processes_option", "resolve_processes", "rank_device", "run_processes"]
+           "broadcast_object", "broadcast_tensors", "data_parallel", "processes_option", "resolve_processes",
+           "rank_device", "run_processes", "HelperRanks"]
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -120,6 +128,27 @@ def all_mean(value: float) -> float:
 def all_max(value: int) -> int:
     """The largest of every rank's ``value``."""
     return max(all_gather(int(value)))
+
+
+def broadcast_object(value: Any = None) -> Any:
+    """Rank 0's ``value`` (any picklable object) on every rank; ``value`` itself outside a process group."""
+    import torch.distributed as dist
+
+    if not _grouped():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def broadcast_tensors(tensors: Iterable[Any]) -> None:
+    """Overwrite ``tensors`` on every rank with rank 0's, in place (a model's weights, its batch-norm
+    statistics); nothing outside a process group."""
+    import torch.distributed as dist
+
+    if _grouped():
+        for tensor in tensors:
+            dist.broadcast(tensor, src=0)
 
 
 def processes_option(text: str) -> int | str:
@@ -238,3 +267,121 @@ def run_processes(processes: int, fn: Callable[..., T], *args: Any, threads: int
             if messages:
                 raise UserError(messages[0].read_text()) from None
             raise
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+#: How long a collective operation waits for the other ranks of a :class:`HelperRanks` group before it fails (a
+#: training epoch's steps are each short; a rank that died makes gloo fail at once, NCCL at this timeout).
+HELPER_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+class HelperRanks:
+    """Ranks 1 .. N-1 of a process group whose rank 0 is this process, for a long-lived process that must stay
+    the one others talk to (a FLARE client: only rank 0 receives the global model and sends the result).
+
+    This process becomes rank 0 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` set in its environment, so
+    :func:`current_rank` and :func:`rank_device` say so); each helper is a new Python process with the same
+    import path that joins the group and runs ``follow(*args)``, which typically loops on
+    :func:`broadcast_object` until rank 0 sends ``None`` (what :meth:`close` sends). ``backend``: ``nccl`` (one
+    GPU per rank, ``cuda:<rank>``) or ``gloo``. ``threads``: PyTorch CPU threads per helper.
+
+    A helper that fails makes rank 0's next collective call fail (gloo at once, NCCL after
+    :data:`HELPER_TIMEOUT`); :meth:`failed` names it, and :meth:`close` ends whatever is still running.
+    """
+
+    def __init__(self, processes: int, backend: str, follow: Callable[..., Any], args: tuple = (),
+                 threads: int = 0) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            raise UserError("this process already belongs to a process group: a data-parallel FLARE site needs a "
+                            "process of its own (the simulator: as many threads, -t, as clients, -n)")
+        self.processes, self.backend = processes, backend
+        port = _free_port()
+        self._saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                      "MASTER_PORT")}
+        self._payload = tempfile.NamedTemporaryFile(prefix="helper-ranks-", suffix=".pkl", delete=False)
+        with self._payload:
+            pickle.dump((follow, args, backend, threads), self._payload)
+        group = {"WORLD_SIZE": str(processes), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        self.helpers: list[subprocess.Popen] = []
+        for rank in range(1, processes):
+            env = {**os.environ, **group, "RANK": str(rank), "LOCAL_RANK": str(rank),
+                   "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+            self.helpers.append(subprocess.Popen(
+                [sys.executable, "-c", "import medcore.distributed as d; d._helper_main()", self._payload.name],
+                env=env))
+        os.environ.update({**group, "RANK": "0", "LOCAL_RANK": "0"})
+        if backend == "nccl":
+            import torch
+
+            torch.cuda.set_device(0)
+        try:
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=processes,
+                                    timeout=HELPER_TIMEOUT)
+        except BaseException:
+            self.close(graceful=False)
+            raise
+        logger.info("data-parallel: %d processes (%s), helper pids %s", processes, backend,
+                    [p.pid for p in self.helpers])
+
+    def failed(self) -> str | None:
+        """Which helper has ended with an error, if any (e.g. ``"rank 1 exited with code -9"``)."""
+        for rank, helper in enumerate(self.helpers, start=1):
+            if helper.poll() not in (None, 0):
+                return f"rank {rank} exited with code {helper.returncode}"
+        return None
+
+    def close(self, graceful: bool = True) -> None:
+        """Tell the helpers to stop (``None`` on :func:`broadcast_object`) and wait for them; where that is not
+        possible (``graceful=False``, or a helper failed), end them. Leaves the group and restores the
+        environment."""
+        import torch.distributed as dist
+
+        if graceful and self.failed() is None and dist.is_initialized():
+            try:
+                broadcast_object(None)
+            except Exception:  # noqa: BLE001 - a helper that died mid-call: ended below
+                logger.warning("data-parallel: the helpers could not be told to stop; ending them")
+        for helper in self.helpers:
+            try:
+                helper.wait(timeout=60 if graceful else 0.1)
+            except subprocess.TimeoutExpired:
+                helper.kill()
+                helper.wait()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        Path(self._payload.name).unlink(missing_ok=True)
+
+
+def _helper_main() -> None:
+    """A :class:`HelperRanks` helper: join the group, run ``follow(*args)``, leave."""
+    import torch
+    import torch.distributed as dist
+
+    from .progress import configure_logging
+
+    configure_logging()
+    with open(sys.argv[1], "rb") as file:
+        follow, args, backend, threads = pickle.load(file)
+    if threads:
+        torch.set_num_threads(threads)
+    rank = current_rank()
+    if backend == "nccl":
+        torch.cuda.set_device(rank.local_rank)
+    dist.init_process_group(backend, init_method=f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
+                            rank=rank.rank, world_size=rank.world, timeout=HELPER_TIMEOUT)
+    try:
+        follow(*args)
+    finally:
+        dist.destroy_process_group()

@@ -20,7 +20,8 @@ from monai.data import DataLoader
 from torch.utils.data import Dataset, Sampler
 
 from .device import autocast, check_device_name, grad_scaler
-from .distributed import all_max, all_mean, current_rank
+from .distributed import all_max, all_mean, broadcast_tensors, current_rank
+from .errors import UserError
 from .seeding import epoch_seed
 from .settings import MAX_PARALLEL, Settings, setting
 
@@ -47,6 +48,10 @@ class TrainingSettings(Settings):
         seed: seed of the initial weights (in a federation: the first global model, which the server builds) and of
             every epoch's shuffling, augmentations and dropout (:mod:`medcore.seeding`).
         device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:n]``.
+        processes: processes training a FLARE site's model data-parallel (:class:`medflare.learner.EngineLearner`):
+            one per GPU on CUDA (``cuda``/``auto``), else CPU processes sharing the cores; each trains and scores
+            its shard of the site's data, rank 0 alone talks to FLARE. 0 means every visible GPU, one process on a
+            CPU machine. Standalone ``train`` takes ``--processes`` instead.
     """
 
     epochs: int = setting(1, minimum=1, runtime=True)
@@ -57,6 +62,7 @@ class TrainingSettings(Settings):
     num_threads: int = setting(0, minimum=0, maximum=MAX_PARALLEL, runtime=True)
     seed: int = setting(0, minimum=0)
     device: str = setting("auto", check=check_device_name, runtime=True)
+    processes: int = setting(1, minimum=0, maximum=MAX_PARALLEL, runtime=True)
 
 
 def with_default(settings: type[Settings], name: str, value: Any) -> Any:
@@ -159,6 +165,9 @@ class EpochTrainer:
         # a plain one would fork identical augmentation streams into all workers).
         generator = torch.Generator().manual_seed(seed)
         if parallel:
+            if not len(dataset):  # the other ranks would wait for its steps for ever
+                raise UserError(f"rank {self.rank.rank} of {self.rank.world} has no training items: fewer items "
+                                "than processes")
             order = _EqualShuffle(len(dataset), all_max(len(dataset)), generator)
             loader = DataLoader(dataset, batch_size=self.batch_size, sampler=order, num_workers=self.num_workers,
                                 generator=generator)
@@ -188,8 +197,7 @@ class EpochTrainer:
         if parallel:
             # DDP broadcasts buffers before each forward, so after the last step every rank holds its own batch-norm
             # running statistics: all take rank 0's, which the saved model carries, before anything validates.
-            for buffer in self.model.buffers():
-                torch.distributed.broadcast(buffer, src=0)
+            broadcast_tensors(self.model.buffers())
         loss = float(np.mean(losses)) if losses else float("nan")
         return EpochStats(loss=all_mean(loss) if parallel else loss, steps=len(losses),
                           seconds=time.perf_counter() - start, data_seconds=data_seconds, samples=samples)

@@ -16,10 +16,18 @@ on disk in the site's run folder, under ``models/``:
 * ``local_state.pt``: optimiser and grad-scaler state, epochs trained, and the best validation score so far.
 
 A subclass builds its model and trainer in :meth:`setup` and says how to train a round and score a split.
+
+Data-parallel sites (the ``processes`` setting, :class:`~medcore.training.TrainingSettings`): the learner's process
+is rank 0 and starts the other ranks (:class:`~medcore.distributed.HelperRanks`), each a copy of this learner built
+from the same arguments on its shard of the site's data (:attr:`EngineLearner.rank`). Only rank 0 talks to FLARE:
+it receives the global model, passes the weights and every step of the task to the others (:meth:`everywhere`),
+gathers their scores, keeps the state on disk and sends the result. The others stop with the job (``finalize``).
 """
 
 from __future__ import annotations
 
+import inspect
+import os
 import shutil
 import time
 from pathlib import Path
@@ -36,6 +44,8 @@ from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateType
 
 from medcore.device import select_device
+from medcore.distributed import HelperRanks, Rank, broadcast_object, broadcast_tensors, current_rank, rank_device, \
+    resolve_processes
 from medcore.files import atomic_path, load_torch
 from medcore.training import EpochStats, EpochTrainer, TrainingSettings
 
@@ -43,6 +53,9 @@ from .task import TaskSpec
 from .workflow import FINAL_MODEL_HEADER
 
 __all__ = ["EngineLearner"]
+
+#: Stands for the task's abort signal in a step sent to the other ranks (which are never aborted on their own).
+_ABORT = "<abort signal>"
 
 
 class EngineLearner(Learner):
@@ -87,6 +100,8 @@ class EngineLearner(Learner):
         self.model: torch.nn.Module | None = None
         self.trainer: EpochTrainer | None = None
         self.local_epochs = 1
+        self.rank = Rank()  # this process's rank; data-parallel datasets are its shard (Rank.shard)
+        self.ranks: HelperRanks | None = None  # on rank 0 of a data-parallel site, the other ranks
 
     @property
     def key_metric(self) -> str:
@@ -120,9 +135,11 @@ class EngineLearner(Learner):
     def start_engine(self, build_model: Callable[[], torch.nn.Module],
                      trainer: Callable[[torch.nn.Module, Any, torch.device], EpochTrainer]) -> None:
         """Device and CPU threads from ``self.config``, then the model and its trainer (in :meth:`setup`)."""
-        self.device = select_device(self.config.device)
-        if self.config.num_threads:
-            torch.set_num_threads(self.config.num_threads)
+        self.device = rank_device(select_device(self.config.device), self.rank)
+        threads = self.config.num_threads or (max(1, (os.cpu_count() or 1) // self.rank.world)
+                                              if self.rank.world > 1 else 0)
+        if threads:
+            torch.set_num_threads(threads)
         self.model = build_model()
         self.trainer = trainer(self.model, self.config, self.device)
         self.local_epochs = self.config.local_epochs
@@ -141,18 +158,67 @@ class EngineLearner(Learner):
         workspace = fl_ctx.get_engine().get_workspace()
         self.state_dir = Path(workspace.get_run_dir(job_id)) / "models"
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.setup(fl_ctx)
-        self.best_metric = -np.inf
         state_file = self.state_dir / "local_state.pt"
         if self.resume_from_job and not state_file.is_file():
             self._take_over_state(Path(workspace.get_run_dir(self.resume_from_job)) / "models", fl_ctx)
+        processes = resolve_processes(self.config.processes or "auto", self.config.device)
+        if processes > 1:
+            cuda = select_device(self.config.device).type == "cuda"
+            self.ranks = HelperRanks(processes, "nccl" if cuda else "gloo", _follow,
+                                     (type(self), self._arguments(), self.site, str(self.state_dir)))
+            self.log_info(fl_ctx, f"{self.site}: training data-parallel in {processes} processes")
+        self.rank = current_rank()
+        self.setup(fl_ctx)
+        self._load_state(fl_ctx)
+        self.writer = parts.get(self.analytic_sender_id) if self.analytic_sender_id else None
+
+    def _arguments(self) -> dict[str, Any]:
+        """The arguments this learner was made with (each kept as an attribute ``_name`` or ``name``, the convention
+        FLARE's job API exports them by; ``_name`` first: ``train`` is also a method): what the other ranks build
+        their copy from."""
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+        return {n: getattr(self, "_" + n) if hasattr(self, "_" + n) else getattr(self, n) for n in names}
+
+    def _load_state(self, fl_ctx: FLContext | None) -> None:
+        """The local training state a resumed job left (optimiser, epochs trained, best score), if any."""
+        self.best_metric = -np.inf
+        state_file = self.state_dir / "local_state.pt"
         if state_file.is_file():
             state = load_torch(state_file, "local training state", map_location=self.trainer.device)
             self.trainer.load_state_dict(state["trainer"])
             self.best_metric = float(state["best_metric"])
             self.log_info(fl_ctx, f"resumed local state: {self.trainer.epochs} epochs, best {self.key_metric} "
                                   f"{self.best_metric:.4f}")
-        self.writer = parts.get(self.analytic_sender_id) if self.analytic_sender_id else None
+
+    def finalize(self, fl_ctx: FLContext) -> None:
+        if self.ranks is not None:  # the job ends: the other ranks stop
+            self.ranks.close()
+            self.ranks = None
+
+    def everywhere(self, step: str, *args: Any, **kwargs: Any) -> Any:
+        """This learner's method ``step(*args, **kwargs)`` on every rank of a data-parallel site (rank 0 sends it to
+        the others first; an abort signal among ``args`` reaches them as one of their own), else here alone.
+        Returns this rank's result. A rank that fails makes the task fail, naming it."""
+        if self.ranks is None:
+            return getattr(self, step)(*args, **kwargs)
+        try:
+            broadcast_object((step, [_ABORT if isinstance(a, Signal) else a for a in args], kwargs))
+            return getattr(self, step)(*args, **kwargs)
+        except Exception as err:
+            failed = self.ranks.failed()
+            if failed is None:
+                raise
+            self.ranks.close(graceful=False)
+            self.ranks = None
+            raise RuntimeError(f"{self.site}: data-parallel training stopped: {failed}") from err
+
+    def share_weights(self) -> None:
+        """Rank 0's model weights (as just received from FLARE) on every rank."""
+        broadcast_tensors(self.model.state_dict().values())
+
+    def set_anchor(self) -> None:
+        """The current weights as the FedProx anchor of this round (:meth:`EpochTrainer.set_anchor`)."""
+        self.trainer.set_anchor()
 
     def _take_over_state(self, old_state_dir: Path, fl_ctx: FLContext) -> None:
         """Copy an interrupted run's local state into this run's (the state file last: it marks a complete copy)."""
@@ -207,23 +273,24 @@ class EngineLearner(Learner):
 
     def _train_round(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         received = self._load_weights(data)
-        self.trainer.set_anchor()  # FedProx pulls this round's local training towards the global model
+        self.everywhere("share_weights")
+        self.everywhere("set_anchor")  # FedProx pulls this round's local training towards the global model
         current_round = data.get_header(AppConstants.CURRENT_ROUND, 0)
         total_rounds = data.get_header(AppConstants.NUM_ROUNDS, 0)
         steps = 0
         for _ in range(self.local_epochs):
-            stats = self.train_epoch(abort_signal)
+            stats = self.everywhere("train_epoch", abort_signal)
             if abort_signal.triggered:
-                return make_reply(ReturnCode.TASK_ABORTED)
+                return self._aborted()
             steps += stats.steps
             self.log_scalar("train_loss", stats.loss, self.trainer.epochs)
             self.log_info(fl_ctx, f"round {current_round + 1}/{total_rounds} epoch {self.trainer.epochs}: "
                                   f"loss {stats.loss:.4f}, {stats.steps} steps in {stats.seconds:.1f} s "
                                   f"({100 * stats.data_seconds / max(stats.seconds, 1e-9):.1f}% waiting for data)")
         # Local validation of the locally trained model: it decides the site's local best model.
-        summary = self.score_split("validation", abort_signal)
+        summary = self.everywhere("score_split", "validation", abort_signal)
         if abort_signal.triggered:
-            return make_reply(ReturnCode.TASK_ABORTED)
+            return self._aborted()
         score = self.key_score(summary)
         self.log_scalar(f"local_{self.key_metric}", score, self.trainer.epochs)
         self.log_info(fl_ctx, f"round {current_round + 1}: local model on {self.site} validation: "
@@ -248,12 +315,13 @@ class EngineLearner(Learner):
         validate_type = data.get_header(AppConstants.VALIDATE_TYPE)
         owner = data.get_header(AppConstants.MODEL_OWNER, "global model")
         self._load_weights(data)
+        self.everywhere("share_weights")
         # The final global model, scored as every other global model is scored for in-time selection (FLARE's
         # LearnerExecutor marks every validate task MODEL_VALIDATE, so the workflow says it in a header of its own).
         if validate_type == ValidateType.BEFORE_TRAIN_VALIDATE or data.get_header(FINAL_MODEL_HEADER):
-            summary = self.score_split("validation", abort_signal)
+            summary = self.everywhere("score_split", "validation", abort_signal)
             if abort_signal.triggered:
-                return make_reply(ReturnCode.TASK_ABORTED)
+                return self._aborted()
             current_round = data.get_header(AppConstants.CURRENT_ROUND, 0)
             metrics = self.initial_metrics(summary)
             for name, value in metrics.items():
@@ -263,13 +331,20 @@ class EngineLearner(Learner):
             self.log_info(fl_ctx, f"{which} on {self.site} validation: " + self.format_scores(summary))
             return DXO(data_kind=DataKind.METRICS, data={MetaKey.INITIAL_METRICS: metrics}).to_shareable()
         if validate_type == ValidateType.MODEL_VALIDATE:
-            summary = self.score_cross_site(abort_signal)
+            summary = self.everywhere("score_cross_site", abort_signal)
             if abort_signal.triggered:
-                return make_reply(ReturnCode.TASK_ABORTED)
+                return self._aborted()
             self.log_info(fl_ctx, f"model of {owner} on {self.site} {self.cross_site_split}: "
                                   + self.format_scores(summary))
             return DXO(data_kind=DataKind.METRICS, data=summary).to_shareable()
         return make_reply(ReturnCode.VALIDATE_TYPE_UNKNOWN)
+
+    def _aborted(self) -> Shareable:
+        """The reply to an aborted task; the other ranks, stopped mid-step, are ended (the job is ending)."""
+        if self.ranks is not None:
+            self.ranks.close(graceful=False)
+            self.ranks = None
+        return make_reply(ReturnCode.TASK_ABORTED)
 
     def get_model_for_validation(self, model_name: str, fl_ctx: FLContext) -> Shareable:
         path = self.state_dir / "local_best_model.pt"
@@ -278,3 +353,15 @@ class EngineLearner(Learner):
             return make_reply(ReturnCode.EMPTY_RESULT)
         state = load_torch(path, "local best model")["model"]
         return DXO(data_kind=DataKind.WEIGHTS, data={k: v.numpy() for k, v in state.items()}).to_shareable()
+
+
+def _follow(kind: type[EngineLearner], arguments: dict[str, Any], site: str, state_dir: str) -> None:
+    """A data-parallel site's rank other than 0: a copy of rank 0's learner on this rank's shard of the data, doing
+    each step rank 0 sends (:meth:`EngineLearner.everywhere`) until the job ends."""
+    learner = kind(**arguments)
+    learner.site, learner.state_dir, learner.rank, learner.writer = site, Path(state_dir), current_rank(), None
+    learner.setup(None)
+    learner._load_state(None)
+    while (step := broadcast_object()) is not None:
+        name, args, kwargs = step
+        getattr(learner, name)(*[Signal() if isinstance(a, str) and a == _ABORT else a for a in args], **kwargs)

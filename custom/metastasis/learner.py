@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
 
+from medcore.distributed import all_gather_shards
 from medcore.errors import UserError
 from medcore.files import resolve_path
 from medflare.crosssite import ITEMS
@@ -59,11 +61,14 @@ class MetastasisLearner(EngineLearner):
         root = resolve_path(self.data_root, "data_root", self.site)
         patch_list = resolve_path(self.patch_list, "patch_list", self.site)
         patches = read_patch_list(patch_list, root, check=True)
-        self.datasets = patch_datasets(patches, self.config)
+        self.counts = {split: len(patches.get(split, [])) for split in ("training", "validation")}
         self.log_info(fl_ctx, f"{self.site}: {patch_list} with " + ", ".join(
-            f"{len(d)} {k} patches" for k, d in self.datasets.items()) + f" under {root}")
-        if not len(self.datasets["training"]) or not len(self.datasets["validation"]):
+            f"{n} {k} patches" for k, n in self.counts.items()) + f" under {root}")
+        if not self.counts["training"] or not self.counts["validation"]:
             raise UserError(f"{patch_list}: the site needs training and validation patches")
+        # Data-parallel: this rank's share of each split (all of it in one process).
+        self.datasets = patch_datasets({**patches, **{k: self.rank.shard(patches[k]) for k in self.counts}},
+                                       self.config)
         # No pretrained weights here: the server builds the first global model with them (metastasis.job), and it
         # replaces these initial weights before any training, so the sites need not hold the file.
         self.start_engine(lambda: PatchClassifier(self.config.patch_size, seed=self.config.seed), Trainer)
@@ -72,8 +77,11 @@ class MetastasisLearner(EngineLearner):
         return self.datasets[split]
 
     def score_split(self, split: str, abort_signal: Signal, items: bool = False) -> dict:
-        probabilities, labels = predict(self.model, self.datasets[split], self.config, self.device,
-                                        abort=lambda: abort_signal.triggered)
+        predicted = predict(self.model, self.datasets[split], self.config, self.device,
+                            abort=lambda: abort_signal.triggered)
+        # Every rank's patches, back in the list's order (the scores do not depend on the ranks).
+        shard = self.rank.shard(range(self.counts[split]))
+        probabilities, labels = (np.array(all_gather_shards(shard, list(values))) for values in predicted)
         scores = patch_scores(probabilities, labels, self.config.threshold)
         summary = {f"val_{k}" if k in ("accuracy", "auc", "loss", "sensitivity", "specificity") else k: v
                    for k, v in scores.items()}

@@ -238,3 +238,31 @@ def test_simulator_with_federated_algorithms(brats_root, tmp_path, algorithm):
         assert all(0 <= m[k] <= 1 for m in per_model.values() for k in ("TC", "WT", "ET", "mean"))
     final = torch.load(run / "app_server/FL_global_model.pt", weights_only=True)["model"]
     assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_simulator_with_two_processes_per_site(tmp_path):
+    """`processes=2`: each site trains and scores data-parallel in 2 CPU processes (gloo), its FLARE client rank 0
+    of them, the only one that talks to FLARE. 2 rounds complete with the full cross-site matrix, each test case
+    scored once (the ranks' shares gathered), and the other ranks stop with the job."""
+    from demodata.brats import generate_dataset
+
+    root = tmp_path / "brats"
+    generate_dataset(root, 12, 4, shape=TINY_BRATS_SHAPE, seed=1)
+    lists = write_datalists(root, tmp_path / "lists")
+    assert len(json.loads(lists["site-1"].read_text())["testing"]) >= 2  # so that both ranks score test cases
+    job = make_job(tmp_path / "job", rounds=2, data_root=str(root), datalist_dir=str(lists["site-1"].parent),
+                   train={"crop": list(TINY_BRATS_SHAPE), "num_workers": 0, "num_threads": 1, "processes": 2})
+    ws = tmp_path / "ws"
+    result = _simulate(job, ws, 2)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((ws / "server/simulate_job/cross_site_val/cross_val_results.json").read_text())
+    assert set(results) == {"site-1", "site-2"}
+    for site, per_model in results.items():
+        testing = json.loads(lists[site].read_text())["testing"]
+        assert set(per_model) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", "site-1", "site-2"}
+        for metrics in per_model.values():
+            assert metrics["n_cases"] == len(metrics["items"]["mean"]) == len(testing)
+        log = (ws / site / "log.txt").read_text()
+        assert f"{site}: training data-parallel in 2 processes" in log
+    assert (ws / "site-1/simulate_job/models/local_best_model.pt").is_file()

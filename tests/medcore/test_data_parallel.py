@@ -1,11 +1,14 @@
 """Data-parallel training (medcore.training in a process group of medcore.distributed): two CPU processes with gloo
 train the model one process trains on their batches together."""
 
+import os
+
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from medcore.distributed import joined_group, run_processes
+from medcore.distributed import HelperRanks, all_gather, broadcast_object, joined_group, run_processes
 from medcore.training import EpochTrainer
 
 
@@ -60,3 +63,34 @@ def test_unequal_shares_take_the_same_number_of_steps():
     again = run_processes(2, _train, 2, list(range(7)), 1, threads=1)
     assert all(torch.equal(first[0]["weights"][k], again[0]["weights"][k]) for k in first[0]["weights"])
     assert all(torch.equal(first[0]["weights"][k], first[1]["weights"][k]) for k in first[0]["weights"])
+
+
+def _follow(exit_code: int) -> None:
+    """A helper rank: answers each step with its rank (an all-gather), dies with ``exit_code`` on ``"die"``."""
+    while (step := broadcast_object()) is not None:
+        if step == "die":
+            os._exit(exit_code)
+        all_gather(step)
+
+
+def test_helper_ranks_follow_rank_0_and_a_dead_one_is_named():
+    """A FLARE site's other ranks (medcore.distributed.HelperRanks): this process is rank 0 of 2 while they run,
+    each step it sends reaches the helper; a helper that dies makes rank 0's next collective call fail (gloo), not
+    hang, and is named; closing ends everything and restores the environment."""
+    before = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE")}
+    ranks = HelperRanks(2, "gloo", _follow, (3,))
+    try:
+        assert (os.environ["RANK"], os.environ["WORLD_SIZE"]) == ("0", "2")
+        broadcast_object("step 1")
+        assert all_gather("step 1") == ["step 1", "step 1"]
+        assert ranks.failed() is None
+        broadcast_object("die")
+        ranks.helpers[0].wait(timeout=60)
+        assert ranks.failed() == "rank 1 exited with code 3"
+        with pytest.raises(RuntimeError):
+            broadcast_object("step 2")
+            all_gather("step 2")
+    finally:
+        ranks.close()
+    assert not torch.distributed.is_initialized()
+    assert {k: os.environ.get(k) for k in before} == before

@@ -83,8 +83,10 @@ def test_first_global_model_starts_from_pretrained_weights(tmp_path):
 @pytest.mark.slow
 def test_simulator_end_to_end(camelyon_root, tmp_path):
     """Data preparation by the CLI, then 2 rounds of the job (``job.py`` in the simulator) on 64-pixel patches,
-    starting from pretrained weights: global, best and local models exist, cross_val_results.json scores all three on
-    the site's validation patches, and the report reads it."""
+    starting from pretrained weights, the site training data-parallel in 2 CPU processes (``processes=2``: its
+    FLARE client rank 0, the only one talking to FLARE): global, best and local models exist, cross_val_results.json
+    scores all three on every one of the site's validation patches (both ranks' shares, gathered in the list's
+    order), and the report reads it."""
     masks, patch_list = tmp_path / "masks", tmp_path / "patches.json"
     assert cli.main(["tissue", str(camelyon_root / "training"), "--out", str(masks)]) == 0
     assert cli.main(["patches", "--data-root", str(camelyon_root), "--masks", str(masks), "--out", str(patch_list),
@@ -96,7 +98,8 @@ def test_simulator_end_to_end(camelyon_root, tmp_path):
     result = subprocess.run([sys.executable, str(JOBS / TASK.name / "job.py"), "--workspace", str(ws), "--rounds", "2",
                              "--data-root", str(camelyon_root), "--patch-list", str(patch_list), "--set",
                              "patch_size=64", "--set", "num_workers=1", "--set", "batch_size=16", "--set",
-                             f"pretrained={weights}"], capture_output=True, text=True, timeout=600)
+                             f"pretrained={weights}", "--set", "processes=2"], capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Global best model selected via IntimeModelSelector" in result.stdout
     ws = ws / TASK.name  # the run folder
@@ -104,6 +107,7 @@ def test_simulator_end_to_end(camelyon_root, tmp_path):
     # The server built the first global model from the weights; the site did not read them.
     assert f"loaded pretrained weights from {weights}" in (ws / "server/log.txt").read_text()
     assert "loaded pretrained weights" not in (ws / "site-1/log.txt").read_text()
+    assert "site-1: training data-parallel in 2 processes" in (ws / "site-1/log.txt").read_text()
     for name in ("FL_global_model.pt", "best_FL_global_model.pt"):
         saved = torch.load(run / "app_server" / name, weights_only=True)
         assert saved["model"]["fc.weight"].shape == (1, 512, 1, 1)

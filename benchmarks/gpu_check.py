@@ -16,6 +16,8 @@ Sections, each timed, each allowed to fail without hiding the others (its traceb
   the device (largest logit difference).
 * ``pathology_input``: the patch input pipeline with 4, 8 and 16 DataLoader workers (patches per second, memory
   per worker), written to OUT/patch_reading.json and .md.
+* ``multi_gpu_training``: on a machine with several GPUs, SegResNet trained data-parallel at 1, 2 and all GPUs:
+  samples per second, speed-up and peak GPU memory per rank (skipped with one GPU).
 
 Run on a GPU machine:  python benchmarks/gpu_check.py --out DIR   (writes DIR/gpu_check.json and .md)
 ``--quick`` runs every section at toy sizes (a check of the script itself, e.g. on CPU with ``--device cpu``).
@@ -264,12 +266,34 @@ def pathology_input(device, args) -> dict:
     return json.loads((args.out / "patch_reading.json").read_text())["gpu machine"]
 
 
+def multi_gpu_training(device, args) -> dict:
+    """SegResNet trained data-parallel (DistributedDataParallel, one GPU per process) at 1, 2 and all GPUs:
+    samples per second, the speed-up over one GPU, and each rank's peak GPU memory (benchmarks/data_parallel.py).
+    Skipped on a machine with one GPU; ``--device cpu`` runs it with 1 and 2 CPU processes."""
+    import torch
+
+    from data_parallel import training_steps
+
+    if device.type == "cuda":
+        gpus = torch.cuda.device_count()
+        if gpus < 2:
+            return {"skipped": f"{gpus} GPU visible: the speed-up needs 2 or more"}
+        counts, name = sorted({1, 2, gpus}), "cuda"
+    else:
+        counts, name = [1, 2], "cpu"
+    crop, steps = ([32, 32, 32], 2) if args.quick else ([224, 224, 144], 10)
+    runs = [training_steps(n, name, crop, steps) for n in counts]
+    for run in runs:
+        run["speed_up"] = round(run["samples_per_second"] / runs[0]["samples_per_second"], 2)
+    return {"runs": runs}
+
+
 SECTIONS: dict[str, Callable] = {"environment": environment, "brats_train": brats_train,
                                  "brats_validation": brats_validation, "brats_torchscript": brats_torchscript,
                                  "brats_simulator": brats_simulator,
                                  "pathology_train": pathology_train, "pathology_inference": pathology_inference,
                                  "pathology_torchscript": pathology_torchscript,
-                                 "pathology_input": pathology_input}
+                                 "pathology_input": pathology_input, "multi_gpu_training": multi_gpu_training}
 
 
 def markdown(result: dict) -> str:

@@ -5,12 +5,15 @@ Measures, as users run the commands, on generated data:
 * a BraTS training epoch: ``brats-fl train --epochs 1`` (training and the epoch's validation) on demo-sized cases
   (96 x 96 x 64 crop), 1 process x C threads against C processes x 1 thread;
 * a folder of slides: ``metastasis infer`` over generated test slides with an untrained checkpoint,
-  1 process x C threads against C processes x 1 thread (C: this machine's cores).
+  1 process x C threads against C processes x 1 thread (C: this machine's cores);
+* the pathology ResNet18's batch normalisation with per-rank statistics: ``metastasis train`` in 1 process
+  (batch 32) and in 2 (batch 16 each), validation accuracy and AUC per epoch (SyncBatchNorm, the alternative,
+  runs on GPUs only).
 
 :func:`training_steps` (SegResNet steps in DistributedDataParallel on in-memory batches, samples per second and
 peak GPU memory per rank) is what ``benchmarks/gpu_check.py`` runs at 1, 2 and all GPUs of a machine with several.
 
-Run: .venv/bin/python benchmarks/data_parallel.py   (about 8 minutes on 2 cores)
+Run: .venv/bin/python benchmarks/data_parallel.py   (about 12 minutes on 2 cores)
 Writes benchmarks/results/data_parallel.json and .md.
 """
 
@@ -71,6 +74,30 @@ def slide_folder(work: Path, processes: int, threads: int, slides: int, side: in
                    "--out", str(out), "--processes", str(processes), "--num-threads", str(threads)])
 
 
+def batchnorm_runs(work: Path, epochs: int, batch: int) -> dict:
+    """The pathology ResNet18's batch normalisation under data parallelism: ``metastasis train`` for ``epochs``
+    epochs in 1 process with batch ``batch`` and in 2 processes with ``batch / 2`` each (the same global batch;
+    each rank normalises with its own batch's statistics): validation accuracy and AUC per epoch of each."""
+    root = work / "camelyon16_train"
+    if not root.is_dir():
+        _timed([str(BIN / "metastasis"), "make-data", "--out", str(root), "--tumor", "2", "--normal", "2", "--width",
+                "6144", "--height", "6144", "--workers", "2"])
+        _timed([str(BIN / "metastasis"), "tissue", str(root / "training"), "--out", str(root / "masks")])
+        _timed([str(BIN / "metastasis"), "patches", "--data-root", str(root), "--masks", str(root / "masks"),
+                "--tumor-per-slide", "100", "--validation-fraction", "0.25", "--out", str(root / "patches.json")])
+    runs = {}
+    for processes in (1, 2):
+        out = work / f"bn_{processes}"
+        _timed([str(BIN / "metastasis"), "train", "--patches", str(root / "patches.json"), "--data-root", str(root),
+                "--out", str(out), "--epochs", str(epochs), "--processes", str(processes), "--set", "num_workers=0",
+                "--set", f"batch_size={batch // processes}", "--set", f"num_threads={2 // processes or 1}"])
+        metrics = json.loads((out / "metrics.json").read_text())
+        runs[f"{processes} x batch {batch // processes}"] = [
+            {"epoch": m["epoch"], "val_accuracy": round(m["val_accuracy"], 4), "val_auc": round(m["val_auc"], 4)}
+            for m in metrics]
+    return runs
+
+
 def _steps(crop: list[int], steps: int, device: str) -> dict:
     """One rank's part of :func:`training_steps`."""
     import torch
@@ -114,8 +141,16 @@ def markdown(result: dict) -> str:
     for name, row in result["runs"].items():
         times = [row[layout] for layout in result["layouts"]]
         lines.append(f"| {name} | " + " | ".join(f"{t} s" for t in times) + f" | {times[0] / times[1]:.2f} |")
-    return "\n".join(lines + ["", "ratio: the first column's time over the second's (above 1: the processes "
-                              "were faster).", ""])
+    lines += ["", "ratio: the first column's time over the second's (above 1: the processes were faster).", ""]
+    if result.get("batchnorm"):
+        lines += ["## The ResNet18's batch normalisation, per-rank statistics", "",
+                  "`metastasis train` on the same patches and global batch, in one process and in two (each "
+                  "normalising with its own half batch):", "", "| run | epoch | val accuracy | val AUC |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {name} | {m['epoch']} | {m['val_accuracy']} | {m['val_auc']} |"
+                  for name, epochs in result["batchnorm"].items() for m in epochs]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -126,6 +161,8 @@ def main() -> None:
                         "crop (default: the demo's 96 96 64)")
     parser.add_argument("--slides", type=int, default=4, help="test slides in the folder (default 4)")
     parser.add_argument("--side", type=int, default=6144, help="their side in pixels (default 6144)")
+    parser.add_argument("--bn-epochs", type=int, default=3, help="epochs of the batch-norm comparison (default 3; "
+                        "0 skips it)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results)")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
@@ -139,7 +176,9 @@ def main() -> None:
             runs["metastasis infer, folder"][layout] = slide_folder(work, processes, threads, args.slides,
                                                                     args.side)
             print(layout, {k: v[layout] for k, v in runs.items()}, flush=True)
+        batchnorm = batchnorm_runs(work, args.bn_epochs, 32) if args.bn_epochs else {}
     result = {"machine": platform.platform(), "cores": cores, "layouts": list(layouts), "runs": runs,
+              "batchnorm": batchnorm,
               "settings": {"cases": args.cases, "shape": args.shape, "slides": args.slides, "side": args.side}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "data_parallel.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -102,6 +102,7 @@ class EngineLearner(Learner):
         self.local_epochs = 1
         self.rank = Rank()  # this process's rank; data-parallel datasets are its shard (Rank.shard)
         self.ranks: HelperRanks | None = None  # on rank 0 of a data-parallel site, the other ranks
+        self._ranks_lost: str | None = None  # why the other ranks were ended before the job's end
 
     @property
     def key_metric(self) -> str:
@@ -199,6 +200,8 @@ class EngineLearner(Learner):
         """This learner's method ``step(*args, **kwargs)`` on every rank of a data-parallel site (rank 0 sends it to
         the others first; an abort signal among ``args`` reaches them as one of their own), else here alone.
         Returns this rank's result. A rank that fails makes the task fail, naming it."""
+        if self._ranks_lost is not None:  # one rank's shard alone would give silently wrong results
+            raise RuntimeError(f"{self.site}: {self._ranks_lost}; this job cannot go on at this site")
         if self.ranks is None:
             return getattr(self, step)(*args, **kwargs)
         try:
@@ -208,8 +211,7 @@ class EngineLearner(Learner):
             failed = self.ranks.failed()
             if failed is None:
                 raise
-            self.ranks.close(graceful=False)
-            self.ranks = None
+            self._end_ranks(f"data-parallel training stopped: {failed}")
             raise RuntimeError(f"{self.site}: data-parallel training stopped: {failed}") from err
 
     def share_weights(self) -> None:
@@ -340,11 +342,14 @@ class EngineLearner(Learner):
         return make_reply(ReturnCode.VALIDATE_TYPE_UNKNOWN)
 
     def _aborted(self) -> Shareable:
-        """The reply to an aborted task; the other ranks, stopped mid-step, are ended (the job is ending)."""
+        """The reply to an aborted task; the other ranks, stopped mid-step, are ended."""
         if self.ranks is not None:
-            self.ranks.close(graceful=False)
-            self.ranks = None
+            self._end_ranks("the data-parallel ranks were ended when a task was aborted")
         return make_reply(ReturnCode.TASK_ABORTED)
+
+    def _end_ranks(self, why: str) -> None:
+        self.ranks.close(graceful=False)
+        self.ranks, self._ranks_lost = None, why
 
     def get_model_for_validation(self, model_name: str, fl_ctx: FLContext) -> Shareable:
         path = self.state_dir / "local_best_model.pt"

@@ -16,10 +16,10 @@ import datetime
 import logging
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
@@ -269,12 +269,6 @@ def run_processes(processes: int, fn: Callable[..., T], *args: Any, threads: int
             raise
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 #: How long a collective operation waits for the other ranks of a :class:`HelperRanks` group before it fails (a
 #: training epoch's steps are each short; a rank that died makes gloo fail at once, NCCL at this timeout).
 HELPER_TIMEOUT = datetime.timedelta(minutes=30)
@@ -290,8 +284,9 @@ class HelperRanks:
     :func:`broadcast_object` until rank 0 sends ``None`` (what :meth:`close` sends). ``backend``: ``nccl`` (one
     GPU per rank, ``cuda:<rank>``) or ``gloo``. ``threads``: PyTorch CPU threads per helper.
 
-    A helper that fails makes rank 0's next collective call fail (gloo at once, NCCL after
-    :data:`HELPER_TIMEOUT`); :meth:`failed` names it, and :meth:`close` ends whatever is still running.
+    A helper that dies before joining the group is named at once (a ``RuntimeError``); one that fails later makes
+    rank 0's next collective call fail (gloo at once, NCCL after :data:`HELPER_TIMEOUT`); :meth:`failed` names it,
+    and :meth:`close` ends whatever is still running.
     """
 
     def __init__(self, processes: int, backend: str, follow: Callable[..., Any], args: tuple = (),
@@ -302,7 +297,11 @@ class HelperRanks:
             raise UserError("this process already belongs to a process group: a data-parallel FLARE site needs a "
                             "process of its own (the simulator: as many threads, -t, as clients, -n)")
         self.processes, self.backend = processes, backend
-        port = _free_port()
+        # Rank 0's store, on a free port, before any helper starts: they count themselves in on it, so a helper
+        # that dies before joining is seen here (a plain rendezvous would wait for it until the timeout).
+        store = dist.TCPStore("127.0.0.1", 0, processes, is_master=True, timeout=HELPER_TIMEOUT,
+                              wait_for_workers=False)
+        port = store.port
         self._saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                       "MASTER_PORT")}
         self._payload = tempfile.NamedTemporaryFile(prefix="helper-ranks-", suffix=".pkl", delete=False)
@@ -322,8 +321,11 @@ class HelperRanks:
 
             torch.cuda.set_device(0)
         try:
-            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=processes,
-                                    timeout=HELPER_TIMEOUT)
+            while int(store.add("joined", 0)) < processes - 1:
+                if (failed := self.failed()) is not None:
+                    raise RuntimeError(f"data-parallel: {failed} before joining the process group")
+                time.sleep(0.05)
+            dist.init_process_group(backend, store=store, rank=0, world_size=processes, timeout=HELPER_TIMEOUT)
         except BaseException:
             self.close(graceful=False)
             raise
@@ -379,8 +381,10 @@ def _helper_main() -> None:
     rank = current_rank()
     if backend == "nccl":
         torch.cuda.set_device(rank.local_rank)
-    dist.init_process_group(backend, init_method=f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
-                            rank=rank.rank, world_size=rank.world, timeout=HELPER_TIMEOUT)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank.world, is_master=False,
+                          timeout=HELPER_TIMEOUT)
+    store.add("joined", 1)
+    dist.init_process_group(backend, store=store, rank=rank.rank, world_size=rank.world, timeout=HELPER_TIMEOUT)
     try:
         follow(*args)
     finally:

@@ -94,3 +94,20 @@ def test_helper_ranks_follow_rank_0_and_a_dead_one_is_named():
         ranks.close()
     assert not torch.distributed.is_initialized()
     assert {k: os.environ.get(k) for k in before} == before
+
+
+def _refuse_to_load():
+    raise ImportError("this helper cannot load its work")
+
+
+class _Unloadable:
+    """Pickles fine here, fails to unpickle in the helper (as a missing module would): it dies before joining."""
+
+    def __reduce__(self):
+        return _refuse_to_load, ()
+
+
+def test_a_helper_that_dies_before_joining_is_named_at_once():
+    with pytest.raises(RuntimeError, match="rank 1 exited with code 1 before joining the process group"):
+        HelperRanks(2, "gloo", _follow, (_Unloadable(),))
+    assert not torch.distributed.is_initialized() and "RANK" not in os.environ

@@ -104,7 +104,8 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict(settings)  # a bad setting fails before any case is read
     splits = pooled_splits(args.datalist, args.data_root)
     logger.info("pooled %s", ", ".join(f"{len(v)} {k}" for k, v in splits.items()) + " cases")
-    processes = resolve_processes(args.processes, config.device)
+    requested = args.processes if args.processes is not None else config.processes or "auto"
+    processes = resolve_processes(requested, config.device)
     best = data_parallel(processes, config.device, train, splits, config, args.out, not args.restart)
     print(f"best model: epoch {best['epoch']} with validation mean Dice {best['val_dice']:.4f} -> "
           f"{Path(args.out) / 'best_model.pt'}")

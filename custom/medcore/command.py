@@ -250,10 +250,11 @@ def add_processes_option(parser: argparse.ArgumentParser, shared: str, data_para
             f"share of {shared}, gradients are averaged every step, and each validates its share)"
             if data_parallel else f"processes to share {shared} out over (each done by one process; the outputs "
                                   "are those of one process)")
-    parser.add_argument("--processes", type=processes_option, default=1,
+    parser.add_argument("--processes", type=processes_option, default=None if data_parallel else 1,
                         help=f"{what}, started by torch.distributed's launcher, one per GPU on CUDA; auto: every "
                              "visible GPU, or one process on a CPU machine. Under torchrun, leave it at 1: the "
-                             "ranks torchrun started share the work (default: 1)")
+                             "ranks torchrun started share the work (default: "
+                             + ("the recipe's processes setting, 1 unless --set" if data_parallel else "1") + ")")
 
 
 def add_bootstrap_options(parser: argparse.ArgumentParser, resampled: str, zero: bool = True) -> None:

@@ -146,7 +146,8 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {"epochs": args.epochs} if args.epochs is not None else {}
     config = _config(args, overrides)
     patches = read_patch_list(args.patches, args.data_root, check=True)
-    processes = resolve_processes(args.processes, config.device)
+    requested = args.processes if args.processes is not None else config.processes or "auto"
+    processes = resolve_processes(requested, config.device)
     best = data_parallel(processes, config.device, train, patches, config, args.out, not args.restart)
     print(f"best model: epoch {best.get('epoch')} with validation accuracy {best.get('val_accuracy', float('nan')):.4f}"
           f" (AUC {best.get('val_auc', float('nan')):.4f}) -> {Path(args.out) / 'best_model.pt'}")

@@ -134,14 +134,15 @@ def test_cli_train_and_validate(camelyon_root, camelyon_patches, tmp_path, capsy
 
 
 def test_data_parallel_training(camelyon_root, camelyon_patches, tmp_path, capsys):
-    """`train --processes 2`: two CPU processes train one patch classifier on their shares of the patches; the
-    validation accuracy and AUC are over all 120 validation patches, gathered from both."""
+    """`train --set processes=2` (the recipe's setting; `--processes` overrides it): two CPU processes train one
+    patch classifier on their shares of the patches; the validation accuracy and AUC are over all 120 validation
+    patches, gathered from both."""
     from metastasis.engine import validate_checkpoint
 
     out = tmp_path / "run"
     assert cli.main(["train", "--patches", str(camelyon_patches), "--data-root", str(camelyon_root), "--out",
                      str(out), "--epochs", "1", "--set", "patch_size=64", "--set", "num_workers=0", "--set",
-                     "num_threads=1", "--set", "amp=false", "--processes", "2"]) == 0
+                     "num_threads=1", "--set", "amp=false", "--set", "processes=2"]) == 0
     assert "best model: epoch 1" in capsys.readouterr().out
     row = json.loads((out / "metrics.json").read_text())[0]
     scores = validate_checkpoint(out / "best_model.pt", camelyon_patches, camelyon_root, "validation",

@@ -34,9 +34,11 @@ def _digest(*arrays) -> str:
 
 def test_scenes_without_classes_are_those_of_before():
     """The lesion classes leave the default scenes as they were: digests of a scene's design taken before they
-    existed, on a slide large enough for every lesion size (a macro-metastasis) and on a small one."""
+    existed, on a slide large enough for every lesion size (a macro-metastasis) and on a small one. The tissue
+    field is pinned by the tissue it defines (``> 0``): its float bits differ between CPUs (an AMD EPYC gave other
+    last bits than the machine the digests were first taken on; its values stay at least 5e-6 away from 0)."""
     big = make_scene("s", 20000, 15000, True, 5, 1)
-    assert _digest(big.tissue_field) == "ebcd7b4e12fcd1257f12"
+    assert _digest(big.tissue_field > 0) == "987990493373181b77d9"
     assert _digest(*[a.points for a in big.annotations]) == "88f146d51518742fe28d"
     assert [a.group for a in big.annotations] == ["Tumor", "_2", "Tumor", "Tumor", "Tumor"]
     small = make_scene("s", 8192, 6144, True, 0, 0)

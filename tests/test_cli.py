@@ -1,3 +1,4 @@
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,10 @@ def test_help_explains_every_option(module, capsys):
         assert done.value.code == 0
         text = capsys.readouterr().out
         sub = parser._subparsers._group_actions[0].choices[command]
+        handler = sub.get_default("func")
+        if handler.__module__ == module.__name__:  # the task's own commands: described by their handler
+            assert sub.description == inspect.getdoc(handler), command
+            assert " ".join(sub.description.split())[:60] in " ".join(text.split()), command
         for action in sub._actions:
             if action.help is not None and action.dest != "help":
                 assert action.help and action.help in " ".join(text.split()) or action.help[:20] in text

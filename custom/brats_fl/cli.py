@@ -7,11 +7,11 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-from medcore.command import (add_compute_options, add_generator_options, add_processes_option, command_parser,
-                            existing_dir, existing_file, existing_path, named_checkpoint, non_empty, number, output_dir,
-                            output_file, parse_setting, run_command)
+from medcore.command import (add_command, add_compute_options, add_generator_options, add_processes_option,
+                            command_parser, existing_dir, existing_file, existing_path, named_checkpoint, non_empty,
+                            number, output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
 from medflare.cli import (add_bundle_parser, add_deploy_parser, add_evaluation_parser, add_job_parsers,
                           add_report_parser, job_overrides)
@@ -25,6 +25,9 @@ logger = logging.getLogger("brats_fl")
 
 
 def _make_data(args: argparse.Namespace) -> int:
+    """Generate synthetic multi-contrast MRI cases with gliomas in the BraTS 2018 training-release layout
+    (ROOT/HGG/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz and the same under LGG/), and verify each case by reading
+    it back with nibabel."""
     from demodata.brats import generate_dataset
 
     written = generate_dataset(args.out, args.hgg, args.lgg, shape=args.shape, seed=args.seed,
@@ -35,6 +38,8 @@ def _make_data(args: argparse.Namespace) -> int:
 
 
 def _check_data(args: argparse.Namespace) -> int:
+    """Check every case under ROOT/HGG and ROOT/LGG: four contrasts and a label present and readable, one shape and
+    affine across them, labels in {0,1,2,4}, no NaN. Exits 1 if any case fails."""
     cases = find_cases(args.root)
     problems = 0
     for grade, dirs in cases.items():
@@ -51,6 +56,10 @@ def _check_data(args: argparse.Namespace) -> int:
 
 
 def _datalist(args: argparse.Namespace) -> int:
+    """Check every case, then split HGG cases to site-1 and LGG cases to site-2, each into
+    training/validation/testing in Clara's proportions (210 HGG -> 144/30/36, 75 LGG -> 56/12/7), and write
+    seg_brats18_datalist_client_a.json (site-1) and ..._client_b.json (site-2) in MONAI's datalist format with paths
+    relative to ROOT."""
     paths = write_datalists(args.root, args.out, seed=args.seed, check=not args.no_check)
     for site, path in paths.items():
         print(f"{site}: {path}")
@@ -94,7 +103,13 @@ def _job_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from medcore.distributed import data_parallel, resolve_processes
+    """Train Clara's SegResNet on the pooled training splits of the given site datalists (what a central server would
+    do if the sites could share their data), with the same engine and recipe as a site: one epoch stands for one
+    federated round. After each epoch the model is scored on the pooled validation splits (mean Dice over TC, WT,
+    ET); OUT gets best_model.pt, last_model.pt, metrics.csv/.json, TensorBoard events and trainer_state.pt, from
+    which an interrupted run resumes. Score the result with `validate`, or add it to the cross-site report with
+    `report --extra central=OUT/best_model.pt`."""
+    from medcore.distributed import data_parallel_training
 
     from .engine import pooled_splits, train
 
@@ -104,9 +119,7 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict(settings)  # a bad setting fails before any case is read
     splits = pooled_splits(args.datalist, args.data_root)
     logger.info("pooled %s", ", ".join(f"{len(v)} {k}" for k, v in splits.items()) + " cases")
-    requested = args.processes if args.processes is not None else config.processes or "auto"
-    processes = resolve_processes(requested, config.device)
-    best = data_parallel(processes, config.device, train, splits, config, args.out, not args.restart)
+    best = data_parallel_training(args.processes, config, train, splits, config, args.out, not args.restart)
     print(f"best model: epoch {best['epoch']} with validation mean Dice {best['val_dice']:.4f} -> "
           f"{Path(args.out) / 'best_model.pt'}")
     return 0
@@ -157,6 +170,8 @@ def _inference_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    """Run sliding-window inference of a checkpoint on one split of a site datalist and write per-case Dice (TC, WT,
+    ET, mean) and Hausdorff 95 distances in mm to a CSV, with the means."""
     from medcore.distributed import resolve_processes
 
     from .inference import validate_checkpoint
@@ -171,6 +186,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _infer(args: argparse.Namespace) -> int:
+    """Segment one case into a NIfTI label map with BraTS labels (1 necrotic/non-enhancing core, 2 edema, 4
+    enhancing tumour) in the input's exact shape, affine and orientation."""
     from .inference import segment_case
 
     given = [f"--{m}" for m in MODALITIES if getattr(args, m)]
@@ -207,10 +224,10 @@ def _add_datalist_options(parser: argparse.ArgumentParser, pooled: bool = False)
                         help="folder the datalist paths are relative to")
 
 
-def _inference_parser(sub: argparse._SubParsersAction, name: str, help: str, description: str,
+def _inference_parser(sub: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int], help: str,
                       shared: str | None = None) -> argparse.ArgumentParser:
     """A sub-command that runs a checkpoint over cases: the checkpoint, the windows and where to compute."""
-    parser = sub.add_parser(name, help=help, description=description)
+    parser = add_command(sub, name, run, help=help, memory_options="--roi and --sw-batch-size")
     defaults = TrainConfig()
     parser.add_argument("--checkpoint", required=True, type=existing_path,
                         help="model file (FL_global_model.pt, best_FL_global_model.pt, a site's local_best_model.pt) "
@@ -237,12 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         "brats-fl", "Federated brain-tumour segmentation (BraTS 2018) on NVIDIA FLARE and MONAI."
     )
 
-    make = sub.add_parser(
-        "make-data", help="generate synthetic BraTS-format cases (HGG/ and LGG/ NIfTI folders)",
-        description="Generate synthetic multi-contrast MRI cases with gliomas in the BraTS 2018 training-release "
-                    "layout (ROOT/HGG/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz and the same under LGG/), "
-                    "and verify each case by reading it back with nibabel.",
-    )
+    make = add_command(sub, "make-data", _make_data, memory_options="--shape",
+                       help="generate synthetic BraTS-format cases (HGG/ and LGG/ NIfTI folders)")
     make.add_argument("--out", required=True, type=output_dir, help="BraTS root folder to write (created if missing)")
     make.add_argument("--hgg", type=number(int, minimum=0), default=8, help="number of high-grade cases (default: 8)")
     make.add_argument("--lgg", type=number(int, minimum=0), default=8, help="number of low-grade cases (default: 8)")
@@ -251,29 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="volume size in voxels, 16-512 each; the field of view stays 240x240x155 mm, so smaller "
                            "shapes have coarser voxels (default: the release's 240 240 155 at 1 mm)")
     add_generator_options(make, "cases")
-    make.set_defaults(func=_make_data, memory_options="--shape")
 
-    check = sub.add_parser(
-        "check-data", help="check every case of a BraTS root (files, geometry, labels)",
-        description="Check every case under ROOT/HGG and ROOT/LGG: four contrasts and a label present and readable, "
-                    "one shape and affine across them, labels in {0,1,2,4}, no NaN. Exits 1 if any case fails.",
-    )
+    check = add_command(sub, "check-data", _check_data,
+                        help="check every case of a BraTS root (files, geometry, labels)")
     check.add_argument("root", help="BraTS root folder (holding HGG/ and LGG/)")
-    check.set_defaults(func=_check_data)
 
-    dl = sub.add_parser(
-        "datalist", help="split a BraTS root into the two sites' datalists (site-1 HGG, site-2 LGG)",
-        description="Check every case, then split HGG cases to site-1 and LGG cases to site-2, each into "
-                    "training/validation/testing in Clara's proportions (210 HGG -> 144/30/36, 75 LGG -> "
-                    "56/12/7), and write seg_brats18_datalist_client_a.json (site-1) and ..._client_b.json "
-                    "(site-2) in MONAI's datalist format with paths relative to ROOT.",
-    )
+    dl = add_command(sub, "datalist", _datalist,
+                     help="split a BraTS root into the two sites' datalists (site-1 HGG, site-2 LGG)")
     dl.add_argument("root", help="BraTS root folder (holding HGG/ and LGG/)")
     dl.add_argument("--out", type=output_dir, help="folder for the datalist files (default: ROOT/datalists)")
     dl.add_argument("--seed", type=number(int, minimum=0), default=0,
                     help="seed of the case shuffle before splitting (default: 0)")
     dl.add_argument("--no-check", action="store_true", help="skip reading every case first (not recommended)")
-    dl.set_defaults(func=_datalist)
 
     add_job_parsers(sub, TASK, _recipe, _job_options)
     add_evaluation_parser(sub, TASK, _evaluation, _data_options)
@@ -297,16 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--datalist-dir", type=existing_dir,
                      help="for --extra: folder of the site datalists (default: DATA_ROOT/datalists)")
 
-    tr = sub.add_parser(
-        "train", help="centralised training on the pooled data of several sites (the baseline of FL papers)",
-        description="Train Clara's SegResNet on the pooled training splits of the given site datalists (what a "
-                    "central server would do if the sites could share their data), with the same engine and recipe "
-                    "as a site: one epoch stands for one federated round. After each epoch the model is scored on "
-                    "the pooled validation splits (mean Dice over TC, WT, ET); OUT gets best_model.pt, "
-                    "last_model.pt, metrics.csv/.json, TensorBoard events and trainer_state.pt, from which an "
-                    "interrupted run resumes. Score the result with `validate`, or add it to the cross-site report "
-                    "with `report --extra central=OUT/best_model.pt`.",
-    )
+    tr = add_command(sub, "train", _train, memory_options="--set crop, batch_size and cache_rate",
+                     help="centralised training on the pooled data of several sites (the baseline of FL papers)")
     _add_datalist_options(tr, pooled=True)
     tr.add_argument("--out", required=True, type=output_dir,
                     help="run folder (created if missing; files of these names that train did not write are "
@@ -317,25 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "--set crop=[64,64,48] --set lr=5e-4; repeatable")
     tr.add_argument("--restart", action="store_true", help="start afresh even if OUT holds a training state")
     add_processes_option(tr, "the training cases", data_parallel=True)
-    tr.set_defaults(func=_train, memory_options="--set crop, batch_size and cache_rate")
 
-    val = _inference_parser(
-        sub, "validate", help="score a checkpoint on a datalist split: per-case Dice and HD95 to CSV",
-        description="Run sliding-window inference of a checkpoint on one split of a site datalist and write "
-                    "per-case Dice (TC, WT, ET, mean) and Hausdorff 95 distances in mm to a CSV, with the means.",
-        shared="the cases",
-    )
+    val = _inference_parser(sub, "validate", _validate,
+                            help="score a checkpoint on a datalist split: per-case Dice and HD95 to CSV",
+                            shared="the cases")
     _add_datalist_options(val)
     val.add_argument("--split", choices=SPLITS, default="testing", help="which list to score (default: testing)")
     val.add_argument("--out", required=True, type=output_file,
                      help="CSV file to write (an existing file is replaced only if it is a CSV validate wrote)")
-    val.set_defaults(func=_validate, memory_options="--roi and --sw-batch-size")
 
-    inf = _inference_parser(
-        sub, "infer", help="segment one case: four NIfTI contrasts in, a BraTS label map out",
-        description="Segment one case into a NIfTI label map with BraTS labels (1 necrotic/non-enhancing core, "
-                    "2 edema, 4 enhancing tumour) in the input's exact shape, affine and orientation.",
-    )
+    inf = _inference_parser(sub, "infer", _infer,
+                            help="segment one case: four NIfTI contrasts in, a BraTS label map out")
     inf.add_argument("--case-dir", type=existing_dir,
                      help="a case folder of the release layout (instead of the four files)")
     for m in MODALITIES:
@@ -343,7 +329,6 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--out", required=True, type=_nifti_output,
                      help="label map to write (.nii or .nii.gz; an existing file is replaced only if it is a label "
                           "map infer wrote)")
-    inf.set_defaults(func=_infer, memory_options="--roi and --sw-batch-size")
 
     add_bundle_parser(sub, _export_bundle, "Dice and HD95", "--dataset_dir CASES --output_dir OUT")
     return parser

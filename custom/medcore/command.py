@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import inspect
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import shutil
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from .errors import UserError
 from .files import path_problem
@@ -49,6 +50,20 @@ def command_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     return parser, sub
+
+
+def add_command(sub: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int], *, help: str,
+                **defaults: Any) -> argparse.ArgumentParser:
+    """The sub-command ``name``, carried out by ``run``: ``help`` is its line in the list of commands, and ``run``'s
+    docstring its ``--help`` description, so what a command reads, does and writes is said once, at the code that
+    does it. ``defaults`` are set on the parsed arguments as well (e.g. ``memory_options``, the options to name
+    when the command runs out of memory)."""
+    description = inspect.getdoc(run)
+    if not description:
+        raise ValueError(f"{run.__qualname__} has no docstring to describe the {name!r} command")
+    parser = sub.add_parser(name, help=help, description=description)
+    parser.set_defaults(func=run, **defaults)
+    return parser
 
 
 def _environment_error(err: OSError) -> bool:

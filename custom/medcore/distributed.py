@@ -240,6 +240,14 @@ def data_parallel(processes: int, device: str, fn: Callable[..., T], *args: Any,
     return run_processes(processes, _in_group, backend, fn, args, threads=threads)[0]
 
 
+def data_parallel_training(requested: int | str | None, settings: Any, train: Callable[..., T], *args: Any) -> T:
+    """``train(*args)`` as :func:`data_parallel`, with the processes a standalone training asks for: ``requested``
+    (its ``--processes``), else the training settings' ``processes`` (``auto`` when unset), for the settings'
+    ``device`` (``settings``: a :class:`~medcore.training.TrainingSettings`)."""
+    wanted = requested if requested is not None else settings.processes or "auto"
+    return data_parallel(resolve_processes(wanted, settings.device), settings.device, train, *args)
+
+
 def run_processes(processes: int, fn: Callable[..., T], *args: Any, threads: int = 0) -> dict[int, T]:
     """``fn(*args)`` in ``processes`` processes on this machine, started by PyTorch's elastic launcher (each with
     ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set, so ``fn`` may join a process

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Sequence
 
 from demodata.centres import CENTRES
-from medcore.command import (add_bootstrap_options, add_compute_options, add_generator_options, add_processes_option,
-                            command_parser, existing_dir, existing_file, existing_path, non_empty, number, output_dir,
-                            output_file, parse_setting, run_command)
+from medcore.command import (add_bootstrap_options, add_command, add_compute_options, add_generator_options,
+                            add_processes_option, command_parser, existing_dir, existing_file, existing_path, non_empty,
+                            number, output_dir, output_file, parse_setting, run_command)
 from medcore.errors import UserError
 from medcore.files import check_distinct_names, check_replaceable, claim_output_dir, input_files
 from medcore.settings import MAX_PARALLEL
@@ -62,6 +62,14 @@ def _slides(paths: Sequence[str]) -> list[Path]:
 
 
 def _make_data(args: argparse.Namespace) -> int:
+    """Generate synthetic H&E lymph-node slides as pyramidal tiled JPEG TIFFs (0.243 um/px, OpenSlide-readable) with
+    ASAP XML lesion annotations, in the Camelyon16 release layout, and verify each slide by reading it back with
+    OpenSlide. With --split camelyon17: --patients patients of 5 lymph nodes each (camelyon17/patient_XXX_node_Y.tif,
+    lesion_annotations/ for the nodes with lesions) and camelyon17/stage_labels.csv (CAMELYON17's patient,stage
+    format): patient k is planned the pN stage k modulo 5 (pN0, pN0(i+), pN1mi, pN1, pN2), its nodes negative or
+    holding ITCs, micro- or macro-metastases to match, and the CSV's labels and stages are measured from the written
+    XML (each lesion's longest diameter). Nodes whose lesions need more tissue than --width x --height are made
+    larger (a macro-metastasis needs about 100 megapixels)."""
     from demodata.camelyon import generate_camelyon17, generate_dataset
 
     options = {"seed": args.seed, "tile": args.tile, "workers": args.workers, "overwrite": args.overwrite,
@@ -85,11 +93,13 @@ def _make_data(args: argparse.Namespace) -> int:
 
 
 def _tissue(args: argparse.Namespace) -> int:
+    """For each slide: Otsu threshold on HSV saturation of a low-resolution view, specks removed and holes filled;
+    writes NAME_tissue.png (0/255), NAME_tissue.json (downsample, level, level-0 size, threshold) and
+    NAME_tissue_overlay.png (mask over the thumbnail). Finished slides are skipped, so an interrupted run can be
+    restarted."""
     from .data.tissue import TissueMask, prepare_tissue_masks
 
-    masks = prepare_tissue_masks(_slides(args.slides), args.out, downsample=args.downsample,
-                                 overwrite=args.overwrite, min_saturation=args.min_saturation,
-                                 min_tissue_um2=args.min_tissue_um2, max_hole_um2=args.max_hole_um2)
+    masks = prepare_tissue_masks(_slides(args.slides), args.out, overwrite=args.overwrite, **_tissue_options(args))
     for png in masks:
         mask = TissueMask.load(png)
         print(f"{png}: {100 * mask.tissue_fraction:.1f}% tissue, {mask.mask.shape[1]}x{mask.mask.shape[0]} "
@@ -105,6 +115,11 @@ def _label_file(text: str) -> tuple[str, int]:
 
 
 def _patches(args: argparse.Namespace) -> int:
+    """Generate the training/validation patch list (MONAI PatchWSIDataset convention: location = level-0 [y, x] of
+    the patch centre) from a Camelyon16 training release: tumour patches centred inside tumour, normal patches from
+    tissue away from tumour and from normal slides, balanced, split by slide, deterministic for a seed. Missing
+    tissue masks are computed first. Or convert NCRF coordinate files (name,x,y per line) with
+    --ncrf-train/--ncrf-valid."""
     from .data.patch_lists import check_patch_list, is_patch_list, read_ncrf_coords, write_patch_list
     from .data.sampling import find_training_slides, generate_patch_list
 
@@ -119,7 +134,7 @@ def _patches(args: argparse.Namespace) -> int:
         check_patch_list(patches, "NCRF coordinates")
     else:
         sources = find_training_slides(args.data_root, args.masks or Path(args.data_root) / "tissue_masks",
-                                       args.annotations, downsample=args.downsample)
+                                       args.annotations, **_tissue_options(args))
         patches = generate_patch_list(sources, tumor_per_slide=args.tumor_per_slide, patch_size=args.patch_size,
                                       validation_fraction=args.validation_fraction, margin_um=args.margin_um,
                                       seed=args.seed)
@@ -138,7 +153,10 @@ def _config(args: argparse.Namespace, base: dict | None = None):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from medcore.distributed import data_parallel, resolve_processes
+    """Train ResNet18 (1x1-convolution head) on a patch list with Clara's recipe (Novograd, BCEWithLogitsLoss, AMP,
+    augmentation). Writes best_model.pt (best validation accuracy), last_model.pt, metrics.csv/json and TensorBoard
+    events into --out; an interrupted run resumes from trainer_state.pt."""
+    from medcore.distributed import data_parallel_training
 
     from .engine import train
     from .data.patch_lists import read_patch_list
@@ -146,15 +164,15 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {"epochs": args.epochs} if args.epochs is not None else {}
     config = _config(args, overrides)
     patches = read_patch_list(args.patches, args.data_root, check=True)
-    requested = args.processes if args.processes is not None else config.processes or "auto"
-    processes = resolve_processes(requested, config.device)
-    best = data_parallel(processes, config.device, train, patches, config, args.out, not args.restart)
+    best = data_parallel_training(args.processes, config, train, patches, config, args.out, not args.restart)
     print(f"best model: epoch {best.get('epoch')} with validation accuracy {best.get('val_accuracy', float('nan')):.4f}"
           f" (AUC {best.get('val_auc', float('nan')):.4f}) -> {Path(args.out) / 'best_model.pt'}")
     return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
+    """Score a trained checkpoint (best_model.pt, a FLARE model) on one split of a patch list: accuracy at the
+    recipe's threshold, ROC AUC, sensitivity, specificity."""
     from .engine import validate_checkpoint
 
     scores = validate_checkpoint(args.checkpoint, args.patches, args.data_root, args.split, args.csv,
@@ -171,6 +189,10 @@ def _export_bundle(checkpoint: Path, out: Path) -> Path:
 
 
 def _infer(args: argparse.Namespace) -> int:
+    """Run a trained checkpoint over every slide's tissue: fully convolutional tiles (tiled, default) or window by
+    window (patch, the reference). Per slide: NAME.npy (float32 map), NAME.json (geometry: map pixel (i, j) is the
+    window centred at level-0 (stride/2 + j stride, stride/2 + i stride)), NAME_heatmap.png. Finished slides are
+    skipped, so a folder can be resumed."""
     import torch
 
     from medcore.device import select_device
@@ -198,6 +220,8 @@ def _infer(args: argparse.Namespace) -> int:
 
 
 def _detect(args: argparse.Namespace) -> int:
+    """Local maxima of each map at or above --threshold, with non-maximum suppression over --radius-um microns;
+    writes OUT/NAME.csv with rows probability,x,y in level-0 pixels."""
     from .evaluation.detection import find_detections, write_detections
     from .inference.maps import describe_map, load_map
     from .data.slide import Slide
@@ -253,6 +277,13 @@ def _lesion_patients(maps: Sequence[Path], patients_csv: Path | None) -> dict[st
 
 
 def _lesions(args: argparse.Namespace) -> int:
+    """A lesion is an 8-connected region of a map at or above --threshold: its outline (along the map pixels' block
+    edges, level-0 pixels), longest diameter, area, maximum and mean probability, and its CAMELYON17 category by
+    longest diameter (ITC up to 200 um, micro-metastasis up to 2 mm, macro-metastasis above). Per map:
+    OUT/NAME_lesions.geojson (QuPath), OUT/NAME_lesions.xml (ASAP), OUT/NAME_lesions.json (the lesions, the slide's
+    label and score), OUT/NAME_heatmap.tif (the map as a pyramidal TIFF at the map's resolution, for viewers to
+    overlay). Then OUT/stages.csv in CAMELYON17's format: each patient's pN stage and each slide's label; with
+    --reference, the quadratic weighted kappa in OUT/staging.json."""
     from medcore.files import write_json
 
     from .evaluation.detection import read_detections
@@ -312,6 +343,9 @@ def _lesions(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    """Score detections with the Camelyon16 FROC (evaluation regions: tumour grown by 75 um, holes filled,
+    8-connected; ITCs under 275 um neither TP nor FP; normal slides count for false positives) and the slide-level
+    ROC AUC. Writes froc.json, froc_slides.csv and froc.png."""
     from .evaluation.froc import evaluate_froc, write_froc
     from .evaluation.testset import collect_cases
 
@@ -332,6 +366,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    """Evaluation A minus evaluation B of the same test slides and ground truth (two models' detections and maps,
+    each scored by metastasis evaluate): the differences of the FROC score and of the slide AUC, each with its paired
+    95% bootstrap interval over the slides (each resample scores both evaluations on the same slides, stratified as
+    evaluate's intervals) and a two-sided bootstrap p-value. Slides are matched by name; a difference in slides,
+    ground truth, labels or conventions is an error."""
     from medcore.files import write_json
 
     from .evaluation.froc import FROC_KIND, compare_froc, read_slide_scores
@@ -382,21 +421,31 @@ def _job_options(parser: argparse.ArgumentParser) -> None:
                         help="number of sites, e.g. one per hospital (default: 1, Clara's single-client job)")
 
 
+def _add_tissue_options(parser: argparse.ArgumentParser, description: str) -> None:
+    """How tissue masks are found (:func:`~metastasis.data.tissue.tissue_mask`), as a group of options: the same
+    options wherever a mask is computed."""
+    group = parser.add_argument_group("tissue masks", description)
+    group.add_argument("--downsample", type=number(float, minimum=1, maximum=1024), default=32.0,
+                       help="level-0 pixels per mask pixel, 1-1024 (default: 32, level 5 of a Camelyon16 pyramid)")
+    group.add_argument("--min-saturation", type=number(float, minimum=0, maximum=1), default=0.07,
+                       help="lowest saturation threshold in [0, 1], whatever Otsu finds (default: 0.07)")
+    group.add_argument("--min-tissue-um2", type=number(float, minimum=0), default=10_000.0,
+                       help="tissue pieces smaller than this many square microns are dropped (default: 10000)")
+    group.add_argument("--max-hole-um2", type=number(float, minimum=0), default=20_000.0,
+                       help="holes smaller than this many square microns are filled (default: 20000)")
+
+
+def _tissue_options(args: argparse.Namespace) -> dict[str, float]:
+    """The values of :func:`_add_tissue_options`, as :func:`~metastasis.data.tissue.prepare_tissue_masks` takes
+    them."""
+    return {"downsample": args.downsample, "min_saturation": args.min_saturation,
+            "min_tissue_um2": args.min_tissue_um2, "max_hole_um2": args.max_hole_um2}
+
+
 def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
     """make-data, tissue, patches: the data preparation path."""
-    make = sub.add_parser(
-        "make-data", help="generate synthetic Camelyon16- or CAMELYON17-format slides and ASAP XML annotations",
-        description="Generate synthetic H&E lymph-node slides as pyramidal tiled JPEG TIFFs (0.243 um/px, "
-                    "OpenSlide-readable) with ASAP XML lesion annotations, in the Camelyon16 release layout, "
-                    "and verify each slide by reading it back with OpenSlide. With --split camelyon17: --patients "
-                    "patients of 5 lymph nodes each (camelyon17/patient_XXX_node_Y.tif, lesion_annotations/ for "
-                    "the nodes with lesions) and camelyon17/stage_labels.csv (CAMELYON17's patient,stage format): "
-                    "patient k is planned the pN stage k modulo 5 (pN0, pN0(i+), pN1mi, pN1, pN2), its nodes "
-                    "negative or holding ITCs, micro- or macro-metastases to match, and the CSV's labels and "
-                    "stages are measured from the written XML (each lesion's longest diameter). Nodes whose "
-                    "lesions need more tissue than --width x --height are made larger (a macro-metastasis needs "
-                    "about 100 megapixels).",
-    )
+    make = add_command(sub, "make-data", _make_data, memory_options="--tile and --workers",
+                       help="generate synthetic Camelyon16- or CAMELYON17-format slides and ASAP XML annotations")
     make.add_argument("--out", required=True, type=output_dir,
                       help="data root to write (training/, testing/ or camelyon17/ is created inside)")
     make.add_argument("--tumor", type=number(int, minimum=0),
@@ -428,36 +477,17 @@ def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
                            "histiocyte clusters, sinuses) and artefacts (pen marks, folds, air bubbles, "
                            "out-of-focus areas), more the higher (default: 0, the easy demo data)")
     add_generator_options(make, "slides", "slides, annotations, reference.csv and stage_labels.csv")
-    make.set_defaults(func=_make_data, memory_options="--tile and --workers")
 
-    tissue = sub.add_parser(
-        "tissue", help="compute tissue masks of slides (Clara's prepare_inference_data)",
-        description="For each slide: Otsu threshold on HSV saturation of a low-resolution view, specks removed and "
-                    "holes filled; writes NAME_tissue.png (0/255), NAME_tissue.json (downsample, level, level-0 "
-                    "size, threshold) and NAME_tissue_overlay.png (mask over the thumbnail). Finished slides are "
-                    "skipped, so an interrupted run can be restarted.",
-    )
+    tissue = add_command(sub, "tissue", _tissue, memory_options="--downsample",
+                         help="compute tissue masks of slides (Clara's prepare_inference_data)")
     tissue.add_argument("slides", nargs="+", help="slide files, or folders searched for .tif slides")
     tissue.add_argument("--out", required=True, type=output_dir, help="folder for the masks")
-    tissue.add_argument("--downsample", type=number(float, minimum=1, maximum=1024), default=32.0,
-                        help="level-0 pixels per mask pixel, 1-1024 (default: 32, level 5 of a Camelyon16 pyramid)")
-    tissue.add_argument("--min-saturation", type=number(float, minimum=0, maximum=1), default=0.07,
-                        help="lowest saturation threshold in [0, 1], whatever Otsu finds (default: 0.07)")
-    tissue.add_argument("--min-tissue-um2", type=number(float, minimum=0), default=10_000.0,
-                        help="tissue pieces smaller than this many square microns are dropped (default: 10000)")
-    tissue.add_argument("--max-hole-um2", type=number(float, minimum=0), default=20_000.0,
-                        help="holes smaller than this many square microns are filled (default: 20000)")
+    _add_tissue_options(tissue, "Otsu's threshold on saturation, then specks dropped and holes filled")
     tissue.add_argument("--overwrite", action="store_true", help="recompute masks that already exist")
-    tissue.set_defaults(func=_tissue, memory_options="--downsample")
 
-    patches = sub.add_parser(
-        "patches", help="make a patch list JSON from slides + annotations + tissue masks, or from NCRF coordinates",
-        description="Generate the training/validation patch list (MONAI PatchWSIDataset convention: location = "
-                    "level-0 [y, x] of the patch centre) from a Camelyon16 training release: tumour patches centred "
-                    "inside tumour, normal patches from tissue away from tumour and from normal slides, balanced, "
-                    "split by slide, deterministic for a seed. Missing tissue masks are computed first. Or convert "
-                    "NCRF coordinate files (name,x,y per line) with --ncrf-train/--ncrf-valid.",
-    )
+    patches = add_command(
+        sub, "patches", _patches,
+        help="make a patch list JSON from slides + annotations + tissue masks, or from NCRF coordinates")
     patches.add_argument("--data-root", required=True, type=existing_dir,
                          help="Camelyon16 root holding training/tumor, training/normal, training/lesion_annotations; "
                               "paths in the list are written relative to it")
@@ -475,8 +505,8 @@ def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
                          help="share of tumour slides and of normal slides held out for validation (default: 0.2)")
     patches.add_argument("--margin-um", type=number(float, minimum=0), default=50.0,
                          help="normal patches keep this distance (microns) plus half a patch from tumour (default: 50)")
-    patches.add_argument("--downsample", type=number(float, minimum=1, maximum=1024), default=32.0,
-                         help="tissue mask downsample when masks are computed, 1-1024 (default: 32)")
+    _add_tissue_options(patches, "for the slides that have no mask in --masks yet (as metastasis tissue computes "
+                                 "them)")
     patches.add_argument("--seed", type=number(int, minimum=0), default=0, help="sampling seed (default: 0)")
     patches.add_argument("--ncrf-train", nargs="+", type=_label_file, metavar="FILE=LABEL",
                          help="NCRF coordinate files for training, each with its label, e.g. tumor_train.txt=1 "
@@ -485,18 +515,12 @@ def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
                          help="NCRF coordinate files for validation, e.g. tumor_valid.txt=1 normal_valid.txt=0")
     patches.add_argument("--slide-dir", type=existing_dir,
                          help="where NCRF slide names are looked up (default: DATA_ROOT)")
-    patches.set_defaults(func=_patches)
 
 
 def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
     """train, validate, make-job: the patch classifier, standalone or as the FLARE job."""
-    train = sub.add_parser(
-        "train", help="train the patch classifier without FLARE",
-        description="Train ResNet18 (1x1-convolution head) on a patch list with Clara's recipe (Novograd, "
-                    "BCEWithLogitsLoss, AMP, augmentation). Writes best_model.pt (best validation accuracy), "
-                    "last_model.pt, metrics.csv/json and TensorBoard events into --out; an interrupted run "
-                    "resumes from trainer_state.pt.",
-    )
+    train = add_command(sub, "train", _train, memory_options="--set batch_size, patch_size and num_workers",
+                        help="train the patch classifier without FLARE")
     train.add_argument("--patches", required=True, type=existing_file, help="patch list JSON")
     train.add_argument("--data-root", type=existing_dir,
                        help="folder the list's slide paths are relative to (default: the list's folder)")
@@ -505,13 +529,9 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--restart", action="store_true", help="start from scratch even if --out holds a state")
     add_processes_option(train, "the training patches", data_parallel=True)
     train.add_argument("--set", type=parse_setting, action="append", metavar="KEY=VALUE", help=_SETTINGS_HELP)
-    train.set_defaults(func=_train, memory_options="--set batch_size, patch_size and num_workers")
 
-    val = sub.add_parser(
-        "validate", help="patch accuracy and AUC of a checkpoint on a patch list",
-        description="Score a trained checkpoint (best_model.pt, a FLARE model) on one split of a patch list: "
-                    "accuracy at the recipe's threshold, ROC AUC, sensitivity, specificity.",
-    )
+    val = add_command(sub, "validate", _validate, memory_options="--num-workers",
+                      help="patch accuracy and AUC of a checkpoint on a patch list")
     val.add_argument("--checkpoint", required=True, type=existing_path,
                      help="model file written by training (or a FLARE model), or a MONAI bundle folder "
                           "export-bundle wrote")
@@ -526,7 +546,6 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
     val.add_argument("--num-workers", type=number(int, minimum=0, maximum=MAX_PARALLEL), default=2,
                      help="DataLoader processes reading patches (default: 2)")
     add_compute_options(val, amp=False)
-    val.set_defaults(func=_validate, memory_options="--num-workers")
 
     add_job_parsers(sub, TASK, _recipe, _job_options)
     add_evaluation_parser(sub, TASK, _evaluation, _job_options)
@@ -535,13 +554,8 @@ def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
     """infer, detect, evaluate: whole slides to maps, detections and the FROC."""
-    infer = sub.add_parser(
-        "infer", help="whole-slide tumour probability maps (1/stride of level 0), restricted to tissue",
-        description="Run a trained checkpoint over every slide's tissue: fully convolutional tiles (tiled, default) "
-                    "or window by window (patch, the reference). Per slide: NAME.npy (float32 map), NAME.json "
-                    "(geometry: map pixel (i, j) is the window centred at level-0 (stride/2 + j stride, stride/2 + "
-                    "i stride)), NAME_heatmap.png. Finished slides are skipped, so a folder can be resumed.",
-    )
+    infer = add_command(sub, "infer", _infer, memory_options="--tile-outputs and --batch-size",
+                        help="whole-slide tumour probability maps (1/stride of level 0), restricted to tissue")
     infer.add_argument("slides", nargs="+", help="slide files, or folders searched for .tif slides")
     infer.add_argument("--checkpoint", required=True, type=existing_path,
                        help="model file written by training (or a FLARE model), or a MONAI bundle folder "
@@ -562,13 +576,8 @@ def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
                        help="patch mode: windows per batch (default: 32)")
     infer.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
     add_compute_options(infer, shared="the slides")
-    infer.set_defaults(func=_infer, memory_options="--tile-outputs and --batch-size")
 
-    detect = sub.add_parser(
-        "detect", help="probability maps -> Camelyon16 detection CSVs (probability,x,y)",
-        description="Local maxima of each map at or above --threshold, with non-maximum suppression over "
-                    "--radius-um microns; writes OUT/NAME.csv with rows probability,x,y in level-0 pixels.",
-    )
+    detect = add_command(sub, "detect", _detect, help="probability maps -> Camelyon16 detection CSVs (probability,x,y)")
     detect.add_argument("maps", type=existing_path, help="a folder of NAME.npy maps (with their NAME.json), or one map")
     detect.add_argument("--out", required=True, type=output_dir, help="folder for the CSVs")
     detect.add_argument("--threshold", type=number(float, minimum=0, maximum=1), default=0.5,
@@ -577,19 +586,9 @@ def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
                         help="suppress maxima this close (microns) to a higher one (default: 150)")
     detect.add_argument("--mpp", type=number(float, above=0),
                         help="level-0 microns per pixel (default: read from each slide)")
-    detect.set_defaults(func=_detect)
 
-    lesions = sub.add_parser(
-        "lesions", help="probability maps -> lesions for QuPath and ASAP, CAMELYON17 slide labels and pN stages",
-        description="A lesion is an 8-connected region of a map at or above --threshold: its outline (along the "
-                    "map pixels' block edges, level-0 pixels), longest diameter, area, maximum and mean "
-                    "probability, and its CAMELYON17 category by longest diameter (ITC up to 200 um, "
-                    "micro-metastasis up to 2 mm, macro-metastasis above). Per map: OUT/NAME_lesions.geojson "
-                    "(QuPath), OUT/NAME_lesions.xml (ASAP), OUT/NAME_lesions.json (the lesions, the slide's label "
-                    "and score), OUT/NAME_heatmap.tif (the map as a pyramidal TIFF at the map's resolution, for "
-                    "viewers to overlay). Then OUT/stages.csv in CAMELYON17's format: each patient's pN stage and each "
-                    "slide's label; with --reference, the quadratic weighted kappa in OUT/staging.json.",
-    )
+    lesions = add_command(sub, "lesions", _lesions,
+                          help="probability maps -> lesions for QuPath and ASAP, CAMELYON17 slide labels and pN stages")
     lesions.add_argument("maps", type=existing_path,
                          help="a folder of NAME.npy maps (with their NAME.json), or one map")
     lesions.add_argument("--out", required=True, type=output_dir,
@@ -609,14 +608,9 @@ def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
     lesions.add_argument("--reference", type=existing_file,
                          help="CAMELYON17 stage CSV (stage_labels.csv: patient,stage rows of patients and slides) "
                               "to score stages.csv against: kappa, accuracies, confusion matrices in staging.json")
-    lesions.set_defaults(func=_lesions)
 
-    evaluate = sub.add_parser(
-        "evaluate", help="Camelyon16 lesion FROC and slide-level AUC of detection CSVs",
-        description="Score detections with the Camelyon16 FROC (evaluation regions: tumour grown by 75 um, holes "
-                    "filled, 8-connected; ITCs under 275 um neither TP nor FP; normal slides count for false "
-                    "positives) and the slide-level ROC AUC. Writes froc.json, froc_slides.csv and froc.png.",
-    )
+    evaluate = add_command(sub, "evaluate", _evaluate,
+                           help="Camelyon16 lesion FROC and slide-level AUC of detection CSVs")
     evaluate.add_argument("slides", nargs="+", help="the test slides (files or folders): every one counts")
     evaluate.add_argument("--detections", required=True, help="folder of NAME.csv detections (missing: none)")
     evaluate.add_argument("--annotations", type=existing_dir,
@@ -642,22 +636,12 @@ def _add_slide_parsers(sub: argparse._SubParsersAction) -> None:
                                     "the AUC)")
     evaluate.add_argument("--out", required=True, type=output_dir,
                           help="folder for froc.json, froc_slides.csv, froc.png")
-    evaluate.set_defaults(func=_evaluate)
 
-    compare = sub.add_parser(
-        "compare", help="paired comparison of two FROC evaluations of the same slides",
-        description="Evaluation A minus evaluation B of the same test slides and ground truth (two models' "
-                    "detections and maps, each scored by metastasis evaluate): the differences of the FROC score "
-                    "and of the slide AUC, each with its paired 95% bootstrap interval over the slides (each "
-                    "resample scores both evaluations on the same slides, stratified as evaluate's intervals) and "
-                    "a two-sided bootstrap p-value. Slides are matched by name; a difference in slides, ground "
-                    "truth, labels or conventions is an error.",
-    )
+    compare = add_command(sub, "compare", _compare, help="paired comparison of two FROC evaluations of the same slides")
     compare.add_argument("a", type=existing_path, help="evaluation A: metastasis evaluate's --out folder or froc.json")
     compare.add_argument("b", type=existing_path, help="evaluation B, of the same slides")
     add_bootstrap_options(compare, "the slides for the paired 95%% intervals", zero=False)
     compare.add_argument("--out", type=output_file, help="also write the comparison to this JSON file")
-    compare.set_defaults(func=_compare)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from metastasis.data.annotations import AnnotationError, read_asap_xml, rasteriz
 from metastasis.data.dataset import PatchDataset
 from metastasis.data.patch_lists import PatchListError, read_ncrf_coords, read_patch_list, write_patch_list
 from metastasis.data.sampling import find_training_slides, generate_patch_list
-from metastasis.data.tissue import TissueMask, mask_paths
+from metastasis.data.tissue import TissueMask, compute_tissue_mask, mask_paths
 
 
 def test_labels_agree_with_the_tumour_mask(camelyon_root, camelyon_patches):
@@ -50,6 +50,30 @@ def test_split_by_slide_and_balanced(camelyon_root, camelyon_patches):
         assert labels[1] == 60 and labels[0] == 60
         normal_sources = {e["image"].split("/")[-2] for e in patches[split] if e["label"] == 0}
         assert normal_sources == {"tumor", "normal"}  # normal patches from tumour and normal slides
+
+
+def test_patches_computes_missing_masks_as_tissue_does_with_the_same_options(camelyon_root, tmp_path):
+    """``patches`` and ``tissue`` share their tissue options: masks computed on the way to a patch list are those
+    ``tissue`` writes with the same options (here far from the defaults, so that a dropped option shows)."""
+    from metastasis.cli import main
+
+    options = ["--downsample", "16", "--min-saturation", "0.2", "--min-tissue-um2", "40000", "--max-hole-um2", "0"]
+    slides = sorted((camelyon_root / "training").glob("*/*.tif"))
+    assert main(["tissue", *map(str, slides), "--out", str(tmp_path / "by_tissue"), *options]) == 0
+    assert main(["patches", "--data-root", str(camelyon_root), "--masks", str(tmp_path / "by_patches"), "--out",
+                 str(tmp_path / "patches.json"), "--tumor-per-slide", "5", "--patch-size", "64", *options]) == 0
+    changed = 0
+    for slide in slides:
+        ours, theirs = (TissueMask.load(mask_paths(tmp_path / d, slide)[0]) for d in ("by_patches", "by_tissue"))
+        assert ours.downsample == theirs.downsample == 16
+        np.testing.assert_array_equal(ours.mask, theirs.mask)
+        changed += not np.array_equal(ours.mask, compute_tissue_mask(slide, 16)[0].mask)
+    assert changed  # the options are not the defaults' in effect
+    # masks made by `tissue` with options are used by `patches` given the same options (before, patches could only
+    # ask for the defaults, and refused such masks as made with other settings)
+    assert main(["patches", "--data-root", str(camelyon_root), "--masks", str(tmp_path / "by_tissue"), "--out",
+                 str(tmp_path / "again.json"), "--tumor-per-slide", "5", "--patch-size", "64", *options]) == 0
+    assert (tmp_path / "again.json").read_text() == (tmp_path / "patches.json").read_text()
 
 
 def test_deterministic_for_a_seed(camelyon_root, camelyon_patches):

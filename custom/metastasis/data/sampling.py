@@ -47,10 +47,11 @@ class SlideSource:
 
 
 def find_training_slides(data_root: str | Path, mask_dir: str | Path, annotation_dir: str | Path | None = None,
-                         downsample: float = 32.0) -> list[SlideSource]:
+                         downsample: float = 32.0, **tissue_options: float) -> list[SlideSource]:
     """The slides of a Camelyon16 training release (``training/tumor``, ``training/normal``) with their
     annotations (``training/lesion_annotations/<name>.xml``) and tissue masks (computed into ``mask_dir`` when
-    missing). A ``tumor_*`` slide without annotations, or annotations outside their slide, are errors."""
+    missing, by :func:`~metastasis.data.tissue.prepare_tissue_masks` with ``downsample`` and ``tissue_options``).
+    A ``tumor_*`` slide without annotations, or annotations outside their slide, are errors."""
     root = Path(data_root)
     annotation_dir = Path(annotation_dir) if annotation_dir else root / "training" / "lesion_annotations"
     tumour, normal = (input_files(root / "training" / kind, "*.tif") if (root / "training" / kind).is_dir() else []
@@ -63,7 +64,7 @@ def find_training_slides(data_root: str | Path, mask_dir: str | Path, annotation
         if not xml.is_file():
             raise AnnotationError(f"{xml}: annotation file missing for tumour slide {path}")
         annotations_of[path] = read_asap_xml(xml)
-    prepare_tissue_masks(tumour + normal, mask_dir, downsample=downsample)
+    prepare_tissue_masks(tumour + normal, mask_dir, downsample=downsample, **tissue_options)
     sources = []
     for path in tumour + normal:
         xml = annotation_dir / f"{path.stem}.xml"

@@ -282,6 +282,78 @@ def stain_costs(work: Path) -> dict | None:
 
 
 METRICS = ("patch_accuracy", "patch_auc", "froc", "slide_auc")
+RESAMPLES = 2000
+
+
+class CentreScores:
+    """One model's scores on one centre's test slides, per slide (in name order), from what :func:`score` left in
+    ``work``: each slide's patches (probabilities and labels, from ``validate``'s CSV) and its FROC share and slide
+    score (``evaluate``'s ``froc.json``). The statistics take an index array into the slides, so that the bootstrap
+    resamples slides: the patches of one slide are not independent of each other."""
+
+    def __init__(self, folder: Path):
+        import numpy as np
+
+        from metastasis.evaluation.froc import SlideScores, read_slide_scores
+
+        slides, _ = read_slide_scores(folder / "froc")
+        order = sorted(range(len(slides.results)), key=lambda i: slides.results[i].name)
+        self.slides = SlideScores([slides.results[i] for i in order], slides.slide_scores[order],
+                                  slides.labels[order], slides.reference_conventions)
+        self.names = [r.name for r in self.slides.results]
+        per_slide: dict[str, tuple[list, list]] = {name: ([], []) for name in self.names}
+        for line in (folder / "patches.csv").read_text().splitlines()[1:]:
+            image, _, _, label, probability = line.split(",")
+            probabilities, labels = per_slide[Path(image).stem]
+            probabilities.append(float(probability))
+            labels.append(int(label))
+        self.patches = [(np.array(per_slide[n][0]), np.array(per_slide[n][1])) for n in self.names]
+
+    def statistics(self, drawn) -> dict[str, float]:
+        """The four numbers of the table on the slides ``drawn`` (repeats allowed)."""
+        import numpy as np
+
+        from metastasis.metrics import classification_scores
+
+        p = np.concatenate([self.patches[i][0] for i in drawn])
+        y = np.concatenate([self.patches[i][1] for i in drawn])
+        patch = classification_scores(p, y, 0.5)
+        return {"patch_accuracy": patch["accuracy"], "patch_auc": patch["auc"], "froc": self.slides.froc(drawn),
+                "slide_auc": self.slides.auc(drawn)}
+
+
+def seed_mean(models: list[CentreScores]):
+    """The statistics averaged over the seeds' models, each scored on the same drawn slides."""
+    if any(m.names != models[0].names for m in models):
+        raise ValueError("the seeds' models were scored on different test slides")
+
+    def statistics(drawn) -> dict[str, float]:
+        each = [m.statistics(drawn) for m in models]
+        return {k: sum(e[k] for e in each) / len(each) for k in METRICS}
+
+    return statistics
+
+
+def intervals(work: Path, runs: dict, centres: tuple[str, str]) -> dict:
+    """95% percentile bootstrap intervals over the test slides (stratified: tumour and normal slides resampled
+    apart), of each setup's numbers averaged over its seeds; and each setup's paired difference from the
+    ``baseline`` (the same slides drawn for both, seeds matched), with its two-sided bootstrap p-value. The training
+    seed is not resampled: the intervals say how much the few test slides leave open, the per-seed table how much
+    the seed moves a model."""
+    from medcore.bootstrap import bootstrap_columns, compare_columns
+
+    models = {(name, centre): [CentreScores(work / "scores" / run_name(name, int(seed)) / centre)
+                               for seed in by_seed] for name, by_seed in runs.items() for centre in centres}
+    out: dict = {"intervals": {}, "versus_baseline": {}}
+    for (name, centre), scored in models.items():
+        strata = scored[0].slides.labels.astype(int)
+        out["intervals"].setdefault(name, {})[centre] = bootstrap_columns(seed_mean(scored), strata,
+                                                                          resamples=RESAMPLES)
+        base = models.get(("baseline", centre))
+        if name != "baseline" and base and len(base) == len(scored):
+            out["versus_baseline"].setdefault(name, {})[centre] = compare_columns(
+                seed_mean(scored), seed_mean(base), strata, resamples=RESAMPLES)
+    return out
 
 
 def summarise(by_seed: dict[str, dict]) -> dict:
@@ -295,13 +367,14 @@ def summarise(by_seed: dict[str, dict]) -> dict:
 
 
 def write_results(work: Path, args: argparse.Namespace, runs: dict, factors: dict, seconds: dict) -> None:
-    """``runs``: {setup: {seed: {test centre: scores}}}; the JSON keeps every seed's scores, the table their means
-    and ranges."""
+    """``runs``: {setup: {seed: {test centre: scores}}}; the JSON keeps every seed's scores, their means and ranges,
+    and the bootstrap intervals over test slides (:func:`intervals`); the tables show them."""
     import torch
 
     other = next(c for c in CENTRES if c != args.train_centre)
     summary = {name: {centre: summarise({seed: by_centre[centre] for seed, by_centre in by_seed.items()})
                       for centre in (args.train_centre, other)} for name, by_seed in runs.items()}
+    uncertainty = intervals(work, runs, (args.train_centre, other))
     record = {
         "machine": f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.platform()}",
         "data": {"centres": list(CENTRES), "difficulty": args.difficulty, "slide_size": list(args.size),
@@ -316,6 +389,13 @@ def write_results(work: Path, args: argparse.Namespace, runs: dict, factors: dic
         "inference_stride": args.stride,
         "runs": runs,
         "summary": summary,
+        "bootstrap": {"resamples": RESAMPLES, "method": "percentile", "level": 0.95,
+                      "resampled": "test slides, tumour and normal apart (a slide's patches together)",
+                      "seeds": "each number averaged over the seeds on the same drawn slides; seeds not resampled",
+                      "intervals": {name: {c: {m: i.to_dict() for m, i in by.items()} for c, by in cs.items()}
+                                    for name, cs in uncertainty["intervals"].items()},
+                      "versus_baseline": {name: {c: {m: d.to_dict() for m, d in by.items()} for c, by in cs.items()}
+                                          for name, cs in uncertainty["versus_baseline"].items()}},
         "factor_diagnosis": factors,
         "stain_normalization_cost": stain_costs(work),
         "seconds": seconds,
@@ -331,15 +411,34 @@ def write_results(work: Path, args: argparse.Namespace, runs: dict, factors: dic
              f"{args.patch_size}-pixel "
              f"patches, {args.patches_per_slide} tumour patches per tumour slide; {args.epochs} epochs, training seeds "
              f"{seeds}; FROC (all slides, challenge rules) from tiled inference at stride {args.stride}. Each cell: "
-             "the mean over the seeds, and in brackets the lowest and highest seed.", "",
+             f"the mean over the seeds, and in brackets its 95% percentile bootstrap interval over the test slides "
+             f"({RESAMPLES} resamples of the slides, tumour and normal apart, each slide with all its patches; every "
+             "seed's model scored on the same drawn slides). The interval leaves out the training seed: the "
+             "per-seed table below shows what the seed moves.", "",
              "| setup | trained on | test centre | seeds | patch accuracy | patch AUC | FROC | slide AUC |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, by_centre in summary.items():
+
+    def cell(i) -> str:
+        return f"{i.estimate:.3f}" if i.low is None else f"{i.estimate:.3f} [{i.low:.3f}, {i.high:.3f}]"
+
+    for name, by_centre in uncertainty["intervals"].items():
         trained_on = "+".join(training_centres(name, args)) + (" (FL)" if name in FEDERATED else "")
         for centre, r in by_centre.items():
-            cells = [f"{r[m]['mean']:.3f} [{r[m]['min']:.3f}, {r[m]['max']:.3f}]" if r[m]["min"] != r[m]["max"]
-                     else f"{r[m]['mean']:.3f}" for m in METRICS]
-            lines.append(f"| {name} | {trained_on} | {centre} | {len(runs[name])} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | {trained_on} | {centre} | {len(runs[name])} | "
+                         + " | ".join(cell(r[m]) for m in METRICS) + " |")
+    if uncertainty["versus_baseline"]:
+        lines += ["", "Each setup minus the baseline, paired on the same test slides and seeds: the difference of the "
+                  "seed means, its 95% bootstrap interval over the test slides and the two-sided bootstrap p-value "
+                  "(`*`: the interval excludes 0).", "",
+                  "| setup | test centre | patch accuracy | patch AUC | FROC | slide AUC |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name, by_centre in uncertainty["versus_baseline"].items():
+            for centre, r in by_centre.items():
+                lines.append(f"| {name} | {centre} | " + " | ".join(
+                    f"{r[m].difference.estimate:+.3f} [{r[m].difference.low:+.3f}, {r[m].difference.high:+.3f}], "
+                    f"p {r[m].p_text}" + (" *" if r[m].difference.low > 0 or r[m].difference.high < 0 else "")
+                    if r[m].difference.low is not None else f"{r[m].difference.estimate:+.3f}" for m in METRICS)
+                    + " |")
     lines += ["", "Per seed (patch accuracy / patch AUC / FROC / slide AUC):", "",
               "| setup | seed | " + " | ".join(f"test centre {c}" for c in (args.train_centre, other)) + " |",
               "| --- | --- | --- | --- |"]

@@ -25,7 +25,7 @@ import nibabel
 from monai.networks.nets import SegResNet
 
 from medflare.bundle import (base_metadata, bundle_readme, checkpoint_provenance, cross_site_metrics, inference_base,
-                             write_bundle)
+                             ONNX_OPSET, write_bundle)
 
 from .config import TrainConfig
 from .data import MODALITIES
@@ -186,8 +186,10 @@ and affine. It needs monai, torch and nibabel only. Sliding windows of {prov['in
 by {prov['inference']['overlap']}, as in training's validation.
 
 `models/model.ts` is the same network as TorchScript: `torch.jit.load("models/model.ts")` takes (B, 4, X, Y, Z)
-with X, Y, Z divisible by 8 and returns TC, WT, ET logits. MONAI Label and MONAI Deploy load a bundle folder like
-this one as it is (MONAI Deploy's `MonaiBundleInferenceOperator`, MONAI Label's bundle apps).
+with X, Y, Z divisible by 8 and returns TC, WT, ET logits. `models/model.onnx` is the same network as ONNX (opset
+{ONNX_OPSET}; input `image`, output `logits`, batch and X, Y, Z dynamic), checked against PyTorch with ONNX Runtime
+(`metadata.json`'s `onnx` entry gives the differences). MONAI Label and MONAI Deploy load a bundle folder like this
+one as it is (MONAI Deploy's `MonaiBundleInferenceOperator`, MONAI Label's bundle apps).
 """)
 
 
@@ -200,7 +202,9 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> Path:
     conf = extras.get("train_conf") if isinstance(extras.get("train_conf"), dict) else {}
     config = TrainConfig.from_dict({k: conf[k] for k in ("crop", "val_overlap") if k in conf})
     metadata = _metadata(model, extras, checkpoint, config)
+    # ONNX traced on a small volume and checked on another size (X, Y, Z divisible by 8): the axes are dynamic
     write_bundle(out, "brats", segresnet_of(model), metadata, _inference_config(config),
-                 _SCRIPT.format(contrasts=list(MODALITIES)), _readme(metadata))
+                 _SCRIPT.format(contrasts=list(MODALITIES)), _readme(metadata),
+                 onnx_shapes=[(1, len(MODALITIES), 32, 32, 32), (2, len(MODALITIES), 48, 40, 24)])
     logger.info("%s: MONAI bundle of %s (%d eval metrics)", out, checkpoint, len(metadata["eval_metrics"]))
     return out

@@ -29,7 +29,8 @@ from medcore.errors import UserError
 from medcore.files import atomic_path, claim_output_dir, read_json, write_csv, write_json, write_text
 
 __all__ = ["SERVER_PREFIX", "SERVER_FINAL", "SERVER_BEST", "ITEMS", "ReportError", "EmptyResults", "ReportSpec",
-           "CrossSiteReport", "item_lists", "find_results", "load_results", "build_report", "compare_models", "format_comparison",
+           "CrossSiteReport", "item_lists", "find_results", "load_results", "build_report", "compare_models",
+           "format_comparison",
            "format_text", "format_markdown", "write_report", "plot_curves", "report_command"]
 
 #: How FLARE's cross-site evaluation names the server's models.

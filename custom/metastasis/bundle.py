@@ -29,7 +29,7 @@ import skimage
 
 from medcore.errors import UserError
 from medflare.bundle import (base_metadata, bundle_readme, checkpoint_provenance, cross_site_metrics, inference_base,
-                             write_bundle)
+                             ONNX_OPSET, write_bundle)
 
 from . import config as config_module
 from . import model as model_module
@@ -260,7 +260,10 @@ large tiles and needs a stride that is a multiple of 32; `--mode patch` classifi
 needs monai, torch, openslide-python and scikit-image.
 
 `models/model.ts` is the same network as TorchScript: `torch.jit.load("models/model.ts")` takes (B, 3, H, W)
-normalised RGB and returns one tumour logit per 32 pixels of stride. MONAI Label and MONAI Deploy load a bundle
+normalised RGB and returns one tumour logit per 32 pixels of stride. `models/model.onnx` is the same network as
+ONNX (opset {ONNX_OPSET}; input `image`, output `logits`, batch, H and W dynamic; H and W at least
+the patch size, which ONNX does not check), checked against PyTorch with ONNX Runtime (`metadata.json`'s `onnx`
+entry gives the differences). MONAI Label and MONAI Deploy load a bundle
 folder like this one as it is (MONAI Deploy's `MonaiBundleInferenceOperator`, MONAI Label's bundle apps).
 """)
 
@@ -278,7 +281,8 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> Path:
                         f"{meta['train_conf']['stain_normalization']}); a bundle does not carry the stain estimate "
                         "yet, so it cannot reproduce this model's inputs")
     metadata = _metadata(model, meta, checkpoint)
+    size = model.patch_size  # ONNX traced on one window and checked on a larger tile: the axes are dynamic
     write_bundle(out, "metastasis", network_of(model), metadata, _inference_config(model), bundle_script(),
-                 _readme(metadata))
+                 _readme(metadata), onnx_shapes=[(1, 3, size, size), (2, 3, size + 64, size + 32)])
     logger.info("%s: MONAI bundle of %s (%d eval metrics)", out, checkpoint, len(metadata["eval_metrics"]))
     return out

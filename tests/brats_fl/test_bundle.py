@@ -4,6 +4,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 
@@ -65,6 +66,13 @@ def test_torchscript_gives_the_checkpoints_logits(run_checkpoint, brats_root, tm
         scripted = torch.jit.load(str(bundle / "models/model.ts"))(image)
         plain = segresnet_of(model)(image)
     assert torch.allclose(scripted, expected, atol=1e-5) and torch.equal(plain, expected)
+    # ONNX, run by ONNX Runtime on a real case's crop of a size it was not traced at
+    session = onnxruntime.InferenceSession(str(bundle / "models/model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(["logits"], {"image": image.numpy()})[0]
+    np.testing.assert_allclose(onnx_logits, expected.numpy(), atol=1e-4 * max(1.0, float(expected.abs().max())))
+    info = json.loads((bundle / "configs/metadata.json").read_text())["onnx"]
+    assert info["file"] == "models/model.onnx" and len(info["checks"]) == 2
+    assert all(c["max_abs_difference"] <= 1e-4 * c["largest_logit"] for c in info["checks"])
 
 
 def test_the_bundle_runs_without_this_project_and_segments_as_infer_does(run_checkpoint, brats_root, tmp_path):

@@ -5,6 +5,7 @@ import inspect
 import json
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 
@@ -77,6 +78,11 @@ def test_torchscript_gives_the_checkpoints_logits(run_checkpoint, camelyon_root,
         plain = network_of(model)(x)
     assert expected.shape == (1, 1, 3, 4)
     assert torch.allclose(scripted, expected, atol=1e-5) and torch.equal(plain, expected)
+    # ONNX, run by ONNX Runtime on a real tile of a size it was not traced at
+    session = onnxruntime.InferenceSession(str(bundle / "models/model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(["logits"], {"image": x.numpy()})[0]
+    np.testing.assert_allclose(onnx_logits, expected.numpy(), atol=1e-4 * max(1.0, float(expected.abs().max())))
+    assert json.loads((bundle / "configs/metadata.json").read_text())["onnx"]["opset"] == 17
 
 
 @pytest.mark.parametrize("mode", ["tiled", "patch"])

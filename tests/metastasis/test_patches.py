@@ -52,7 +52,7 @@ def test_split_by_slide_and_balanced(camelyon_root, camelyon_patches):
         assert normal_sources == {"tumor", "normal"}  # normal patches from tumour and normal slides
 
 
-def test_patches_computes_missing_masks_as_tissue_does_with_the_same_options(camelyon_root, tmp_path):
+def test_patches_computes_missing_masks_as_tissue_does_with_the_same_options(camelyon_root, tmp_path, capsys):
     """``patches`` and ``tissue`` share their tissue options: masks computed on the way to a patch list are those
     ``tissue`` writes with the same options (here far from the defaults, so that a dropped option shows)."""
     from metastasis.cli import main
@@ -74,6 +74,15 @@ def test_patches_computes_missing_masks_as_tissue_does_with_the_same_options(cam
     assert main(["patches", "--data-root", str(camelyon_root), "--masks", str(tmp_path / "by_tissue"), "--out",
                  str(tmp_path / "again.json"), "--tumor-per-slide", "5", "--patch-size", "64", *options]) == 0
     assert (tmp_path / "again.json").read_text() == (tmp_path / "patches.json").read_text()
+    # other options: refused, with advice that fits patches (it has no --overwrite)
+    capsys.readouterr()
+    assert main(["patches", "--data-root", str(camelyon_root), "--masks", str(tmp_path / "by_tissue"), "--out",
+                 str(tmp_path / "defaults.json"), "--tumor-per-slide", "5", "--patch-size", "64", "--downsample",
+                 "16"]) == 2
+    error = capsys.readouterr().err
+    assert "made with other settings" in error and "min_saturation 0.2 -> 0.07" in error
+    assert "another --masks folder" in error and "--overwrite" not in error
+    assert not (tmp_path / "defaults.json").exists()
 
 
 def test_deterministic_for_a_seed(camelyon_root, camelyon_patches):

@@ -64,7 +64,8 @@ def find_training_slides(data_root: str | Path, mask_dir: str | Path, annotation
         if not xml.is_file():
             raise AnnotationError(f"{xml}: annotation file missing for tumour slide {path}")
         annotations_of[path] = read_asap_xml(xml)
-    prepare_tissue_masks(tumour + normal, mask_dir, downsample=downsample, **tissue_options)
+    prepare_tissue_masks(tumour + normal, mask_dir, downsample=downsample, **tissue_options,
+                         remedy="give the tissue options that made it, or another --masks folder")
     sources = []
     for path in tumour + normal:
         xml = annotation_dir / f"{path.stem}.xml"

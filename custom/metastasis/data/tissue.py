@@ -208,12 +208,16 @@ def mask_paths(out_dir: str | Path, slide_path: str | Path) -> tuple[Path, Path]
     return Path(out_dir) / f"{stem}_tissue.png", Path(out_dir) / f"{stem}_tissue_overlay.png"
 
 
+_REMEDY = "pass --overwrite to recompute the mask, or choose another --out"
+
+
 def prepare_tissue_masks(slides: Sequence[str | Path], out_dir: str | Path, downsample: float = 32.0,
-                         overwrite: bool = False, **options: float) -> list[Path]:
+                         overwrite: bool = False, remedy: str = _REMEDY, **options: float) -> list[Path]:
     """Compute and save the tissue mask of every slide (skipping finished ones); return the mask PNG paths.
 
     Every slide is checked first (its header), so a broken file stops the run before any work, with its name in
-    the error; each is then opened once.
+    the error; each is then opened once. A kept mask made with other settings is refused, the error ending with
+    ``remedy`` (what the calling command's user can do).
     """
     slides = [Path(s) for s in slides]
     if not slides:
@@ -239,8 +243,7 @@ def prepare_tissue_masks(slides: Sequence[str | Path], out_dir: str | Path, down
 
     for path in slides:  # kept masks must be of this run's settings (checked before any work)
         if finished(path):
-            check_described(files(path)[1], "tissue mask description", made_with(path),
-                            "pass --overwrite to recompute the mask, or choose another --out")
+            check_described(files(path)[1], "tissue mask description", made_with(path), remedy)
     claim_output_dir(out_dir, "tissue masks", [f.name for s in slides if not finished(s) for f in files(s)])
     progress = Progress(len(slides), "slides", logger)
     written = []

@@ -342,17 +342,20 @@ def intervals(work: Path, runs: dict, centres: tuple[str, str]) -> dict:
     the seed moves a model."""
     from medcore.bootstrap import bootstrap_columns, compare_columns
 
-    models = {(name, centre): [CentreScores(work / "scores" / run_name(name, int(seed)) / centre)
-                               for seed in by_seed] for name, by_seed in runs.items() for centre in centres}
-    out: dict = {"intervals": {}, "versus_baseline": {}}
+    models = {(name, centre): {seed: CentreScores(work / "scores" / run_name(name, int(seed)) / centre)
+                               for seed in by_seed} for name, by_seed in runs.items() for centre in centres}
+    out: dict = {"intervals": {}, "versus_baseline": {}, "paired_seeds": {}}
     for (name, centre), scored in models.items():
-        strata = scored[0].slides.labels.astype(int)
-        out["intervals"].setdefault(name, {})[centre] = bootstrap_columns(seed_mean(scored), strata,
+        strata = next(iter(scored.values())).slides.labels.astype(int)
+        out["intervals"].setdefault(name, {})[centre] = bootstrap_columns(seed_mean(list(scored.values())), strata,
                                                                           resamples=RESAMPLES)
-        base = models.get(("baseline", centre))
-        if name != "baseline" and base and len(base) == len(scored):
+        base = models.get(("baseline", centre), {})
+        shared = [seed for seed in scored if seed in base]  # paired on the seeds both setups ran
+        if name != "baseline" and shared:
             out["versus_baseline"].setdefault(name, {})[centre] = compare_columns(
-                seed_mean(scored), seed_mean(base), strata, resamples=RESAMPLES)
+                seed_mean([scored[s] for s in shared]), seed_mean([base[s] for s in shared]), strata,
+                resamples=RESAMPLES)
+            out["paired_seeds"][name] = shared
     return out
 
 
@@ -395,7 +398,8 @@ def write_results(work: Path, args: argparse.Namespace, runs: dict, factors: dic
                       "intervals": {name: {c: {m: i.to_dict() for m, i in by.items()} for c, by in cs.items()}
                                     for name, cs in uncertainty["intervals"].items()},
                       "versus_baseline": {name: {c: {m: d.to_dict() for m, d in by.items()} for c, by in cs.items()}
-                                          for name, cs in uncertainty["versus_baseline"].items()}},
+                                          for name, cs in uncertainty["versus_baseline"].items()},
+                      "paired_seeds": uncertainty["paired_seeds"]},
         "factor_diagnosis": factors,
         "stain_normalization_cost": stain_costs(work),
         "seconds": seconds,
@@ -430,11 +434,11 @@ def write_results(work: Path, args: argparse.Namespace, runs: dict, factors: dic
         lines += ["", "Each setup minus the baseline, paired on the same test slides and seeds: the difference of the "
                   "seed means, its 95% bootstrap interval over the test slides and the two-sided bootstrap p-value "
                   "(`*`: the interval excludes 0).", "",
-                  "| setup | test centre | patch accuracy | patch AUC | FROC | slide AUC |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| setup | seeds | test centre | patch accuracy | patch AUC | FROC | slide AUC |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for name, by_centre in uncertainty["versus_baseline"].items():
             for centre, r in by_centre.items():
-                lines.append(f"| {name} | {centre} | " + " | ".join(
+                lines.append(f"| {name} | {', '.join(uncertainty['paired_seeds'][name])} | {centre} | " + " | ".join(
                     f"{r[m].difference.estimate:+.3f} [{r[m].difference.low:+.3f}, {r[m].difference.high:+.3f}], "
                     f"p {r[m].p_text}" + (" *" if r[m].difference.low > 0 or r[m].difference.high < 0 else "")
                     if r[m].difference.low is not None else f"{r[m].difference.estimate:+.3f}" for m in METRICS)

@@ -26,10 +26,12 @@ slides (``metastasis validate``), and the Camelyon16 FROC and slide-level AUC (`
 so an interrupted run resumes.
 
 Run: .venv/bin/python benchmarks/centre_shift.py --work DIR [--difficulty 1.0] [--epochs 5] ...
-The committed results: ``centre_shift`` (``--patch-size 128 --epochs 8 --seeds 0 1 --setups baseline hed``) and the
-check on data made with settings the recipe was not tuned on, ``centre_shift_untuned`` (``--name
-centre_shift_untuned --train-centre B --difficulty 0.6 --data-seed 100 --test-tumour 3 --test-normal 3 --seeds 0``,
-otherwise the same).
+The committed results: ``centre_shift`` (``--patch-size 128 --epochs 8``: ``--setups baseline hed --seeds 0 1 2 3``
+and ``--setups variation --seeds 0 1`` in the same ``--work``, then ``--report-only`` with all of them; bfloat16
+training on a CPU with native bfloat16), ``centre_shift_float32`` (the first run of the fixed jitter, ``--seeds 0 1
+--setups baseline hed``, float32 training on an AVX2-only CPU) and the check on data made with settings the recipe
+was not tuned on, ``centre_shift_untuned`` (``--name centre_shift_untuned --train-centre B --difficulty 0.6
+--data-seed 100 --test-tumour 3 --test-normal 3 --seeds 0 1``, otherwise the same; float32).
 Writes benchmarks/results/NAME.json and .md (``--name``, default ``centre_shift``).
 """
 

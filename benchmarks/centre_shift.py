@@ -162,6 +162,19 @@ def train_federated(work: Path, out: Path, centres: tuple[str, ...], sets: list[
     return best
 
 
+def patch_probabilities(csv_path: Path) -> list[tuple[str, int, float]]:
+    """``metastasis validate --csv``'s rows as (slide name, label, probability)."""
+    import csv
+
+    from metastasis.engine import PROBABILITY_COLUMNS
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or tuple(rows[0]) != PROBABILITY_COLUMNS:
+        raise ValueError(f"{csv_path}: not a patch probability CSV of metastasis validate")
+    return [(Path(r["image"]).stem, int(r["label"]), float(r["probability"])) for r in rows]
+
+
 def score(work: Path, run: str, checkpoint: Path, centre: str, args: argparse.Namespace) -> dict:
     """Patch accuracy / AUC on every test patch of ``centre``, and the FROC and slide AUC on its test slides."""
     root = work / f"test_{centre}"
@@ -173,12 +186,10 @@ def score(work: Path, run: str, checkpoint: Path, centre: str, args: argparse.Na
     csv = out / "patches.csv"
     cli("validate", "--checkpoint", str(checkpoint), "--patches", str(root / "test_patches.json"), "--data-root",
         str(root), "--split", "validation", "--csv", str(csv), "--num-workers", "0")
-    rows = [line.split(",") for line in csv.read_text().splitlines()[1:]]
-    labels = [int(r[3]) for r in rows]
-    probabilities = [float(r[4]) for r in rows]
+    rows = patch_probabilities(csv)
     from metastasis.metrics import classification_scores  # the project's own definitions, as validate prints them
 
-    patch = classification_scores(probabilities, labels, 0.5)
+    patch = classification_scores([p for _, _, p in rows], [label for _, label, _ in rows], 0.5)
     slides = str(root / "training")
     cli("infer", slides, "--checkpoint", str(checkpoint), "--masks", str(root / "tissue_masks"), "--out",
         str(out / "maps"), "--stride", str(args.stride))
@@ -304,11 +315,10 @@ class CentreScores:
                                   slides.labels[order], slides.reference_conventions)
         self.names = [r.name for r in self.slides.results]
         per_slide: dict[str, tuple[list, list]] = {name: ([], []) for name in self.names}
-        for line in (folder / "patches.csv").read_text().splitlines()[1:]:
-            image, _, _, label, probability = line.split(",")
-            probabilities, labels = per_slide[Path(image).stem]
-            probabilities.append(float(probability))
-            labels.append(int(label))
+        for slide, label, probability in patch_probabilities(folder / "patches.csv"):
+            probabilities, labels = per_slide[slide]
+            probabilities.append(probability)
+            labels.append(label)
         self.patches = [(np.array(per_slide[n][0]), np.array(per_slide[n][1])) for n in self.names]
 
     def statistics(self, drawn) -> dict[str, float]:

@@ -22,12 +22,16 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from .errors import UserError
 
+if TYPE_CHECKING:  # medcore.training imports this module
+    from .training import TrainingSettings
+
 __all__ = ["Rank", "current_rank", "joined_group", "all_gather", "all_gather_shards", "all_mean", "all_max",
-           "broadcast_object", "broadcast_tensors", "data_parallel", "processes_option", "resolve_processes",
+           "broadcast_object", "broadcast_tensors", "data_parallel", "data_parallel_training", "processes_option",
+           "resolve_processes",
            "rank_device", "run_processes", "HelperRanks"]
 
 logger = logging.getLogger(__name__)
@@ -240,10 +244,11 @@ def data_parallel(processes: int, device: str, fn: Callable[..., T], *args: Any,
     return run_processes(processes, _in_group, backend, fn, args, threads=threads)[0]
 
 
-def data_parallel_training(requested: int | str | None, settings: Any, train: Callable[..., T], *args: Any) -> T:
+def data_parallel_training(requested: int | str | None, settings: TrainingSettings, train: Callable[..., T],
+                           *args: Any) -> T:
     """``train(*args)`` as :func:`data_parallel`, with the processes a standalone training asks for: ``requested``
     (its ``--processes``), else the training settings' ``processes`` (``auto`` when unset), for the settings'
-    ``device`` (``settings``: a :class:`~medcore.training.TrainingSettings`)."""
+    ``device``."""
     wanted = requested if requested is not None else settings.processes or "auto"
     return data_parallel(resolve_processes(wanted, settings.device), settings.device, train, *args)
 

@@ -261,10 +261,10 @@ needs monai, torch, openslide-python and scikit-image.
 
 `models/model.ts` is the same network as TorchScript: `torch.jit.load("models/model.ts")` takes (B, 3, H, W)
 normalised RGB and returns one tumour logit per 32 pixels of stride. `models/model.onnx` is the same network as
-ONNX (opset {ONNX_OPSET}; input `image`, output `logits`, batch, H and W dynamic; H and W at least
-the patch size, which ONNX does not check), checked against PyTorch with ONNX Runtime (`metadata.json`'s `onnx`
-entry gives the differences). MONAI Label and MONAI Deploy load a bundle
-folder like this one as it is (MONAI Deploy's `MonaiBundleInferenceOperator`, MONAI Label's bundle apps).
+ONNX (opset {ONNX_OPSET}; input `image`, output `logits`, batch, H and W dynamic; H and W at least the patch size,
+which ONNX does not check), checked against PyTorch with ONNX Runtime (`metadata.json`'s `onnx` entry gives the
+differences). MONAI Label and MONAI Deploy load a bundle folder like this one as it is (MONAI Deploy's
+`MonaiBundleInferenceOperator`, MONAI Label's bundle apps).
 """)
 
 

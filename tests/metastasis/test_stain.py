@@ -99,11 +99,12 @@ def he_patches() -> list[torch.Tensor]:
     return out
 
 
-def test_default_hed_jitter_changes_tissue_by_a_few_per_cent_and_leaves_glass(he_patches):
-    """The recipe's default (HED-light, 0.05) on generated H&E patches: tissue pixels change by a few per cent of
-    the 0-1 scale (the old jitter, in scikit-image's units and with a shift on glass, changed them by 0.11 in the
-    median and turned glass grey or white), glass pixels by well under one per cent."""
-    jitter = HEDJitter(TrainConfig().hed_jitter)
+def test_hed_light_changes_tissue_by_a_few_per_cent_and_leaves_glass(he_patches):
+    """Tellez's HED-light (``hed_jitter=0.05``, the strength the docs and benchmarks use; the recipe's default is
+    off) on generated H&E patches: tissue pixels change by a few per cent of the 0-1 scale (the old jitter, in
+    scikit-image's units and with a shift on glass, changed them by 0.11 in the median and turned glass grey or
+    white), glass pixels by well under one per cent."""
+    jitter = HEDJitter(0.05)
     jitter.set_random_state(seed=0)
     tissue_changes, glass_worst = [], 0.0
     for draw in range(60):
@@ -264,7 +265,7 @@ def test_slide_estimate_is_robust_to_artefacts(tmp_path):
 
 
 def test_recipe_setting():
-    assert TrainConfig().stain_normalization == "none" and TrainConfig().hed_jitter == 0.05
+    assert TrainConfig().stain_normalization == "none" and TrainConfig().hed_jitter == 0.0  # Clara's recipe
     with pytest.raises(SettingError, match="stain_normalization"):
         TrainConfig.from_dict({"stain_normalization": "reinhard"})
 

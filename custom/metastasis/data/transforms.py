@@ -121,7 +121,7 @@ class StainVariationd(RandomAugmentationd):
         super().__init__(keys, StainVariation(strength), prob, allow_missing_keys)
 
 
-def train_augmentation(seed: int = 0, hed_jitter: float = 0.05, stain_variation: float = 0.0) -> Compose:
+def train_augmentation(seed: int = 0, hed_jitter: float = 0.0, stain_variation: float = 0.0) -> Compose:
     """The training chain for (3, H, W) float images in [0, 1], before :func:`to_input`'s normalisation: another
     centre's stain and white balance (``stain_variation``: :class:`~metastasis.data.stain.StainVariation`'s strength),
     the stain jitter in HED space (``hed_jitter``: its strength), each left out at 0, then Clara's

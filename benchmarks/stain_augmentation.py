@@ -6,7 +6,7 @@ tissue and glass), per draw of the augmentation, the median absolute change per 
 0-1 scale, over tissue pixels (mean optical density above 0.25) and over glass pixels (below 0.08). Reported: the
 median, 90th percentile and maximum of that per-draw median over all draws, for
 
-* ``HEDJitter`` at several strengths (0.05 is the recipe's default),
+* ``HEDJitter`` at several strengths (0.05 is Tellez's HED-light; off in the default recipe),
 * ``StainVariation`` at several strengths (off in the default recipe),
 * ``legacy_hed_0.05``: the HED jitter as it was before this benchmark (shift and scale drawn for H, E and DAB,
   shift in scikit-image's units ``log(rgb) / log(1e-6)``, 13.8 times smaller than optical density, and applied to

@@ -31,7 +31,8 @@ and ``--setups variation --seeds 0 1`` in the same ``--work``, then ``--report-o
 training on a CPU with native bfloat16), ``centre_shift_float32`` (the first run of the fixed jitter, ``--seeds 0 1
 --setups baseline hed``, float32 training on an AVX2-only CPU) and the check on data made with settings the recipe
 was not tuned on, ``centre_shift_untuned`` (``--name centre_shift_untuned --train-centre B --difficulty 0.6
---data-seed 100 --test-tumour 3 --test-normal 3 --seeds 0 1``, otherwise the same; float32).
+--data-seed 100 --setups baseline hed --seeds 0 1 2 3``, otherwise the same; bfloat16), whose first run
+(``--test-tumour 3 --test-normal 3 --seeds 0 1``, float32) is ``centre_shift_untuned_float32``.
 Writes benchmarks/results/NAME.json and .md (``--name``, default ``centre_shift``).
 """
 

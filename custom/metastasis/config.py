@@ -36,8 +36,8 @@ class TrainConfig(TrainingSettings):
         hed_jitter: strength of the stain augmentation in HED colour space (:class:`~metastasis.data.stain.HEDJitter`:
             H and E each scaled by up to +-s and, on tissue, shifted by up to +-s optical density; glass and DAB
             untouched; 0.05 is Tellez et al.'s "HED-light", about 1% change on tissue pixels). 0 (off) by default,
-            Clara's recipe: in ``benchmarks/centre_shift.py`` (4 seeds, intervals over the test slides) 0.05 scored
-            lower than no jitter at the training centre and at the other centre.
+            as in Clara's recipe: ``benchmarks/centre_shift.py`` (4 seeds, intervals over the test slides) found 0.05
+            below no jitter at both centres on one generated data set and no better on another.
         stain_variation: strength (0 to 1) of another centre's look in training
             (:class:`~metastasis.data.stain.StainVariation`: at 1 each stain's amount scaled by 0.5-2x, its hue tilted,
             the white balance changed by up to 10%; 0: off). Measured in ``benchmarks/centre_shift.py``.

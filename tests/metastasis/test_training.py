@@ -92,15 +92,14 @@ def test_config_errors():
     assert TrainConfig().lr == 1e-3 and TrainConfig().patch_size == 224
 
 
-@pytest.mark.parametrize("hed_jitter", [None, 0.05], ids=["default", "hed_light"])
+@pytest.mark.parametrize("hed_jitter", [TrainConfig().hed_jitter, 0.05], ids=["default", "hed_light"])
 def test_training_learns_and_resumes(camelyon_root, camelyon_patches, tmp_path, hed_jitter):
     """The default recipe (only the patch and batch sizes made small), and the same with Tellez's HED-light stain
     jitter, learn on 64-pixel patches of the generated slides, all of one look (one centre): validation accuracy
     rises from the first epoch to the third and tumour ranks above normal (AUC); a second call with more epochs
     resumes where the first stopped."""
     patches = read_patch_list(camelyon_patches, camelyon_root)
-    jitter = {} if hed_jitter is None else {"hed_jitter": hed_jitter}
-    config = TrainConfig(patch_size=64, batch_size=16, epochs=4, num_workers=0, seed=0, **jitter)
+    config = TrainConfig(patch_size=64, batch_size=16, epochs=4, num_workers=0, seed=0, hed_jitter=hed_jitter)
     assert config.augment  # Clara's augmentations on
     best = train(patches, config, tmp_path)
     history = json.loads((tmp_path / "metrics.json").read_text())
